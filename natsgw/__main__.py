@@ -1,0 +1,5 @@
+import sys
+
+from natsgw.cli import main
+
+sys.exit(main())

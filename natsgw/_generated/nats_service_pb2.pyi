@@ -1,0 +1,904 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DeliveryPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DELIVERY_ALL: _ClassVar[DeliveryPolicy]
+    DELIVERY_LAST: _ClassVar[DeliveryPolicy]
+    DELIVERY_NEW: _ClassVar[DeliveryPolicy]
+    DELIVERY_BY_START_SEQUENCE: _ClassVar[DeliveryPolicy]
+    DELIVERY_BY_START_TIME: _ClassVar[DeliveryPolicy]
+    DELIVERY_LAST_PER_SUBJECT: _ClassVar[DeliveryPolicy]
+
+class AckPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ACK_EXPLICIT: _ClassVar[AckPolicy]
+    ACK_ALL: _ClassVar[AckPolicy]
+    ACK_NONE: _ClassVar[AckPolicy]
+
+class ReplayPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REPLAY_INSTANT: _ClassVar[ReplayPolicy]
+    REPLAY_ORIGINAL: _ClassVar[ReplayPolicy]
+
+class StorageType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STORAGE_FILE: _ClassVar[StorageType]
+    STORAGE_MEMORY: _ClassVar[StorageType]
+DELIVERY_ALL: DeliveryPolicy
+DELIVERY_LAST: DeliveryPolicy
+DELIVERY_NEW: DeliveryPolicy
+DELIVERY_BY_START_SEQUENCE: DeliveryPolicy
+DELIVERY_BY_START_TIME: DeliveryPolicy
+DELIVERY_LAST_PER_SUBJECT: DeliveryPolicy
+ACK_EXPLICIT: AckPolicy
+ACK_ALL: AckPolicy
+ACK_NONE: AckPolicy
+REPLAY_INSTANT: ReplayPolicy
+REPLAY_ORIGINAL: ReplayPolicy
+STORAGE_FILE: StorageType
+STORAGE_MEMORY: StorageType
+
+class NATSMessage(_message.Message):
+    __slots__ = ("subject", "data", "headers", "reply_to", "timestamp")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    REPLY_TO_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    data: bytes
+    headers: _containers.ScalarMap[str, str]
+    reply_to: str
+    timestamp: _timestamp_pb2.Timestamp
+    def __init__(self, subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., reply_to: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class StreamConfig(_message.Message):
+    __slots__ = ("name", "subjects", "storage", "max_msgs", "max_bytes", "max_age", "max_msg_size", "replicas", "discard_new_per_subject")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
+    MAX_MSGS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_AGE_FIELD_NUMBER: _ClassVar[int]
+    MAX_MSG_SIZE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    DISCARD_NEW_PER_SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    subjects: _containers.RepeatedScalarFieldContainer[str]
+    storage: StorageType
+    max_msgs: int
+    max_bytes: int
+    max_age: _duration_pb2.Duration
+    max_msg_size: int
+    replicas: int
+    discard_new_per_subject: bool
+    def __init__(self, name: _Optional[str] = ..., subjects: _Optional[_Iterable[str]] = ..., storage: _Optional[_Union[StorageType, str]] = ..., max_msgs: _Optional[int] = ..., max_bytes: _Optional[int] = ..., max_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_msg_size: _Optional[int] = ..., replicas: _Optional[int] = ..., discard_new_per_subject: _Optional[bool] = ...) -> None: ...
+
+class StreamInfo(_message.Message):
+    __slots__ = ("name", "config", "state", "created")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    config: StreamConfig
+    state: StreamState
+    created: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[StreamConfig, _Mapping]] = ..., state: _Optional[_Union[StreamState, _Mapping]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class StreamState(_message.Message):
+    __slots__ = ("messages", "bytes", "first_seq", "last_seq", "first_ts", "last_ts", "num_subjects", "consumer_count")
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TS_FIELD_NUMBER: _ClassVar[int]
+    LAST_TS_FIELD_NUMBER: _ClassVar[int]
+    NUM_SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    messages: int
+    bytes: int
+    first_seq: int
+    last_seq: int
+    first_ts: _timestamp_pb2.Timestamp
+    last_ts: _timestamp_pb2.Timestamp
+    num_subjects: int
+    consumer_count: int
+    def __init__(self, messages: _Optional[int] = ..., bytes: _Optional[int] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., first_ts: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_ts: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., num_subjects: _Optional[int] = ..., consumer_count: _Optional[int] = ...) -> None: ...
+
+class ConsumerConfig(_message.Message):
+    __slots__ = ("name", "durable_name", "filter_subject", "delivery_policy", "ack_policy", "ack_wait", "max_deliver", "replay_policy", "opt_start_seq", "opt_start_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_NAME_FIELD_NUMBER: _ClassVar[int]
+    FILTER_SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_POLICY_FIELD_NUMBER: _ClassVar[int]
+    ACK_POLICY_FIELD_NUMBER: _ClassVar[int]
+    ACK_WAIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_DELIVER_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_POLICY_FIELD_NUMBER: _ClassVar[int]
+    OPT_START_SEQ_FIELD_NUMBER: _ClassVar[int]
+    OPT_START_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    durable_name: str
+    filter_subject: str
+    delivery_policy: DeliveryPolicy
+    ack_policy: AckPolicy
+    ack_wait: _duration_pb2.Duration
+    max_deliver: int
+    replay_policy: ReplayPolicy
+    opt_start_seq: int
+    opt_start_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., durable_name: _Optional[str] = ..., filter_subject: _Optional[str] = ..., delivery_policy: _Optional[_Union[DeliveryPolicy, str]] = ..., ack_policy: _Optional[_Union[AckPolicy, str]] = ..., ack_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_deliver: _Optional[int] = ..., replay_policy: _Optional[_Union[ReplayPolicy, str]] = ..., opt_start_seq: _Optional[int] = ..., opt_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ConsumerInfo(_message.Message):
+    __slots__ = ("stream_name", "name", "config", "state", "created")
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    stream_name: str
+    name: str
+    config: ConsumerConfig
+    state: ConsumerState
+    created: _timestamp_pb2.Timestamp
+    def __init__(self, stream_name: _Optional[str] = ..., name: _Optional[str] = ..., config: _Optional[_Union[ConsumerConfig, _Mapping]] = ..., state: _Optional[_Union[ConsumerState, _Mapping]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ConsumerState(_message.Message):
+    __slots__ = ("delivered_seq", "ack_floor_seq", "num_pending", "num_redelivered")
+    DELIVERED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    ACK_FLOOR_SEQ_FIELD_NUMBER: _ClassVar[int]
+    NUM_PENDING_FIELD_NUMBER: _ClassVar[int]
+    NUM_REDELIVERED_FIELD_NUMBER: _ClassVar[int]
+    delivered_seq: int
+    ack_floor_seq: int
+    num_pending: int
+    num_redelivered: int
+    def __init__(self, delivered_seq: _Optional[int] = ..., ack_floor_seq: _Optional[int] = ..., num_pending: _Optional[int] = ..., num_redelivered: _Optional[int] = ...) -> None: ...
+
+class PublishRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "subject", "data", "headers", "reply_to")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    REPLY_TO_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    subject: str
+    data: bytes
+    headers: _containers.ScalarMap[str, str]
+    reply_to: str
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., reply_to: _Optional[str] = ...) -> None: ...
+
+class PublishResponse(_message.Message):
+    __slots__ = ("success", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class PublishBatchRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "messages")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    messages: _containers.RepeatedCompositeFieldContainer[NATSMessage]
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[NATSMessage, _Mapping]]] = ...) -> None: ...
+
+class PublishBatchResponse(_message.Message):
+    __slots__ = ("success", "published_count", "errors")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    published_count: int
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, success: _Optional[bool] = ..., published_count: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SubscribeRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "subject", "queue_group")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_GROUP_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    subject: str
+    queue_group: str
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ..., queue_group: _Optional[str] = ...) -> None: ...
+
+class MessageResponse(_message.Message):
+    __slots__ = ("subject", "data", "headers", "reply_to", "timestamp", "sequence")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    REPLY_TO_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    data: bytes
+    headers: _containers.ScalarMap[str, str]
+    reply_to: str
+    timestamp: _timestamp_pb2.Timestamp
+    sequence: int
+    def __init__(self, subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., reply_to: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ...) -> None: ...
+
+class UnsubscribeRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "subject")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    subject: str
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ...) -> None: ...
+
+class UnsubscribeResponse(_message.Message):
+    __slots__ = ("success",)
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    def __init__(self, success: _Optional[bool] = ...) -> None: ...
+
+class RequestRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "subject", "data", "timeout", "headers")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    subject: str
+    data: bytes
+    timeout: _duration_pb2.Duration
+    headers: _containers.ScalarMap[str, str]
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ..., data: _Optional[bytes] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class RequestResponse(_message.Message):
+    __slots__ = ("success", "data", "error_message", "headers")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    data: bytes
+    error_message: str
+    headers: _containers.ScalarMap[str, str]
+    def __init__(self, success: _Optional[bool] = ..., data: _Optional[bytes] = ..., error_message: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class QueueSubscribeRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "subject", "queue_group")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_GROUP_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    subject: str
+    queue_group: str
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ..., queue_group: _Optional[str] = ...) -> None: ...
+
+class CreateStreamRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "config")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    config: StreamConfig
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., config: _Optional[_Union[StreamConfig, _Mapping]] = ...) -> None: ...
+
+class CreateStreamResponse(_message.Message):
+    __slots__ = ("success", "stream", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    stream: StreamInfo
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., stream: _Optional[_Union[StreamInfo, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class DeleteStreamRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "stream_name")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    stream_name: str
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ...) -> None: ...
+
+class DeleteStreamResponse(_message.Message):
+    __slots__ = ("success",)
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    def __init__(self, success: _Optional[bool] = ...) -> None: ...
+
+class GetStreamInfoRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "stream_name")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    stream_name: str
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ...) -> None: ...
+
+class GetStreamInfoResponse(_message.Message):
+    __slots__ = ("stream",)
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    stream: StreamInfo
+    def __init__(self, stream: _Optional[_Union[StreamInfo, _Mapping]] = ...) -> None: ...
+
+class ListStreamsRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ...) -> None: ...
+
+class ListStreamsResponse(_message.Message):
+    __slots__ = ("streams",)
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    streams: _containers.RepeatedCompositeFieldContainer[StreamInfo]
+    def __init__(self, streams: _Optional[_Iterable[_Union[StreamInfo, _Mapping]]] = ...) -> None: ...
+
+class UpdateStreamRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "stream_name", "config")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    stream_name: str
+    config: StreamConfig
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., config: _Optional[_Union[StreamConfig, _Mapping]] = ...) -> None: ...
+
+class UpdateStreamResponse(_message.Message):
+    __slots__ = ("success", "stream")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    stream: StreamInfo
+    def __init__(self, success: _Optional[bool] = ..., stream: _Optional[_Union[StreamInfo, _Mapping]] = ...) -> None: ...
+
+class PurgeStreamRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "stream_name", "subject")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    stream_name: str
+    subject: str
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., subject: _Optional[str] = ...) -> None: ...
+
+class PurgeStreamResponse(_message.Message):
+    __slots__ = ("success", "purged_count")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    PURGED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    purged_count: int
+    def __init__(self, success: _Optional[bool] = ..., purged_count: _Optional[int] = ...) -> None: ...
+
+class CreateConsumerRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "stream_name", "config")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    stream_name: str
+    config: ConsumerConfig
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., config: _Optional[_Union[ConsumerConfig, _Mapping]] = ...) -> None: ...
+
+class CreateConsumerResponse(_message.Message):
+    __slots__ = ("success", "consumer", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    consumer: ConsumerInfo
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., consumer: _Optional[_Union[ConsumerInfo, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class DeleteConsumerRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_NAME_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    stream_name: str
+    consumer_name: str
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ...) -> None: ...
+
+class DeleteConsumerResponse(_message.Message):
+    __slots__ = ("success",)
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    def __init__(self, success: _Optional[bool] = ...) -> None: ...
+
+class GetConsumerInfoRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_NAME_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    stream_name: str
+    consumer_name: str
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ...) -> None: ...
+
+class GetConsumerInfoResponse(_message.Message):
+    __slots__ = ("consumer",)
+    CONSUMER_FIELD_NUMBER: _ClassVar[int]
+    consumer: ConsumerInfo
+    def __init__(self, consumer: _Optional[_Union[ConsumerInfo, _Mapping]] = ...) -> None: ...
+
+class ListConsumersRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "stream_name")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    stream_name: str
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ...) -> None: ...
+
+class ListConsumersResponse(_message.Message):
+    __slots__ = ("consumers",)
+    CONSUMERS_FIELD_NUMBER: _ClassVar[int]
+    consumers: _containers.RepeatedCompositeFieldContainer[ConsumerInfo]
+    def __init__(self, consumers: _Optional[_Iterable[_Union[ConsumerInfo, _Mapping]]] = ...) -> None: ...
+
+class PublishToStreamRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "stream_name", "subject", "data", "headers")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    stream_name: str
+    subject: str
+    data: bytes
+    headers: _containers.ScalarMap[str, str]
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class PublishToStreamResponse(_message.Message):
+    __slots__ = ("success", "sequence", "timestamp", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    sequence: int
+    timestamp: _timestamp_pb2.Timestamp
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., sequence: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class PullMessagesRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "batch_size", "max_wait")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_NAME_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_WAIT_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    stream_name: str
+    consumer_name: str
+    batch_size: int
+    max_wait: _duration_pb2.Duration
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class PullMessagesResponse(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[JetStreamMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[JetStreamMessage, _Mapping]]] = ...) -> None: ...
+
+class JetStreamMessage(_message.Message):
+    __slots__ = ("subject", "data", "headers", "sequence", "timestamp", "num_delivered")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    NUM_DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    data: bytes
+    headers: _containers.ScalarMap[str, str]
+    sequence: int
+    timestamp: _timestamp_pb2.Timestamp
+    num_delivered: int
+    def __init__(self, subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., sequence: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., num_delivered: _Optional[int] = ...) -> None: ...
+
+class AckMessageRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "sequence")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_NAME_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    stream_name: str
+    consumer_name: str
+    sequence: int
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
+
+class AckMessageResponse(_message.Message):
+    __slots__ = ("success",)
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    def __init__(self, success: _Optional[bool] = ...) -> None: ...
+
+class NakMessageRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "sequence", "delay")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_NAME_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    DELAY_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    stream_name: str
+    consumer_name: str
+    sequence: int
+    delay: _duration_pb2.Duration
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., sequence: _Optional[int] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class NakMessageResponse(_message.Message):
+    __slots__ = ("success",)
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    def __init__(self, success: _Optional[bool] = ...) -> None: ...
+
+class KVPutRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "bucket", "key", "value")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    bucket: str
+    key: str
+    value: bytes
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class KVPutResponse(_message.Message):
+    __slots__ = ("success", "revision")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    revision: int
+    def __init__(self, success: _Optional[bool] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class KVGetRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "bucket", "key")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    bucket: str
+    key: str
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+
+class KVGetResponse(_message.Message):
+    __slots__ = ("found", "value", "revision", "created")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    value: bytes
+    revision: int
+    created: _timestamp_pb2.Timestamp
+    def __init__(self, found: _Optional[bool] = ..., value: _Optional[bytes] = ..., revision: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class KVDeleteRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "bucket", "key")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    bucket: str
+    key: str
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+
+class KVDeleteResponse(_message.Message):
+    __slots__ = ("success",)
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    def __init__(self, success: _Optional[bool] = ...) -> None: ...
+
+class KVKeysRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "bucket")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    bucket: str
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ...) -> None: ...
+
+class KVKeysResponse(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, keys: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ObjectPutRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "bucket", "object_name", "data", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    bucket: str
+    object_name: str
+    data: bytes
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., object_name: _Optional[str] = ..., data: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ObjectPutResponse(_message.Message):
+    __slots__ = ("success", "object_id")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    object_id: str
+    def __init__(self, success: _Optional[bool] = ..., object_id: _Optional[str] = ...) -> None: ...
+
+class ObjectGetRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "bucket", "object_name")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_NAME_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    bucket: str
+    object_name: str
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., object_name: _Optional[str] = ...) -> None: ...
+
+class ObjectGetResponse(_message.Message):
+    __slots__ = ("found", "data", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    data: bytes
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, found: _Optional[bool] = ..., data: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ObjectDeleteRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "bucket", "object_name")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_NAME_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    bucket: str
+    object_name: str
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., object_name: _Optional[str] = ...) -> None: ...
+
+class ObjectDeleteResponse(_message.Message):
+    __slots__ = ("success",)
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    def __init__(self, success: _Optional[bool] = ...) -> None: ...
+
+class ObjectListRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "bucket")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    bucket: str
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ...) -> None: ...
+
+class ObjectListResponse(_message.Message):
+    __slots__ = ("objects",)
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    objects: _containers.RepeatedCompositeFieldContainer[ObjectInfo]
+    def __init__(self, objects: _Optional[_Iterable[_Union[ObjectInfo, _Mapping]]] = ...) -> None: ...
+
+class ObjectInfo(_message.Message):
+    __slots__ = ("name", "size", "modified", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MODIFIED_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size: int
+    modified: _timestamp_pb2.Timestamp
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., modified: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class GetStatisticsRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ...) -> None: ...
+
+class GetStatisticsResponse(_message.Message):
+    __slots__ = ("total_streams", "total_consumers", "total_messages", "total_bytes", "connections", "in_msgs", "out_msgs", "in_bytes", "out_bytes")
+    TOTAL_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_CONSUMERS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    IN_MSGS_FIELD_NUMBER: _ClassVar[int]
+    OUT_MSGS_FIELD_NUMBER: _ClassVar[int]
+    IN_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    total_streams: int
+    total_consumers: int
+    total_messages: int
+    total_bytes: int
+    connections: int
+    in_msgs: int
+    out_msgs: int
+    in_bytes: int
+    out_bytes: int
+    def __init__(self, total_streams: _Optional[int] = ..., total_consumers: _Optional[int] = ..., total_messages: _Optional[int] = ..., total_bytes: _Optional[int] = ..., connections: _Optional[int] = ..., in_msgs: _Optional[int] = ..., out_msgs: _Optional[int] = ..., in_bytes: _Optional[int] = ..., out_bytes: _Optional[int] = ...) -> None: ...
+
+class GetStreamStatsRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "stream_name")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    stream_name: str
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ...) -> None: ...
+
+class GetStreamStatsResponse(_message.Message):
+    __slots__ = ("stream_name", "messages", "bytes", "consumer_count", "message_rate", "byte_rate")
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_RATE_FIELD_NUMBER: _ClassVar[int]
+    BYTE_RATE_FIELD_NUMBER: _ClassVar[int]
+    stream_name: str
+    messages: int
+    bytes: int
+    consumer_count: int
+    message_rate: float
+    byte_rate: float
+    def __init__(self, stream_name: _Optional[str] = ..., messages: _Optional[int] = ..., bytes: _Optional[int] = ..., consumer_count: _Optional[int] = ..., message_rate: _Optional[float] = ..., byte_rate: _Optional[float] = ...) -> None: ...
+
+class NATSHealthCheckRequest(_message.Message):
+    __slots__ = ("deep_check",)
+    DEEP_CHECK_FIELD_NUMBER: _ClassVar[int]
+    deep_check: bool
+    def __init__(self, deep_check: _Optional[bool] = ...) -> None: ...
+
+class NATSHealthCheckResponse(_message.Message):
+    __slots__ = ("healthy", "nats_status", "jetstream_enabled", "connections", "checked_at", "message")
+    HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    NATS_STATUS_FIELD_NUMBER: _ClassVar[int]
+    JETSTREAM_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_AT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    healthy: bool
+    nats_status: str
+    jetstream_enabled: bool
+    connections: int
+    checked_at: _timestamp_pb2.Timestamp
+    message: str
+    def __init__(self, healthy: _Optional[bool] = ..., nats_status: _Optional[str] = ..., jetstream_enabled: _Optional[bool] = ..., connections: _Optional[int] = ..., checked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,401 @@
+"""Connection to NATS and core messaging: publish with confirmation, subscribe, request.
+
+Thin on purpose: it takes NATS names (already mapped by natsgw.tenancy) and plain values, calls
+nats-py, and translates what goes wrong. It knows nothing of tenants or of the wire format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import nats
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.client import Server
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+from nats.errors import SlowConsumerError
+from nats.js import JetStreamContext
+
+from natsgw.adapter.errors import translated
+from natsgw.adapter.types import ConnectionState, JetStreamAccount, Message, ServerFacts
+from natsgw.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
+
+log = structlog.get_logger("natsgw.adapter")
+
+_STATUS_HEADER = "Status"
+_NO_RESPONDERS = "503"
+_BACKOFF_BASE = 0.25
+_BACKOFF_CAP = 10.0
+
+
+def backoff_delay(attempt: int) -> float:
+    """Exponential backoff with full jitter, capped; attempt 0 is the first retry."""
+    return random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** min(attempt, 16)))
+
+
+def _reconnect_handler(servers: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
+    # Choose the server that failed least, wait according to how often it failed.
+    server = min(servers, key=lambda s: s.reconnects)
+    return server, backoff_delay(server.reconnects)
+
+
+def header_bytes(headers: Mapping[str, str]) -> int:
+    """Size NATS counts for headers against max_payload (``NATS/1.0`` block)."""
+    if not headers:
+        return 0
+    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items()) + 2
+
+
+def check_headers(headers: Mapping[str, str], field: str = "headers") -> None:
+    """Header names/values that would corrupt the NATS protocol are refused up front."""
+    for key, value in headers.items():
+        if not key or any(c in key for c in ":\r\n ") or not key.isprintable():
+            raise InvalidArgument(
+                field, f"header name {key!r} must be non-empty printable text without ':' or spaces"
+            )
+        if "\r" in value or "\n" in value:
+            raise InvalidArgument(field, f"header {key!r} has a line break in its value")
+
+
+class Subscription:
+    """A live core-NATS subscription; ``unsubscribe`` is idempotent."""
+
+    def __init__(self, sub: NatsSubscription, release: Callable[[], None]) -> None:
+        self._sub = sub
+        self._release = release
+        self._closed = False
+
+    async def unsubscribe(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._release()
+        try:
+            await self._sub.unsubscribe()
+        except Exception as exc:  # closed connection: the server already forgot it
+            log.debug("unsubscribe_ignored", error=type(exc).__name__)
+
+
+class _Confirmer:
+    """Coalesces publish confirmations: one PING/PONG covers every publish written before it.
+
+    A core NATS publish is fire-and-forget; the PONG after a PING proves the server has read
+    everything sent before the PING, so a client is never told "published" for bytes still sitting
+    in a local buffer.
+    """
+
+    def __init__(self, client: NatsClient, timeout: float) -> None:
+        self._client = client
+        self._timeout = timeout
+        self._waiting: list[asyncio.Future[None]] = []
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="natsgw-publish-confirmer")
+
+    async def confirm(self) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        self._wake.set()
+        await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._waiting = self._waiting, []
+            try:
+                with translated("publish confirmation"):
+                    await self._client.flush(timeout=self._timeout)  # type: ignore[arg-type]
+            except Exception as exc:
+                for future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for future in batch:
+                    if not future.done():
+                        future.set_result(None)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        for future in self._waiting:
+            if not future.done():
+                future.set_exception(Unavailable("the gateway is shutting down"))
+
+
+class NatsAdapter:
+    """One NATS connection shared by every call, reconnecting with backoff while it runs."""
+
+    def __init__(
+        self,
+        servers: list[str],
+        *,
+        user: str = "",
+        password: str = "",
+        token: str = "",
+        name: str = "natsgw",
+        publish_confirm_timeout: float = 5.0,
+        gateway_max_message: int = 0,
+        jetstream_domain: str = "",
+    ) -> None:
+        self._servers = servers
+        self._options: dict[str, Any] = {"name": name}
+        if user:
+            self._options["user"] = user
+            self._options["password"] = password
+        if token:
+            self._options["token"] = token
+        self._confirm_timeout = publish_confirm_timeout
+        self._gateway_max_message = gateway_max_message
+        self._jetstream_domain = jetstream_domain or None
+        self._nc: NatsClient | None = None
+        self._confirmer: _Confirmer | None = None
+        self._connect_task: asyncio.Task[None] | None = None
+        self._overflow: dict[int, Callable[[], None]] = {}
+        self._reconnects = 0
+        self._status = "CONNECTING"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, *, wait: float = 0.0) -> None:
+        """Connect in the background; with ``wait``, give the first attempt that long to succeed."""
+        self._connect_task = asyncio.create_task(self._connect_forever(), name="natsgw-connect")
+        if wait:
+            done, _ = await asyncio.wait({self._connect_task}, timeout=wait)
+            if self._connect_task in done:
+                self._connect_task.result()
+
+    async def _connect_forever(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                nc = await nats.connect(
+                    servers=self._servers,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_to_server_handler=_reconnect_handler,
+                    connect_timeout=2,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                    closed_cb=self._on_closed,
+                    **self._options,
+                )
+            except Exception as exc:
+                delay = backoff_delay(attempt)
+                log.warning(
+                    "nats_connect_failed", error=str(exc) or type(exc).__name__, retry_in=delay
+                )
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            self._nc = nc
+            self._confirmer = _Confirmer(nc, self._confirm_timeout)
+            self._status = "CONNECTED"
+            log.info("nats_connected", url=self._url(), server=nc._server_info.get("server_name"))
+            return
+
+    async def close(self, drain_timeout: float = 5.0) -> None:
+        """Drain (deliver what is in flight, then close) and stop reconnecting."""
+        if self._connect_task is not None and not self._connect_task.done():
+            self._connect_task.cancel()
+            await asyncio.gather(self._connect_task, return_exceptions=True)
+        if self._confirmer is not None:
+            await self._confirmer.close()
+        nc, self._nc = self._nc, None
+        if nc is None or nc.is_closed:
+            return
+        self._status = "DRAINING"
+        try:
+            await asyncio.wait_for(nc.drain(), drain_timeout)
+        except Exception as exc:
+            log.warning("nats_drain_failed", error=type(exc).__name__)
+            await nc.close()
+        self._status = "CLOSED"
+
+    async def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, SlowConsumerError):
+            callback = self._overflow.get(exc.sid)
+            if callback is not None:
+                callback()
+            return
+        log.warning("nats_error", error=str(exc) or type(exc).__name__)
+
+    async def _on_disconnected(self) -> None:
+        if self._status == "CONNECTED":
+            self._status = "RECONNECTING"
+            log.warning("nats_disconnected")
+
+    async def _on_reconnected(self) -> None:
+        self._reconnects += 1
+        self._status = "CONNECTED"
+        log.info("nats_reconnected", url=self._url())
+
+    async def _on_closed(self) -> None:
+        self._status = "CLOSED"
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def _url(self) -> str:
+        url = self._nc.connected_url if self._nc is not None else None
+        return f"{url.scheme}://{url.hostname}:{url.port}" if url else ""
+
+    def state(self) -> ConnectionState:
+        status = self._status
+        if self._nc is not None and self._nc.is_connected:
+            status = "CONNECTED"
+        return ConnectionState(
+            status=status, connected_url=self._url(), reconnects=self._reconnects
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    def facts(self) -> ServerFacts:
+        info = self._client()._server_info
+        return ServerFacts(
+            server_id=str(info.get("server_id", "")),
+            server_name=str(info.get("server_name", "")),
+            version=str(info.get("version", "")),
+            max_payload=int(info.get("max_payload", 0)),
+            jetstream=bool(info.get("jetstream", False)),
+            headers=bool(info.get("headers", False)),
+        )
+
+    async def rtt(self, timeout: float) -> float:
+        """A full round trip to the server, in seconds."""
+        with translated("round trip to NATS"):
+            return float(await self._client().rtt(timeout=timeout))  # type: ignore[arg-type]
+
+    def _client(self) -> NatsClient:
+        nc = self._nc
+        if nc is None:
+            raise Unavailable("not connected to NATS yet; the gateway keeps retrying")
+        if not nc.is_connected:
+            raise Unavailable(
+                f"the NATS connection is {self.state().status.lower()}; retry shortly"
+            )
+        return nc
+
+    async def jetstream_account(self, timeout: float) -> JetStreamAccount:
+        """Proves JetStream answers (used by deep health checks)."""
+        js = self._client().jetstream(domain=self._jetstream_domain, timeout=timeout)
+        with translated("JetStream account info"):
+            info = await js.account_info()
+        return JetStreamAccount(
+            streams=info.streams, consumers=info.consumers, memory=info.memory, storage=info.storage
+        )
+
+    def jetstream(self) -> JetStreamContext:
+        """For the JetStream/KV/Object modules of this package only."""
+        return self._client().jetstream(domain=self._jetstream_domain)
+
+    # -- core messaging ---------------------------------------------------------------------------
+
+    def check_payload(self, data: bytes, headers: Mapping[str, str]) -> None:
+        """Refuse what NATS would refuse, before anything is sent: never half-send."""
+        check_headers(headers)
+        limit = self._client().max_payload
+        size = len(data) + header_bytes(headers)
+        if size > limit:
+            raise ResourceExhausted(
+                f"message is {size} bytes (data plus headers); the NATS server's max_payload is "
+                f"{limit} bytes and the gateway's max message size is {self._gateway_max_message}"
+                " bytes"
+            )
+
+    async def publish(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        reply: str = "",
+        confirm: bool = True,
+    ) -> None:
+        """Publish; with ``confirm`` return only once the server has read it."""
+        nc = self._client()
+        self.check_payload(data, headers or {})
+        with translated("publish"):
+            await nc.publish(subject, data, reply=reply, headers=dict(headers) if headers else None)
+        if confirm:
+            await self.confirm()
+
+    async def confirm(self) -> None:
+        """Wait until the server has read everything published on this connection so far."""
+        confirmer = self._confirmer
+        if confirmer is None:
+            raise Unavailable("not connected to NATS yet; the gateway keeps retrying")
+        await confirmer.confirm()
+
+    async def subscribe(
+        self,
+        subject: str,
+        on_message: Callable[[Message], None],
+        *,
+        queue: str = "",
+        on_overflow: Callable[[], None],
+        pending_msgs: int,
+        pending_bytes: int,
+    ) -> Subscription:
+        """Subscribe; ``on_message`` must not block (it runs on nats-py's delivery task)."""
+        nc = self._client()
+
+        async def deliver(msg: Msg) -> None:
+            on_message(
+                Message(
+                    subject=msg.subject, data=msg.data, headers=msg.headers or {}, reply=msg.reply
+                )
+            )
+
+        with translated("subscribe"):
+            sub = await nc.subscribe(
+                subject,
+                queue=queue,
+                cb=deliver,
+                pending_msgs_limit=pending_msgs,
+                pending_bytes_limit=pending_bytes,
+            )
+        sid = sub._id
+        self._overflow[sid] = on_overflow
+
+        def release() -> None:
+            self._overflow.pop(sid, None)
+
+        return Subscription(sub, release)
+
+    async def request(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        inbox: str,
+        timeout: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> Message:
+        """Request/reply through a caller-chosen inbox, so replies stay inside a namespace."""
+        nc = self._client()
+        self.check_payload(data, headers or {})
+        reply: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        with translated("request"):
+            sub = await nc.subscribe(inbox, future=reply, max_msgs=1)
+            try:
+                await nc.publish(
+                    subject, data, reply=inbox, headers=dict(headers) if headers else None
+                )
+                msg = await asyncio.wait_for(reply, timeout)
+            except TimeoutError:
+                raise DeadlineExceeded(f"no reply within {timeout:g}s") from None
+            finally:
+                try:
+                    await sub.unsubscribe()
+                except Exception as exc:
+                    log.debug("request_unsubscribe_ignored", error=type(exc).__name__)
+        msg_headers = msg.headers or {}
+        if msg_headers.get(_STATUS_HEADER) == _NO_RESPONDERS and not msg.data:
+            raise Unavailable("no responder is subscribed to that subject")
+        return Message(subject=msg.subject, data=msg.data, headers=msg_headers, reply=msg.reply)

@@ -1,0 +1,74 @@
+"""nats-py's exceptions, translated once into the gateway's vocabulary (see natsgw.errors)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from nats import errors as nats_errors
+from nats.js import errors as js_errors
+
+from natsgw.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    GatewayError,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+
+_UNAVAILABLE = (
+    nats_errors.ConnectionClosedError,
+    nats_errors.ConnectionDrainingError,
+    nats_errors.ConnectionReconnectingError,
+    nats_errors.StaleConnectionError,
+    nats_errors.OutboundBufferLimitError,
+    nats_errors.NoServersError,
+    js_errors.ServiceUnavailableError,
+    ConnectionError,
+    OSError,
+)
+
+
+@contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Run a nats-py call; re-raise whatever it throws as a GatewayError about ``what``."""
+    try:
+        yield
+    except GatewayError:
+        raise
+    except js_errors.NotFoundError as exc:
+        raise NotFound(f"{what}: not found") from exc
+    except js_errors.APIError as exc:
+        raise _from_api_error(what, exc) from exc
+    except nats_errors.NoRespondersError as exc:
+        raise Unavailable(f"{what}: no responder is listening (nothing subscribed)") from exc
+    except (TimeoutError, nats_errors.TimeoutError) as exc:
+        raise DeadlineExceeded(f"{what}: NATS did not answer in time") from exc
+    except nats_errors.MaxPayloadError as exc:
+        raise ResourceExhausted(f"{what}: payload exceeds the NATS server's max_payload") from exc
+    except (nats_errors.BadSubjectError, nats_errors.BadHeaderError) as exc:
+        raise InvalidArgument(what, f"NATS refused it ({type(exc).__name__})") from exc
+    except _UNAVAILABLE as exc:
+        raise Unavailable(
+            f"{what}: NATS is not reachable right now ({type(exc).__name__})"
+        ) from exc
+    except nats_errors.Error as exc:
+        raise Internal(f"{what}: NATS error {type(exc).__name__}: {exc}") from exc
+
+
+def _from_api_error(what: str, exc: js_errors.APIError) -> GatewayError:
+    """JetStream API errors carry NATS's own code and reason; keep the reason for the client."""
+    reason = exc.description or "JetStream refused the request"
+    code = exc.code or 0
+    if code == 404:
+        return NotFound(f"{what}: {reason}")
+    if code == 503:
+        return Unavailable(f"{what}: {reason}")
+    if code == 400 and "already in use" in reason:
+        return AlreadyExists(f"{what}: {reason}")
+    if code in (400, 500) and ("maximum" in reason or "resources" in reason or "limit" in reason):
+        return ResourceExhausted(f"{what}: {reason}")
+    return InvalidArgument(what, reason)

@@ -1,0 +1,53 @@
+"""``natsgw`` command line: ``natsgw serve`` runs the gateway with settings from the environment."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from natsgw import __version__
+from natsgw.config import ConfigError, Settings
+from natsgw.embedded import EmbeddedServerError
+from natsgw.logs import configure
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="natsgw",
+        description="Multi-tenant gRPC gateway in front of NATS. Configured by environment "
+        "variables (see README); without NATS_URLS it starts an embedded nats-server.",
+    )
+    parser.add_argument("--version", action="version", version=f"natsgw {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the gateway until SIGTERM/SIGINT")
+    sub.add_parser("check-config", help="parse the environment and print the settings")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"natsgw: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure(settings.log_level, settings.log_format)
+
+    if args.command == "check-config":
+        for name in settings.__slots__:
+            value = getattr(settings, name)
+            if name in ("nats_password", "nats_token") and value:
+                value = "***"
+            print(f"{name} = {value!r}")
+        return 0
+
+    from natsgw.server import Gateway  # heavy imports only when serving
+
+    try:
+        asyncio.run(Gateway(settings).run())
+    except EmbeddedServerError as exc:
+        print(f"natsgw: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

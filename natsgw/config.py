@@ -1,0 +1,216 @@
+"""Settings: one typed, immutable object built from the environment once, at start-up.
+
+The seed's variable names (``NATS_URLS``, ``GRPC_PORT``, ``CONSUL_*``, ``LOKI_URL`` ...) are the
+public interface; everything new is prefixed ``NATSGW_``. A malformed value raises
+:class:`ConfigError` naming the variable, so a bad deployment fails loudly instead of half-working.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+MIB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A setting is malformed; the message names the environment variable."""
+
+
+class SlowConsumerPolicy(StrEnum):
+    #: End the subscription stream with RESOURCE_EXHAUSTED: the client learns it fell behind.
+    CLOSE = "close"
+    #: Drop new messages while the buffer is full; gaps show in ``MessageResponse.sequence``.
+    DROP = "drop"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # NATS connection (seed names)
+    nats_urls: tuple[str, ...] = ()
+    nats_username: str = ""
+    nats_password: str = ""
+    nats_token: str = ""
+    nats_cluster_id: str = ""
+    jetstream_enabled: bool = True
+    jetstream_domain: str = ""
+    # gRPC listener (seed names, plus GRPC_HOST)
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50056
+    service_name: str = "nats-grpc-service"
+    service_hostname: str = ""
+    # Integrations (seed names)
+    loki_url: str = ""
+    consul_enabled: bool = False
+    consul_host: str = "localhost"
+    consul_port: int = 8500
+    # natsgw's own
+    data_dir: Path = Path("natsgw-data")
+    embedded_nats_port: int = 0
+    nats_monitor_url: str = ""
+    namespace_root: str = "natsgw"
+    max_message_size: int = 10 * MIB
+    request_timeout: float = 5.0
+    publish_confirm_timeout: float = 5.0
+    subscription_buffer_msgs: int = 1024
+    subscription_buffer_bytes: int = 8 * MIB
+    slow_consumer_policy: SlowConsumerPolicy = SlowConsumerPolicy.CLOSE
+    shutdown_grace: float = 10.0
+    log_level: str = "info"
+    log_format: str = "json"
+
+    @property
+    def embedded(self) -> bool:
+        """No NATS_URLS: natsgw runs its own nats-server."""
+        return not self.nats_urls
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        e = _Env(os.environ if env is None else env)
+        return cls(
+            nats_urls=e.get("NATS_URLS", _urls, ()),
+            nats_username=e.get("NATS_USERNAME", str, ""),
+            nats_password=e.get("NATS_PASSWORD", str, ""),
+            nats_token=e.get("NATS_TOKEN", str, ""),
+            nats_cluster_id=e.get("NATS_CLUSTER_ID", str, ""),
+            jetstream_enabled=e.get("NATS_JETSTREAM_ENABLED", _bool, True),
+            jetstream_domain=e.get("NATS_JETSTREAM_DOMAIN", str, ""),
+            grpc_host=e.get("GRPC_HOST", _nonempty, "127.0.0.1"),
+            grpc_port=e.get("GRPC_PORT", _port, 50056),
+            service_name=e.get("SERVICE_NAME", _nonempty, "nats-grpc-service"),
+            service_hostname=e.get("SERVICE_HOSTNAME", str, ""),
+            loki_url=e.get("LOKI_URL", _http_url, ""),
+            consul_enabled=e.get("CONSUL_ENABLED", _bool, False),
+            consul_host=e.get("CONSUL_HOST", _nonempty, "localhost"),
+            consul_port=e.get("CONSUL_PORT", _port, 8500),
+            data_dir=e.get("NATSGW_DATA_DIR", Path, _default_data_dir()),
+            embedded_nats_port=e.get("NATSGW_EMBEDDED_NATS_PORT", _port_or_zero, 0),
+            nats_monitor_url=e.get("NATSGW_NATS_MONITOR_URL", _http_url, ""),
+            namespace_root=e.get("NATSGW_NAMESPACE_ROOT", _root, "natsgw"),
+            max_message_size=e.get("NATSGW_MAX_MESSAGE_SIZE", _size, 10 * MIB),
+            request_timeout=e.get("NATSGW_REQUEST_TIMEOUT", _seconds, 5.0),
+            publish_confirm_timeout=e.get("NATSGW_PUBLISH_CONFIRM_TIMEOUT", _seconds, 5.0),
+            subscription_buffer_msgs=e.get("NATSGW_SUBSCRIPTION_BUFFER_MSGS", _positive, 1024),
+            subscription_buffer_bytes=e.get("NATSGW_SUBSCRIPTION_BUFFER_BYTES", _size, 8 * MIB),
+            slow_consumer_policy=e.get(
+                "NATSGW_SLOW_CONSUMER_POLICY", SlowConsumerPolicy, SlowConsumerPolicy.CLOSE
+            ),
+            shutdown_grace=e.get("NATSGW_SHUTDOWN_GRACE", _seconds, 10.0),
+            log_level=e.get("NATSGW_LOG_LEVEL", _log_level, "info"),
+            log_format=e.get("NATSGW_LOG_FORMAT", _log_format, "json"),
+        )
+
+
+class _Env:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = self._env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw.strip())
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from None
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local/share")
+    return Path(base) / "natsgw"
+
+
+def _bool(raw: str) -> bool:
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _nonempty(raw: str) -> str:
+    return raw
+
+
+def _int(raw: str, low: int, high: int) -> int:
+    value = int(raw)
+    if not low <= value <= high:
+        raise ValueError(f"expected an integer from {low} to {high}")
+    return value
+
+
+def _port(raw: str) -> int:
+    return _int(raw, 1, 65535)
+
+
+def _port_or_zero(raw: str) -> int:
+    return _int(raw, 0, 65535)
+
+
+def _positive(raw: str) -> int:
+    return _int(raw, 1, 2**31 - 1)
+
+
+_SIZE_RE = re.compile(r"^(\d+)\s*(|b|kib|kb|k|mib|mb|m|gib|gb|g)$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": MIB, "mb": MIB, "mib": MIB}
+_SIZE_UNITS |= {"g": 1024 * MIB, "gb": 1024 * MIB, "gib": 1024 * MIB}
+
+
+def _size(raw: str) -> int:
+    """Bytes, optionally with a binary unit: ``10485760``, ``10MiB``, ``512k``."""
+    match = _SIZE_RE.fullmatch(raw)
+    if not match:
+        raise ValueError("expected a size such as 10485760, 512KiB or 10MiB")
+    value = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if value < 1:
+        raise ValueError("must be positive")
+    return value
+
+
+def _seconds(raw: str) -> float:
+    value = float(raw[:-1] if raw.endswith("s") else raw)
+    if not 0 < value < 86400:
+        raise ValueError("expected seconds, greater than 0 and below 86400")
+    return value
+
+
+def _urls(raw: str) -> tuple[str, ...]:
+    urls = tuple(u.strip() for u in raw.split(",") if u.strip())
+    for url in urls:
+        if not re.fullmatch(r"(nats|tls|ws|wss)://\S+", url):
+            raise ValueError(f"{url!r} is not a nats://, tls://, ws:// or wss:// URL")
+    return urls
+
+
+def _http_url(raw: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", raw):
+        raise ValueError("expected an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
+def _root(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9]{1,32}", raw):
+        raise ValueError("expected 1 to 32 letters or digits")
+    return raw
+
+
+def _log_level(raw: str) -> str:
+    level = raw.lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ValueError("expected debug, info, warning or error")
+    return level
+
+
+def _log_format(raw: str) -> str:
+    fmt = raw.lower()
+    if fmt not in ("json", "console"):
+        raise ValueError("expected json or console")
+    return fmt

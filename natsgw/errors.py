@@ -1,0 +1,81 @@
+"""The gateway's error vocabulary and its single mapping onto gRPC status.
+
+Domain code (tenancy, adapter, handlers) raises these; only :func:`to_grpc_error` turns them into
+what a client sees, so a status code means the same thing on every RPC.
+"""
+
+from __future__ import annotations
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway reports on purpose; carries its gRPC status."""
+
+    status: Status = Status.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(GatewayError):
+    """The request names something malformed; the message names the field."""
+
+    status = Status.INVALID_ARGUMENT
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+
+
+class NotFound(GatewayError):
+    status = Status.NOT_FOUND
+
+
+class AlreadyExists(GatewayError):
+    status = Status.ALREADY_EXISTS
+
+
+class FailedPrecondition(GatewayError):
+    status = Status.FAILED_PRECONDITION
+
+
+class Unauthenticated(GatewayError):
+    status = Status.UNAUTHENTICATED
+
+
+class PermissionDenied(GatewayError):
+    status = Status.PERMISSION_DENIED
+
+
+class ResourceExhausted(GatewayError):
+    """A size, buffer or quota limit was hit; the message names the limit."""
+
+    status = Status.RESOURCE_EXHAUSTED
+
+
+class Unavailable(GatewayError):
+    """NATS (or a responder) cannot be reached now; retrying later may succeed."""
+
+    status = Status.UNAVAILABLE
+
+
+class DeadlineExceeded(GatewayError):
+    status = Status.DEADLINE_EXCEEDED
+
+
+class Internal(GatewayError):
+    status = Status.INTERNAL
+
+
+def to_grpc_error(exc: BaseException) -> GRPCError:
+    """Translate any exception escaping a handler into the status a client receives."""
+    if isinstance(exc, GRPCError):
+        return exc
+    if isinstance(exc, GatewayError):
+        return GRPCError(exc.status, exc.message)
+    if isinstance(exc, TimeoutError):
+        return GRPCError(Status.DEADLINE_EXCEEDED, "the operation timed out")
+    return GRPCError(Status.INTERNAL, f"internal error ({type(exc).__name__}); see gateway logs")

@@ -1,0 +1,126 @@
+"""Core NATS messaging: Publish, PublishBatch, Subscribe, QueueSubscribe, Unsubscribe, Request."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+from natsgw._generated.isa import nats as pb
+from natsgw.errors import GatewayError, InvalidArgument
+from natsgw.service.base import Handlers
+from natsgw.subscriptions import Mailbox
+from natsgw.tenancy import Namespace
+
+
+def _check_queue_group(queue_group: str, required: bool) -> None:
+    if not queue_group:
+        if required:
+            raise InvalidArgument("queue_group", "is required for QueueSubscribe")
+        return
+    if any(ch.isspace() or not ch.isprintable() for ch in queue_group):
+        raise InvalidArgument(
+            "queue_group", f"{queue_group!r} must not contain whitespace or control characters"
+        )
+
+
+class MessagingHandlers(Handlers):
+    async def publish(self, message: pb.PublishRequest) -> pb.PublishResponse:
+        ns = await self.namespace(message.user_id, message.organization_id)
+        subject = ns.subject(message.subject)
+        reply = ns.subject(message.reply_to, "reply_to") if message.reply_to else ""
+        await self.adapter.publish(subject, message.data, headers=message.headers, reply=reply)
+        return pb.PublishResponse(success=True, message="published")
+
+    async def publish_batch(self, message: pb.PublishBatchRequest) -> pb.PublishBatchResponse:
+        """Publish every valid message; report each refused one by index. Confirmed once."""
+        ns = await self.namespace(message.user_id, message.organization_id)
+        errors: list[str] = []
+        published = 0
+        for index, item in enumerate(message.messages):
+            field = f"messages[{index}]"
+            try:
+                subject = ns.subject(item.subject, f"{field}.subject")
+                reply = ns.subject(item.reply_to, f"{field}.reply_to") if item.reply_to else ""
+                await self.adapter.publish(
+                    subject, item.data, headers=item.headers, reply=reply, confirm=False
+                )
+            except GatewayError as exc:
+                text = exc.message
+                errors.append(text if text.startswith(field) else f"{field}: {text}")
+                continue
+            published += 1
+        if published:
+            await self.adapter.confirm()
+        return pb.PublishBatchResponse(success=not errors, published_count=published, errors=errors)
+
+    async def subscribe(self, message: pb.SubscribeRequest) -> AsyncIterator[pb.MessageResponse]:
+        _check_queue_group(message.queue_group, required=False)
+        ns = await self.namespace(message.user_id, message.organization_id)
+        async for response in self._stream(ns, message.subject, message.queue_group):
+            yield response
+
+    async def queue_subscribe(
+        self, message: pb.QueueSubscribeRequest
+    ) -> AsyncIterator[pb.MessageResponse]:
+        _check_queue_group(message.queue_group, required=True)
+        ns = await self.namespace(message.user_id, message.organization_id)
+        async for response in self._stream(ns, message.subject, message.queue_group):
+            yield response
+
+    async def _stream(
+        self, ns: Namespace, subject: str, queue_group: str
+    ) -> AsyncIterator[pb.MessageResponse]:
+        pattern = ns.pattern(subject)
+        settings = self.settings
+        mailbox = Mailbox(
+            settings.subscription_buffer_msgs,
+            settings.subscription_buffer_bytes,
+            settings.slow_consumer_policy,
+        )
+        sub = await self.adapter.subscribe(
+            pattern,
+            mailbox.offer,
+            queue=queue_group,
+            on_overflow=mailbox.overflow,
+            pending_msgs=settings.subscription_buffer_msgs,
+            pending_bytes=settings.subscription_buffer_bytes,
+        )
+        registry = self.deps.subscriptions
+        registry.add(ns.key, subject, mailbox)
+        try:
+            await self.announce_ready()
+            while (delivery := await mailbox.get()) is not None:
+                msg = delivery.message
+                yield pb.MessageResponse(
+                    subject=ns.from_subject(msg.subject) or "",
+                    data=msg.data,
+                    headers=dict(msg.headers),
+                    # A reply subject outside the tenant's namespace cannot be answered through
+                    # the gateway, so it is not shown.
+                    reply_to=(ns.from_subject(msg.reply) or "") if msg.reply else "",
+                    timestamp=delivery.received_at,
+                    sequence=delivery.sequence,
+                )
+        finally:
+            registry.remove(ns.key, subject, mailbox)
+            await sub.unsubscribe()
+
+    async def unsubscribe(self, message: pb.UnsubscribeRequest) -> pb.UnsubscribeResponse:
+        """Ends this tenant's streams on exactly that subject; success=false when none was open."""
+        ns = await self.namespace(message.user_id, message.organization_id)
+        ns.pattern(message.subject)  # same rules as Subscribe
+        ended = self.deps.subscriptions.end(ns.key, message.subject)
+        return pb.UnsubscribeResponse(success=ended > 0)
+
+    async def request(self, message: pb.RequestRequest) -> pb.RequestResponse:
+        ns = await self.namespace(message.user_id, message.organization_id)
+        subject = ns.subject(message.subject)
+        timeout = self.timeout(message.timeout, self.settings.request_timeout, "timeout")
+        reply = await self.adapter.request(
+            subject,
+            message.data,
+            inbox=ns.inbox(uuid.uuid4().hex),
+            timeout=timeout,
+            headers=message.headers,
+        )
+        return pb.RequestResponse(success=True, data=reply.data, headers=dict(reply.headers))

@@ -1,0 +1,263 @@
+"""Pure mapping between what a tenant names and what NATS stores.
+
+Everything here is a function of plain values: no I/O, no NATS client. That is what lets the
+mapping be property-tested as the security boundary it is (see ``tests/property``).
+
+The scheme, for tenant key ``K`` (see :func:`tenant_key`) under the root ``natsgw``::
+
+    subject / pattern      orders.created      ->  natsgw.K.orders.created
+    stream                 orders              ->  natsgw-K-orders
+    Key-Value bucket       cache               ->  natsgw-K-cache   (stream KV_natsgw-K-cache)
+    Object bucket          files               ->  natsgw-K-files   (stream OBJ_natsgw-K-files)
+    consumer               worker              ->  worker              (streams are already private)
+
+``K`` is a one-letter kind (``u`` user, ``o`` organization) followed by the id escaped into
+``[A-Za-z0-9_]``: ASCII letters and digits stay, every other UTF-8 byte becomes ``_XX``. The
+escape is prefix-free, so ``K`` is injective and never contains ``.``, ``-``, ``*`` or ``>``;
+since ``K`` cannot contain the separator that follows it, two tenants' prefixes never overlap.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from natsgw.errors import InvalidArgument
+
+DEFAULT_ROOT = "natsgw"
+
+#: Longest tenant key, in characters; the rest of a 255-byte NATS name is left to the tenant.
+MAX_TENANT_KEY = 128
+#: Longest NATS subject the gateway will build (the server's control line is 4 KiB by default).
+MAX_SUBJECT_BYTES = 1024
+#: Longest stream or consumer name NATS accepts (it becomes a directory name).
+MAX_NAME_BYTES = 255
+#: Longest bucket name, leaving room for the ``KV_`` / ``OBJ_`` prefix of its backing stream.
+MAX_BUCKET_BYTES = 240
+
+_ROOT_RE = re.compile(r"^[A-Za-z0-9]+$")
+_HEX2_RE = re.compile(r"[0-9A-F]{2}")
+_BUCKET_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+_KEEP = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_NAME_FORBIDDEN = frozenset(".*>/\\")
+
+
+class TenantKind(StrEnum):
+    USER = "u"
+    ORGANIZATION = "o"
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """Whose namespace a call works in: a user's own, or an organization's shared one."""
+
+    kind: TenantKind
+    id: str
+
+    @classmethod
+    def user(cls, user_id: str) -> Tenant:
+        return cls(TenantKind.USER, user_id)
+
+    @classmethod
+    def organization(cls, organization_id: str) -> Tenant:
+        return cls(TenantKind.ORGANIZATION, organization_id)
+
+    @property
+    def id_field(self) -> str:
+        return "user_id" if self.kind is TenantKind.USER else "organization_id"
+
+
+def escape_id(raw: str) -> str:
+    """Escape any text into ``[A-Za-z0-9_]``, injectively (``_`` itself becomes ``_5F``)."""
+    out: list[str] = []
+    for ch in raw:
+        if ch in _KEEP:
+            out.append(ch)
+        else:
+            out.extend(f"_{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+    return "".join(out)
+
+
+def unescape_id(escaped: str) -> str:
+    """Inverse of :func:`escape_id`; raises ``ValueError`` on text it could not have produced."""
+    buf = bytearray()
+    i = 0
+    while i < len(escaped):
+        ch = escaped[i]
+        if ch == "_":
+            hex_digits = escaped[i + 1 : i + 3]
+            if not _HEX2_RE.fullmatch(hex_digits):
+                raise ValueError(f"bad escape at {i}")
+            buf.append(int(hex_digits, 16))
+            i += 3
+        elif ch in _KEEP:
+            buf.extend(ch.encode("ascii"))
+            i += 1
+        else:
+            raise ValueError(f"unexpected character {ch!r}")
+    return buf.decode("utf-8", "surrogatepass")
+
+
+def tenant_key(tenant: Tenant) -> str:
+    """The tenant's token inside every NATS name: kind letter + escaped id."""
+    if not tenant.id:
+        raise InvalidArgument(tenant.id_field, "must not be empty")
+    key = tenant.kind.value + escape_id(tenant.id)
+    if len(key) > MAX_TENANT_KEY:
+        raise InvalidArgument(
+            tenant.id_field,
+            f"is too long: it escapes to {len(key)} characters, the limit is {MAX_TENANT_KEY}",
+        )
+    return key
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _bad_char(text: str) -> str | None:
+    """First character NATS (or a file system) would choke on: whitespace, control, surrogate."""
+    for ch in text:
+        if ch.isspace() or unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp"):
+            return ch
+    return None
+
+
+def check_subject(subject: str, field: str, *, wildcards: bool) -> None:
+    """Refuse a tenant-side subject NATS would reject or misread.
+
+    With ``wildcards``, ``*`` may stand as a whole token anywhere and ``>`` as the last token;
+    without, neither may appear at all, so a publish never fans out by accident.
+    """
+    if not subject:
+        raise InvalidArgument(field, "must not be empty")
+    bad = _bad_char(subject)
+    if bad is not None:
+        raise InvalidArgument(
+            field,
+            f"{subject!r} contains {bad!r}; whitespace and control characters are not allowed",
+        )
+    tokens = subject.split(".")
+    for index, token in enumerate(tokens):
+        if not token:
+            raise InvalidArgument(
+                field, f"{subject!r} has an empty token (leading, trailing or '..')"
+            )
+        if token in ("*", ">") and wildcards:
+            if token == ">" and index != len(tokens) - 1:
+                raise InvalidArgument(field, f"{subject!r}: '>' is only allowed as the last token")
+            continue
+        if "*" in token or ">" in token:
+            where = (
+                "as whole tokens in a subscription" if wildcards else "in a subscription pattern"
+            )
+            raise InvalidArgument(
+                field, f"{subject!r}: '*' and '>' are only allowed {where}, not here"
+            )
+
+
+def check_name(name: str, field: str, *, max_bytes: int = MAX_NAME_BYTES) -> None:
+    """Refuse a stream or consumer name NATS would reject."""
+    if not name:
+        raise InvalidArgument(field, "must not be empty")
+    bad = _bad_char(name)
+    if bad is None:
+        bad = next((ch for ch in name if ch in _NAME_FORBIDDEN), None)
+    if bad is not None:
+        raise InvalidArgument(
+            field,
+            f"{name!r} contains {bad!r}; "
+            "names may not contain whitespace, '.', '*', '>', '/' or '\\'",
+        )
+    if _utf8_len(name) > max_bytes:
+        raise InvalidArgument(field, f"{name!r} is longer than {max_bytes} bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    """One tenant's view of NATS: maps its names in, and NATS names back out."""
+
+    tenant: Tenant
+    root: str = DEFAULT_ROOT
+    key: str = field(init=False)
+    subject_prefix: str = field(init=False)
+    name_prefix: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not _ROOT_RE.fullmatch(self.root):
+            raise ValueError(f"namespace root must match [A-Za-z0-9]+, got {self.root!r}")
+        key = tenant_key(self.tenant)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "subject_prefix", f"{self.root}.{key}.")
+        object.__setattr__(self, "name_prefix", f"{self.root}-{key}-")
+
+    # -- subjects -------------------------------------------------------------------------------
+
+    def subject(self, subject: str, field: str = "subject") -> str:
+        """A concrete subject to publish to (no wildcards)."""
+        check_subject(subject, field, wildcards=False)
+        return self._prefixed(subject, field)
+
+    def pattern(self, pattern: str, field: str = "subject") -> str:
+        """A subscription or filter pattern; ``*`` and ``>`` stay inside the namespace."""
+        check_subject(pattern, field, wildcards=True)
+        return self._prefixed(pattern, field)
+
+    def inbox(self, token: str) -> str:
+        """Reply subject for a gateway-made request; the tenant sees it as ``_INBOX.<token>``."""
+        return self.subject(f"_INBOX.{token}", "reply_to")
+
+    def _prefixed(self, subject: str, field: str) -> str:
+        mapped = self.subject_prefix + subject
+        if _utf8_len(mapped) > MAX_SUBJECT_BYTES:
+            budget = MAX_SUBJECT_BYTES - _utf8_len(self.subject_prefix)
+            raise InvalidArgument(field, f"is longer than this tenant's limit of {budget} bytes")
+        return mapped
+
+    def from_subject(self, nats_subject: str) -> str | None:
+        """The tenant's view of a NATS subject, or None when it lies outside the namespace."""
+        if nats_subject.startswith(self.subject_prefix) and len(nats_subject) > len(
+            self.subject_prefix
+        ):
+            return nats_subject[len(self.subject_prefix) :]
+        return None
+
+    # -- named resources -------------------------------------------------------------------------
+
+    def stream(self, name: str, field: str = "stream_name") -> str:
+        return self._named(name, field, MAX_NAME_BYTES)
+
+    def kv_bucket(self, bucket: str, field: str = "bucket") -> str:
+        self._check_bucket(bucket, field)
+        return self._named(bucket, field, MAX_BUCKET_BYTES)
+
+    def object_bucket(self, bucket: str, field: str = "bucket") -> str:
+        self._check_bucket(bucket, field)
+        return self._named(bucket, field, MAX_BUCKET_BYTES)
+
+    def consumer(self, name: str, field: str = "consumer_name") -> str:
+        """Consumers live inside an already private stream, so only NATS's rules apply."""
+        check_name(name, field)
+        return name
+
+    def from_name(self, nats_name: str) -> str | None:
+        """The tenant's name for a stream or bucket, or None when another tenant owns it."""
+        if nats_name.startswith(self.name_prefix) and len(nats_name) > len(self.name_prefix):
+            return nats_name[len(self.name_prefix) :]
+        return None
+
+    def _named(self, name: str, field: str, max_bytes: int) -> str:
+        budget = max_bytes - len(self.name_prefix)
+        check_name(name, field, max_bytes=budget)
+        return self.name_prefix + name
+
+    @staticmethod
+    def _check_bucket(bucket: str, field: str) -> None:
+        if not bucket:
+            raise InvalidArgument(field, "must not be empty")
+        if not _BUCKET_RE.fullmatch(bucket):
+            raise InvalidArgument(
+                field, f"{bucket!r} may only contain letters A-Z a-z, digits, '_' and '-'"
+            )

@@ -1,0 +1,141 @@
+"""Fixtures: a real nats-server, an in-process gateway, and grpclib / grpcio clients.
+
+Everything runs on free loopback ports in temporary directories. Tests isolate themselves by
+using fresh user ids (:func:`tenant`), so one nats-server and one gateway serve the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import nats
+import pytest
+import pytest_asyncio
+from grpclib.client import Channel
+
+from natsgw._generated.isa import nats as pb
+from natsgw.config import Settings
+from natsgw.embedded import EmbeddedNatsServer
+from natsgw.server import Gateway
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tenant(prefix: str = "user") -> str:
+    """A user id no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest_asyncio.fixture(scope="session")
+async def nats_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[EmbeddedNatsServer]:
+    server = EmbeddedNatsServer(tmp_path_factory.mktemp("nats"), max_payload=10 * 1024 * 1024)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def gateway_settings(nats_server: EmbeddedNatsServer, **overrides: Any) -> Settings:
+    base = Settings(
+        nats_urls=(nats_server.url,),
+        nats_monitor_url=nats_server.monitor_url,
+        grpc_host="127.0.0.1",
+        grpc_port=0,
+        shutdown_grace=2.0,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+GatewayFactory = Callable[..., Awaitable[Gateway]]
+
+
+@pytest_asyncio.fixture
+async def make_gateway(nats_server: EmbeddedNatsServer) -> AsyncIterator[GatewayFactory]:
+    """Start extra gateways with custom settings; all are stopped after the test."""
+    started: list[Gateway] = []
+
+    async def make(**overrides: Any) -> Gateway:
+        gw = Gateway(gateway_settings(nats_server, **overrides))
+        await gw.start()
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in started:
+        await gw.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def gateway(nats_server: EmbeddedNatsServer) -> AsyncIterator[Gateway]:
+    gw = Gateway(gateway_settings(nats_server))
+    await gw.start()
+    yield gw
+    await gw.stop()
+
+
+@pytest_asyncio.fixture
+async def stub(gateway: Gateway) -> AsyncIterator[pb.NatsServiceStub]:
+    """A grpclib client built from natsgw's own generated stubs."""
+    channel = Channel("127.0.0.1", gateway.port)
+    yield pb.NatsServiceStub(channel)
+    channel.close()
+
+
+@pytest_asyncio.fixture
+async def nc(nats_server: EmbeddedNatsServer) -> AsyncIterator[nats.NATS]:
+    """A native NATS client, to look at what the gateway really did."""
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.drain()
+
+
+@pytest.fixture(scope="session")
+def grpcio_stubs(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModuleType, ModuleType]:
+    """``nats_service_pb2`` and ``_pb2_grpc`` from api/ by grpcio-tools, as clients make them."""
+    out = tmp_path_factory.mktemp("grpcio_stubs")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{ROOT / 'api'}",
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            str(ROOT / "api" / "nats_service.proto"),
+        ],
+        check=True,
+    )
+    sys.path.insert(0, str(out))
+    try:
+        # The package's own upb module registered the same file in the default descriptor pool;
+        # grpcio's copy must load into a pool of its own, as it would in a separate client.
+        from google.protobuf import descriptor_pool
+
+        pb2_src = (out / "nats_service_pb2.py").read_text()
+        pb2_src = pb2_src.replace("_descriptor_pool.Default()", "_descriptor_pool.DescriptorPool()")
+        (out / "nats_service_pb2.py").write_text(pb2_src)
+        del descriptor_pool
+        pb2 = importlib.import_module("nats_service_pb2")
+        pb2_grpc = importlib.import_module("nats_service_pb2_grpc")
+    finally:
+        sys.path.remove(str(out))
+    return pb2, pb2_grpc
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
