@@ -20,7 +20,7 @@ class HealthHandlers(Handlers):
                 healthy=False,
                 nats_status=state.status,
                 checked_at=now,
-                message=f"not connected to NATS ({state.status.lower()}); retrying in the background",
+                message=f"not connected to NATS ({state.status.lower()}); still retrying",
             )
         facts = self.adapter.facts()
         jetstream = facts.jetstream and self.settings.jetstream_enabled
