@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Protocol
 
-from natsgw.errors import Unauthenticated
+from natsgw.errors import PermissionDenied, Unauthenticated
 from natsgw.tenancy import Tenant
 
 Metadata = Mapping[str, str | bytes]
@@ -31,6 +32,13 @@ class CallInfo:
 current_call: ContextVar[CallInfo | None] = ContextVar("natsgw_current_call", default=None)
 
 
+class Scope(Enum):
+    """Which namespace the caller asked for (the wire's NamespaceScope)."""
+
+    USER = 0
+    ORGANIZATION = 1
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """An authenticated caller and the namespace this call is confined to."""
@@ -41,8 +49,8 @@ class Principal:
 
 
 class Authenticator(Protocol):
-    async def authenticate(self, user_id: str, organization_id: str) -> Principal:
-        """Return the caller, or raise Unauthenticated / PermissionDenied."""
+    async def authenticate(self, user_id: str, organization_id: str, scope: Scope) -> Principal:
+        """Return the caller and its namespace, or raise Unauthenticated / PermissionDenied."""
         ...
 
 
@@ -53,9 +61,14 @@ class TrustedAuthenticator:
     nothing here can prove membership.
     """
 
-    async def authenticate(self, user_id: str, organization_id: str) -> Principal:
+    async def authenticate(self, user_id: str, organization_id: str, scope: Scope) -> Principal:
         if not user_id:
             raise Unauthenticated("user_id is required: set it to the calling user's id")
+        if scope is Scope.ORGANIZATION:
+            raise PermissionDenied(
+                "organization namespaces need proven membership: run the gateway with "
+                "NATSGW_AUTH_MODE=token or jwt"
+            )
         return Principal(
             user_id=user_id, tenant=Tenant.user(user_id), organization_id=organization_id
         )

@@ -11,6 +11,11 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class NamespaceScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCOPE_USER: _ClassVar[NamespaceScope]
+    SCOPE_ORGANIZATION: _ClassVar[NamespaceScope]
+
 class DeliveryPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     DELIVERY_ALL: _ClassVar[DeliveryPolicy]
@@ -35,6 +40,8 @@ class StorageType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     STORAGE_FILE: _ClassVar[StorageType]
     STORAGE_MEMORY: _ClassVar[StorageType]
+SCOPE_USER: NamespaceScope
+SCOPE_ORGANIZATION: NamespaceScope
 DELIVERY_ALL: DeliveryPolicy
 DELIVERY_LAST: DeliveryPolicy
 DELIVERY_NEW: DeliveryPolicy
@@ -175,7 +182,7 @@ class ConsumerState(_message.Message):
     def __init__(self, delivered_seq: _Optional[int] = ..., ack_floor_seq: _Optional[int] = ..., num_pending: _Optional[int] = ..., num_redelivered: _Optional[int] = ...) -> None: ...
 
 class PublishRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "subject", "data", "headers", "reply_to")
+    __slots__ = ("user_id", "organization_id", "subject", "data", "headers", "reply_to", "scope")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -189,13 +196,15 @@ class PublishRequest(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     subject: str
     data: bytes
     headers: _containers.ScalarMap[str, str]
     reply_to: str
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., reply_to: _Optional[str] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., reply_to: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class PublishResponse(_message.Message):
     __slots__ = ("success", "message")
@@ -206,14 +215,16 @@ class PublishResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
 
 class PublishBatchRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "messages")
+    __slots__ = ("user_id", "organization_id", "messages", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     messages: _containers.RepeatedCompositeFieldContainer[NATSMessage]
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[NATSMessage, _Mapping]]] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[NATSMessage, _Mapping]]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class PublishBatchResponse(_message.Message):
     __slots__ = ("success", "published_count", "errors")
@@ -226,16 +237,18 @@ class PublishBatchResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., published_count: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "subject", "queue_group")
+    __slots__ = ("user_id", "organization_id", "subject", "queue_group", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     QUEUE_GROUP_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     subject: str
     queue_group: str
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ..., queue_group: _Optional[str] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ..., queue_group: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class MessageResponse(_message.Message):
     __slots__ = ("subject", "data", "headers", "reply_to", "timestamp", "sequence")
@@ -261,14 +274,16 @@ class MessageResponse(_message.Message):
     def __init__(self, subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., reply_to: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class UnsubscribeRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "subject")
+    __slots__ = ("user_id", "organization_id", "subject", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     subject: str
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class UnsubscribeResponse(_message.Message):
     __slots__ = ("success",)
@@ -277,7 +292,7 @@ class UnsubscribeResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ...) -> None: ...
 
 class RequestRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "subject", "data", "timeout", "headers")
+    __slots__ = ("user_id", "organization_id", "subject", "data", "timeout", "headers", "scope")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -291,13 +306,15 @@ class RequestRequest(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     subject: str
     data: bytes
     timeout: _duration_pb2.Duration
     headers: _containers.ScalarMap[str, str]
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ..., data: _Optional[bytes] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ..., data: _Optional[bytes] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., headers: _Optional[_Mapping[str, str]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class RequestResponse(_message.Message):
     __slots__ = ("success", "data", "error_message", "headers")
@@ -319,26 +336,30 @@ class RequestResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., data: _Optional[bytes] = ..., error_message: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class QueueSubscribeRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "subject", "queue_group")
+    __slots__ = ("user_id", "organization_id", "subject", "queue_group", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     QUEUE_GROUP_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     subject: str
     queue_group: str
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ..., queue_group: _Optional[str] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ..., queue_group: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class CreateStreamRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "config")
+    __slots__ = ("user_id", "organization_id", "config", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     config: StreamConfig
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., config: _Optional[_Union[StreamConfig, _Mapping]] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., config: _Optional[_Union[StreamConfig, _Mapping]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class CreateStreamResponse(_message.Message):
     __slots__ = ("success", "stream", "message")
@@ -351,14 +372,16 @@ class CreateStreamResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., stream: _Optional[_Union[StreamInfo, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class DeleteStreamRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "stream_name")
+    __slots__ = ("user_id", "organization_id", "stream_name", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     stream_name: str
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class DeleteStreamResponse(_message.Message):
     __slots__ = ("success",)
@@ -367,14 +390,16 @@ class DeleteStreamResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ...) -> None: ...
 
 class GetStreamInfoRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "stream_name")
+    __slots__ = ("user_id", "organization_id", "stream_name", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     stream_name: str
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class GetStreamInfoResponse(_message.Message):
     __slots__ = ("stream",)
@@ -383,12 +408,14 @@ class GetStreamInfoResponse(_message.Message):
     def __init__(self, stream: _Optional[_Union[StreamInfo, _Mapping]] = ...) -> None: ...
 
 class ListStreamsRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id")
+    __slots__ = ("user_id", "organization_id", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class ListStreamsResponse(_message.Message):
     __slots__ = ("streams",)
@@ -397,16 +424,18 @@ class ListStreamsResponse(_message.Message):
     def __init__(self, streams: _Optional[_Iterable[_Union[StreamInfo, _Mapping]]] = ...) -> None: ...
 
 class UpdateStreamRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "stream_name", "config")
+    __slots__ = ("user_id", "organization_id", "stream_name", "config", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     stream_name: str
     config: StreamConfig
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., config: _Optional[_Union[StreamConfig, _Mapping]] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., config: _Optional[_Union[StreamConfig, _Mapping]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class UpdateStreamResponse(_message.Message):
     __slots__ = ("success", "stream")
@@ -417,16 +446,18 @@ class UpdateStreamResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., stream: _Optional[_Union[StreamInfo, _Mapping]] = ...) -> None: ...
 
 class PurgeStreamRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "stream_name", "subject")
+    __slots__ = ("user_id", "organization_id", "stream_name", "subject", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     stream_name: str
     subject: str
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., subject: _Optional[str] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., subject: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class PurgeStreamResponse(_message.Message):
     __slots__ = ("success", "purged_count")
@@ -437,16 +468,18 @@ class PurgeStreamResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., purged_count: _Optional[int] = ...) -> None: ...
 
 class CreateConsumerRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "stream_name", "config")
+    __slots__ = ("user_id", "organization_id", "stream_name", "config", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     stream_name: str
     config: ConsumerConfig
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., config: _Optional[_Union[ConsumerConfig, _Mapping]] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., config: _Optional[_Union[ConsumerConfig, _Mapping]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class CreateConsumerResponse(_message.Message):
     __slots__ = ("success", "consumer", "message")
@@ -459,16 +492,18 @@ class CreateConsumerResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., consumer: _Optional[_Union[ConsumerInfo, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class DeleteConsumerRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name")
+    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_NAME_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     stream_name: str
     consumer_name: str
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class DeleteConsumerResponse(_message.Message):
     __slots__ = ("success",)
@@ -477,16 +512,18 @@ class DeleteConsumerResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ...) -> None: ...
 
 class GetConsumerInfoRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name")
+    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_NAME_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     stream_name: str
     consumer_name: str
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class GetConsumerInfoResponse(_message.Message):
     __slots__ = ("consumer",)
@@ -495,14 +532,16 @@ class GetConsumerInfoResponse(_message.Message):
     def __init__(self, consumer: _Optional[_Union[ConsumerInfo, _Mapping]] = ...) -> None: ...
 
 class ListConsumersRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "stream_name")
+    __slots__ = ("user_id", "organization_id", "stream_name", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     stream_name: str
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class ListConsumersResponse(_message.Message):
     __slots__ = ("consumers",)
@@ -511,7 +550,7 @@ class ListConsumersResponse(_message.Message):
     def __init__(self, consumers: _Optional[_Iterable[_Union[ConsumerInfo, _Mapping]]] = ...) -> None: ...
 
 class PublishToStreamRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "stream_name", "subject", "data", "headers")
+    __slots__ = ("user_id", "organization_id", "stream_name", "subject", "data", "headers", "scope")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -525,13 +564,15 @@ class PublishToStreamRequest(_message.Message):
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     stream_name: str
     subject: str
     data: bytes
     headers: _containers.ScalarMap[str, str]
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class PublishToStreamResponse(_message.Message):
     __slots__ = ("success", "sequence", "timestamp", "message")
@@ -546,20 +587,22 @@ class PublishToStreamResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., sequence: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class PullMessagesRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "batch_size", "max_wait")
+    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "batch_size", "max_wait", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_NAME_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_WAIT_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     stream_name: str
     consumer_name: str
     batch_size: int
     max_wait: _duration_pb2.Duration
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class PullMessagesResponse(_message.Message):
     __slots__ = ("messages",)
@@ -591,18 +634,20 @@ class JetStreamMessage(_message.Message):
     def __init__(self, subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., sequence: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., num_delivered: _Optional[int] = ...) -> None: ...
 
 class AckMessageRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "sequence")
+    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "sequence", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_NAME_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     stream_name: str
     consumer_name: str
     sequence: int
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., sequence: _Optional[int] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class AckMessageResponse(_message.Message):
     __slots__ = ("success",)
@@ -611,20 +656,22 @@ class AckMessageResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ...) -> None: ...
 
 class NakMessageRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "sequence", "delay")
+    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "sequence", "delay", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_NAME_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     DELAY_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     stream_name: str
     consumer_name: str
     sequence: int
     delay: _duration_pb2.Duration
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., sequence: _Optional[int] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., sequence: _Optional[int] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class NakMessageResponse(_message.Message):
     __slots__ = ("success",)
@@ -633,18 +680,20 @@ class NakMessageResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ...) -> None: ...
 
 class KVPutRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "bucket", "key", "value")
+    __slots__ = ("user_id", "organization_id", "bucket", "key", "value", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     BUCKET_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     bucket: str
     key: str
     value: bytes
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[bytes] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class KVPutResponse(_message.Message):
     __slots__ = ("success", "revision")
@@ -655,16 +704,18 @@ class KVPutResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class KVGetRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "bucket", "key")
+    __slots__ = ("user_id", "organization_id", "bucket", "key", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     BUCKET_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     bucket: str
     key: str
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class KVGetResponse(_message.Message):
     __slots__ = ("found", "value", "revision", "created")
@@ -679,16 +730,18 @@ class KVGetResponse(_message.Message):
     def __init__(self, found: _Optional[bool] = ..., value: _Optional[bytes] = ..., revision: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class KVDeleteRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "bucket", "key")
+    __slots__ = ("user_id", "organization_id", "bucket", "key", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     BUCKET_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     bucket: str
     key: str
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class KVDeleteResponse(_message.Message):
     __slots__ = ("success",)
@@ -697,14 +750,16 @@ class KVDeleteResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ...) -> None: ...
 
 class KVKeysRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "bucket")
+    __slots__ = ("user_id", "organization_id", "bucket", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     BUCKET_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     bucket: str
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class KVKeysResponse(_message.Message):
     __slots__ = ("keys",)
@@ -713,7 +768,7 @@ class KVKeysResponse(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ObjectPutRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "bucket", "object_name", "data", "metadata")
+    __slots__ = ("user_id", "organization_id", "bucket", "object_name", "data", "metadata", "scope")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -727,13 +782,15 @@ class ObjectPutRequest(_message.Message):
     OBJECT_NAME_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     bucket: str
     object_name: str
     data: bytes
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., object_name: _Optional[str] = ..., data: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., object_name: _Optional[str] = ..., data: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class ObjectPutResponse(_message.Message):
     __slots__ = ("success", "object_id")
@@ -744,16 +801,18 @@ class ObjectPutResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., object_id: _Optional[str] = ...) -> None: ...
 
 class ObjectGetRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "bucket", "object_name")
+    __slots__ = ("user_id", "organization_id", "bucket", "object_name", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     BUCKET_FIELD_NUMBER: _ClassVar[int]
     OBJECT_NAME_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     bucket: str
     object_name: str
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., object_name: _Optional[str] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., object_name: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class ObjectGetResponse(_message.Message):
     __slots__ = ("found", "data", "metadata")
@@ -773,16 +832,18 @@ class ObjectGetResponse(_message.Message):
     def __init__(self, found: _Optional[bool] = ..., data: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ObjectDeleteRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "bucket", "object_name")
+    __slots__ = ("user_id", "organization_id", "bucket", "object_name", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     BUCKET_FIELD_NUMBER: _ClassVar[int]
     OBJECT_NAME_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     bucket: str
     object_name: str
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., object_name: _Optional[str] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., object_name: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class ObjectDeleteResponse(_message.Message):
     __slots__ = ("success",)
@@ -791,14 +852,16 @@ class ObjectDeleteResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ...) -> None: ...
 
 class ObjectListRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "bucket")
+    __slots__ = ("user_id", "organization_id", "bucket", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     BUCKET_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     bucket: str
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class ObjectListResponse(_message.Message):
     __slots__ = ("objects",)
@@ -826,12 +889,14 @@ class ObjectInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., modified: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class GetStatisticsRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id")
+    __slots__ = ("user_id", "organization_id", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class GetStatisticsResponse(_message.Message):
     __slots__ = ("total_streams", "total_consumers", "total_messages", "total_bytes", "connections", "in_msgs", "out_msgs", "in_bytes", "out_bytes")
@@ -856,14 +921,16 @@ class GetStatisticsResponse(_message.Message):
     def __init__(self, total_streams: _Optional[int] = ..., total_consumers: _Optional[int] = ..., total_messages: _Optional[int] = ..., total_bytes: _Optional[int] = ..., connections: _Optional[int] = ..., in_msgs: _Optional[int] = ..., out_msgs: _Optional[int] = ..., in_bytes: _Optional[int] = ..., out_bytes: _Optional[int] = ...) -> None: ...
 
 class GetStreamStatsRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "stream_name")
+    __slots__ = ("user_id", "organization_id", "stream_name", "scope")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     stream_name: str
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ...) -> None: ...
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class GetStreamStatsResponse(_message.Message):
     __slots__ = ("stream_name", "messages", "bytes", "consumer_count", "message_rate", "byte_rate")

@@ -6,14 +6,15 @@ import datetime
 import functools
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpclib.server
 
+from natsgw._generated.isa import nats as pb
 from natsgw.adapter import NatsAdapter
 from natsgw.config import Settings
 from natsgw.errors import InvalidArgument
-from natsgw.identity import Authenticator, Principal
+from natsgw.identity import Authenticator, Principal, Scope
 from natsgw.monitoring import NatsMonitor
 from natsgw.subscriptions import SubscriptionRegistry
 from natsgw.tenancy import Namespace, Tenant
@@ -25,6 +26,14 @@ MAX_TIMEOUT = 300.0
 current_stream: ContextVar[grpclib.server.Stream[Any, Any] | None] = ContextVar(
     "natsgw_current_stream", default=None
 )
+
+
+class ScopedRequest(Protocol):
+    """Every request message that acts inside a namespace carries these three fields."""
+
+    user_id: str
+    organization_id: str
+    scope: pb.NamespaceScope
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +58,19 @@ class Handlers:
         self.settings = deps.settings
         self.adapter = deps.adapter
 
-    async def principal(self, user_id: str, organization_id: str) -> Principal:
-        return await self.deps.authenticator.authenticate(user_id, organization_id)
+    async def principal(self, request: ScopedRequest) -> Principal:
+        scope = (
+            Scope.ORGANIZATION
+            if request.scope == pb.NamespaceScope.SCOPE_ORGANIZATION
+            else Scope.USER
+        )
+        return await self.deps.authenticator.authenticate(
+            request.user_id, request.organization_id, scope
+        )
 
-    async def namespace(self, user_id: str, organization_id: str) -> Namespace:
-        principal = await self.principal(user_id, organization_id)
+    async def namespace(self, request: ScopedRequest) -> Namespace:
+        """Authenticate the caller and return the namespace this request is confined to."""
+        principal = await self.principal(request)
         return namespace_for(principal.tenant, self.settings.namespace_root)
 
     def timeout(self, requested: datetime.timedelta | None, default: float, field: str) -> float:

@@ -25,7 +25,7 @@ def _check_queue_group(queue_group: str, required: bool) -> None:
 
 class MessagingHandlers(Handlers):
     async def publish(self, message: pb.PublishRequest) -> pb.PublishResponse:
-        ns = await self.namespace(message.user_id, message.organization_id)
+        ns = await self.namespace(message)
         subject = ns.subject(message.subject)
         reply = ns.subject(message.reply_to, "reply_to") if message.reply_to else ""
         await self.adapter.publish(subject, message.data, headers=message.headers, reply=reply)
@@ -33,7 +33,7 @@ class MessagingHandlers(Handlers):
 
     async def publish_batch(self, message: pb.PublishBatchRequest) -> pb.PublishBatchResponse:
         """Publish every valid message; report each refused one by index. Confirmed once."""
-        ns = await self.namespace(message.user_id, message.organization_id)
+        ns = await self.namespace(message)
         errors: list[str] = []
         published = 0
         for index, item in enumerate(message.messages):
@@ -55,7 +55,7 @@ class MessagingHandlers(Handlers):
 
     async def subscribe(self, message: pb.SubscribeRequest) -> AsyncIterator[pb.MessageResponse]:
         _check_queue_group(message.queue_group, required=False)
-        ns = await self.namespace(message.user_id, message.organization_id)
+        ns = await self.namespace(message)
         async for response in self._stream(ns, message.subject, message.queue_group):
             yield response
 
@@ -63,7 +63,7 @@ class MessagingHandlers(Handlers):
         self, message: pb.QueueSubscribeRequest
     ) -> AsyncIterator[pb.MessageResponse]:
         _check_queue_group(message.queue_group, required=True)
-        ns = await self.namespace(message.user_id, message.organization_id)
+        ns = await self.namespace(message)
         async for response in self._stream(ns, message.subject, message.queue_group):
             yield response
 
@@ -107,13 +107,13 @@ class MessagingHandlers(Handlers):
 
     async def unsubscribe(self, message: pb.UnsubscribeRequest) -> pb.UnsubscribeResponse:
         """Ends this tenant's streams on exactly that subject; success=false when none was open."""
-        ns = await self.namespace(message.user_id, message.organization_id)
+        ns = await self.namespace(message)
         ns.pattern(message.subject)  # same rules as Subscribe
         ended = self.deps.subscriptions.end(ns.key, message.subject)
         return pb.UnsubscribeResponse(success=ended > 0)
 
     async def request(self, message: pb.RequestRequest) -> pb.RequestResponse:
-        ns = await self.namespace(message.user_id, message.organization_id)
+        ns = await self.namespace(message)
         subject = ns.subject(message.subject)
         timeout = self.timeout(message.timeout, self.settings.request_timeout, "timeout")
         reply = await self.adapter.request(

@@ -43,6 +43,7 @@ __all__ = (
     "MessageResponse",
     "NakMessageRequest",
     "NakMessageResponse",
+    "NamespaceScope",
     "NatsHealthCheckRequest",
     "NatsHealthCheckResponse",
     "NatsMessage",
@@ -124,6 +125,19 @@ class DeliveryPolicy(betterproto2.Enum):
     DELIVERY_LAST_PER_SUBJECT = 5
 
 
+class NamespaceScope(betterproto2.Enum):
+    """
+    natsgw: which namespace a call works in. Old clients send nothing and get their own.
+    """
+
+    SCOPE_USER = 0
+
+    SCOPE_ORGANIZATION = 1
+    """
+    The organization named by organization_id; only its members may use it.
+    """
+
+
 class ReplayPolicy(betterproto2.Enum):
     REPLAY_INSTANT = 0
 
@@ -147,6 +161,13 @@ class AckMessageRequest(betterproto2.Message):
     consumer_name: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
 
     sequence: "int" = betterproto2.field(5, betterproto2.TYPE_INT64)
+
+    scope: "NamespaceScope" = betterproto2.field(
+        6, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "AckMessageRequest", AckMessageRequest)
@@ -242,6 +263,13 @@ class CreateConsumerRequest(betterproto2.Message):
         4, betterproto2.TYPE_MESSAGE, optional=True
     )
 
+    scope: "NamespaceScope" = betterproto2.field(
+        5, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
 
 default_message_pool.register_message("isa.nats", "CreateConsumerRequest", CreateConsumerRequest)
 
@@ -267,6 +295,13 @@ class CreateStreamRequest(betterproto2.Message):
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
     config: "StreamConfig | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+
+    scope: "NamespaceScope" = betterproto2.field(
+        4, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "CreateStreamRequest", CreateStreamRequest)
@@ -294,6 +329,13 @@ class DeleteConsumerRequest(betterproto2.Message):
 
     consumer_name: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
 
+    scope: "NamespaceScope" = betterproto2.field(
+        5, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
 
 default_message_pool.register_message("isa.nats", "DeleteConsumerRequest", DeleteConsumerRequest)
 
@@ -313,6 +355,13 @@ class DeleteStreamRequest(betterproto2.Message):
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
     stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    scope: "NamespaceScope" = betterproto2.field(
+        4, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "DeleteStreamRequest", DeleteStreamRequest)
@@ -336,6 +385,13 @@ class GetConsumerInfoRequest(betterproto2.Message):
 
     consumer_name: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
 
+    scope: "NamespaceScope" = betterproto2.field(
+        5, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
 
 default_message_pool.register_message("isa.nats", "GetConsumerInfoRequest", GetConsumerInfoRequest)
 
@@ -357,6 +413,13 @@ class GetStatisticsRequest(betterproto2.Message):
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    scope: "NamespaceScope" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "GetStatisticsRequest", GetStatisticsRequest)
@@ -394,6 +457,13 @@ class GetStreamInfoRequest(betterproto2.Message):
 
     stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
+    scope: "NamespaceScope" = betterproto2.field(
+        4, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
 
 default_message_pool.register_message("isa.nats", "GetStreamInfoRequest", GetStreamInfoRequest)
 
@@ -413,6 +483,13 @@ class GetStreamStatsRequest(betterproto2.Message):
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
     stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    scope: "NamespaceScope" = betterproto2.field(
+        4, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "GetStreamStatsRequest", GetStreamStatsRequest)
@@ -470,6 +547,13 @@ class KvDeleteRequest(betterproto2.Message):
 
     key: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
 
+    scope: "NamespaceScope" = betterproto2.field(
+        5, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
 
 default_message_pool.register_message("isa.nats", "KVDeleteRequest", KvDeleteRequest)
 
@@ -491,6 +575,13 @@ class KvGetRequest(betterproto2.Message):
     bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
     key: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    scope: "NamespaceScope" = betterproto2.field(
+        5, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "KVGetRequest", KvGetRequest)
@@ -520,6 +611,13 @@ class KvKeysRequest(betterproto2.Message):
 
     bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
+    scope: "NamespaceScope" = betterproto2.field(
+        4, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
 
 default_message_pool.register_message("isa.nats", "KVKeysRequest", KvKeysRequest)
 
@@ -544,6 +642,13 @@ class KvPutRequest(betterproto2.Message):
 
     value: "bytes" = betterproto2.field(5, betterproto2.TYPE_BYTES)
 
+    scope: "NamespaceScope" = betterproto2.field(
+        6, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
 
 default_message_pool.register_message("isa.nats", "KVPutRequest", KvPutRequest)
 
@@ -566,6 +671,13 @@ class ListConsumersRequest(betterproto2.Message):
 
     stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
+    scope: "NamespaceScope" = betterproto2.field(
+        4, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
 
 default_message_pool.register_message("isa.nats", "ListConsumersRequest", ListConsumersRequest)
 
@@ -585,6 +697,13 @@ class ListStreamsRequest(betterproto2.Message):
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    scope: "NamespaceScope" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "ListStreamsRequest", ListStreamsRequest)
@@ -637,6 +756,13 @@ class NakMessageRequest(betterproto2.Message):
     delay: "datetime.timedelta | None" = betterproto2.field(
         6, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
     )
+
+    scope: "NamespaceScope" = betterproto2.field(
+        7, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "NakMessageRequest", NakMessageRequest)
@@ -712,6 +838,13 @@ class ObjectDeleteRequest(betterproto2.Message):
 
     object_name: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
 
+    scope: "NamespaceScope" = betterproto2.field(
+        5, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
 
 default_message_pool.register_message("isa.nats", "ObjectDeleteRequest", ObjectDeleteRequest)
 
@@ -733,6 +866,13 @@ class ObjectGetRequest(betterproto2.Message):
     bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
     object_name: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    scope: "NamespaceScope" = betterproto2.field(
+        5, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "ObjectGetRequest", ObjectGetRequest)
@@ -782,6 +922,13 @@ class ObjectListRequest(betterproto2.Message):
 
     bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
+    scope: "NamespaceScope" = betterproto2.field(
+        4, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
 
 default_message_pool.register_message("isa.nats", "ObjectListRequest", ObjectListRequest)
 
@@ -812,6 +959,13 @@ class ObjectPutRequest(betterproto2.Message):
         map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
     )
 
+    scope: "NamespaceScope" = betterproto2.field(
+        7, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
 
 default_message_pool.register_message("isa.nats", "ObjectPutRequest", ObjectPutRequest)
 
@@ -833,6 +987,13 @@ class PublishBatchRequest(betterproto2.Message):
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
     messages: "list[NatsMessage]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    scope: "NamespaceScope" = betterproto2.field(
+        4, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "PublishBatchRequest", PublishBatchRequest)
@@ -868,6 +1029,13 @@ class PublishRequest(betterproto2.Message):
 
     reply_to: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
 
+    scope: "NamespaceScope" = betterproto2.field(
+        7, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
 
 default_message_pool.register_message("isa.nats", "PublishRequest", PublishRequest)
 
@@ -899,6 +1067,13 @@ class PublishToStreamRequest(betterproto2.Message):
         betterproto2.TYPE_MAP,
         map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
     )
+
+    scope: "NamespaceScope" = betterproto2.field(
+        7, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "PublishToStreamRequest", PublishToStreamRequest)
@@ -938,6 +1113,13 @@ class PullMessagesRequest(betterproto2.Message):
         6, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
     )
 
+    scope: "NamespaceScope" = betterproto2.field(
+        7, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
 
 default_message_pool.register_message("isa.nats", "PullMessagesRequest", PullMessagesRequest)
 
@@ -962,6 +1144,13 @@ class PurgeStreamRequest(betterproto2.Message):
 
     subject: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
 
+    scope: "NamespaceScope" = betterproto2.field(
+        5, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
 
 default_message_pool.register_message("isa.nats", "PurgeStreamRequest", PurgeStreamRequest)
 
@@ -985,6 +1174,13 @@ class QueueSubscribeRequest(betterproto2.Message):
     subject: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
     queue_group: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    scope: "NamespaceScope" = betterproto2.field(
+        5, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "QueueSubscribeRequest", QueueSubscribeRequest)
@@ -1011,6 +1207,13 @@ class RequestRequest(betterproto2.Message):
     )
     """
     natsgw: headers sent with the request (empty: none, as before).
+    """
+
+    scope: "NamespaceScope" = betterproto2.field(
+        7, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
     """
 
 
@@ -1118,6 +1321,13 @@ class SubscribeRequest(betterproto2.Message):
 
     queue_group: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
 
+    scope: "NamespaceScope" = betterproto2.field(
+        5, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
 
 default_message_pool.register_message("isa.nats", "SubscribeRequest", SubscribeRequest)
 
@@ -1129,6 +1339,13 @@ class UnsubscribeRequest(betterproto2.Message):
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
     subject: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    scope: "NamespaceScope" = betterproto2.field(
+        4, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "UnsubscribeRequest", UnsubscribeRequest)
@@ -1151,6 +1368,13 @@ class UpdateStreamRequest(betterproto2.Message):
     stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
     config: "StreamConfig | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+
+    scope: "NamespaceScope" = betterproto2.field(
+        5, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "UpdateStreamRequest", UpdateStreamRequest)
