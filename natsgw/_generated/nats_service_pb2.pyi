@@ -40,6 +40,18 @@ class StorageType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     STORAGE_FILE: _ClassVar[StorageType]
     STORAGE_MEMORY: _ClassVar[StorageType]
+
+class KVOperation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KV_OPERATION_PUT: _ClassVar[KVOperation]
+    KV_OPERATION_DELETE: _ClassVar[KVOperation]
+    KV_OPERATION_PURGE: _ClassVar[KVOperation]
+
+class BucketStorage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BUCKET_STORAGE_DEFAULT: _ClassVar[BucketStorage]
+    BUCKET_STORAGE_FILE: _ClassVar[BucketStorage]
+    BUCKET_STORAGE_MEMORY: _ClassVar[BucketStorage]
 SCOPE_USER: NamespaceScope
 SCOPE_ORGANIZATION: NamespaceScope
 DELIVERY_ALL: DeliveryPolicy
@@ -55,6 +67,12 @@ REPLAY_INSTANT: ReplayPolicy
 REPLAY_ORIGINAL: ReplayPolicy
 STORAGE_FILE: StorageType
 STORAGE_MEMORY: StorageType
+KV_OPERATION_PUT: KVOperation
+KV_OPERATION_DELETE: KVOperation
+KV_OPERATION_PURGE: KVOperation
+BUCKET_STORAGE_DEFAULT: BucketStorage
+BUCKET_STORAGE_FILE: BucketStorage
+BUCKET_STORAGE_MEMORY: BucketStorage
 
 class NATSMessage(_message.Message):
     __slots__ = ("subject", "data", "headers", "reply_to", "timestamp")
@@ -704,18 +722,20 @@ class KVPutResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class KVGetRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "bucket", "key", "scope")
+    __slots__ = ("user_id", "organization_id", "bucket", "key", "scope", "revision")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     BUCKET_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     bucket: str
     key: str
     scope: NamespaceScope
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+    revision: int
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class KVGetResponse(_message.Message):
     __slots__ = ("found", "value", "revision", "created")
@@ -730,18 +750,22 @@ class KVGetResponse(_message.Message):
     def __init__(self, found: _Optional[bool] = ..., value: _Optional[bytes] = ..., revision: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class KVDeleteRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "bucket", "key", "scope")
+    __slots__ = ("user_id", "organization_id", "bucket", "key", "scope", "expected_revision", "purge")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     BUCKET_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    PURGE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     bucket: str
     key: str
     scope: NamespaceScope
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+    expected_revision: int
+    purge: bool
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ..., expected_revision: _Optional[int] = ..., purge: _Optional[bool] = ...) -> None: ...
 
 class KVDeleteResponse(_message.Message):
     __slots__ = ("success",)
@@ -793,12 +817,14 @@ class ObjectPutRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., object_name: _Optional[str] = ..., data: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class ObjectPutResponse(_message.Message):
-    __slots__ = ("success", "object_id")
+    __slots__ = ("success", "object_id", "info")
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
     success: bool
     object_id: str
-    def __init__(self, success: _Optional[bool] = ..., object_id: _Optional[str] = ...) -> None: ...
+    info: ObjectInfo
+    def __init__(self, success: _Optional[bool] = ..., object_id: _Optional[str] = ..., info: _Optional[_Union[ObjectInfo, _Mapping]] = ...) -> None: ...
 
 class ObjectGetRequest(_message.Message):
     __slots__ = ("user_id", "organization_id", "bucket", "object_name", "scope")
@@ -870,7 +896,7 @@ class ObjectListResponse(_message.Message):
     def __init__(self, objects: _Optional[_Iterable[_Union[ObjectInfo, _Mapping]]] = ...) -> None: ...
 
 class ObjectInfo(_message.Message):
-    __slots__ = ("name", "size", "modified", "metadata")
+    __slots__ = ("name", "size", "modified", "metadata", "digest", "object_id")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -882,11 +908,15 @@ class ObjectInfo(_message.Message):
     SIZE_FIELD_NUMBER: _ClassVar[int]
     MODIFIED_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     size: int
     modified: _timestamp_pb2.Timestamp
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., modified: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    digest: str
+    object_id: str
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., modified: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., digest: _Optional[str] = ..., object_id: _Optional[str] = ...) -> None: ...
 
 class GetStatisticsRequest(_message.Message):
     __slots__ = ("user_id", "organization_id", "scope")
@@ -969,3 +999,252 @@ class NATSHealthCheckResponse(_message.Message):
     checked_at: _timestamp_pb2.Timestamp
     message: str
     def __init__(self, healthy: _Optional[bool] = ..., nats_status: _Optional[str] = ..., jetstream_enabled: _Optional[bool] = ..., connections: _Optional[int] = ..., checked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class KVEntry(_message.Message):
+    __slots__ = ("key", "value", "revision", "created", "operation")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: bytes
+    revision: int
+    created: _timestamp_pb2.Timestamp
+    operation: KVOperation
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ..., revision: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., operation: _Optional[_Union[KVOperation, str]] = ...) -> None: ...
+
+class KVCreateRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "bucket", "key", "value", "scope")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    bucket: str
+    key: str
+    value: bytes
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[bytes] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+
+class KVCreateResponse(_message.Message):
+    __slots__ = ("success", "revision")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    revision: int
+    def __init__(self, success: _Optional[bool] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class KVUpdateRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "bucket", "key", "value", "expected_revision", "scope")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    bucket: str
+    key: str
+    value: bytes
+    expected_revision: int
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[bytes] = ..., expected_revision: _Optional[int] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+
+class KVUpdateResponse(_message.Message):
+    __slots__ = ("success", "revision")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    revision: int
+    def __init__(self, success: _Optional[bool] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class KVHistoryRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "bucket", "key", "scope")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    bucket: str
+    key: str
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+
+class KVHistoryResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[KVEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[KVEntry, _Mapping]]] = ...) -> None: ...
+
+class KVWatchRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "bucket", "key", "from_revision", "updates_only", "scope")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    FROM_REVISION_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_ONLY_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    bucket: str
+    key: str
+    from_revision: int
+    updates_only: bool
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ..., from_revision: _Optional[int] = ..., updates_only: _Optional[bool] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+
+class KVBucketInfo(_message.Message):
+    __slots__ = ("bucket", "values", "bytes", "history", "ttl", "max_bytes", "storage", "replicas", "created")
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    bucket: str
+    values: int
+    bytes: int
+    history: int
+    ttl: _duration_pb2.Duration
+    max_bytes: int
+    storage: BucketStorage
+    replicas: int
+    created: _timestamp_pb2.Timestamp
+    def __init__(self, bucket: _Optional[str] = ..., values: _Optional[int] = ..., bytes: _Optional[int] = ..., history: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_bytes: _Optional[int] = ..., storage: _Optional[_Union[BucketStorage, str]] = ..., replicas: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class KVCreateBucketRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "bucket", "history", "ttl", "max_bytes", "storage", "replicas", "scope")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    bucket: str
+    history: int
+    ttl: _duration_pb2.Duration
+    max_bytes: int
+    storage: BucketStorage
+    replicas: int
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., history: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_bytes: _Optional[int] = ..., storage: _Optional[_Union[BucketStorage, str]] = ..., replicas: _Optional[int] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+
+class KVCreateBucketResponse(_message.Message):
+    __slots__ = ("success", "bucket")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    bucket: KVBucketInfo
+    def __init__(self, success: _Optional[bool] = ..., bucket: _Optional[_Union[KVBucketInfo, _Mapping]] = ...) -> None: ...
+
+class KVDeleteBucketRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "bucket", "scope")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    bucket: str
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+
+class KVDeleteBucketResponse(_message.Message):
+    __slots__ = ("success",)
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    def __init__(self, success: _Optional[bool] = ...) -> None: ...
+
+class KVListBucketsRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "scope")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+
+class KVListBucketsResponse(_message.Message):
+    __slots__ = ("buckets",)
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    buckets: _containers.RepeatedCompositeFieldContainer[KVBucketInfo]
+    def __init__(self, buckets: _Optional[_Iterable[_Union[KVBucketInfo, _Mapping]]] = ...) -> None: ...
+
+class KVBucketStatusRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "bucket", "scope")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    bucket: str
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+
+class KVBucketStatusResponse(_message.Message):
+    __slots__ = ("bucket",)
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    bucket: KVBucketInfo
+    def __init__(self, bucket: _Optional[_Union[KVBucketInfo, _Mapping]] = ...) -> None: ...
+
+class ObjectPutHeader(_message.Message):
+    __slots__ = ("user_id", "organization_id", "bucket", "object_name", "metadata", "scope", "sha256")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_NAME_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    bucket: str
+    object_name: str
+    metadata: _containers.ScalarMap[str, str]
+    scope: NamespaceScope
+    sha256: str
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., object_name: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class ObjectPutStreamRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: ObjectPutHeader
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[ObjectPutHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class ObjectGetStreamResponse(_message.Message):
+    __slots__ = ("found", "info", "chunk")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    info: ObjectInfo
+    chunk: bytes
+    def __init__(self, found: _Optional[bool] = ..., info: _Optional[_Union[ObjectInfo, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...

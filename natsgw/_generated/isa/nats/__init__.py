@@ -7,6 +7,7 @@ __all__ = (
     "AckMessageRequest",
     "AckMessageResponse",
     "AckPolicy",
+    "BucketStorage",
     "ConsumerConfig",
     "ConsumerInfo",
     "ConsumerState",
@@ -28,14 +29,32 @@ __all__ = (
     "GetStreamStatsRequest",
     "GetStreamStatsResponse",
     "JetStreamMessage",
+    "KvBucketInfo",
+    "KvBucketStatusRequest",
+    "KvBucketStatusResponse",
+    "KvCreateBucketRequest",
+    "KvCreateBucketResponse",
+    "KvCreateRequest",
+    "KvCreateResponse",
+    "KvDeleteBucketRequest",
+    "KvDeleteBucketResponse",
     "KvDeleteRequest",
     "KvDeleteResponse",
+    "KvEntry",
     "KvGetRequest",
     "KvGetResponse",
+    "KvHistoryRequest",
+    "KvHistoryResponse",
     "KvKeysRequest",
     "KvKeysResponse",
+    "KvListBucketsRequest",
+    "KvListBucketsResponse",
+    "KvOperation",
     "KvPutRequest",
     "KvPutResponse",
+    "KvUpdateRequest",
+    "KvUpdateResponse",
+    "KvWatchRequest",
     "ListConsumersRequest",
     "ListConsumersResponse",
     "ListStreamsRequest",
@@ -53,11 +72,14 @@ __all__ = (
     "ObjectDeleteResponse",
     "ObjectGetRequest",
     "ObjectGetResponse",
+    "ObjectGetStreamResponse",
     "ObjectInfo",
     "ObjectListRequest",
     "ObjectListResponse",
+    "ObjectPutHeader",
     "ObjectPutRequest",
     "ObjectPutResponse",
+    "ObjectPutStreamRequest",
     "PublishBatchRequest",
     "PublishBatchResponse",
     "PublishRequest",
@@ -84,7 +106,7 @@ __all__ = (
 )
 
 import datetime
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -111,6 +133,34 @@ class AckPolicy(betterproto2.Enum):
     ACK_NONE = 2
 
 
+class BucketStorage(betterproto2.Enum):
+    """
+    Where a bucket keeps its data; DEFAULT takes the gateway's setting.
+    """
+
+    DEFAULT = 0
+
+    FILE = 1
+
+    MEMORY = 2
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "BUCKET_STORAGE_DEFAULT",
+            1: "BUCKET_STORAGE_FILE",
+            2: "BUCKET_STORAGE_MEMORY",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "BUCKET_STORAGE_DEFAULT": 0,
+            "BUCKET_STORAGE_FILE": 1,
+            "BUCKET_STORAGE_MEMORY": 2,
+        }
+
+
 class DeliveryPolicy(betterproto2.Enum):
     DELIVERY_ALL = 0
 
@@ -123,6 +173,36 @@ class DeliveryPolicy(betterproto2.Enum):
     DELIVERY_BY_START_TIME = 4
 
     DELIVERY_LAST_PER_SUBJECT = 5
+
+
+class KvOperation(betterproto2.Enum):
+    """
+    ---- natsgw: Key-Value extensions ---------------------------------------------------------
+
+    What a change did to a key.
+    """
+
+    PUT = 0
+
+    DELETE = 1
+
+    PURGE = 2
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "KV_OPERATION_PUT",
+            1: "KV_OPERATION_DELETE",
+            2: "KV_OPERATION_PURGE",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "KV_OPERATION_PUT": 0,
+            "KV_OPERATION_DELETE": 1,
+            "KV_OPERATION_PURGE": 2,
+        }
 
 
 class NamespaceScope(betterproto2.Enum):
@@ -538,6 +618,162 @@ default_message_pool.register_message("isa.nats", "JetStreamMessage", JetStreamM
 
 
 @dataclass(eq=False, repr=False)
+class KvBucketInfo(betterproto2.Message):
+    bucket: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    values: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+
+    bytes: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
+
+    history: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+
+    ttl: "datetime.timedelta | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+
+    max_bytes: "int" = betterproto2.field(6, betterproto2.TYPE_INT64)
+
+    storage: "BucketStorage" = betterproto2.field(
+        7, betterproto2.TYPE_ENUM, default_factory=lambda: BucketStorage(0)
+    )
+
+    replicas: "int" = betterproto2.field(8, betterproto2.TYPE_INT32)
+
+    created: "datetime.datetime | None" = betterproto2.field(
+        9, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+
+
+default_message_pool.register_message("isa.nats", "KVBucketInfo", KvBucketInfo)
+
+
+@dataclass(eq=False, repr=False)
+class KvBucketStatusRequest(betterproto2.Message):
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    scope: "NamespaceScope" = betterproto2.field(
+        4, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+
+
+default_message_pool.register_message("isa.nats", "KVBucketStatusRequest", KvBucketStatusRequest)
+
+
+@dataclass(eq=False, repr=False)
+class KvBucketStatusResponse(betterproto2.Message):
+    bucket: "KvBucketInfo | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+
+
+default_message_pool.register_message("isa.nats", "KVBucketStatusResponse", KvBucketStatusResponse)
+
+
+@dataclass(eq=False, repr=False)
+class KvCreateBucketRequest(betterproto2.Message):
+    """
+    Zero values take the gateway's defaults (NATSGW_KV_*).
+    """
+
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    history: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+
+    ttl: "datetime.timedelta | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+
+    max_bytes: "int" = betterproto2.field(6, betterproto2.TYPE_INT64)
+
+    storage: "BucketStorage" = betterproto2.field(
+        7, betterproto2.TYPE_ENUM, default_factory=lambda: BucketStorage(0)
+    )
+
+    replicas: "int" = betterproto2.field(8, betterproto2.TYPE_INT32)
+
+    scope: "NamespaceScope" = betterproto2.field(
+        9, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+
+
+default_message_pool.register_message("isa.nats", "KVCreateBucketRequest", KvCreateBucketRequest)
+
+
+@dataclass(eq=False, repr=False)
+class KvCreateBucketResponse(betterproto2.Message):
+    success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+
+    bucket: "KvBucketInfo | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+
+
+default_message_pool.register_message("isa.nats", "KVCreateBucketResponse", KvCreateBucketResponse)
+
+
+@dataclass(eq=False, repr=False)
+class KvCreateRequest(betterproto2.Message):
+    """
+    Put only if the key does not exist (or was deleted); ALREADY_EXISTS otherwise.
+    """
+
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    key: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    value: "bytes" = betterproto2.field(5, betterproto2.TYPE_BYTES)
+
+    scope: "NamespaceScope" = betterproto2.field(
+        6, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+
+
+default_message_pool.register_message("isa.nats", "KVCreateRequest", KvCreateRequest)
+
+
+@dataclass(eq=False, repr=False)
+class KvCreateResponse(betterproto2.Message):
+    success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+
+    revision: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+
+
+default_message_pool.register_message("isa.nats", "KVCreateResponse", KvCreateResponse)
+
+
+@dataclass(eq=False, repr=False)
+class KvDeleteBucketRequest(betterproto2.Message):
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    scope: "NamespaceScope" = betterproto2.field(
+        4, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+
+
+default_message_pool.register_message("isa.nats", "KVDeleteBucketRequest", KvDeleteBucketRequest)
+
+
+@dataclass(eq=False, repr=False)
+class KvDeleteBucketResponse(betterproto2.Message):
+    success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+
+
+default_message_pool.register_message("isa.nats", "KVDeleteBucketResponse", KvDeleteBucketResponse)
+
+
+@dataclass(eq=False, repr=False)
 class KvDeleteRequest(betterproto2.Message):
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -554,6 +790,16 @@ class KvDeleteRequest(betterproto2.Message):
     natsgw: whose namespace the call works in (default: the caller's own).
     """
 
+    expected_revision: "int" = betterproto2.field(6, betterproto2.TYPE_INT64)
+    """
+    natsgw: delete only if the key is at this revision (0: unconditionally).
+    """
+
+    purge: "bool" = betterproto2.field(7, betterproto2.TYPE_BOOL)
+    """
+    natsgw: also remove the key's history (NATS purge) instead of leaving a delete marker.
+    """
+
 
 default_message_pool.register_message("isa.nats", "KVDeleteRequest", KvDeleteRequest)
 
@@ -564,6 +810,30 @@ class KvDeleteResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("isa.nats", "KVDeleteResponse", KvDeleteResponse)
+
+
+@dataclass(eq=False, repr=False)
+class KvEntry(betterproto2.Message):
+    """
+    One revision of a key, as NATS stored it.
+    """
+
+    key: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    value: "bytes" = betterproto2.field(2, betterproto2.TYPE_BYTES)
+
+    revision: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
+
+    created: "datetime.datetime | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+
+    operation: "KvOperation" = betterproto2.field(
+        5, betterproto2.TYPE_ENUM, default_factory=lambda: KvOperation(0)
+    )
+
+
+default_message_pool.register_message("isa.nats", "KVEntry", KvEntry)
 
 
 @dataclass(eq=False, repr=False)
@@ -581,6 +851,11 @@ class KvGetRequest(betterproto2.Message):
     )
     """
     natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
+    revision: "int" = betterproto2.field(6, betterproto2.TYPE_INT64)
+    """
+    natsgw: read this revision of the key instead of the latest (0: latest).
     """
 
 
@@ -601,6 +876,35 @@ class KvGetResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("isa.nats", "KVGetResponse", KvGetResponse)
+
+
+@dataclass(eq=False, repr=False)
+class KvHistoryRequest(betterproto2.Message):
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    key: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    scope: "NamespaceScope" = betterproto2.field(
+        5, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+
+
+default_message_pool.register_message("isa.nats", "KVHistoryRequest", KvHistoryRequest)
+
+
+@dataclass(eq=False, repr=False)
+class KvHistoryResponse(betterproto2.Message):
+    entries: "list[KvEntry]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    Oldest first; deletes and purges included (see KVEntry.operation).
+    """
+
+
+default_message_pool.register_message("isa.nats", "KVHistoryResponse", KvHistoryResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -628,6 +932,28 @@ class KvKeysResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("isa.nats", "KVKeysResponse", KvKeysResponse)
+
+
+@dataclass(eq=False, repr=False)
+class KvListBucketsRequest(betterproto2.Message):
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    scope: "NamespaceScope" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+
+
+default_message_pool.register_message("isa.nats", "KVListBucketsRequest", KvListBucketsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class KvListBucketsResponse(betterproto2.Message):
+    buckets: "list[KvBucketInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("isa.nats", "KVListBucketsResponse", KvListBucketsResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -661,6 +987,74 @@ class KvPutResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("isa.nats", "KVPutResponse", KvPutResponse)
+
+
+@dataclass(eq=False, repr=False)
+class KvUpdateRequest(betterproto2.Message):
+    """
+    Compare-and-set: put only if the key is at expected_revision; FAILED_PRECONDITION otherwise.
+    """
+
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    key: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    value: "bytes" = betterproto2.field(5, betterproto2.TYPE_BYTES)
+
+    expected_revision: "int" = betterproto2.field(6, betterproto2.TYPE_INT64)
+
+    scope: "NamespaceScope" = betterproto2.field(
+        7, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+
+
+default_message_pool.register_message("isa.nats", "KVUpdateRequest", KvUpdateRequest)
+
+
+@dataclass(eq=False, repr=False)
+class KvUpdateResponse(betterproto2.Message):
+    success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+
+    revision: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+
+
+default_message_pool.register_message("isa.nats", "KVUpdateResponse", KvUpdateResponse)
+
+
+@dataclass(eq=False, repr=False)
+class KvWatchRequest(betterproto2.Message):
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    key: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    A key, or a pattern with '*' (one token) and '>' (the rest); empty watches every key.
+    """
+
+    from_revision: "int" = betterproto2.field(5, betterproto2.TYPE_INT64)
+    """
+    0: the current value of each matching key, then every change. N > 0: every change with a
+    revision >= N (resume after the last revision seen + 1).
+    """
+
+    updates_only: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
+    """
+    Only changes made after the watch started (ignored when from_revision is set).
+    """
+
+    scope: "NamespaceScope" = betterproto2.field(
+        7, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+
+
+default_message_pool.register_message("isa.nats", "KVWatchRequest", KvWatchRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -895,6 +1289,25 @@ default_message_pool.register_message("isa.nats", "ObjectGetResponse", ObjectGet
 
 
 @dataclass(eq=False, repr=False)
+class ObjectGetStreamResponse(betterproto2.Message):
+    """
+    ObjectGetStream: the first message says whether the object exists and describes it; the
+    following ones carry its content in order.
+    """
+
+    found: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+
+    info: "ObjectInfo | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+
+    chunk: "bytes" = betterproto2.field(3, betterproto2.TYPE_BYTES)
+
+
+default_message_pool.register_message(
+    "isa.nats", "ObjectGetStreamResponse", ObjectGetStreamResponse
+)
+
+
+@dataclass(eq=False, repr=False)
 class ObjectInfo(betterproto2.Message):
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -909,6 +1322,16 @@ class ObjectInfo(betterproto2.Message):
         betterproto2.TYPE_MAP,
         map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
     )
+
+    digest: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    natsgw: SHA-256 of the content as NATS stores it: "SHA-256=" + base64url(digest).
+    """
+
+    object_id: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    natsgw: NATS's id of this version of the object (ObjectPutResponse.object_id).
+    """
 
 
 default_message_pool.register_message("isa.nats", "ObjectInfo", ObjectInfo)
@@ -939,6 +1362,41 @@ class ObjectListResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("isa.nats", "ObjectListResponse", ObjectListResponse)
+
+
+@dataclass(eq=False, repr=False)
+class ObjectPutHeader(betterproto2.Message):
+    """
+    ---- natsgw: streamed objects ---------------------------------------------------------------
+
+    First message of an ObjectPutStream call.
+    """
+
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    object_name: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    metadata: "dict[str, str]" = betterproto2.field(
+        5,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+    )
+
+    scope: "NamespaceScope" = betterproto2.field(
+        6, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+
+    sha256: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+    """
+    Optional: the content's SHA-256 as 64 hex digits; on mismatch nothing is stored (DATA_LOSS).
+    """
+
+
+default_message_pool.register_message("isa.nats", "ObjectPutHeader", ObjectPutHeader)
 
 
 @dataclass(eq=False, repr=False)
@@ -976,8 +1434,30 @@ class ObjectPutResponse(betterproto2.Message):
 
     object_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
+    info: "ObjectInfo | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    natsgw: what was stored (size, digest, modification time, metadata).
+    """
+
 
 default_message_pool.register_message("isa.nats", "ObjectPutResponse", ObjectPutResponse)
+
+
+@dataclass(eq=False, repr=False)
+class ObjectPutStreamRequest(betterproto2.Message):
+    """
+    ObjectPutStream: the first message carries the header (and may carry data), every later one
+    only data.
+    """
+
+    header: "ObjectPutHeader | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+
+    chunk: "bytes" = betterproto2.field(2, betterproto2.TYPE_BYTES)
+
+
+default_message_pool.register_message("isa.nats", "ObjectPutStreamRequest", ObjectPutStreamRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -1981,6 +2461,195 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def kv_create(
+        self,
+        message: "KvCreateRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "KvCreateResponse":
+        """
+        natsgw: Key-Value beyond the original four calls
+        """
+
+        return await self._unary_unary(
+            "/isa.nats.NATSService/KVCreate",
+            message,
+            KvCreateResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def kv_update(
+        self,
+        message: "KvUpdateRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "KvUpdateResponse":
+
+        return await self._unary_unary(
+            "/isa.nats.NATSService/KVUpdate",
+            message,
+            KvUpdateResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def kv_history(
+        self,
+        message: "KvHistoryRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "KvHistoryResponse":
+
+        return await self._unary_unary(
+            "/isa.nats.NATSService/KVHistory",
+            message,
+            KvHistoryResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def kv_watch(
+        self,
+        message: "KvWatchRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[KvEntry]":
+
+        async for response in self._unary_stream(
+            "/isa.nats.NATSService/KVWatch",
+            message,
+            KvEntry,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
+    async def kv_create_bucket(
+        self,
+        message: "KvCreateBucketRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "KvCreateBucketResponse":
+
+        return await self._unary_unary(
+            "/isa.nats.NATSService/KVCreateBucket",
+            message,
+            KvCreateBucketResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def kv_delete_bucket(
+        self,
+        message: "KvDeleteBucketRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "KvDeleteBucketResponse":
+
+        return await self._unary_unary(
+            "/isa.nats.NATSService/KVDeleteBucket",
+            message,
+            KvDeleteBucketResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def kv_list_buckets(
+        self,
+        message: "KvListBucketsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "KvListBucketsResponse":
+
+        return await self._unary_unary(
+            "/isa.nats.NATSService/KVListBuckets",
+            message,
+            KvListBucketsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def kv_bucket_status(
+        self,
+        message: "KvBucketStatusRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "KvBucketStatusResponse":
+
+        return await self._unary_unary(
+            "/isa.nats.NATSService/KVBucketStatus",
+            message,
+            KvBucketStatusResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def object_put_stream(
+        self,
+        messages: "AsyncIterable[ObjectPutStreamRequest] | Iterable[ObjectPutStreamRequest]",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ObjectPutResponse":
+        """
+        natsgw: objects of any size, streamed in chunks
+        """
+
+        return await self._stream_unary(
+            "/isa.nats.NATSService/ObjectPutStream",
+            messages,
+            ObjectPutStreamRequest,
+            ObjectPutResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def object_get_stream(
+        self,
+        message: "ObjectGetRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[ObjectGetStreamResponse]":
+
+        async for response in self._unary_stream(
+            "/isa.nats.NATSService/ObjectGetStream",
+            message,
+            ObjectGetStreamResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
 
 from ...google import protobuf as __google__protobuf__
 
@@ -2147,6 +2816,58 @@ class NatsServiceBase(betterproto2_grpclib.ServiceBase):
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def kv_create(self, message: "KvCreateRequest") -> "KvCreateResponse":
+        """
+        natsgw: Key-Value beyond the original four calls
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def kv_update(self, message: "KvUpdateRequest") -> "KvUpdateResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def kv_history(self, message: "KvHistoryRequest") -> "KvHistoryResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def kv_watch(self, message: "KvWatchRequest") -> "AsyncIterator[KvEntry]":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield KvEntry()
+
+    async def kv_create_bucket(self, message: "KvCreateBucketRequest") -> "KvCreateBucketResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def kv_delete_bucket(self, message: "KvDeleteBucketRequest") -> "KvDeleteBucketResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def kv_list_buckets(self, message: "KvListBucketsRequest") -> "KvListBucketsResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def kv_bucket_status(self, message: "KvBucketStatusRequest") -> "KvBucketStatusResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def object_put_stream(
+        self, messages: "AsyncIterator[ObjectPutStreamRequest]"
+    ) -> "ObjectPutResponse":
+        """
+        natsgw: objects of any size, streamed in chunks
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def object_get_stream(
+        self, message: "ObjectGetRequest"
+    ) -> "AsyncIterator[ObjectGetStreamResponse]":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield ObjectGetStreamResponse()
 
     async def __rpc_publish(
         self, stream: "grpclib.server.Stream[PublishRequest, PublishResponse]"
@@ -2402,6 +3123,91 @@ class NatsServiceBase(betterproto2_grpclib.ServiceBase):
         response = await self.health_check(request)
         await stream.send_message(response)
 
+    async def __rpc_kv_create(
+        self, stream: "grpclib.server.Stream[KvCreateRequest, KvCreateResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.kv_create(request)
+        await stream.send_message(response)
+
+    async def __rpc_kv_update(
+        self, stream: "grpclib.server.Stream[KvUpdateRequest, KvUpdateResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.kv_update(request)
+        await stream.send_message(response)
+
+    async def __rpc_kv_history(
+        self, stream: "grpclib.server.Stream[KvHistoryRequest, KvHistoryResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.kv_history(request)
+        await stream.send_message(response)
+
+    async def __rpc_kv_watch(
+        self, stream: "grpclib.server.Stream[KvWatchRequest, KvEntry]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        await self._call_rpc_handler_server_stream(
+            self.kv_watch,
+            stream,
+            request,
+        )
+
+    async def __rpc_kv_create_bucket(
+        self, stream: "grpclib.server.Stream[KvCreateBucketRequest, KvCreateBucketResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.kv_create_bucket(request)
+        await stream.send_message(response)
+
+    async def __rpc_kv_delete_bucket(
+        self, stream: "grpclib.server.Stream[KvDeleteBucketRequest, KvDeleteBucketResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.kv_delete_bucket(request)
+        await stream.send_message(response)
+
+    async def __rpc_kv_list_buckets(
+        self, stream: "grpclib.server.Stream[KvListBucketsRequest, KvListBucketsResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.kv_list_buckets(request)
+        await stream.send_message(response)
+
+    async def __rpc_kv_bucket_status(
+        self, stream: "grpclib.server.Stream[KvBucketStatusRequest, KvBucketStatusResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.kv_bucket_status(request)
+        await stream.send_message(response)
+
+    async def __rpc_object_put_stream(
+        self, stream: "grpclib.server.Stream[ObjectPutStreamRequest, ObjectPutResponse]"
+    ) -> None:
+        request = stream.__aiter__()
+        response = await self.object_put_stream(request)
+        await stream.send_message(response)
+
+    async def __rpc_object_get_stream(
+        self, stream: "grpclib.server.Stream[ObjectGetRequest, ObjectGetStreamResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        await self._call_rpc_handler_server_stream(
+            self.object_get_stream,
+            stream,
+            request,
+        )
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/isa.nats.NATSService/Publish": grpclib.const.Handler(
@@ -2589,5 +3395,65 @@ class NatsServiceBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 NatsHealthCheckRequest,
                 NatsHealthCheckResponse,
+            ),
+            "/isa.nats.NATSService/KVCreate": grpclib.const.Handler(
+                self.__rpc_kv_create,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                KvCreateRequest,
+                KvCreateResponse,
+            ),
+            "/isa.nats.NATSService/KVUpdate": grpclib.const.Handler(
+                self.__rpc_kv_update,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                KvUpdateRequest,
+                KvUpdateResponse,
+            ),
+            "/isa.nats.NATSService/KVHistory": grpclib.const.Handler(
+                self.__rpc_kv_history,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                KvHistoryRequest,
+                KvHistoryResponse,
+            ),
+            "/isa.nats.NATSService/KVWatch": grpclib.const.Handler(
+                self.__rpc_kv_watch,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                KvWatchRequest,
+                KvEntry,
+            ),
+            "/isa.nats.NATSService/KVCreateBucket": grpclib.const.Handler(
+                self.__rpc_kv_create_bucket,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                KvCreateBucketRequest,
+                KvCreateBucketResponse,
+            ),
+            "/isa.nats.NATSService/KVDeleteBucket": grpclib.const.Handler(
+                self.__rpc_kv_delete_bucket,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                KvDeleteBucketRequest,
+                KvDeleteBucketResponse,
+            ),
+            "/isa.nats.NATSService/KVListBuckets": grpclib.const.Handler(
+                self.__rpc_kv_list_buckets,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                KvListBucketsRequest,
+                KvListBucketsResponse,
+            ),
+            "/isa.nats.NATSService/KVBucketStatus": grpclib.const.Handler(
+                self.__rpc_kv_bucket_status,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                KvBucketStatusRequest,
+                KvBucketStatusResponse,
+            ),
+            "/isa.nats.NATSService/ObjectPutStream": grpclib.const.Handler(
+                self.__rpc_object_put_stream,
+                grpclib.const.Cardinality.STREAM_UNARY,
+                ObjectPutStreamRequest,
+                ObjectPutResponse,
+            ),
+            "/isa.nats.NATSService/ObjectGetStream": grpclib.const.Handler(
+                self.__rpc_object_get_stream,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                ObjectGetRequest,
+                ObjectGetStreamResponse,
             ),
         }
