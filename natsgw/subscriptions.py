@@ -47,7 +47,10 @@ class Mailbox:
 
     def offer(self, message: Message) -> None:
         self.received += 1
-        if self._ended or self._overflowed:
+        if self._ended:
+            return
+        if self._overflowed:
+            self.dropped += 1
             return
         size = len(message.data)
         if len(self._queue) >= self.max_msgs or self._bytes + size > self.max_bytes:

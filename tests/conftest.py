@@ -64,8 +64,8 @@ async def make_gateway(nats_server: EmbeddedNatsServer) -> AsyncIterator[Gateway
     """Start extra gateways with custom settings; all are stopped after the test."""
     started: list[Gateway] = []
 
-    async def make(**overrides: Any) -> Gateway:
-        gw = Gateway(gateway_settings(nats_server, **overrides))
+    async def make(nats: EmbeddedNatsServer | None = None, **overrides: Any) -> Gateway:
+        gw = Gateway(gateway_settings(nats or nats_server, **overrides))
         await gw.start()
         started.append(gw)
         return gw
@@ -73,6 +73,25 @@ async def make_gateway(nats_server: EmbeddedNatsServer) -> AsyncIterator[Gateway
     yield make
     for gw in started:
         await gw.stop()
+
+
+NatsFactory = Callable[..., Awaitable[EmbeddedNatsServer]]
+
+
+@pytest_asyncio.fixture
+async def make_nats(tmp_path: Path) -> AsyncIterator[NatsFactory]:
+    """A nats-server of the test's own (to restart it, or to give it other limits)."""
+    started: list[EmbeddedNatsServer] = []
+
+    async def make(**options: Any) -> EmbeddedNatsServer:
+        server = EmbeddedNatsServer(tmp_path / f"nats{len(started)}", **options)
+        await server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        await server.stop()
 
 
 @pytest_asyncio.fixture(scope="session")
