@@ -52,6 +52,24 @@ class BucketStorage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BUCKET_STORAGE_DEFAULT: _ClassVar[BucketStorage]
     BUCKET_STORAGE_FILE: _ClassVar[BucketStorage]
     BUCKET_STORAGE_MEMORY: _ClassVar[BucketStorage]
+
+class DiscardPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DISCARD_OLD: _ClassVar[DiscardPolicy]
+    DISCARD_NEW: _ClassVar[DiscardPolicy]
+
+class RetentionPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RETENTION_LIMITS: _ClassVar[RetentionPolicy]
+    RETENTION_INTEREST: _ClassVar[RetentionPolicy]
+    RETENTION_WORK_QUEUE: _ClassVar[RetentionPolicy]
+
+class AckAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ACK_ACTION_ACK: _ClassVar[AckAction]
+    ACK_ACTION_NAK: _ClassVar[AckAction]
+    ACK_ACTION_IN_PROGRESS: _ClassVar[AckAction]
+    ACK_ACTION_TERMINATE: _ClassVar[AckAction]
 SCOPE_USER: NamespaceScope
 SCOPE_ORGANIZATION: NamespaceScope
 DELIVERY_ALL: DeliveryPolicy
@@ -73,6 +91,15 @@ KV_OPERATION_PURGE: KVOperation
 BUCKET_STORAGE_DEFAULT: BucketStorage
 BUCKET_STORAGE_FILE: BucketStorage
 BUCKET_STORAGE_MEMORY: BucketStorage
+DISCARD_OLD: DiscardPolicy
+DISCARD_NEW: DiscardPolicy
+RETENTION_LIMITS: RetentionPolicy
+RETENTION_INTEREST: RetentionPolicy
+RETENTION_WORK_QUEUE: RetentionPolicy
+ACK_ACTION_ACK: AckAction
+ACK_ACTION_NAK: AckAction
+ACK_ACTION_IN_PROGRESS: AckAction
+ACK_ACTION_TERMINATE: AckAction
 
 class NATSMessage(_message.Message):
     __slots__ = ("subject", "data", "headers", "reply_to", "timestamp")
@@ -96,7 +123,7 @@ class NATSMessage(_message.Message):
     def __init__(self, subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., reply_to: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class StreamConfig(_message.Message):
-    __slots__ = ("name", "subjects", "storage", "max_msgs", "max_bytes", "max_age", "max_msg_size", "replicas", "discard_new_per_subject")
+    __slots__ = ("name", "subjects", "storage", "max_msgs", "max_bytes", "max_age", "max_msg_size", "replicas", "discard_new_per_subject", "max_msgs_per_subject", "discard", "duplicate_window", "retention")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SUBJECTS_FIELD_NUMBER: _ClassVar[int]
     STORAGE_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +133,10 @@ class StreamConfig(_message.Message):
     MAX_MSG_SIZE_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     DISCARD_NEW_PER_SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    MAX_MSGS_PER_SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    DISCARD_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_FIELD_NUMBER: _ClassVar[int]
     name: str
     subjects: _containers.RepeatedScalarFieldContainer[str]
     storage: StorageType
@@ -115,7 +146,11 @@ class StreamConfig(_message.Message):
     max_msg_size: int
     replicas: int
     discard_new_per_subject: bool
-    def __init__(self, name: _Optional[str] = ..., subjects: _Optional[_Iterable[str]] = ..., storage: _Optional[_Union[StorageType, str]] = ..., max_msgs: _Optional[int] = ..., max_bytes: _Optional[int] = ..., max_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_msg_size: _Optional[int] = ..., replicas: _Optional[int] = ..., discard_new_per_subject: _Optional[bool] = ...) -> None: ...
+    max_msgs_per_subject: int
+    discard: DiscardPolicy
+    duplicate_window: _duration_pb2.Duration
+    retention: RetentionPolicy
+    def __init__(self, name: _Optional[str] = ..., subjects: _Optional[_Iterable[str]] = ..., storage: _Optional[_Union[StorageType, str]] = ..., max_msgs: _Optional[int] = ..., max_bytes: _Optional[int] = ..., max_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_msg_size: _Optional[int] = ..., replicas: _Optional[int] = ..., discard_new_per_subject: _Optional[bool] = ..., max_msgs_per_subject: _Optional[int] = ..., discard: _Optional[_Union[DiscardPolicy, str]] = ..., duplicate_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retention: _Optional[_Union[RetentionPolicy, str]] = ...) -> None: ...
 
 class StreamInfo(_message.Message):
     __slots__ = ("name", "config", "state", "created")
@@ -150,7 +185,7 @@ class StreamState(_message.Message):
     def __init__(self, messages: _Optional[int] = ..., bytes: _Optional[int] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., first_ts: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_ts: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., num_subjects: _Optional[int] = ..., consumer_count: _Optional[int] = ...) -> None: ...
 
 class ConsumerConfig(_message.Message):
-    __slots__ = ("name", "durable_name", "filter_subject", "delivery_policy", "ack_policy", "ack_wait", "max_deliver", "replay_policy", "opt_start_seq", "opt_start_time")
+    __slots__ = ("name", "durable_name", "filter_subject", "delivery_policy", "ack_policy", "ack_wait", "max_deliver", "replay_policy", "opt_start_seq", "opt_start_time", "max_ack_pending", "inactive_threshold")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DURABLE_NAME_FIELD_NUMBER: _ClassVar[int]
     FILTER_SUBJECT_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +196,8 @@ class ConsumerConfig(_message.Message):
     REPLAY_POLICY_FIELD_NUMBER: _ClassVar[int]
     OPT_START_SEQ_FIELD_NUMBER: _ClassVar[int]
     OPT_START_TIME_FIELD_NUMBER: _ClassVar[int]
+    MAX_ACK_PENDING_FIELD_NUMBER: _ClassVar[int]
+    INACTIVE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     name: str
     durable_name: str
     filter_subject: str
@@ -171,7 +208,9 @@ class ConsumerConfig(_message.Message):
     replay_policy: ReplayPolicy
     opt_start_seq: int
     opt_start_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., durable_name: _Optional[str] = ..., filter_subject: _Optional[str] = ..., delivery_policy: _Optional[_Union[DeliveryPolicy, str]] = ..., ack_policy: _Optional[_Union[AckPolicy, str]] = ..., ack_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_deliver: _Optional[int] = ..., replay_policy: _Optional[_Union[ReplayPolicy, str]] = ..., opt_start_seq: _Optional[int] = ..., opt_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    max_ack_pending: int
+    inactive_threshold: _duration_pb2.Duration
+    def __init__(self, name: _Optional[str] = ..., durable_name: _Optional[str] = ..., filter_subject: _Optional[str] = ..., delivery_policy: _Optional[_Union[DeliveryPolicy, str]] = ..., ack_policy: _Optional[_Union[AckPolicy, str]] = ..., ack_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_deliver: _Optional[int] = ..., replay_policy: _Optional[_Union[ReplayPolicy, str]] = ..., opt_start_seq: _Optional[int] = ..., opt_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_ack_pending: _Optional[int] = ..., inactive_threshold: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ConsumerInfo(_message.Message):
     __slots__ = ("stream_name", "name", "config", "state", "created")
@@ -593,16 +632,18 @@ class PublishToStreamRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class PublishToStreamResponse(_message.Message):
-    __slots__ = ("success", "sequence", "timestamp", "message")
+    __slots__ = ("success", "sequence", "timestamp", "message", "duplicate")
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     success: bool
     sequence: int
     timestamp: _timestamp_pb2.Timestamp
     message: str
-    def __init__(self, success: _Optional[bool] = ..., sequence: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
+    duplicate: bool
+    def __init__(self, success: _Optional[bool] = ..., sequence: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class PullMessagesRequest(_message.Message):
     __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "batch_size", "max_wait", "scope")
@@ -629,7 +670,7 @@ class PullMessagesResponse(_message.Message):
     def __init__(self, messages: _Optional[_Iterable[_Union[JetStreamMessage, _Mapping]]] = ...) -> None: ...
 
 class JetStreamMessage(_message.Message):
-    __slots__ = ("subject", "data", "headers", "sequence", "timestamp", "num_delivered")
+    __slots__ = ("subject", "data", "headers", "sequence", "timestamp", "num_delivered", "ack_token", "consumer_sequence", "num_pending")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -643,29 +684,39 @@ class JetStreamMessage(_message.Message):
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     NUM_DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    ACK_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    NUM_PENDING_FIELD_NUMBER: _ClassVar[int]
     subject: str
     data: bytes
     headers: _containers.ScalarMap[str, str]
     sequence: int
     timestamp: _timestamp_pb2.Timestamp
     num_delivered: int
-    def __init__(self, subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., sequence: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., num_delivered: _Optional[int] = ...) -> None: ...
+    ack_token: str
+    consumer_sequence: int
+    num_pending: int
+    def __init__(self, subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., sequence: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., num_delivered: _Optional[int] = ..., ack_token: _Optional[str] = ..., consumer_sequence: _Optional[int] = ..., num_pending: _Optional[int] = ...) -> None: ...
 
 class AckMessageRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "sequence", "scope")
+    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "sequence", "scope", "ack_token", "action")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_NAME_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    ACK_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     stream_name: str
     consumer_name: str
     sequence: int
     scope: NamespaceScope
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., sequence: _Optional[int] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+    ack_token: str
+    action: AckAction
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., sequence: _Optional[int] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ..., ack_token: _Optional[str] = ..., action: _Optional[_Union[AckAction, str]] = ...) -> None: ...
 
 class AckMessageResponse(_message.Message):
     __slots__ = ("success",)
@@ -674,7 +725,7 @@ class AckMessageResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ...) -> None: ...
 
 class NakMessageRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "sequence", "delay", "scope")
+    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "sequence", "delay", "scope", "ack_token")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -682,6 +733,7 @@ class NakMessageRequest(_message.Message):
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     DELAY_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    ACK_TOKEN_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     stream_name: str
@@ -689,7 +741,8 @@ class NakMessageRequest(_message.Message):
     sequence: int
     delay: _duration_pb2.Duration
     scope: NamespaceScope
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., sequence: _Optional[int] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+    ack_token: str
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., sequence: _Optional[int] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ..., ack_token: _Optional[str] = ...) -> None: ...
 
 class NakMessageResponse(_message.Message):
     __slots__ = ("success",)
@@ -1248,3 +1301,124 @@ class ObjectGetStreamResponse(_message.Message):
     info: ObjectInfo
     chunk: bytes
     def __init__(self, found: _Optional[bool] = ..., info: _Optional[_Union[ObjectInfo, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class StreamMessage(_message.Message):
+    __slots__ = ("subject", "data", "headers", "msg_id")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    MSG_ID_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    data: bytes
+    headers: _containers.ScalarMap[str, str]
+    msg_id: str
+    def __init__(self, subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., msg_id: _Optional[str] = ...) -> None: ...
+
+class PublishToStreamBatchRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "stream_name", "messages", "scope")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    stream_name: str
+    messages: _containers.RepeatedCompositeFieldContainer[StreamMessage]
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[StreamMessage, _Mapping]]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+
+class StreamPublishResult(_message.Message):
+    __slots__ = ("success", "sequence", "duplicate", "error", "status_code")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    sequence: int
+    duplicate: bool
+    error: str
+    status_code: int
+    def __init__(self, success: _Optional[bool] = ..., sequence: _Optional[int] = ..., duplicate: _Optional[bool] = ..., error: _Optional[str] = ..., status_code: _Optional[int] = ...) -> None: ...
+
+class PublishToStreamBatchResponse(_message.Message):
+    __slots__ = ("published_count", "results")
+    PUBLISHED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    published_count: int
+    results: _containers.RepeatedCompositeFieldContainer[StreamPublishResult]
+    def __init__(self, published_count: _Optional[int] = ..., results: _Optional[_Iterable[_Union[StreamPublishResult, _Mapping]]] = ...) -> None: ...
+
+class AckMessagesRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "ack_tokens", "action", "nak_delay", "scope")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ACK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    NAK_DELAY_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    ack_tokens: _containers.RepeatedScalarFieldContainer[str]
+    action: AckAction
+    nak_delay: _duration_pb2.Duration
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., ack_tokens: _Optional[_Iterable[str]] = ..., action: _Optional[_Union[AckAction, str]] = ..., nak_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+
+class AckResult(_message.Message):
+    __slots__ = ("success", "error", "status_code")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    error: str
+    status_code: int
+    def __init__(self, success: _Optional[bool] = ..., error: _Optional[str] = ..., status_code: _Optional[int] = ...) -> None: ...
+
+class AckMessagesResponse(_message.Message):
+    __slots__ = ("succeeded", "results")
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    succeeded: int
+    results: _containers.RepeatedCompositeFieldContainer[AckResult]
+    def __init__(self, succeeded: _Optional[int] = ..., results: _Optional[_Iterable[_Union[AckResult, _Mapping]]] = ...) -> None: ...
+
+class ConsumeRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "max_messages", "max_bytes", "heartbeat", "scope")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_NAME_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    stream_name: str
+    consumer_name: str
+    max_messages: int
+    max_bytes: int
+    heartbeat: _duration_pb2.Duration
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., max_messages: _Optional[int] = ..., max_bytes: _Optional[int] = ..., heartbeat: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+
+class ConsumeResponse(_message.Message):
+    __slots__ = ("message", "heartbeat", "outstanding_messages", "outstanding_bytes")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    OUTSTANDING_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    OUTSTANDING_BYTES_FIELD_NUMBER: _ClassVar[int]
+    message: JetStreamMessage
+    heartbeat: bool
+    outstanding_messages: int
+    outstanding_bytes: int
+    def __init__(self, message: _Optional[_Union[JetStreamMessage, _Mapping]] = ..., heartbeat: _Optional[bool] = ..., outstanding_messages: _Optional[int] = ..., outstanding_bytes: _Optional[int] = ...) -> None: ...

@@ -4,10 +4,16 @@
 # This file has been @generated
 
 __all__ = (
+    "AckAction",
     "AckMessageRequest",
     "AckMessageResponse",
+    "AckMessagesRequest",
+    "AckMessagesResponse",
     "AckPolicy",
+    "AckResult",
     "BucketStorage",
+    "ConsumeRequest",
+    "ConsumeResponse",
     "ConsumerConfig",
     "ConsumerInfo",
     "ConsumerState",
@@ -20,6 +26,7 @@ __all__ = (
     "DeleteStreamRequest",
     "DeleteStreamResponse",
     "DeliveryPolicy",
+    "DiscardPolicy",
     "GetConsumerInfoRequest",
     "GetConsumerInfoResponse",
     "GetStatisticsRequest",
@@ -84,6 +91,8 @@ __all__ = (
     "PublishBatchResponse",
     "PublishRequest",
     "PublishResponse",
+    "PublishToStreamBatchRequest",
+    "PublishToStreamBatchResponse",
     "PublishToStreamRequest",
     "PublishToStreamResponse",
     "PullMessagesRequest",
@@ -94,9 +103,12 @@ __all__ = (
     "ReplayPolicy",
     "RequestRequest",
     "RequestResponse",
+    "RetentionPolicy",
     "StorageType",
     "StreamConfig",
     "StreamInfo",
+    "StreamMessage",
+    "StreamPublishResult",
     "StreamState",
     "SubscribeRequest",
     "UnsubscribeRequest",
@@ -123,6 +135,40 @@ if TYPE_CHECKING:
 
 _COMPILER_VERSION = "0.10.1"
 betterproto2.check_compiler_version(_COMPILER_VERSION)
+
+
+class AckAction(betterproto2.Enum):
+    ACK = 0
+
+    NAK = 1
+
+    IN_PROGRESS = 2
+    """
+    Still working on it: restarts the ack_wait timer, may be sent many times.
+    """
+
+    TERMINATE = 3
+    """
+    Never redeliver this message.
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "ACK_ACTION_ACK",
+            1: "ACK_ACTION_NAK",
+            2: "ACK_ACTION_IN_PROGRESS",
+            3: "ACK_ACTION_TERMINATE",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "ACK_ACTION_ACK": 0,
+            "ACK_ACTION_NAK": 1,
+            "ACK_ACTION_IN_PROGRESS": 2,
+            "ACK_ACTION_TERMINATE": 3,
+        }
 
 
 class AckPolicy(betterproto2.Enum):
@@ -175,6 +221,16 @@ class DeliveryPolicy(betterproto2.Enum):
     DELIVERY_LAST_PER_SUBJECT = 5
 
 
+class DiscardPolicy(betterproto2.Enum):
+    """
+    ---- natsgw: JetStream additions ----
+    """
+
+    DISCARD_OLD = 0
+
+    DISCARD_NEW = 1
+
+
 class KvOperation(betterproto2.Enum):
     """
     ---- natsgw: Key-Value extensions ---------------------------------------------------------
@@ -224,6 +280,14 @@ class ReplayPolicy(betterproto2.Enum):
     REPLAY_ORIGINAL = 1
 
 
+class RetentionPolicy(betterproto2.Enum):
+    RETENTION_LIMITS = 0
+
+    RETENTION_INTEREST = 1
+
+    RETENTION_WORK_QUEUE = 2
+
+
 class StorageType(betterproto2.Enum):
     STORAGE_FILE = 0
 
@@ -249,6 +313,18 @@ class AckMessageRequest(betterproto2.Message):
     natsgw: whose namespace the call works in (default: the caller's own).
     """
 
+    ack_token: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+    """
+    natsgw: JetStreamMessage.ack_token; when set, stream_name/consumer_name/sequence may be empty.
+    """
+
+    action: "AckAction" = betterproto2.field(
+        8, betterproto2.TYPE_ENUM, default_factory=lambda: AckAction(0)
+    )
+    """
+    natsgw: ack (default), nak, in-progress (extend the ack deadline) or terminate.
+    """
+
 
 default_message_pool.register_message("isa.nats", "AckMessageRequest", AckMessageRequest)
 
@@ -259,6 +335,58 @@ class AckMessageResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("isa.nats", "AckMessageResponse", AckMessageResponse)
+
+
+@dataclass(eq=False, repr=False)
+class AckMessagesRequest(betterproto2.Message):
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    ack_tokens: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+
+    action: "AckAction" = betterproto2.field(
+        4, betterproto2.TYPE_ENUM, default_factory=lambda: AckAction(0)
+    )
+
+    nak_delay: "datetime.timedelta | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+    """
+    For ACK_ACTION_NAK: redeliver no earlier than this.
+    """
+
+    scope: "NamespaceScope" = betterproto2.field(
+        6, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+
+
+default_message_pool.register_message("isa.nats", "AckMessagesRequest", AckMessagesRequest)
+
+
+@dataclass(eq=False, repr=False)
+class AckMessagesResponse(betterproto2.Message):
+    succeeded: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    results: "list[AckResult]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    One per token, in request order.
+    """
+
+
+default_message_pool.register_message("isa.nats", "AckMessagesResponse", AckMessagesResponse)
+
+
+@dataclass(eq=False, repr=False)
+class AckResult(betterproto2.Message):
+    success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+
+    error: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    status_code: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+
+
+default_message_pool.register_message("isa.nats", "AckResult", AckResult)
 
 
 @dataclass(eq=False, repr=False)
@@ -293,8 +421,77 @@ class ConsumerConfig(betterproto2.Message):
         10, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
 
+    max_ack_pending: "int" = betterproto2.field(11, betterproto2.TYPE_INT32)
+    """
+    natsgw: most deliveries awaiting an ack at once (0: NATS's default, 1000).
+    """
+
+    inactive_threshold: "datetime.timedelta | None" = betterproto2.field(
+        12, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+    """
+    natsgw: a consumer without durable_name is deleted after this idle time (0: NATS's 5 s).
+    """
+
 
 default_message_pool.register_message("isa.nats", "ConsumerConfig", ConsumerConfig)
+
+
+@dataclass(eq=False, repr=False)
+class ConsumeRequest(betterproto2.Message):
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    consumer_name: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    max_messages: "int" = betterproto2.field(5, betterproto2.TYPE_INT32)
+    """
+    Most delivered-but-unacknowledged messages at once (0: 100).
+    """
+
+    max_bytes: "int" = betterproto2.field(6, betterproto2.TYPE_INT64)
+    """
+    Most payload bytes delivered-but-unacknowledged at once (0: 8 MiB).
+    """
+
+    heartbeat: "datetime.timedelta | None" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+    """
+    A heartbeat is sent after this long without a message (0: 5 s).
+    """
+
+    scope: "NamespaceScope" = betterproto2.field(
+        8, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+
+
+default_message_pool.register_message("isa.nats", "ConsumeRequest", ConsumeRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ConsumeResponse(betterproto2.Message):
+    message: "JetStreamMessage | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Absent on heartbeats.
+    """
+
+    heartbeat: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+
+    outstanding_messages: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+    """
+    The flow-control window after this response.
+    """
+
+    outstanding_bytes: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+
+
+default_message_pool.register_message("isa.nats", "ConsumeResponse", ConsumeResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -612,6 +809,22 @@ class JetStreamMessage(betterproto2.Message):
     )
 
     num_delivered: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+
+    ack_token: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+    """
+    natsgw: opaque token that acks/naks this delivery on any gateway replica (AckMessage,
+    NakMessage, AckMessages); bound to the caller's namespace. Empty for ack_policy none.
+    """
+
+    consumer_sequence: "int" = betterproto2.field(8, betterproto2.TYPE_INT64)
+    """
+    natsgw: the consumer's own sequence of this delivery.
+    """
+
+    num_pending: "int" = betterproto2.field(9, betterproto2.TYPE_INT64)
+    """
+    natsgw: messages still waiting for this consumer after this one.
+    """
 
 
 default_message_pool.register_message("isa.nats", "JetStreamMessage", JetStreamMessage)
@@ -1158,6 +1371,11 @@ class NakMessageRequest(betterproto2.Message):
     natsgw: whose namespace the call works in (default: the caller's own).
     """
 
+    ack_token: "str" = betterproto2.field(8, betterproto2.TYPE_STRING)
+    """
+    natsgw: JetStreamMessage.ack_token; when set, stream_name/consumer_name/sequence may be empty.
+    """
+
 
 default_message_pool.register_message("isa.nats", "NakMessageRequest", NakMessageRequest)
 
@@ -1531,6 +1749,45 @@ default_message_pool.register_message("isa.nats", "PublishResponse", PublishResp
 
 
 @dataclass(eq=False, repr=False)
+class PublishToStreamBatchRequest(betterproto2.Message):
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    messages: "list[StreamMessage]" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    scope: "NamespaceScope" = betterproto2.field(
+        5, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+
+
+default_message_pool.register_message(
+    "isa.nats", "PublishToStreamBatchRequest", PublishToStreamBatchRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class PublishToStreamBatchResponse(betterproto2.Message):
+    published_count: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    results: "list[StreamPublishResult]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    One per request message, in request order.
+    """
+
+
+default_message_pool.register_message(
+    "isa.nats", "PublishToStreamBatchResponse", PublishToStreamBatchResponse
+)
+
+
+@dataclass(eq=False, repr=False)
 class PublishToStreamRequest(betterproto2.Message):
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -1570,6 +1827,11 @@ class PublishToStreamResponse(betterproto2.Message):
     )
 
     message: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    duplicate: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
+    """
+    natsgw: NATS dropped it as a repeat of an earlier Nats-Msg-Id; sequence is the original's.
+    """
 
 
 default_message_pool.register_message(
@@ -1745,6 +2007,32 @@ class StreamConfig(betterproto2.Message):
 
     discard_new_per_subject: "bool" = betterproto2.field(9, betterproto2.TYPE_BOOL)
 
+    max_msgs_per_subject: "int" = betterproto2.field(10, betterproto2.TYPE_INT64)
+    """
+    natsgw: messages kept per subject (0: unlimited). discard_new_per_subject needs it > 0.
+    """
+
+    discard: "DiscardPolicy" = betterproto2.field(
+        11, betterproto2.TYPE_ENUM, default_factory=lambda: DiscardPolicy(0)
+    )
+    """
+    natsgw: what happens when a limit is reached (default: drop the oldest).
+    """
+
+    duplicate_window: "datetime.timedelta | None" = betterproto2.field(
+        12, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+    """
+    natsgw: window in which a repeated Nats-Msg-Id is dropped as a duplicate (0: NATS's 2 min).
+    """
+
+    retention: "RetentionPolicy" = betterproto2.field(
+        13, betterproto2.TYPE_ENUM, default_factory=lambda: RetentionPolicy(0)
+    )
+    """
+    natsgw: when messages are removed (default: by the limits above).
+    """
+
 
 default_message_pool.register_message("isa.nats", "StreamConfig", StreamConfig)
 
@@ -1763,6 +2051,49 @@ class StreamInfo(betterproto2.Message):
 
 
 default_message_pool.register_message("isa.nats", "StreamInfo", StreamInfo)
+
+
+@dataclass(eq=False, repr=False)
+class StreamMessage(betterproto2.Message):
+    subject: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    data: "bytes" = betterproto2.field(2, betterproto2.TYPE_BYTES)
+
+    headers: "dict[str, str]" = betterproto2.field(
+        3,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+    )
+
+    msg_id: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    Sets the Nats-Msg-Id header (de-duplication within the stream's duplicate_window).
+    """
+
+
+default_message_pool.register_message("isa.nats", "StreamMessage", StreamMessage)
+
+
+@dataclass(eq=False, repr=False)
+class StreamPublishResult(betterproto2.Message):
+    success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+
+    sequence: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+
+    duplicate: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+
+    error: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    Why this message was not stored (empty on success).
+    """
+
+    status_code: "int" = betterproto2.field(5, betterproto2.TYPE_INT32)
+    """
+    gRPC status code of the error (0 on success).
+    """
+
+
+default_message_pool.register_message("isa.nats", "StreamPublishResult", StreamPublishResult)
 
 
 @dataclass(eq=False, repr=False)
@@ -2650,6 +2981,64 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         ):
             yield response
 
+    async def publish_to_stream_batch(
+        self,
+        message: "PublishToStreamBatchRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "PublishToStreamBatchResponse":
+        """
+        natsgw: JetStream at speed: batched stream publish, batched acks, continuous consumption
+        """
+
+        return await self._unary_unary(
+            "/isa.nats.NATSService/PublishToStreamBatch",
+            message,
+            PublishToStreamBatchResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def ack_messages(
+        self,
+        message: "AckMessagesRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AckMessagesResponse":
+
+        return await self._unary_unary(
+            "/isa.nats.NATSService/AckMessages",
+            message,
+            AckMessagesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def consume(
+        self,
+        message: "ConsumeRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[ConsumeResponse]":
+
+        async for response in self._unary_stream(
+            "/isa.nats.NATSService/Consume",
+            message,
+            ConsumeResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
 
 from ...google import protobuf as __google__protobuf__
 
@@ -2868,6 +3257,24 @@ class NatsServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield ObjectGetStreamResponse()
+
+    async def publish_to_stream_batch(
+        self, message: "PublishToStreamBatchRequest"
+    ) -> "PublishToStreamBatchResponse":
+        """
+        natsgw: JetStream at speed: batched stream publish, batched acks, continuous consumption
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def ack_messages(self, message: "AckMessagesRequest") -> "AckMessagesResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def consume(self, message: "ConsumeRequest") -> "AsyncIterator[ConsumeResponse]":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield ConsumeResponse()
 
     async def __rpc_publish(
         self, stream: "grpclib.server.Stream[PublishRequest, PublishResponse]"
@@ -3208,6 +3615,34 @@ class NatsServiceBase(betterproto2_grpclib.ServiceBase):
             request,
         )
 
+    async def __rpc_publish_to_stream_batch(
+        self,
+        stream: "grpclib.server.Stream[PublishToStreamBatchRequest, PublishToStreamBatchResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.publish_to_stream_batch(request)
+        await stream.send_message(response)
+
+    async def __rpc_ack_messages(
+        self, stream: "grpclib.server.Stream[AckMessagesRequest, AckMessagesResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.ack_messages(request)
+        await stream.send_message(response)
+
+    async def __rpc_consume(
+        self, stream: "grpclib.server.Stream[ConsumeRequest, ConsumeResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        await self._call_rpc_handler_server_stream(
+            self.consume,
+            stream,
+            request,
+        )
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/isa.nats.NATSService/Publish": grpclib.const.Handler(
@@ -3455,5 +3890,23 @@ class NatsServiceBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_STREAM,
                 ObjectGetRequest,
                 ObjectGetStreamResponse,
+            ),
+            "/isa.nats.NATSService/PublishToStreamBatch": grpclib.const.Handler(
+                self.__rpc_publish_to_stream_batch,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                PublishToStreamBatchRequest,
+                PublishToStreamBatchResponse,
+            ),
+            "/isa.nats.NATSService/AckMessages": grpclib.const.Handler(
+                self.__rpc_ack_messages,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                AckMessagesRequest,
+                AckMessagesResponse,
+            ),
+            "/isa.nats.NATSService/Consume": grpclib.const.Handler(
+                self.__rpc_consume,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                ConsumeRequest,
+                ConsumeResponse,
             ),
         }
