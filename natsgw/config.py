@@ -24,6 +24,11 @@ class ConfigError(ValueError):
     """A setting is malformed; the message names the environment variable."""
 
 
+class BucketStorageKind(StrEnum):
+    FILE = "file"
+    MEMORY = "memory"
+
+
 class SlowConsumerPolicy(StrEnum):
     #: End the subscription stream with RESOURCE_EXHAUSTED: the client learns it fell behind.
     CLOSE = "close"
@@ -65,6 +70,18 @@ class Settings:
     shutdown_grace: float = 10.0
     log_level: str = "info"
     log_format: str = "json"
+    # Key-Value buckets made on first put (and the zero values of KVCreateBucket)
+    kv_history: int = 5
+    kv_ttl: float = 0.0  # seconds; 0 keeps values forever
+    kv_max_bytes: int = 0  # 0: unlimited
+    kv_storage: BucketStorageKind = BucketStorageKind.FILE
+    kv_replicas: int = 1
+    # Object buckets made on first put
+    object_ttl: float = 0.0
+    object_max_bytes: int = 0
+    object_storage: BucketStorageKind = BucketStorageKind.FILE
+    object_replicas: int = 1
+    object_chunk_size: int = 128 * 1024
 
     @property
     def embedded(self) -> bool:
@@ -105,6 +122,18 @@ class Settings:
             shutdown_grace=e.get("NATSGW_SHUTDOWN_GRACE", _seconds, 10.0),
             log_level=e.get("NATSGW_LOG_LEVEL", _log_level, "info"),
             log_format=e.get("NATSGW_LOG_FORMAT", _log_format, "json"),
+            kv_history=e.get("NATSGW_KV_HISTORY", _kv_history, 5),
+            kv_ttl=e.get("NATSGW_KV_TTL", _seconds_or_zero, 0.0),
+            kv_max_bytes=e.get("NATSGW_KV_MAX_BYTES", _size_or_zero, 0),
+            kv_storage=e.get("NATSGW_KV_STORAGE", BucketStorageKind, BucketStorageKind.FILE),
+            kv_replicas=e.get("NATSGW_KV_REPLICAS", _replicas, 1),
+            object_ttl=e.get("NATSGW_OBJECT_TTL", _seconds_or_zero, 0.0),
+            object_max_bytes=e.get("NATSGW_OBJECT_MAX_BYTES", _size_or_zero, 0),
+            object_storage=e.get(
+                "NATSGW_OBJECT_STORAGE", BucketStorageKind, BucketStorageKind.FILE
+            ),
+            object_replicas=e.get("NATSGW_OBJECT_REPLICAS", _replicas, 1),
+            object_chunk_size=e.get("NATSGW_OBJECT_CHUNK_SIZE", _chunk_size, 128 * 1024),
         )
 
 
@@ -179,6 +208,34 @@ def _seconds(raw: str) -> float:
     value = float(raw[:-1] if raw.endswith("s") else raw)
     if not 0 < value < 86400:
         raise ValueError("expected seconds, greater than 0 and below 86400")
+    return value
+
+
+def _size_or_zero(raw: str) -> int:
+    """A size, or 0 for "no limit"."""
+    return 0 if raw == "0" else _size(raw)
+
+
+def _seconds_or_zero(raw: str) -> float:
+    """Seconds (as for _seconds, up to ten years), or 0 for "forever"."""
+    value = float(raw[:-1] if raw.endswith("s") else raw)
+    if not 0 <= value <= 10 * 365 * 86400:
+        raise ValueError("expected seconds, 0 (forever) or more")
+    return value
+
+
+def _kv_history(raw: str) -> int:
+    return _int(raw, 1, 64)
+
+
+def _replicas(raw: str) -> int:
+    return _int(raw, 1, 5)
+
+
+def _chunk_size(raw: str) -> int:
+    value = _size(raw)
+    if not 1024 <= value <= 8 * MIB:
+        raise ValueError("expected a chunk size from 1KiB to 8MiB")
     return value
 
 

@@ -175,6 +175,75 @@ def check_name(name: str, field: str, *, max_bytes: int = MAX_NAME_BYTES) -> Non
         raise InvalidArgument(field, f"{name!r} is longer than {max_bytes} bytes")
 
 
+#: Longest Key-Value key or watch pattern, in bytes (it becomes a subject inside the bucket).
+MAX_KV_KEY_BYTES = 1024
+#: Longest object name, in UTF-8 bytes (its base64 becomes a subject token).
+MAX_OBJECT_NAME_BYTES = 1024
+_KV_KEY_RE = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
+_KV_PATTERN_TOKEN_RE = re.compile(r"^[-/_=a-zA-Z0-9]+$")
+
+
+def check_kv_key(key: str, field: str = "key") -> None:
+    """Refuse a Key-Value key NATS would refuse: ``[-/_=.a-zA-Z0-9]+``, no '.' at either end."""
+    if not key:
+        raise InvalidArgument(field, "must not be empty")
+    if _utf8_len(key) > MAX_KV_KEY_BYTES:
+        raise InvalidArgument(field, f"is longer than {MAX_KV_KEY_BYTES} bytes")
+    if not _KV_KEY_RE.fullmatch(key):
+        raise InvalidArgument(
+            field,
+            f"{key!r} is not a valid key: use letters, digits and '-', '/', '_', '=', '.'",
+        )
+    if key.startswith(".") or key.endswith("."):
+        raise InvalidArgument(
+            field, f"{key!r} is not a valid key: it may not start or end with '.'"
+        )
+    if ".." in key:
+        raise InvalidArgument(field, f"{key!r} is not a valid key: it has an empty token ('..')")
+
+
+def kv_watch_pattern(pattern: str, field: str = "key") -> str:
+    """A key or a key pattern to watch; empty means every key (``>``).
+
+    ``*`` matches one '.'-separated token and ``>`` the rest, as whole tokens only.
+    """
+    if not pattern:
+        return ">"
+    if _utf8_len(pattern) > MAX_KV_KEY_BYTES:
+        raise InvalidArgument(field, f"is longer than {MAX_KV_KEY_BYTES} bytes")
+    tokens = pattern.split(".")
+    for index, token in enumerate(tokens):
+        if token == "*" or (token == ">" and index == len(tokens) - 1):
+            continue
+        if token == ">":
+            raise InvalidArgument(field, f"{pattern!r}: '>' is only allowed as the last token")
+        if not token:
+            raise InvalidArgument(
+                field, f"{pattern!r} has an empty token (leading, trailing or '..')"
+            )
+        if not _KV_PATTERN_TOKEN_RE.fullmatch(token):
+            raise InvalidArgument(
+                field,
+                f"{pattern!r} is not a valid key pattern: use letters, digits, '-', '/', '_', "
+                "'=', '.' and whole-token '*' or a final '>'",
+            )
+    return pattern
+
+
+def check_object_name(name: str, field: str = "object_name") -> None:
+    """Object names are any UTF-8 text except NUL, up to MAX_OBJECT_NAME_BYTES bytes."""
+    if not name:
+        raise InvalidArgument(field, "must not be empty")
+    if "\x00" in name:
+        raise InvalidArgument(field, "must not contain NUL characters")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidArgument(field, "must be valid UTF-8 text (no lone surrogates)") from None
+    if size > MAX_OBJECT_NAME_BYTES:
+        raise InvalidArgument(field, f"is {size} bytes; the limit is {MAX_OBJECT_NAME_BYTES}")
+
+
 @dataclass(frozen=True, slots=True)
 class Namespace:
     """One tenant's view of NATS: maps its names in, and NATS names back out."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from grpclib.const import Status
 from nats import errors as nats_errors
 from nats.js import errors as js_errors
 
@@ -72,3 +73,9 @@ def _from_api_error(what: str, exc: js_errors.APIError) -> GatewayError:
     if code in (400, 500) and ("maximum" in reason or "resources" in reason or "limit" in reason):
         return ResourceExhausted(f"{what}: {reason}")
     return InvalidArgument(what, reason)
+
+
+class DataLoss(GatewayError):
+    """Stored or received content does not match its digest: nothing was stored or delivered."""
+
+    status = Status.DATA_LOSS

@@ -1,9 +1,174 @@
-"""Object store on NATS JetStream Object Store."""
+"""Object store on NATS JetStream Object Store, inside the caller's namespace.
+
+Unary ``ObjectPut`` / ``ObjectGet`` carry a whole object in one message, so they work up to the
+gateway's maximum message size; ``ObjectPutStream`` / ``ObjectGetStream`` move objects of any
+size in chunks, with the gateway holding only a few chunks at a time and the SHA-256 digest that
+NATS keeps checked on the way in and on the way out.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import AsyncIterator, Mapping
+
+from natsgw._generated.isa import nats as pb
+from natsgw.adapter.objects import ObjectStoreClient
+from natsgw.adapter.types import BucketDefaults, ObjectStat
+from natsgw.errors import InvalidArgument, ResourceExhausted
 from natsgw.service.base import Handlers
+from natsgw.tenancy import check_object_name
+
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+#: Bytes of an ObjectGetResponse besides the content and metadata (tags, lengths, found).
+_RESPONSE_OVERHEAD = 64
+
+
+def _info(stat: ObjectStat) -> pb.ObjectInfo:
+    return pb.ObjectInfo(
+        name=stat.name,
+        size=stat.size,
+        modified=stat.modified,
+        metadata=dict(stat.metadata),
+        digest=stat.digest,
+        object_id=stat.object_id,
+    )
+
+
+def _check_metadata(metadata: Mapping[str, str], field: str = "metadata") -> None:
+    for key in metadata:
+        if not key:
+            raise InvalidArgument(field, "keys must not be empty")
+
+
+def _expected_digest(sha256: str) -> bytes | None:
+    if not sha256:
+        return None
+    if not _HEX64.fullmatch(sha256):
+        raise InvalidArgument("header.sha256", "must be the content's SHA-256 as 64 hex digits")
+    return bytes.fromhex(sha256)
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 class ObjectStoreHandlers(Handlers):
-    """Not implemented yet: the generated base answers UNIMPLEMENTED."""
+    def _objects(self) -> ObjectStoreClient:
+        return ObjectStoreClient(self.adapter, timeout=self.settings.request_timeout)
+
+    def _object_defaults(self) -> BucketDefaults:
+        s = self.settings
+        return BucketDefaults(
+            ttl=s.object_ttl,
+            max_bytes=s.object_max_bytes,
+            storage=s.object_storage.value,
+            replicas=s.object_replicas,
+        )
+
+    async def _put(
+        self,
+        bucket: str,
+        name: str,
+        content: AsyncIterator[bytes],
+        metadata: Mapping[str, str],
+        expected_sha256: bytes | None = None,
+    ) -> pb.ObjectPutResponse:
+        stat = await self._objects().put(
+            bucket,
+            name,
+            content,
+            metadata=metadata,
+            defaults=self._object_defaults(),
+            chunk_size=self.settings.object_chunk_size,
+            expected_sha256=expected_sha256,
+        )
+        return pb.ObjectPutResponse(success=True, object_id=stat.object_id, info=_info(stat))
+
+    # -- the original four ------------------------------------------------------------------------
+
+    async def object_put(self, message: pb.ObjectPutRequest) -> pb.ObjectPutResponse:
+        ns = await self.namespace(message)
+        bucket = ns.object_bucket(message.bucket)
+        check_object_name(message.object_name)
+        _check_metadata(message.metadata)
+        return await self._put(bucket, message.object_name, _one(message.data), message.metadata)
+
+    async def object_get(self, message: pb.ObjectGetRequest) -> pb.ObjectGetResponse:
+        ns = await self.namespace(message)
+        bucket = ns.object_bucket(message.bucket)
+        check_object_name(message.object_name)
+        objects = self._objects()
+        stat = await objects.stat(bucket, message.object_name)
+        if stat is None:
+            return pb.ObjectGetResponse(found=False)
+        limit = self.settings.max_message_size
+        meta_bytes = sum(len(k.encode()) + len(v.encode()) + 8 for k, v in stat.metadata.items())
+        if stat.size + meta_bytes + _RESPONSE_OVERHEAD > limit:
+            raise ResourceExhausted(
+                f"object {message.object_name!r} is {stat.size} bytes, more than ObjectGet can "
+                f"return in one message ({limit} bytes, NATSGW_MAX_MESSAGE_SIZE); "
+                "use ObjectGetStream"
+            )
+        data = bytearray()
+        async for chunk in objects.read(bucket, stat):
+            data += chunk
+        return pb.ObjectGetResponse(found=True, data=bytes(data), metadata=dict(stat.metadata))
+
+    async def object_delete(self, message: pb.ObjectDeleteRequest) -> pb.ObjectDeleteResponse:
+        """Idempotent: success once the object is gone (also when there was none)."""
+        ns = await self.namespace(message)
+        bucket = ns.object_bucket(message.bucket)
+        check_object_name(message.object_name)
+        await self._objects().delete(bucket, message.object_name)
+        return pb.ObjectDeleteResponse(success=True)
+
+    async def object_list(self, message: pb.ObjectListRequest) -> pb.ObjectListResponse:
+        ns = await self.namespace(message)
+        bucket = ns.object_bucket(message.bucket)
+        stats = await self._objects().list(bucket)
+        return pb.ObjectListResponse(objects=[_info(s) for s in stats])
+
+    # -- streaming --------------------------------------------------------------------------------
+
+    async def object_put_stream(
+        self, messages: AsyncIterator[pb.ObjectPutStreamRequest]
+    ) -> pb.ObjectPutResponse:
+        first = await anext(messages, None)
+        if first is None or first.header is None:
+            raise InvalidArgument(
+                "header", "the first ObjectPutStream message must carry the header"
+            )
+        header = first.header
+        ns = await self.namespace(header)
+        bucket = ns.object_bucket(header.bucket, "header.bucket")
+        check_object_name(header.object_name, "header.object_name")
+        _check_metadata(header.metadata, "header.metadata")
+        expected = _expected_digest(header.sha256)
+
+        async def content() -> AsyncIterator[bytes]:
+            yield first.chunk
+            index = 1
+            async for message in messages:
+                if message.header is not None:
+                    raise InvalidArgument(
+                        "header", f"only the first message may carry it (message {index} did)"
+                    )
+                yield message.chunk
+                index += 1
+
+        return await self._put(bucket, header.object_name, content(), header.metadata, expected)
+
+    async def object_get_stream(
+        self, message: pb.ObjectGetRequest
+    ) -> AsyncIterator[pb.ObjectGetStreamResponse]:
+        ns = await self.namespace(message)
+        bucket = ns.object_bucket(message.bucket)
+        check_object_name(message.object_name)
+        objects = self._objects()
+        stat = await objects.stat(bucket, message.object_name)
+        if stat is None:
+            yield pb.ObjectGetStreamResponse(found=False)
+            return
+        yield pb.ObjectGetStreamResponse(found=True, info=_info(stat))
+        async for chunk in objects.read(bucket, stat):
+            yield pb.ObjectGetStreamResponse(chunk=chunk)

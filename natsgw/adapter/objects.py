@@ -1,0 +1,445 @@
+"""NATS JetStream Object Store, in plain values, streamed chunk by chunk.
+
+Objects are stored exactly as every NATS client stores them (stream ``OBJ_<bucket>``, chunks on
+``$O.<bucket>.C.<nuid>``, a JSON meta record on ``$O.<bucket>.M.<base64url(name)>`` with the
+SHA-256 digest), so the ``nats object`` CLI and the Go/Python clients read what the gateway writes
+and the other way round. The chunk traffic is done here rather than through nats-py's
+``ObjectStore`` because its ``get()`` grows one ``bytes`` buffer per chunk (quadratic) and its
+``put()`` takes only synchronous readers:
+
+- writing keeps a bounded window of chunks in flight (publish, then await the stream's acks), so
+  memory is a few chunks whatever the object's size;
+- reading uses :class:`natsgw.adapter.ordered.OrderedReader`, answering flow control as soon as
+  the caller has taken the chunks before it.
+
+User metadata is kept in the record's ``metadata`` map (the Go client's ``ObjectMeta.Metadata``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime
+import hashlib
+import json
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import nats.nuid
+from nats import errors as nats_errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js import errors as js_errors
+
+from natsgw.adapter.core import NatsAdapter
+from natsgw.adapter.errors import DataLoss, translated
+from natsgw.adapter.ordered import OrderedReader, Start, StoredMessage
+from natsgw.adapter.types import BucketDefaults, ObjectStat
+from natsgw.errors import DeadlineExceeded, FailedPrecondition, NotFound, Unavailable
+
+DIGEST_PREFIX = "SHA-256="
+_ROLLUP = "Nats-Rollup"
+#: Chunks published but not yet acknowledged by the stream, per upload.
+ACK_WINDOW = 16
+#: Room left in a NATS message for the protocol around a chunk.
+_CHUNK_HEADROOM = 1024
+
+
+def stream_name(bucket: str) -> str:
+    return f"OBJ_{bucket}"
+
+
+def meta_subject(bucket: str, name: str) -> str:
+    token = base64.urlsafe_b64encode(name.encode("utf-8")).decode("ascii")
+    return f"$O.{bucket}.M.{token}"
+
+
+def chunk_subject(bucket: str, nuid: str) -> str:
+    return f"$O.{bucket}.C.{nuid}"
+
+
+def format_digest(sha256: bytes) -> str:
+    return DIGEST_PREFIX + base64.urlsafe_b64encode(sha256).decode("ascii")
+
+
+def parse_digest(digest: str) -> bytes | None:
+    """The raw SHA-256 of a NATS digest string, or None when it is not one."""
+    if not digest.upper().startswith(DIGEST_PREFIX):
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(digest[len(DIGEST_PREFIX) :])
+    except ValueError:
+        return None
+    return raw if len(raw) == 32 else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    stat: ObjectStat
+    deleted: bool
+    link: bool
+
+
+def _record(raw: Mapping[str, Any], time: datetime.datetime | None) -> _Record:
+    metadata = raw.get("metadata") or {}
+    options = raw.get("options") or {}
+    return _Record(
+        stat=ObjectStat(
+            name=str(raw.get("name", "")),
+            size=int(raw.get("size") or 0),
+            chunks=int(raw.get("chunks") or 0),
+            digest=str(raw.get("digest") or ""),
+            object_id=str(raw.get("nuid") or ""),
+            modified=time,
+            metadata={str(k): str(v) for k, v in dict(metadata).items()},
+        ),
+        deleted=bool(raw.get("deleted")),
+        link=bool(isinstance(options, dict) and options.get("link")),
+    )
+
+
+def _meta_body(bucket: str, stat: ObjectStat, chunk_size: int, *, deleted: bool = False) -> bytes:
+    body: dict[str, Any] = {
+        "name": stat.name,
+        "bucket": bucket,
+        "nuid": stat.object_id,
+        "size": stat.size,
+        "chunks": stat.chunks,
+        "mtime": datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z"),
+        "options": {"max_chunk_size": chunk_size},
+    }
+    if stat.digest:
+        body["digest"] = stat.digest
+    if stat.metadata:
+        body["metadata"] = dict(stat.metadata)
+    if deleted:
+        body["deleted"] = True
+    return json.dumps(body).encode()
+
+
+class _AckWindow:
+    """Publishes chunks in order with a reply inbox; at most ``size`` unacknowledged at once."""
+
+    def __init__(self, nc: NatsClient, subject: str, size: int, timeout: float) -> None:
+        self._nc = nc
+        self._subject = subject
+        self._size = size
+        self._timeout = timeout
+        self._inbox = nc.new_inbox()
+        self._waiting: dict[str, asyncio.Future[None]] = {}
+        self._order: deque[asyncio.Future[None]] = deque()
+        self._sub: Any = None
+        self._sent = 0
+
+    async def open(self) -> None:
+        with translated("object upload"):
+            self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_ack)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        future = self._waiting.pop(msg.subject, None)
+        if future is None or future.done():
+            return
+        headers = msg.headers or {}
+        if headers.get("Status") == "503":
+            future.set_exception(js_errors.NoStreamResponseError())
+            return
+        try:
+            body = json.loads(msg.data)
+        except ValueError:
+            future.set_exception(Unavailable("object upload: unreadable acknowledgement"))
+            return
+        if "error" in body:
+            future.set_exception(js_errors.APIError.from_error(body["error"]))
+        else:
+            future.set_result(None)
+
+    async def send(self, payload: bytes) -> None:
+        while len(self._order) >= self._size:
+            await self._await_oldest()
+        reply = f"{self._inbox}.{self._sent}"
+        self._sent += 1
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[reply] = future
+        self._order.append(future)
+        with translated("object upload"):
+            await self._nc.publish(self._subject, payload, reply=reply)
+
+    async def _await_oldest(self) -> None:
+        future = self._order.popleft()
+        try:
+            with translated("object upload"):
+                await asyncio.wait_for(future, self._timeout)
+        except DeadlineExceeded:
+            raise DeadlineExceeded(
+                "object upload: NATS did not acknowledge a chunk in time"
+            ) from None
+
+    async def drain(self) -> None:
+        while self._order:
+            await self._await_oldest()
+
+    async def close(self) -> None:
+        for future in self._order:
+            future.cancel()
+        self._order.clear()
+        self._waiting.clear()
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+
+class ObjectStoreClient:
+    """Object Store operations on one NATS connection; methods take the NATS bucket name."""
+
+    def __init__(self, adapter: NatsAdapter, *, timeout: float = 5.0) -> None:
+        self._adapter = adapter
+        self._timeout = timeout
+
+    def _js(self) -> JetStreamContext:
+        return self._adapter.jetstream()
+
+    # -- buckets ----------------------------------------------------------------------------------
+
+    async def ensure_bucket(self, bucket: str, defaults: BucketDefaults) -> None:
+        js = self._js()
+        try:
+            with translated(f"object bucket {bucket}"):
+                await js.stream_info(stream_name(bucket))
+            return
+        except NotFound:
+            pass
+        config = api.ObjectStoreConfig(
+            bucket=bucket,
+            ttl=defaults.ttl or None,
+            max_bytes=defaults.max_bytes or -1,
+            storage=api.StorageType(defaults.storage),
+            replicas=defaults.replicas,
+        )
+        with translated(f"create object bucket {bucket}"):
+            await js.create_object_store(bucket, config=config)
+
+    # -- meta -------------------------------------------------------------------------------------
+
+    async def _meta(self, bucket: str, name: str) -> _Record | None:
+        """The object's latest meta record (deleted ones included); None when there is none."""
+        js = self._js()
+        try:
+            with translated(f"object {name!r}"):
+                try:
+                    raw = await js.get_msg(
+                        stream_name(bucket), subject=meta_subject(bucket, name), direct=True
+                    )
+                except nats_errors.NoRespondersError:
+                    raw = await js.get_msg(
+                        stream_name(bucket), subject=meta_subject(bucket, name), direct=False
+                    )
+        except NotFound:
+            return None
+        try:
+            return _record(json.loads(raw.data or b"{}"), raw.time)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise DataLoss(f"object {name!r}: its meta record is unreadable ({exc})") from None
+
+    async def stat(self, bucket: str, name: str) -> ObjectStat | None:
+        record = await self._meta(bucket, name)
+        if record is None or record.deleted:
+            return None
+        if record.link:
+            raise FailedPrecondition(
+                f"object {name!r} is a link to another bucket, which the gateway does not follow"
+            )
+        return record.stat
+
+    async def list(self, bucket: str) -> list[ObjectStat]:
+        """Live objects, sorted by name; empty when the bucket is missing or empty."""
+        js = self._js()
+        reader = OrderedReader(
+            js._nc,
+            js,
+            stream_name(bucket),
+            f"$O.{bucket}.M.>",
+            start=Start.LAST_PER_SUBJECT,
+            patience=self._timeout,
+        )
+        out: list[ObjectStat] = []
+        try:
+            try:
+                await reader.open()
+            except NotFound:
+                return []
+            pending = reader.initial_pending
+            while pending:
+                msg = await reader.next()
+                pending = msg.pending
+                try:
+                    record = _record(json.loads(msg.data), msg.time)
+                except (ValueError, TypeError, AttributeError):
+                    continue  # not a meta record any client wrote; nothing to list
+                if not record.deleted:
+                    out.append(record.stat)
+        finally:
+            await reader.close()
+        return sorted(out, key=lambda s: s.name)
+
+    async def delete(self, bucket: str, name: str) -> bool:
+        """Mark the object deleted and drop its chunks; False when there was nothing to delete."""
+        record = await self._meta(bucket, name)
+        if record is None or record.deleted:
+            return False
+        js = self._js()
+        stat = record.stat
+        gone = ObjectStat(
+            name=name, size=0, chunks=0, digest="", object_id=stat.object_id, modified=None
+        )
+        with translated(f"delete object {name!r}"):
+            await js.publish(
+                meta_subject(bucket, name),
+                _meta_body(bucket, gone, 0, deleted=True),
+                headers={_ROLLUP: "sub"},
+            )
+            if stat.object_id:
+                await js.purge_stream(
+                    stream_name(bucket), subject=chunk_subject(bucket, stat.object_id)
+                )
+        return True
+
+    # -- content ----------------------------------------------------------------------------------
+
+    async def put(
+        self,
+        bucket: str,
+        name: str,
+        content: AsyncIterable[bytes],
+        *,
+        metadata: Mapping[str, str],
+        defaults: BucketDefaults,
+        chunk_size: int,
+        expected_sha256: bytes | None = None,
+    ) -> ObjectStat:
+        """Store ``content`` as object ``name``; the previous version goes once this one is in.
+
+        Nothing is visible until every chunk is acknowledged and the meta record written; on any
+        failure (or cancellation) the chunks written so far are purged.
+        """
+        await self.ensure_bucket(bucket, defaults)
+        js = self._js()
+        nc = js._nc
+        previous = await self._meta(bucket, name)
+        chunk_size = max(1024, min(chunk_size, nc.max_payload - _CHUNK_HEADROOM))
+        nuid = nats.nuid.NUID().next().decode()
+        subject = chunk_subject(bucket, nuid)
+        window = _AckWindow(nc, subject, ACK_WINDOW, self._timeout)
+        digest = hashlib.sha256()
+        size = chunks = 0
+        stored = False
+        try:
+            await window.open()
+            pending = bytearray()
+
+            async def send(payload: bytes) -> None:
+                nonlocal size, chunks
+                digest.update(payload)
+                size += len(payload)
+                chunks += 1
+                await window.send(payload)
+
+            async for piece in content:
+                if not piece:
+                    continue
+                view = memoryview(piece)
+                offset = 0
+                if pending:
+                    offset = min(chunk_size - len(pending), len(view))
+                    pending += view[:offset]
+                    if len(pending) == chunk_size:
+                        await send(bytes(pending))
+                        pending.clear()
+                while len(view) - offset >= chunk_size:
+                    await send(bytes(view[offset : offset + chunk_size]))
+                    offset += chunk_size
+                pending += view[offset:]
+            if pending:
+                await send(bytes(pending))
+            await window.drain()
+            sha = digest.digest()
+            if expected_sha256 is not None and sha != expected_sha256:
+                raise DataLoss(
+                    f"object {name!r}: the content's SHA-256 is {sha.hex()}, the header said "
+                    f"{expected_sha256.hex()}; nothing was stored"
+                )
+            stat = ObjectStat(
+                name=name,
+                size=size,
+                chunks=chunks,
+                digest=format_digest(sha),
+                object_id=nuid,
+                modified=None,
+                metadata=dict(metadata),
+            )
+            with translated(f"store object {name!r}"):
+                await js.publish(
+                    meta_subject(bucket, name),
+                    _meta_body(bucket, stat, chunk_size),
+                    headers={_ROLLUP: "sub"},
+                )
+            stored = True
+        finally:
+            await window.close()
+            if not stored:
+                await asyncio.shield(self._purge_quietly(bucket, subject))
+        if previous is not None and not previous.deleted and previous.stat.object_id:
+            await self._purge_quietly(bucket, chunk_subject(bucket, previous.stat.object_id))
+        written = await self._meta(bucket, name)
+        return written.stat if written is not None else stat
+
+    async def _purge_quietly(self, bucket: str, subject: str) -> None:
+        with contextlib.suppress(Exception):
+            await self._js().purge_stream(stream_name(bucket), subject=subject)
+
+    async def read(self, bucket: str, stat: ObjectStat) -> AsyncIterator[bytes]:
+        """The object's chunks in order; DataLoss (after the last chunk) if size or digest differ.
+
+        The caller must not treat the content as complete until this iterator ends normally.
+        """
+        expected = parse_digest(stat.digest)
+        if expected is None:
+            raise DataLoss(f"object {stat.name!r} has no SHA-256 digest ({stat.digest!r})")
+        digest = hashlib.sha256()
+        size = 0
+        if stat.chunks:
+            js = self._js()
+            reader = OrderedReader(
+                js._nc,
+                js,
+                stream_name(bucket),
+                chunk_subject(bucket, stat.object_id),
+                start=Start.ALL,
+                patience=max(self._timeout, 10.0),
+            )
+            try:
+                try:
+                    await reader.open()
+                except NotFound:
+                    raise DataLoss(f"object {stat.name!r}: its bucket vanished") from None
+                if reader.initial_pending < stat.chunks:
+                    raise DataLoss(
+                        f"object {stat.name!r}: {reader.initial_pending} of its {stat.chunks} "
+                        "chunks are stored"
+                    )
+                for _ in range(stat.chunks):
+                    msg: StoredMessage = await reader.next()
+                    digest.update(msg.data)
+                    size += len(msg.data)
+                    yield msg.data
+            finally:
+                await reader.close()
+        if size != stat.size or digest.digest() != expected:
+            raise DataLoss(
+                f"object {stat.name!r}: read {size} bytes with SHA-256 "
+                f"{format_digest(digest.digest())}, the object says {stat.size} bytes and "
+                f"{stat.digest}"
+            )

@@ -1,0 +1,239 @@
+"""An ordered, flow-controlled reader of a JetStream stream, shared by Key-Value and Object Store.
+
+nats-py's own ordered consumer answers flow control from a task that wakes every 250 ms and grows
+the Object Store's result buffer chunk by chunk; this reader answers flow control as soon as the
+caller has taken every message before it, so the server never sends more than its flow-control
+window ahead of the caller, and memory stays bounded by that window whatever the stream holds.
+
+It is "ordered" in the JetStream sense: an ephemeral push consumer (no acks, memory storage) whose
+delivery sequence is checked on every message. A gap, a missed heartbeat (the server restarted,
+the consumer vanished, the connection dropped) or a consumer error makes it recreate the consumer
+from the stream sequence after the last one handed out, so the caller sees every message exactly
+once, in order, across reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext, api
+
+from natsgw.adapter.core import backoff_delay
+from natsgw.adapter.errors import translated
+from natsgw.errors import GatewayError, NotFound, Unavailable
+
+log = structlog.get_logger("natsgw.adapter.ordered")
+
+_STATUS = "Status"
+_CONTROL = "100"
+_STALLED = "Nats-Consumer-Stalled"
+_LAST_CONSUMER = "Nats-Last-Consumer"
+
+
+class Start(Enum):
+    ALL = "all"
+    LAST_PER_SUBJECT = "last_per_subject"
+    NEW = "new"
+    SEQUENCE = "by_start_sequence"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message as the stream stored it."""
+
+    subject: str
+    data: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+    seq: int = 0
+    time: datetime.datetime | None = None
+    pending: int = 0  # messages left for this reader when it was delivered
+
+
+class OrderedReader:
+    """Reads ``filter_subject`` of ``stream`` in stream order; see the module docstring.
+
+    ``follow``: keep going forever (a watch); when the consumer cannot be recreated (NATS down)
+    keep retrying. Without it, give up with UNAVAILABLE after ``patience`` seconds without
+    progress.
+    """
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        js: JetStreamContext,
+        stream: str,
+        filter_subject: str,
+        *,
+        start: Start = Start.ALL,
+        start_seq: int = 0,
+        headers_only: bool = False,
+        heartbeat: float = 1.0,
+        follow: bool = False,
+        patience: float = 10.0,
+        pending_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self._nc = nc
+        self._js = js
+        self._stream = stream
+        self._filter = filter_subject
+        self._start = start
+        self._start_seq = start_seq
+        self._headers_only = headers_only
+        self._heartbeat = heartbeat
+        self._follow = follow
+        self._patience = patience
+        self._pending_bytes = pending_bytes
+        self._sub: NatsSubscription | None = None
+        self._consumer = ""
+        self._dseq = 0  # last delivery sequence seen from the current consumer
+        self._sseq = 0  # last stream sequence handed to the caller
+        self._closed = False
+        #: Messages matching when the first consumer was made (for finite reads).
+        self.initial_pending = 0
+        self.resets = 0
+
+    async def open(self) -> None:
+        """Create the first consumer; raises NotFound when the stream does not exist."""
+        await self._create(first=True)
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._drop()
+
+    async def next(self) -> StoredMessage:
+        """The next message, waiting as long as it takes (callers bound it with timeouts)."""
+        loop = asyncio.get_running_loop()
+        stalled_since = loop.time()
+        while True:
+            if self._closed:
+                raise Unavailable("the reader was closed")
+            sub = self._sub
+            if sub is None:
+                try:
+                    await self._create(first=False)
+                except NotFound:
+                    raise
+                except GatewayError as exc:
+                    if not self._follow and loop.time() - stalled_since > self._patience:
+                        raise Unavailable(f"reading {self._stream} stalled: {exc.message}") from exc
+                    await asyncio.sleep(max(0.1, backoff_delay(min(self.resets, 4))))
+                continue
+            try:
+                msg = await sub.next_msg(timeout=self._heartbeat * 3)
+            except (TimeoutError, NatsTimeoutError):
+                await self._reset("no heartbeat")
+                continue
+            except Exception as exc:  # subscription closed under us (reconnect, drain)
+                await self._reset(f"subscription ended ({type(exc).__name__})")
+                continue
+            headers = msg.headers or {}
+            status = headers.get(_STATUS)
+            if status == _CONTROL:
+                await self._control(msg, headers)
+                continue
+            if status:
+                await self._reset(f"status {status} {headers.get('Description', '')}".strip())
+                continue
+            try:
+                meta = msg.metadata
+            except Exception:
+                await self._reset("message without JetStream metadata")
+                continue
+            if meta.sequence.consumer != self._dseq + 1:
+                await self._reset(f"gap: delivery {meta.sequence.consumer} after {self._dseq}")
+                continue
+            self._dseq = meta.sequence.consumer
+            self._sseq = meta.sequence.stream
+            return StoredMessage(
+                subject=msg.subject,
+                data=msg.data,
+                headers=headers,
+                seq=meta.sequence.stream,
+                time=meta.timestamp,
+                pending=meta.num_pending,
+            )
+
+    async def _control(self, msg: Msg, headers: Mapping[str, str]) -> None:
+        if msg.reply:
+            # Flow control: every message before this one has been taken by the caller.
+            with contextlib.suppress(Exception):
+                await self._nc.publish(msg.reply)
+            return
+        stalled = headers.get(_STALLED)
+        if stalled:
+            with contextlib.suppress(Exception):
+                await self._nc.publish(stalled)
+        last = headers.get(_LAST_CONSUMER)
+        if last is not None and last.isdigit() and int(last) != self._dseq:
+            await self._reset(f"heartbeat says delivery {last}, saw {self._dseq}")
+
+    def _config(self, deliver_subject: str) -> api.ConsumerConfig:
+        if self._sseq:
+            policy, opt_seq = api.DeliverPolicy.BY_START_SEQUENCE, self._sseq + 1
+        elif self._start is Start.SEQUENCE:
+            policy, opt_seq = api.DeliverPolicy.BY_START_SEQUENCE, max(self._start_seq, 1)
+        else:
+            policy, opt_seq = api.DeliverPolicy(self._start.value), None
+        return api.ConsumerConfig(
+            deliver_subject=deliver_subject,
+            filter_subject=self._filter,
+            deliver_policy=policy,
+            opt_start_seq=opt_seq,
+            ack_policy=api.AckPolicy.NONE,
+            max_deliver=1,
+            flow_control=True,
+            idle_heartbeat=self._heartbeat,
+            headers_only=self._headers_only or None,
+            inactive_threshold=max(30.0, self._heartbeat * 10),
+            mem_storage=True,
+            num_replicas=1,
+        )
+
+    async def _create(self, *, first: bool) -> None:
+        nc = self._nc
+        inbox = nc.new_inbox()
+        with translated(f"subscribe to {self._stream}"):
+            sub = await nc.subscribe(
+                inbox, pending_msgs_limit=-1, pending_bytes_limit=self._pending_bytes
+            )
+        try:
+            with translated(f"consumer on {self._stream}"):
+                info = await self._js.add_consumer(self._stream, config=self._config(inbox))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            raise
+        # NATS switched to NEW: from now on a reset resumes by sequence, never skips.
+        if self._start is Start.NEW and not self._sseq:
+            self._start = Start.SEQUENCE
+            self._start_seq = int(info.delivered.stream_seq or 0) + 1 if info.delivered else 1
+        self._sub = sub
+        self._consumer = str(info.name or "")
+        self._dseq = 0
+        if first:
+            self.initial_pending = int(info.num_pending or 0)
+
+    async def _reset(self, why: str) -> None:
+        self.resets += 1
+        log.info("ordered_reader_reset", stream=self._stream, reason=why, resume_after=self._sseq)
+        await self._drop()
+
+    async def _drop(self) -> None:
+        sub, self._sub = self._sub, None
+        consumer, self._consumer = self._consumer, ""
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if consumer and self._nc.is_connected:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._js.delete_consumer(self._stream, consumer), 1.0)
