@@ -66,6 +66,10 @@ def _from_api_error(what: str, exc: js_errors.APIError) -> GatewayError:
     code = exc.code or 0
     if code == 404:
         return NotFound(f"{what}: {reason}")
+    if "exceeded" in reason and "maximum" in reason:
+        # "maximum bytes/messages exceeded": a full stream or bucket answers 503, but retrying
+        # will not help until something is deleted.
+        return ResourceExhausted(f"{what}: {reason}")
     if code == 503:
         return Unavailable(f"{what}: {reason}")
     if code == 400 and "already in use" in reason:

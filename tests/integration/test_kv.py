@@ -38,7 +38,9 @@ async def test_put_get_round_trip_with_nats_revision_and_stored_time(
     assert rev2 > rev1 >= 1
 
     got = await stub.kv_get(pb.KvGetRequest(user_id=user, bucket="cache", key="greeting"))
-    assert got.found and got.value == b"hello again" and got.revision == rev2
+    assert got.found
+    assert got.value == b"hello again"
+    assert got.revision == rev2
     assert got.created is not None
     assert before - datetime.timedelta(seconds=1) <= got.created
     assert got.created <= datetime.datetime.now(datetime.UTC)
@@ -46,7 +48,8 @@ async def test_put_get_round_trip_with_nats_revision_and_stored_time(
     # It is a real NATS KV bucket in the tenant's namespace, created on first put.
     kv = await nc.jetstream().key_value(kv_stream(user, "cache")[3:])
     entry = await kv.get("greeting")
-    assert entry.value == b"hello again" and entry.revision == rev2
+    assert entry.value == b"hello again"
+    assert entry.revision == rev2
     # KVGetResponse.created is the stored time, not the time of the read.
     await asyncio.sleep(0.05)
     again = await stub.kv_get(pb.KvGetRequest(user_id=user, bucket="cache", key="greeting"))
@@ -68,7 +71,9 @@ async def test_get_of_a_specific_revision(stub: Stub) -> None:
     rev1 = await put(stub, user, "b", "k", b"one")
     await put(stub, user, "b", "k", b"two")
     old = await stub.kv_get(pb.KvGetRequest(user_id=user, bucket="b", key="k", revision=rev1))
-    assert old.found and old.value == b"one" and old.revision == rev1
+    assert old.found
+    assert old.value == b"one"
+    assert old.revision == rev1
     other = await put(stub, user, "b", "other", b"x")
     wrong_key = await stub.kv_get(
         pb.KvGetRequest(user_id=user, bucket="b", key="k", revision=other)
@@ -79,7 +84,8 @@ async def test_get_of_a_specific_revision(stub: Stub) -> None:
 async def test_missing_key_and_missing_bucket_are_not_found(stub: Stub) -> None:
     user = tenant()
     missing_bucket = await stub.kv_get(pb.KvGetRequest(user_id=user, bucket="nope", key="k"))
-    assert not missing_bucket.found and missing_bucket.value == b""
+    assert not missing_bucket.found
+    assert missing_bucket.value == b""
     await put(stub, user, "there", "a", b"1")
     missing_key = await stub.kv_get(pb.KvGetRequest(user_id=user, bucket="there", key="b"))
     assert not missing_key.found
@@ -125,7 +131,8 @@ async def test_invalid_keys_are_refused_naming_the_key(stub: Stub, key: str) -> 
     with pytest.raises(GRPCError) as err:
         await stub.kv_put(pb.KvPutRequest(user_id=user, bucket="b", key=key, value=b"v"))
     assert err.value.status is Status.INVALID_ARGUMENT
-    assert err.value.message is not None and err.value.message.startswith("key")
+    assert err.value.message is not None
+    assert err.value.message.startswith("key")
     if key:
         assert repr(key) in err.value.message
 
@@ -148,7 +155,8 @@ async def test_create_if_absent(stub: Stub) -> None:
     created = await stub.kv_create(
         pb.KvCreateRequest(user_id=user, bucket="c", key="lock", value=b"me")
     )
-    assert created.success and created.revision >= 1
+    assert created.success
+    assert created.revision >= 1
     with pytest.raises(GRPCError) as err:
         await stub.kv_create(pb.KvCreateRequest(user_id=user, bucket="c", key="lock", value=b"x"))
     assert err.value.status is Status.ALREADY_EXISTS
@@ -169,7 +177,8 @@ async def test_update_compare_and_set(stub: Stub) -> None:
     updated = await stub.kv_update(
         pb.KvUpdateRequest(user_id=user, bucket="cas", key="n", value=b"2", expected_revision=rev)
     )
-    assert updated.success and updated.revision > rev
+    assert updated.success
+    assert updated.revision > rev
     # A writer holding the old revision loses, and is told the current one.
     with pytest.raises(GRPCError) as err:
         await stub.kv_update(
@@ -180,7 +189,8 @@ async def test_update_compare_and_set(stub: Stub) -> None:
     assert err.value.status is Status.FAILED_PRECONDITION
     assert f"current revision is {updated.revision}" in (err.value.message or "")
     current = await stub.kv_get(pb.KvGetRequest(user_id=user, bucket="cas", key="n"))
-    assert current.value == b"2" and current.revision == updated.revision
+    assert current.value == b"2"
+    assert current.revision == updated.revision
 
 
 async def test_update_of_missing_key_or_bucket_fails_precondition(stub: Stub) -> None:
