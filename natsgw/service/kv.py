@@ -73,7 +73,7 @@ class KeyValueHandlers(Handlers):
             history=s.kv_history,
             ttl=s.kv_ttl,
             max_bytes=s.kv_max_bytes,
-            storage=s.kv_storage.value,
+            storage=str(s.kv_storage),
             replicas=s.kv_replicas,
         )
 

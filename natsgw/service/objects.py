@@ -61,7 +61,7 @@ class ObjectStoreHandlers(Handlers):
         return BucketDefaults(
             ttl=s.object_ttl,
             max_bytes=s.object_max_bytes,
-            storage=s.object_storage.value,
+            storage=str(s.object_storage),
             replicas=s.object_replicas,
         )
 
