@@ -70,6 +70,16 @@ class Settings:
     shutdown_grace: float = 10.0
     log_level: str = "info"
     log_format: str = "json"
+    # JetStream (natsgw.service.jetstream, natsgw.acks)
+    #: HMAC key of ack tokens; empty: a random key per process, so only this replica can use them.
+    ack_token_secret: str = ""
+    #: Deliveries remembered for ack/nak by (stream, consumer, sequence), and for how long.
+    delivery_memory_size: int = 100_000
+    delivery_memory_ttl: float = 3600.0
+    #: GetStreamStats rates are messages stored per second over this many seconds.
+    stream_stats_window: float = 60.0
+    #: JetStream publishes one PublishToStreamBatch call keeps in flight at once.
+    stream_publish_inflight: int = 256
     # Key-Value buckets made on first put (and the zero values of KVCreateBucket)
     kv_history: int = 5
     kv_ttl: float = 0.0  # seconds; 0 keeps values forever
@@ -122,6 +132,11 @@ class Settings:
             shutdown_grace=e.get("NATSGW_SHUTDOWN_GRACE", _seconds, 10.0),
             log_level=e.get("NATSGW_LOG_LEVEL", _log_level, "info"),
             log_format=e.get("NATSGW_LOG_FORMAT", _log_format, "json"),
+            ack_token_secret=e.get("NATSGW_ACK_TOKEN_SECRET", _secret, ""),
+            delivery_memory_size=e.get("NATSGW_DELIVERY_MEMORY_SIZE", _positive, 100_000),
+            delivery_memory_ttl=e.get("NATSGW_DELIVERY_MEMORY_TTL", _seconds, 3600.0),
+            stream_stats_window=e.get("NATSGW_STREAM_STATS_WINDOW", _seconds, 60.0),
+            stream_publish_inflight=e.get("NATSGW_STREAM_PUBLISH_INFLIGHT", _positive, 256),
             kv_history=e.get("NATSGW_KV_HISTORY", _kv_history, 5),
             kv_ttl=e.get("NATSGW_KV_TTL", _seconds_or_zero, 0.0),
             kv_max_bytes=e.get("NATSGW_KV_MAX_BYTES", _size_or_zero, 0),
@@ -264,6 +279,12 @@ def _log_level(raw: str) -> str:
     if level not in ("debug", "info", "warning", "error"):
         raise ValueError("expected debug, info, warning or error")
     return level
+
+
+def _secret(raw: str) -> str:
+    if len(raw.encode()) < 16:
+        raise ValueError("must be at least 16 bytes long")
+    return raw
 
 
 def _log_format(raw: str) -> str:

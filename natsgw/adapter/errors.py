@@ -72,7 +72,7 @@ def _from_api_error(what: str, exc: js_errors.APIError) -> GatewayError:
         return ResourceExhausted(f"{what}: {reason}")
     if code == 503:
         return Unavailable(f"{what}: {reason}")
-    if code == 400 and "already in use" in reason:
+    if code == 400 and ("already in use" in reason or "already exists" in reason):
         return AlreadyExists(f"{what}: {reason}")
     if code in (400, 500) and ("maximum" in reason or "resources" in reason or "limit" in reason):
         return ResourceExhausted(f"{what}: {reason}")

@@ -225,7 +225,15 @@ def _delivery(msg: Msg) -> JetStreamDelivery | None:
         num_delivered=ack.num_delivered,
         num_pending=ack.num_pending,
         timestamp=datetime.datetime.fromtimestamp(ack.timestamp_ns / _NS, datetime.UTC),
+        nats_size=len(msg.subject) + len(ack.subject) + _header_len(msg.headers) + len(msg.data),
     )
+
+
+def _header_len(headers: Mapping[str, str] | None) -> int:
+    """Length of the ``NATS/1.0`` header block as nats clients write it."""
+    if not headers:
+        return 0
+    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
 
 
 def _status(msg: Msg) -> PullStatus | None:
@@ -250,6 +258,9 @@ def _status(msg: Msg) -> PullStatus | None:
 class PullPipe:
     """One inbox for pull requests to one consumer; deliveries and statuses come out in order.
 
+    Each request gets its own reply subject below the inbox, so a status that ends an earlier
+    request (a late 408, say) is never mistaken for the end of the current one.
+
     The queue is bounded by ``capacity``: callers never have more messages requested than that,
     and heartbeats that would overflow it are dropped (they carry no data).
     """
@@ -258,6 +269,8 @@ class PullPipe:
         self._nc = nc
         self._api_subject = api_subject
         self._inbox = nc.new_inbox()
+        self._requests = 0
+        self._current = ""
         self._queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=capacity + 64)
         self._sub: NatsSubscription | None = None
 
@@ -271,7 +284,7 @@ class PullPipe:
                 log.warning("pull_queue_full", subject=self._api_subject, data=bool(msg.data))
 
         with translated("pull subscription"):
-            self._sub = await self._nc.subscribe(self._inbox, cb=on_msg)
+            self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=on_msg)
 
     async def request(
         self,
@@ -291,8 +304,12 @@ class PullPipe:
             body["idle_heartbeat"] = _ns(heartbeat)
         if no_wait:
             body["no_wait"] = True
+        self._requests += 1
+        self._current = f"{self._inbox}.{self._requests}"
         with translated("pull request"):
-            await self._nc.publish(self._api_subject, json.dumps(body).encode(), reply=self._inbox)
+            await self._nc.publish(
+                self._api_subject, json.dumps(body).encode(), reply=self._current
+            )
 
     async def next(self, timeout: float) -> JetStreamDelivery | PullStatus | None:
         """The next delivery or status; None when nothing came within ``timeout``."""
@@ -303,6 +320,8 @@ class PullPipe:
                 return None
             status = _status(msg)
             if status is not None:
+                if msg.subject != self._current:
+                    continue  # about an earlier request: already over for us
                 return status
             delivery = _delivery(msg)
             if delivery is not None:
@@ -514,7 +533,7 @@ class JetStreamAdapter:
                 continue
             if item.code == 100:
                 continue
-            if item.code in (404, 408):
+            if item.code in (404, 408) or batch_completed(item):
                 break
             if item.code == 409:
                 if got:
@@ -545,6 +564,11 @@ def _pull_refused(status: PullStatus) -> GatewayError:
     if "maxwaiting" in lowered.replace(" ", "") or "max_waiting" in lowered:
         return ResourceExhausted(f"pull: too many pulls are waiting on this consumer ({text})")
     return FailedPrecondition(f"pull: NATS refused it ({status.code} {text})")
+
+
+def batch_completed(status: PullStatus) -> bool:
+    """409 "Batch Completed": the server's end of a request whose batch was filled."""
+    return status.code == 409 and "batch completed" in status.description.lower()
 
 
 def pull_refusal(status: PullStatus) -> GatewayError:

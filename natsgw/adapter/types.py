@@ -44,6 +44,117 @@ class JetStreamAccount:
     storage: int
 
 
+# -- JetStream (natsgw.adapter.jetstream) ---------------------------------------------------------
+# NATS names throughout (not the tenant's view); durations in seconds, -1 / 0 as NATS means them.
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    storage: str = "file"  # file | memory
+    retention: str = "limits"  # limits | interest | workqueue
+    max_msgs: int = -1
+    max_bytes: int = -1
+    max_age: float = 0.0
+    max_msg_size: int = -1
+    max_msgs_per_subject: int = -1
+    replicas: int = 1
+    discard: str = "old"  # old | new
+    discard_new_per_subject: bool = False
+    duplicate_window: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStateValue:
+    messages: int
+    bytes: int
+    first_seq: int
+    last_seq: int
+    first_ts: datetime.datetime | None
+    last_ts: datetime.datetime | None
+    num_subjects: int
+    consumer_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDetails:
+    spec: StreamSpec
+    state: StreamStateValue
+    created: datetime.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    name: str = ""
+    durable_name: str = ""
+    filter_subject: str = ""
+    deliver_policy: str = "all"  # all|last|new|by_start_sequence|by_start_time|last_per_subject
+    ack_policy: str = "explicit"  # explicit | all | none
+    ack_wait: float = 0.0  # 0: NATS default (30 s)
+    max_deliver: int = -1
+    replay_policy: str = "instant"  # instant | original
+    opt_start_seq: int = 0
+    opt_start_time: datetime.datetime | None = None
+    max_ack_pending: int = 0  # 0: NATS default
+    inactive_threshold: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerStateValue:
+    delivered_stream_seq: int
+    delivered_consumer_seq: int
+    ack_floor_stream_seq: int
+    num_pending: int
+    num_redelivered: int
+    num_ack_pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerDetails:
+    stream: str
+    name: str
+    spec: ConsumerSpec
+    state: ConsumerStateValue
+    created: datetime.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPubAck:
+    stream: str
+    sequence: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JetStreamDelivery:
+    """One message a pull consumer delivered; ``reply`` is its ``$JS.ACK`` subject."""
+
+    subject: str
+    data: bytes
+    headers: Mapping[str, str]
+    reply: str
+    stream: str
+    consumer: str
+    stream_seq: int
+    consumer_seq: int
+    num_delivered: int
+    num_pending: int
+    timestamp: datetime.datetime
+    #: Size as NATS counts it against a pull's max_bytes: subject + ack subject + headers + data.
+    nats_size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PullStatus:
+    """A status message on a pull inbox: 100 heartbeat, 404/408 end of request, 409 refusal."""
+
+    code: int
+    description: str
+    pending_msgs: int = 0
+    pending_bytes: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class KVEntry:
     """One revision of a Key-Value key. ``operation`` is PUT, DEL or PURGE."""

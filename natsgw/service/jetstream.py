@@ -32,7 +32,12 @@ import structlog
 from natsgw._generated.isa import nats as pb
 from natsgw.acks import AckSubject, AckTokens, parse_ack_subject
 from natsgw.adapter.core import backoff_delay
-from natsgw.adapter.jetstream import JetStreamAdapter, PullPipe, pull_refusal
+from natsgw.adapter.jetstream import (
+    JetStreamAdapter,
+    PullPipe,
+    batch_completed,
+    pull_refusal,
+)
 from natsgw.adapter.types import (
     ConsumerDetails,
     ConsumerSpec,
@@ -71,6 +76,9 @@ CONSUME_PULL_EXPIRES = 30.0
 STREAM_SUBJECTS_TTL = 2.0
 #: JetStream's own default ack wait, for consumers created without one.
 NATS_DEFAULT_ACK_WAIT = 30.0
+
+#: Set by the gateway on every stream publish (it names the NATS stream): not shown to clients.
+_HIDDEN_HEADERS = frozenset({"Nats-Expected-Stream"})
 
 _STORAGE = {pb.StorageType.STORAGE_FILE: "file", pb.StorageType.STORAGE_MEMORY: "memory"}
 _RETENTION = {
@@ -531,7 +539,7 @@ class JetStreamHandlers(Handlers):
         return pb.JetStreamMessage(
             subject=ns.from_subject(delivery.subject) or "",
             data=delivery.data,
-            headers=dict(delivery.headers),
+            headers={k: v for k, v in delivery.headers.items() if k not in _HIDDEN_HEADERS},
             sequence=delivery.stream_seq,
             timestamp=delivery.timestamp,
             num_delivered=_clamp32(delivery.num_delivered),
@@ -769,14 +777,14 @@ class _ConsumeSession:
                 self.remaining -= 1
                 if self.remaining <= 0:
                     self.open = False
-                self.window.add(item.stream_seq, len(item.data))
+                self.window.add(item.stream_seq, item.nats_size)
                 yield self._status(message=self.h._deliver(self.ns, item))
                 last_sent = clock()
                 continue
             if item.code == 100:
                 continue
             self.open = False
-            if item.code in (404, 408):
+            if item.code in (404, 408) or batch_completed(item):
                 continue
             if item.code == 409:
                 text = item.description.lower()

@@ -454,7 +454,9 @@ class ConsumeRequest(betterproto2.Message):
 
     max_bytes: "int" = betterproto2.field(6, betterproto2.TYPE_INT64)
     """
-    Most payload bytes delivered-but-unacknowledged at once (0: 8 MiB).
+    Most bytes delivered-but-unacknowledged at once, counted as NATS counts a delivery (subject,
+    ack subject, headers and payload) (0: 8 MiB). A larger message goes alone, once nothing
+    else is outstanding.
     """
 
     heartbeat: "datetime.timedelta | None" = betterproto2.field(
@@ -813,7 +815,8 @@ class JetStreamMessage(betterproto2.Message):
     ack_token: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
     """
     natsgw: opaque token that acks/naks this delivery on any gateway replica (AckMessage,
-    NakMessage, AckMessages); bound to the caller's namespace. Empty for ack_policy none.
+    NakMessage, AckMessages); bound to the caller's namespace. Acking a delivery of an
+    ack_policy none consumer has no effect.
     """
 
     consumer_sequence: "int" = betterproto2.field(8, betterproto2.TYPE_INT64)
