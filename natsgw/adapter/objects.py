@@ -153,7 +153,10 @@ class _AckWindow:
             future.set_exception(Unavailable("object upload: unreadable acknowledgement"))
             return
         if "error" in body:
-            future.set_exception(js_errors.APIError.from_error(body["error"]))
+            try:
+                js_errors.APIError.from_error(body["error"])  # raises the matching subclass
+            except js_errors.APIError as exc:
+                future.set_exception(exc)
         else:
             future.set_result(None)
 

@@ -20,6 +20,7 @@ import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 import structlog
 from nats.aio.client import Client as NatsClient
@@ -38,6 +39,8 @@ _STATUS = "Status"
 _CONTROL = "100"
 _STALLED = "Nats-Consumer-Stalled"
 _LAST_CONSUMER = "Nats-Last-Consumer"
+#: Close tasks started for readers whose owner task ended (kept referenced until done).
+_CLOSING: set[asyncio.Task[None]] = set()
 
 
 class Start(Enum):
@@ -98,17 +101,37 @@ class OrderedReader:
         self._dseq = 0  # last delivery sequence seen from the current consumer
         self._sseq = 0  # last stream sequence handed to the caller
         self._closed = False
+        self._owner: asyncio.Task[Any] | None = None
         #: Messages matching when the first consumer was made (for finite reads).
         self.initial_pending = 0
         self.resets = 0
 
     async def open(self) -> None:
-        """Create the first consumer; raises NotFound when the stream does not exist."""
+        """Create the first consumer; raises NotFound when the stream does not exist.
+
+        The reader also closes itself when the task that opened it ends: a gRPC handler whose
+        stream was reset may never resume the generator holding this reader, and its consumer
+        and subscription must not outlive the call.
+        """
         await self._create(first=True)
+        owner = asyncio.current_task()
+        if owner is not None:
+            owner.add_done_callback(self._owner_done)
+            self._owner = owner
 
     async def close(self) -> None:
         self._closed = True
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner.remove_done_callback(self._owner_done)
         await self._drop()
+
+    def _owner_done(self, _task: asyncio.Task[Any]) -> None:
+        if self._closed:
+            return
+        closing = asyncio.get_running_loop().create_task(self.close())
+        _CLOSING.add(closing)
+        closing.add_done_callback(_CLOSING.discard)
 
     async def next(self) -> StoredMessage:
         """The next message, waiting as long as it takes (callers bound it with timeouts)."""

@@ -8,14 +8,17 @@ watch and bucket management.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from collections.abc import AsyncIterator
 
 from natsgw._generated.isa import nats as pb
 from natsgw.adapter.kv import KeyValueStore
 from natsgw.adapter.types import BucketDefaults, KVBucket, KVEntry
-from natsgw.errors import InvalidArgument, NotFound
+from natsgw.config import SlowConsumerPolicy
+from natsgw.errors import InvalidArgument, NotFound, Unavailable
 from natsgw.service.base import Handlers
+from natsgw.subscriptions import Mailbox
 from natsgw.tenancy import Namespace, check_kv_key, kv_watch_pattern
 
 _OPERATIONS = {
@@ -159,13 +162,33 @@ class KeyValueHandlers(Handlers):
             )
         except NotFound:
             raise NotFound(f"bucket {message.bucket!r} does not exist") from None
+        # Registered like a subscription stream, so gateway shutdown ends it first (with a status
+        # that says where to resume) instead of cutting it. The key holds spaces, which no
+        # Unsubscribe subject can, so only shutdown reaches it.
+        stop = Mailbox(1, 1, SlowConsumerPolicy.CLOSE)
+        registry_key = f"KVWatch {message.bucket} {pattern}"
+        registry = self.deps.subscriptions
+        registry.add(ns.key, registry_key, stop)
+        stopped = asyncio.ensure_future(stop.get())
+        last = from_revision - 1 if from_revision else 0
         try:
             await self.announce_ready()
-            async for entry in watch:
+            while True:
+                following = asyncio.ensure_future(anext(watch))
+                await asyncio.wait({following, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():
+                    following.cancel()
+                    await asyncio.gather(following, return_exceptions=True)
+                    resume = f"; resume with from_revision={last + 1}" if last else ""
+                    raise Unavailable(f"the gateway is shutting down{resume}")
+                entry = following.result()
+                last = entry.revision
                 yield _entry(entry)
         except NotFound:
             raise NotFound(f"bucket {message.bucket!r} was deleted") from None
         finally:
+            registry.remove(ns.key, registry_key, stop)
+            stopped.cancel()
             await watch.close()
 
     async def kv_create_bucket(
