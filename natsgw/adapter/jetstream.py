@@ -552,7 +552,8 @@ class JetStreamAdapter:
                 await nc.request(reply, payload, timeout=timeout or self._timeout)
             except NoRespondersError:
                 raise FailedPrecondition(
-                    "the consumer of this delivery no longer exists, so it cannot be acknowledged"
+                    "nothing takes acknowledgements for this delivery: its consumer was deleted, "
+                    "or it has ack_policy none (nothing to acknowledge)"
                 ) from None
 
 

@@ -18,6 +18,7 @@ last ``NATSGW_DELIVERY_MEMORY_SIZE``); anything else is FAILED_PRECONDITION, nev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -47,6 +48,7 @@ from natsgw.adapter.types import (
 )
 from natsgw.deliveries import DeliveryMemory, FlowWindow, WindowRegistry
 from natsgw.errors import (
+    DeadlineExceeded,
     FailedPrecondition,
     GatewayError,
     InvalidArgument,
@@ -494,8 +496,11 @@ class JetStreamHandlers(Handlers):
         ns = await self.namespace(message)
         if not message.messages:
             return pb.PublishToStreamBatchResponse(published_count=0, results=[])
-        first = ns.subject(message.messages[0].subject, "messages[0].subject")
-        stream = await self._target_stream(ns, message.stream_name, first)
+        if message.stream_name:
+            stream = ns.stream(message.stream_name)
+        else:
+            first = ns.subject(message.messages[0].subject, "messages[0].subject")
+            stream = await self._target_stream(ns, "", first)
         subjects = await self._stream_subjects(stream)
         js = self.jetstream_parts.js
         limit = asyncio.Semaphore(self.settings.stream_publish_inflight)
@@ -799,8 +804,10 @@ class _ConsumeSession:
                     continue
                 raise pull_refusal(item)
             if item.code == 503:
-                # No responder: JetStream not ready yet after a restart, or the consumer is gone.
-                await self.h.jetstream_parts.js.consumer_info(self.stream, self.consumer)
+                # No responder: JetStream not ready yet after a restart, or the consumer is gone
+                # (then the stream ends NOT_FOUND).
+                with contextlib.suppress(Unavailable, DeadlineExceeded):
+                    await self.h.jetstream_parts.js.consumer_info(self.stream, self.consumer)
                 self.failures += 1
                 retry_at = clock() + backoff_delay(self.failures)
                 continue

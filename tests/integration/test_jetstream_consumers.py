@@ -91,6 +91,12 @@ async def test_by_start_sequence_and_ack_none(stub: pb.NatsServiceStub, nc: nats
     assert raw.ack_policy == AckPolicy.NONE
     got = await pull(stub, user, "seqs", "from3")
     assert [m.sequence for m in got] == [3, 4, 5]
+    # Nothing to acknowledge with ack_policy none: said so, not faked.
+    error = await error_of(
+        stub.ack_message(pb.AckMessageRequest(user_id=user, ack_token=got[0].ack_token))
+    )
+    assert error.status == Status.FAILED_PRECONDITION
+    assert "ack_policy none" in error.message
     info = await stub.get_consumer_info(
         pb.GetConsumerInfoRequest(user_id=user, stream_name="seqs", consumer_name="from3")
     )

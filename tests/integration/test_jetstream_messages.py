@@ -161,6 +161,32 @@ async def test_publish_batch_keeps_order_and_reports_each(
     assert (await nc.jetstream().stream_info(ns_of(user).stream("bulk"))).state.messages == 198
 
 
+async def test_publish_batch_refuses_per_message_even_the_first(
+    stub: pb.NatsServiceStub, nc: nats.NATS
+) -> None:
+    user = tenant()
+    await make_stream(stub, user, "first", ["first"])
+    response = await stub.publish_to_stream_batch(
+        pb.PublishToStreamBatchRequest(
+            user_id=user,
+            stream_name="first",
+            messages=[
+                pb.StreamMessage(subject="first.*", data=b"wildcard"),
+                pb.StreamMessage(subject="first", data=b"ok", headers={"bad name": "x"}),
+                pb.StreamMessage(subject="first", data=b"ok"),
+            ],
+        )
+    )
+    assert [r.success for r in response.results] == [False, False, True]
+    assert response.results[0].error.startswith("messages[0].subject")
+    assert response.results[1].status_code == Status.INVALID_ARGUMENT.value
+    assert (await nc.jetstream().stream_info(ns_of(user).stream("first"))).state.messages == 1
+    empty = await stub.publish_to_stream_batch(
+        pb.PublishToStreamBatchRequest(user_id=user, stream_name="first")
+    )
+    assert (empty.published_count, empty.results) == (0, [])
+
+
 # -- pulling ---------------------------------------------------------------------------------------
 
 

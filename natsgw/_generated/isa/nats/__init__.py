@@ -815,8 +815,8 @@ class JetStreamMessage(betterproto2.Message):
     ack_token: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
     """
     natsgw: opaque token that acks/naks this delivery on any gateway replica (AckMessage,
-    NakMessage, AckMessages); bound to the caller's namespace. Acking a delivery of an
-    ack_policy none consumer has no effect.
+    NakMessage, AckMessages); bound to the caller's namespace. A delivery of an ack_policy none
+    consumer has nothing to acknowledge: acting on it is FAILED_PRECONDITION.
     """
 
     consumer_sequence: "int" = betterproto2.field(8, betterproto2.TYPE_INT64)
