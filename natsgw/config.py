@@ -7,6 +7,7 @@ public interface; everything new is prefixed ``NATSGW_``. A malformed value rais
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -27,6 +28,16 @@ class ConfigError(ValueError):
 class BucketStorageKind(StrEnum):
     FILE = "file"
     MEMORY = "memory"
+
+
+class AuthMode(StrEnum):
+    #: Identity from the request's user_id (the original service's behaviour); loopback only
+    #: unless NATSGW_TRUSTED_ALLOW_REMOTE=true.
+    TRUSTED = "trusted"
+    #: Static API tokens from NATSGW_AUTH_TOKENS_FILE, sent as ``authorization: Bearer ...``.
+    TOKEN = "token"
+    #: Bearer JWTs verified against a key file or a JWKS URL.
+    JWT = "jwt"
 
 
 class SlowConsumerPolicy(StrEnum):
@@ -93,6 +104,49 @@ class Settings:
     object_replicas: int = 1
     object_chunk_size: int = 128 * 1024
 
+    # Authentication (natsgw.identity, natsgw.auth)
+    auth_mode: AuthMode = AuthMode.TRUSTED
+    trusted_allow_remote: bool = False
+    auth_tokens_file: Path | None = None
+    auth_act_as_role: str = "natsgw:act-as"
+    jwt_key_file: Path | None = None
+    jwt_jwks_url: str = ""
+    jwt_algorithms: tuple[str, ...] = ("RS256", "ES256")
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwt_leeway: float = 30.0
+    jwt_jwks_refresh: float = 300.0
+    jwt_user_claim: str = "sub"
+    jwt_organizations_claim: str = "org_ids"
+    jwt_roles_claim: str = "roles"
+    # TLS for the gRPC port (natsgw.tls)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    # HTTP side port: /metrics, /healthz, /readyz (natsgw.http); None = off, 0 = any free port
+    http_host: str = ""
+    http_port: int | None = None
+    # Audit to Loki (natsgw.audit)
+    audit_queue_size: int = 10000
+    loki_batch_size: int = 500
+    loki_flush_interval: float = 1.0
+    loki_tenant: str = ""
+    # Consul (natsgw.consul)
+    consul_service_address: str = ""
+    consul_token: str = ""
+    consul_check_interval: float = 10.0
+    consul_deregister_after: float = 60.0
+    consul_sync_interval: float = 30.0
+    # Per-tenant quotas (natsgw.quotas); 0 = unlimited
+    quota_streams: int = 0
+    quota_consumers: int = 0
+    quota_kv_buckets: int = 0
+    quota_object_buckets: int = 0
+    quota_max_bytes: int = 0
+    quota_publish_rate: float = 0.0
+    quota_publish_burst: int = 0
+    quotas_file: Path | None = None
+
     @property
     def embedded(self) -> bool:
         """No NATS_URLS: natsgw runs its own nats-server."""
@@ -149,7 +203,80 @@ class Settings:
             ),
             object_replicas=e.get("NATSGW_OBJECT_REPLICAS", _replicas, 1),
             object_chunk_size=e.get("NATSGW_OBJECT_CHUNK_SIZE", _chunk_size, 128 * 1024),
-        )
+            auth_mode=e.get("NATSGW_AUTH_MODE", AuthMode, AuthMode.TRUSTED),
+            trusted_allow_remote=e.get("NATSGW_TRUSTED_ALLOW_REMOTE", _bool, False),
+            auth_tokens_file=e.get("NATSGW_AUTH_TOKENS_FILE", Path, None),
+            auth_act_as_role=e.get("NATSGW_AUTH_ACT_AS_ROLE", _nonempty, "natsgw:act-as"),
+            jwt_key_file=e.get("NATSGW_JWT_KEY_FILE", Path, None),
+            jwt_jwks_url=e.get("NATSGW_JWT_JWKS_URL", _http_url, ""),
+            jwt_algorithms=e.get("NATSGW_JWT_ALGORITHMS", _jwt_algorithms, ("RS256", "ES256")),
+            jwt_issuer=e.get("NATSGW_JWT_ISSUER", str, ""),
+            jwt_audience=e.get("NATSGW_JWT_AUDIENCE", str, ""),
+            jwt_leeway=e.get("NATSGW_JWT_LEEWAY", _leeway, 30.0),
+            jwt_jwks_refresh=e.get("NATSGW_JWT_JWKS_REFRESH", _seconds, 300.0),
+            jwt_user_claim=e.get("NATSGW_JWT_USER_CLAIM", _nonempty, "sub"),
+            jwt_organizations_claim=e.get("NATSGW_JWT_ORGANIZATIONS_CLAIM", _nonempty, "org_ids"),
+            jwt_roles_claim=e.get("NATSGW_JWT_ROLES_CLAIM", _nonempty, "roles"),
+            tls_cert_file=e.get("NATSGW_TLS_CERT_FILE", Path, None),
+            tls_key_file=e.get("NATSGW_TLS_KEY_FILE", Path, None),
+            tls_client_ca_file=e.get("NATSGW_TLS_CLIENT_CA_FILE", Path, None),
+            http_host=e.get("NATSGW_HTTP_HOST", str, ""),
+            http_port=e.get("NATSGW_HTTP_PORT", _port_or_zero, None),
+            audit_queue_size=e.get("NATSGW_AUDIT_QUEUE_SIZE", _positive, 10000),
+            loki_batch_size=e.get("NATSGW_LOKI_BATCH_SIZE", _positive, 500),
+            loki_flush_interval=e.get("NATSGW_LOKI_FLUSH_INTERVAL", _seconds, 1.0),
+            loki_tenant=e.get("NATSGW_LOKI_TENANT", str, ""),
+            consul_service_address=e.get("NATSGW_CONSUL_SERVICE_ADDRESS", str, ""),
+            consul_token=e.get("NATSGW_CONSUL_TOKEN", str, ""),
+            consul_check_interval=e.get("NATSGW_CONSUL_CHECK_INTERVAL", _seconds, 10.0),
+            consul_deregister_after=e.get("NATSGW_CONSUL_DEREGISTER_AFTER", _seconds, 60.0),
+            consul_sync_interval=e.get("NATSGW_CONSUL_SYNC_INTERVAL", _seconds, 30.0),
+            quota_streams=e.get("NATSGW_QUOTA_STREAMS", _count, 0),
+            quota_consumers=e.get("NATSGW_QUOTA_CONSUMERS", _count, 0),
+            quota_kv_buckets=e.get("NATSGW_QUOTA_KV_BUCKETS", _count, 0),
+            quota_object_buckets=e.get("NATSGW_QUOTA_OBJECT_BUCKETS", _count, 0),
+            quota_max_bytes=e.get("NATSGW_QUOTA_MAX_BYTES", _size_or_zero, 0),
+            quota_publish_rate=e.get("NATSGW_QUOTA_PUBLISH_RATE", _rate, 0.0),
+            quota_publish_burst=e.get("NATSGW_QUOTA_PUBLISH_BURST", _count, 0),
+            quotas_file=e.get("NATSGW_QUOTAS_FILE", Path, None),
+        ).validated()
+
+    def validated(self) -> Settings:
+        """Cross-setting rules; raises ConfigError naming the variables involved."""
+        if self.tls_key_file is not None and self.tls_cert_file is None:
+            raise ConfigError("NATSGW_TLS_KEY_FILE is set without NATSGW_TLS_CERT_FILE")
+        if self.tls_cert_file is not None and self.tls_key_file is None:
+            raise ConfigError("NATSGW_TLS_CERT_FILE is set without NATSGW_TLS_KEY_FILE")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ConfigError(
+                "NATSGW_TLS_CLIENT_CA_FILE (mutual TLS) needs NATSGW_TLS_CERT_FILE and "
+                "NATSGW_TLS_KEY_FILE"
+            )
+        if self.auth_mode is AuthMode.TOKEN and self.auth_tokens_file is None:
+            raise ConfigError("NATSGW_AUTH_MODE=token needs NATSGW_AUTH_TOKENS_FILE")
+        if self.auth_mode is AuthMode.JWT:
+            if (self.jwt_key_file is None) == (not self.jwt_jwks_url):
+                raise ConfigError(
+                    "NATSGW_AUTH_MODE=jwt needs exactly one of NATSGW_JWT_KEY_FILE and "
+                    "NATSGW_JWT_JWKS_URL"
+                )
+            if not self.jwt_audience:
+                raise ConfigError(
+                    "NATSGW_AUTH_MODE=jwt needs NATSGW_JWT_AUDIENCE (the audience tokens for "
+                    "this gateway carry), so tokens minted for other services are refused"
+                )
+        if (
+            self.auth_mode is AuthMode.TRUSTED
+            and not self.trusted_allow_remote
+            and not is_loopback(self.grpc_host)
+        ):
+            raise ConfigError(
+                "NATSGW_AUTH_MODE=trusted takes every caller's user_id on trust, so it only "
+                f"listens on loopback; GRPC_HOST={self.grpc_host!r} is not. Use "
+                "NATSGW_AUTH_MODE=token or jwt, or set NATSGW_TRUSTED_ALLOW_REMOTE=true to "
+                "accept that any client reaching the port can act as any user"
+            )
+        return self
 
 
 class _Env:
@@ -164,6 +291,16 @@ class _Env:
             return parse(raw.strip())
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from None
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _default_data_dir() -> Path:
@@ -197,6 +334,37 @@ def _port(raw: str) -> int:
 
 def _port_or_zero(raw: str) -> int:
     return _int(raw, 0, 65535)
+
+
+def _count(raw: str) -> int:
+    return _int(raw, 0, 2**31 - 1)
+
+
+def _rate(raw: str) -> float:
+    value = float(raw[:-2] if raw.endswith("/s") else raw)
+    if not 0 <= value <= 1e9:
+        raise ValueError("expected a rate per second, 0 (unlimited) or more")
+    return value
+
+
+def _leeway(raw: str) -> float:
+    value = float(raw[:-1] if raw.endswith("s") else raw)
+    if not 0 <= value <= 600:
+        raise ValueError("expected seconds, from 0 to 600")
+    return value
+
+
+_JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "HS256", "HS384", "HS512")
+
+
+def _jwt_algorithms(raw: str) -> tuple[str, ...]:
+    algs = tuple(a.strip().upper() for a in raw.split(",") if a.strip())
+    for alg in algs:
+        if alg not in _JWT_ALGORITHMS:
+            raise ValueError(f"{alg!r} is not one of {', '.join(_JWT_ALGORITHMS)}")
+    if not algs:
+        raise ValueError("name at least one algorithm")
+    return algs
 
 
 def _positive(raw: str) -> int:

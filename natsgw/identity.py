@@ -1,7 +1,18 @@
 """Who is calling, and in whose namespace the call works.
 
-Handlers ask one :class:`Authenticator` for a :class:`Principal`; how it decides (the request's
-own ``user_id`` today, bearer tokens or JWTs later) is invisible to them.
+Handlers ask one :class:`Authenticator` for a :class:`Principal`; how it decides is invisible to
+them:
+
+- :class:`TrustedAuthenticator` believes the request's ``user_id`` (the original service's
+  behaviour; natsgw only listens on loopback in that mode unless told otherwise);
+- :class:`BearerAuthenticator` proves an :class:`Identity` from the call's
+  ``authorization: Bearer ...`` metadata through a :class:`TokenVerifier` (static API tokens in
+  :mod:`natsgw.auth.tokens`, JWTs in :mod:`natsgw.auth.jwts`), then applies one policy: the
+  request's ``user_id`` must be empty or the caller's own unless the caller holds the act-as role,
+  and an organization's namespace is open to its members only.
+
+Every authenticator records the principal of the current call (:func:`record_principal`) so the
+audit trail can say who did what without handlers passing it around.
 """
 
 from __future__ import annotations
@@ -12,7 +23,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
-from natsgw.errors import PermissionDenied, Unauthenticated
+from natsgw.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from natsgw.tenancy import Tenant
 
 Metadata = Mapping[str, str | bytes]
@@ -40,18 +51,56 @@ class Scope(Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a credential proves the caller is (before any request field is considered)."""
+
+    user_id: str
+    organizations: frozenset[str] = frozenset()
+    roles: frozenset[str] = frozenset()
+    #: How it was proven: "trusted", "token" or "jwt".
+    method: str = "trusted"
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
     """An authenticated caller and the namespace this call is confined to."""
 
+    #: The user the call acts for (the caller itself, or whom it acts for with the act-as role).
     user_id: str
     tenant: Tenant
     organization_id: str = ""
+    #: Who proved their identity; differs from ``user_id`` only when acting for someone else.
+    authenticated_as: str = ""
+    roles: frozenset[str] = frozenset()
+    #: True when an act-as role let the caller work in another user's or organization's namespace.
+    acting_as: bool = False
+    method: str = "trusted"
 
 
 class Authenticator(Protocol):
     async def authenticate(self, user_id: str, organization_id: str, scope: Scope) -> Principal:
         """Return the caller and its namespace, or raise Unauthenticated / PermissionDenied."""
         ...
+
+
+class CallRecord:
+    """Mutable facts the request path learns about one call, read back by the audit trail."""
+
+    __slots__ = ("principal",)
+
+    def __init__(self) -> None:
+        self.principal: Principal | None = None
+
+
+#: Set by the gateway's handler wrapper for each call; authenticators fill it in.
+current_record: ContextVar[CallRecord | None] = ContextVar("natsgw_call_record", default=None)
+
+
+def record_principal(principal: Principal) -> Principal:
+    record = current_record.get()
+    if record is not None:
+        record.principal = principal
+    return principal
 
 
 class TrustedAuthenticator:
@@ -69,6 +118,109 @@ class TrustedAuthenticator:
                 "organization namespaces need proven membership: run the gateway with "
                 "NATSGW_AUTH_MODE=token or jwt"
             )
-        return Principal(
-            user_id=user_id, tenant=Tenant.user(user_id), organization_id=organization_id
+        return record_principal(
+            Principal(
+                user_id=user_id,
+                tenant=Tenant.user(user_id),
+                organization_id=organization_id,
+                authenticated_as=user_id,
+            )
+        )
+
+
+class TokenVerifier(Protocol):
+    """Turns a bearer credential into an :class:`Identity`, or raises Unauthenticated."""
+
+    async def verify(self, token: str) -> Identity: ...
+
+
+def bearer_token(metadata: Metadata) -> str:
+    """The credential in ``authorization: Bearer <token>``; Unauthenticated if absent/malformed."""
+    raw = metadata.get("authorization")
+    if raw is None:
+        raise Unauthenticated(
+            "missing credentials: send the metadata 'authorization: Bearer <token>'"
+        )
+    text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
+    scheme, _, token = text.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("malformed authorization metadata: expected 'Bearer <token>'")
+    return token.strip()
+
+
+class _Verified:
+    """The identity proven for one call, so a call verifies its credential once."""
+
+    __slots__ = ("call", "identity")
+
+    def __init__(self, call: CallInfo, identity: Identity) -> None:
+        self.call = call
+        self.identity = identity
+
+
+_verified: ContextVar[_Verified | None] = ContextVar("natsgw_verified_identity", default=None)
+
+
+class BearerAuthenticator:
+    """Identity from a bearer credential; the request's ids may only narrow it, never widen it."""
+
+    def __init__(self, verifier: TokenVerifier, *, act_as_role: str) -> None:
+        self.verifier = verifier
+        self.act_as_role = act_as_role
+
+    async def identify(self) -> Identity:
+        """The current call's proven identity (verified once per call)."""
+        call = current_call.get()
+        if call is None:
+            raise Unauthenticated("no call context: credentials cannot be read")
+        cached = _verified.get()
+        if cached is not None and cached.call is call:
+            return cached.identity
+        identity = await self.verifier.verify(bearer_token(call.metadata))
+        _verified.set(_Verified(call, identity))
+        return identity
+
+    async def close(self) -> None:
+        close = getattr(self.verifier, "close", None)
+        if close is not None:
+            await close()
+
+    async def authenticate(self, user_id: str, organization_id: str, scope: Scope) -> Principal:
+        identity = await self.identify()
+        may_act_as = self.act_as_role in identity.roles
+        acting = False
+        effective = identity.user_id
+        if user_id and user_id != identity.user_id:
+            if not may_act_as:
+                raise PermissionDenied(
+                    f"user_id {user_id!r} is not the authenticated user {identity.user_id!r}: "
+                    "leave user_id empty or set it to your own id (acting for another user "
+                    f"needs the role {self.act_as_role!r})"
+                )
+            effective, acting = user_id, True
+        if scope is Scope.ORGANIZATION:
+            if not organization_id:
+                raise InvalidArgument(
+                    "organization_id", "is required when scope is SCOPE_ORGANIZATION"
+                )
+            if organization_id not in identity.organizations:
+                if not may_act_as:
+                    raise PermissionDenied(
+                        f"{identity.user_id!r} is not a member of organization "
+                        f"{organization_id!r}; only its members may use its namespace"
+                    )
+                acting = True
+            tenant = Tenant.organization(organization_id)
+        else:
+            tenant = Tenant.user(effective)
+        return record_principal(
+            Principal(
+                user_id=effective,
+                tenant=tenant,
+                organization_id=organization_id,
+                authenticated_as=identity.user_id,
+                roles=identity.roles,
+                acting_as=acting,
+                method=identity.method,
+            )
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from typing import cast
 
 import betterproto2
@@ -27,13 +28,20 @@ from natsgw._generated import nats_service_pb2
 from natsgw._generated.isa import nats as pb
 from natsgw._generated.message_pool import default_message_pool
 from natsgw.adapter import NatsAdapter
-from natsgw.config import Settings
+from natsgw.audit import AuditLog, LokiShipper
+from natsgw.auth import build_authenticator
+from natsgw.calls import Observer
+from natsgw.config import AuthMode, Settings, is_loopback
+from natsgw.consul import ConsulRegistration
 from natsgw.embedded import EmbeddedNatsServer
-from natsgw.identity import Authenticator, CallInfo, TrustedAuthenticator, current_call
+from natsgw.http import HttpSide
+from natsgw.identity import Authenticator, CallInfo, current_call
+from natsgw.metrics import MeteredSubscriptionRegistry, Metrics
 from natsgw.monitoring import NatsMonitor
+from natsgw.quotas import QuotaEnforcer, QuotaPolicy
 from natsgw.service.base import Dependencies
 from natsgw.service.gateway import InFlight, NATSGateway
-from natsgw.subscriptions import SubscriptionRegistry
+from natsgw.tls import server_context
 from natsgw.wire import compression
 from natsgw.wire.codec import GatewayCodec, UpbBridge
 
@@ -54,12 +62,19 @@ class Gateway:
     """One running natsgw: owns every task, connection and child process it starts."""
 
     def __init__(self, settings: Settings, *, authenticator: Authenticator | None = None) -> None:
-        self.settings = settings
-        self.authenticator = authenticator or TrustedAuthenticator()
+        self.settings = settings.validated()
+        self.authenticator = authenticator or build_authenticator(self.settings)
         self.embedded: EmbeddedNatsServer | None = None
         self.adapter: NatsAdapter | None = None
         self.monitor: NatsMonitor | None = None
-        self.subscriptions = SubscriptionRegistry()
+        self.subscriptions = MeteredSubscriptionRegistry()
+        self.metrics = Metrics()
+        self.audit = AuditLog(_loki_shipper(self.settings))
+        self.quota_policy = QuotaPolicy.from_settings(self.settings)
+        self.quotas: QuotaEnforcer | None = None
+        self.consul: ConsulRegistration | None = None
+        self.http: HttpSide | None = None
+        self.http_port = 0
         self.in_flight = InFlight()
         self._server: Server | None = None
         self._draining = False
@@ -67,6 +82,8 @@ class Gateway:
 
     async def start(self) -> None:
         settings = self.settings
+        tls = server_context(settings)  # bad files fail here, before anything starts
+        _announce_auth(settings)
         compression.install()
         servers = list(settings.nats_urls)
         monitor_url = settings.nats_monitor_url
@@ -94,12 +111,28 @@ class Gateway:
         # and keep retrying in the background.
         await self.adapter.start(wait=5.0)
         self.monitor = NatsMonitor(monitor_url)
+        self.audit.start()
+        if self.quota_policy.enabled:
+            self.quotas = QuotaEnforcer(
+                self.quota_policy,
+                self.adapter,
+                settings.namespace_root,
+                on_refusal=lambda quota: self.metrics.quota_refusals.labels(quota).inc(),
+            )
+        observer = Observer(
+            authenticator=self.authenticator,
+            metrics=self.metrics,
+            audit=self.audit,
+            quotas=self.quotas,
+            root=settings.namespace_root,
+        )
         deps = Dependencies(
             settings=settings,
             adapter=self.adapter,
             authenticator=self.authenticator,
             subscriptions=self.subscriptions,
             monitor=self.monitor,
+            calls=observer,
         )
         gateway = NATSGateway(deps, self.in_flight)
         adapter = self.adapter
@@ -111,13 +144,24 @@ class Gateway:
         services = ServerReflection.extend([gateway, health])
         self._server = Server(services, codec=build_codec(settings.max_message_size))
         listen(self._server, RecvRequest, self._on_request)
-        await self._server.start(settings.grpc_host, settings.grpc_port)
+        await self._server.start(settings.grpc_host, settings.grpc_port, ssl=tls)
         listener = cast(asyncio.Server | None, self._server._server)
         sockets = listener.sockets if listener is not None else ()
         self.port = int(sockets[0].getsockname()[1]) if sockets else settings.grpc_port
+        self.metrics.bind(self.adapter, self.subscriptions, self.audit)
+        if settings.http_port is not None:
+            self.http = HttpSide(self.metrics, self.adapter, jetstream=settings.jetstream_enabled)
+            await self.http.start(settings.http_host or settings.grpc_host, settings.http_port)
+            self.http_port = self.http.port
+        if settings.consul_enabled:
+            self.consul = ConsulRegistration(settings, self.port, tls=tls is not None)
+            self.consul.start()
         log.info(
             "natsgw_started",
             grpc=f"{settings.grpc_host}:{self.port}",
+            tls="mutual" if settings.tls_client_ca_file else ("on" if tls else "off"),
+            http=self.http_port or None,
+            auth=settings.auth_mode.value,
             nats=servers,
             embedded=settings.embedded,
         )
@@ -137,6 +181,9 @@ class Gateway:
 
     async def stop(self) -> None:
         grace = self.settings.shutdown_grace
+        if self.consul is not None:  # first: stop new traffic being sent here
+            await self.consul.stop()
+            self.consul = None
         self._draining = True
         ended = self.subscriptions.end_all()
         idle = await self.in_flight.wait_idle(grace)
@@ -147,13 +194,20 @@ class Gateway:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
         if self.adapter is not None:
             await self.adapter.close()
         if self.monitor is not None:
             await self.monitor.close()
         if self.embedded is not None:
             await self.embedded.stop()
-        log.info("natsgw_stopped")
+        await self.audit.close()
+        close = getattr(self.authenticator, "close", None)
+        if close is not None:
+            await close()
+        log.info("natsgw_stopped", audit_dropped=self.audit.dropped)
 
     async def run(self) -> None:
         """Serve until SIGTERM or SIGINT, then shut down gracefully."""
@@ -168,3 +222,39 @@ class Gateway:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             await self.stop()
+
+
+def _loki_shipper(settings: Settings) -> LokiShipper | None:
+    if not settings.loki_url:
+        return None
+    return LokiShipper(
+        settings.loki_url,
+        {
+            "service_name": settings.service_name,
+            "job": "natsgw-audit",
+            "instance": settings.service_hostname or socket.gethostname(),
+        },
+        queue_size=settings.audit_queue_size,
+        batch_size=settings.loki_batch_size,
+        flush_interval=settings.loki_flush_interval,
+        tenant=settings.loki_tenant,
+    )
+
+
+def _announce_auth(settings: Settings) -> None:
+    """Say at start-up how callers are identified, loudly when that is on trust."""
+    if settings.auth_mode is not AuthMode.TRUSTED:
+        log.info("auth_mode", mode=settings.auth_mode.value)
+    elif is_loopback(settings.grpc_host):
+        log.warning(
+            "auth_mode_trusted",
+            detail="callers are identified by the user_id they send, unverified; listening on "
+            "loopback only. Use NATSGW_AUTH_MODE=token or jwt for anything else",
+        )
+    else:
+        log.warning(
+            "auth_mode_trusted_remote",
+            grpc_host=settings.grpc_host,
+            detail="NATSGW_TRUSTED_ALLOW_REMOTE=true: any client that reaches this port can act "
+            "as any user",
+        )

@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime
 import functools
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpclib.server
 
 from natsgw._generated.isa import nats as pb
 from natsgw.adapter import NatsAdapter
+from natsgw.calls import CallObserver, NoObserver
 from natsgw.config import Settings
 from natsgw.errors import InvalidArgument
 from natsgw.identity import Authenticator, Principal, Scope
@@ -43,6 +44,8 @@ class Dependencies:
     authenticator: Authenticator
     subscriptions: SubscriptionRegistry
     monitor: NatsMonitor
+    #: Credentials, quotas, metrics and audit around every call (natsgw.calls).
+    calls: CallObserver = field(default_factory=NoObserver)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -15,6 +15,7 @@ import grpclib.const
 import grpclib.server
 import structlog
 from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
 from natsgw._generated.isa import nats as pb
 from natsgw.errors import to_grpc_error
@@ -82,13 +83,19 @@ class NATSGateway(
 
     def _guarded(self, path: str, func: _StreamFunc) -> _StreamFunc:
         in_flight = self.in_flight
+        observer = self.deps.calls
 
         async def serve(stream: grpclib.server.Stream[Any, Any]) -> None:
             token = current_stream.set(stream)
             in_flight.enter()
+            # Credentials, quotas, metrics and audit (natsgw.calls) see the call through `call`.
+            call = observer.begin(path, stream)
+            error: GRPCError | None = None
+            cancelled = False
             try:
-                await func(stream)
+                await func(call.stream)
             except (asyncio.CancelledError, GeneratorExit):
+                cancelled = True
                 raise
             except Exception as exc:
                 error = to_grpc_error(exc)
@@ -96,6 +103,7 @@ class NATSGateway(
                     log.exception("handler_failed", rpc=path)
                 raise error from exc
             finally:
+                call.finish(error, cancelled)
                 in_flight.leave()
                 current_stream.reset(token)
 

@@ -1,0 +1,71 @@
+"""The HTTP side port (``NATSGW_HTTP_PORT``): ``/metrics``, ``/healthz``, ``/readyz``.
+
+- ``/healthz``: 200 while the process serves (liveness);
+- ``/readyz``: 200 when NATS is connected and, with JetStream enabled, JetStream answers an
+  account-info request within 2 s; 503 with the reason otherwise (readiness);
+- ``/metrics``: Prometheus text exposition of :class:`natsgw.metrics.Metrics`.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from natsgw.adapter import NatsAdapter
+from natsgw.errors import GatewayError
+from natsgw.metrics import Metrics
+
+_READY_TIMEOUT = 2.0
+
+
+class HttpSide:
+    def __init__(self, metrics: Metrics, adapter: NatsAdapter, *, jetstream: bool) -> None:
+        self.metrics = metrics
+        self.adapter = adapter
+        self.jetstream = jetstream
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        return app
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        body = self.metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        if not self.adapter.connected:
+            state = self.adapter.state().status.lower()
+            return web.json_response(
+                {"ready": False, "reason": f"NATS connection is {state}"}, status=503
+            )
+        if self.jetstream:
+            try:
+                await self.adapter.jetstream_account(_READY_TIMEOUT)
+            except GatewayError as exc:
+                return web.json_response(
+                    {"ready": False, "reason": f"JetStream not reachable: {exc.message}"},
+                    status=503,
+                )
+        return web.json_response({"ready": True})
+
+    async def start(self, host: str, port: int) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or ()
+        self.port = int(sockets[0].getsockname()[1]) if sockets else port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -1,0 +1,430 @@
+"""Per-tenant quotas, enforced before a handler runs (so they hold whatever the handler does).
+
+Limits (0 = unlimited) come from ``NATSGW_QUOTA_*`` and, per tenant, from an optional JSON file
+``NATSGW_QUOTAS_FILE``::
+
+    {"default": {"streams": 10, "publish_rate": 200},
+     "tenants": {"user:alice": {"streams": 50}, "organization:acme": {"kv_buckets": 100}}}
+
+Keys: ``streams``, ``consumers``, ``kv_buckets``, ``object_buckets``, ``max_bytes`` (per stream or
+bucket), ``publish_rate`` (messages per second), ``publish_burst`` (default: one second's worth).
+
+How each is enforced, keyed on the RPC name and its decoded request (see :func:`plan_for`):
+
+- creating a stream / consumer / KV bucket / object bucket that does not exist yet, when the tenant
+  already has its quota of them, is RESOURCE_EXHAUSTED naming the quota. Creations of one tenant
+  are serialized within this process, so concurrent calls cannot overshoot here (several gateway
+  replicas could, by at most one per replica).
+- ``max_bytes``: a stream or bucket configuration above the limit is refused; one without a limit
+  (0) is given the limit; and a stream or bucket the call created implicitly (first KV/Object put)
+  is capped right after the handler creates it, before the client hears of it.
+- publishes (Publish, PublishBatch, Request, PublishToStream, PublishToStreamBatch, …) draw from a
+  token bucket per tenant; a batch draws one token per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from enum import Enum
+from typing import Any
+
+import structlog
+
+from natsgw.adapter import NatsAdapter, inventory
+from natsgw.config import ConfigError, Settings
+from natsgw.errors import ResourceExhausted
+from natsgw.tenancy import Namespace, Tenant, TenantKind
+
+log = structlog.get_logger("natsgw.quotas")
+
+#: How long a stream or bucket seen to exist is assumed to still exist (skips a lookup per put).
+_EXISTS_TTL = 5.0
+_MAX_BUCKETS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    streams: int = 0
+    consumers: int = 0
+    kv_buckets: int = 0
+    object_buckets: int = 0
+    max_bytes: int = 0
+    publish_rate: float = 0.0
+    publish_burst: int = 0
+
+    @property
+    def any(self) -> bool:
+        return any(getattr(self, f.name) for f in fields(self))
+
+    @property
+    def burst(self) -> float:
+        return float(self.publish_burst or max(1.0, self.publish_rate))
+
+
+_ENV_NAMES = {
+    "streams": "NATSGW_QUOTA_STREAMS",
+    "consumers": "NATSGW_QUOTA_CONSUMERS",
+    "kv_buckets": "NATSGW_QUOTA_KV_BUCKETS",
+    "object_buckets": "NATSGW_QUOTA_OBJECT_BUCKETS",
+    "max_bytes": "NATSGW_QUOTA_MAX_BYTES",
+    "publish_rate": "NATSGW_QUOTA_PUBLISH_RATE",
+}
+
+
+def _limits_from(doc: Any, base: Limits, where: str) -> Limits:
+    if not isinstance(doc, dict):
+        raise ValueError(f"{where} must be an object")
+    known = {f.name for f in fields(Limits)}
+    changes: dict[str, Any] = {}
+    for key, value in doc.items():
+        if key not in known:
+            raise ValueError(f"{where}: unknown quota {key!r} (known: {', '.join(sorted(known))})")
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError(f"{where}.{key} must be a number >= 0")
+        changes[key] = float(value) if key == "publish_rate" else int(value)
+    return replace(base, **changes)
+
+
+def tenant_label(tenant: Tenant) -> str:
+    return f"{'user' if tenant.kind is TenantKind.USER else 'organization'}:{tenant.id}"
+
+
+class QuotaPolicy:
+    """Pure: which limits apply to which tenant."""
+
+    def __init__(self, default: Limits, overrides: dict[str, Limits] | None = None) -> None:
+        self.default = default
+        self.overrides = overrides or {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.default.any or any(limits.any for limits in self.overrides.values())
+
+    def limits_for(self, tenant: Tenant) -> Limits:
+        return self.overrides.get(tenant_label(tenant), self.default)
+
+    @classmethod
+    def parse(cls, text: str, base: Limits, source: str = "quotas file") -> QuotaPolicy:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{source} is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ValueError(f"{source} must be a JSON object")
+        default = _limits_from(doc.get("default", {}), base, f"{source}: default")
+        overrides: dict[str, Limits] = {}
+        tenants = doc.get("tenants", {})
+        if not isinstance(tenants, dict):
+            raise ValueError(f"{source}: 'tenants' must be an object")
+        for label, limits in tenants.items():
+            if not re.fullmatch(r"(user|organization):.+", label):
+                raise ValueError(
+                    f"{source}: tenant {label!r} must look like 'user:<id>' or 'organization:<id>'"
+                )
+            overrides[label] = _limits_from(limits, default, f"{source}: tenants[{label!r}]")
+        return cls(default, overrides)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> QuotaPolicy:
+        base = Limits(
+            streams=settings.quota_streams,
+            consumers=settings.quota_consumers,
+            kv_buckets=settings.quota_kv_buckets,
+            object_buckets=settings.quota_object_buckets,
+            max_bytes=settings.quota_max_bytes,
+            publish_rate=settings.quota_publish_rate,
+            publish_burst=settings.quota_publish_burst,
+        )
+        if settings.quotas_file is None:
+            return cls(base)
+        path = settings.quotas_file
+        try:
+            return cls.parse(path.read_text("utf-8"), base, str(path))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"NATSGW_QUOTAS_FILE={str(path)!r}: {exc}") from None
+
+
+class TokenBucket:
+    """Pure token bucket: ``rate`` tokens a second, at most ``burst`` saved up."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = now
+
+    def take(self, count: float, now: float) -> float:
+        """Take ``count`` tokens; 0.0 on success, else the seconds until they would be there."""
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if count <= self.tokens:
+            self.tokens -= count
+            return 0.0
+        return (min(count, self.burst) - self.tokens) / self.rate
+
+
+# -- what a call would do, from its name and request (pure) -----------------------------------
+
+
+class Kind(Enum):
+    STREAM = "streams"
+    CONSUMER = "consumers"
+    KV_BUCKET = "kv_buckets"
+    OBJECT_BUCKET = "object_buckets"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What quotas care about in one call."""
+
+    #: Messages the call publishes (0: none).
+    publishes: int = 0
+    #: The resource the call may create, as the tenant names it.
+    creates: Kind | None = None
+    name: str = ""
+    #: For consumers: the tenant's stream name.
+    stream: str = ""
+    #: Where the request carries a byte limit: "config" (config.max_bytes) or "request".
+    max_bytes_at: str = ""
+
+
+_WORD = re.compile(r"[A-Z][a-z]+|[A-Z]+(?![a-z])")
+
+
+def words(rpc: str) -> list[str]:
+    """``KVCreateBucket`` -> ``["KV", "Create", "Bucket"]``."""
+    return _WORD.findall(rpc)
+
+
+def scoped(request: Any) -> Any:
+    """The part of a request carrying user_id/organization_id/scope (a streamed put's header)."""
+    header = getattr(request, "header", None)
+    if header is not None and hasattr(header, "user_id"):
+        return header
+    return request
+
+
+def plan_for(rpc: str, request: Any) -> Plan:
+    parts = words(rpc)
+    target = scoped(request)
+    publishes = 0
+    if "Publish" in parts or rpc == "Request":
+        messages = getattr(request, "messages", None)
+        publishes = len(messages) if isinstance(messages, list) else 1
+    config = getattr(target, "config", None)
+    if rpc == "CreateStream":
+        return Plan(
+            publishes, Kind.STREAM, getattr(config, "name", "") or "", max_bytes_at="config"
+        )
+    if rpc == "UpdateStream":
+        return Plan(publishes, max_bytes_at="config")
+    if rpc == "CreateConsumer":
+        name = getattr(config, "durable_name", "") or getattr(config, "name", "") or ""
+        return Plan(publishes, Kind.CONSUMER, name, stream=getattr(target, "stream_name", ""))
+    bucket = getattr(target, "bucket", "")
+    if isinstance(bucket, str) and bucket:
+        if parts[:1] == ["KV"] and ("Put" in parts or "Create" in parts):
+            at = "request" if "Bucket" in parts and hasattr(target, "max_bytes") else ""
+            return Plan(publishes, Kind.KV_BUCKET, bucket, max_bytes_at=at)
+        if parts[:1] == ["Object"] and ("Put" in parts or "Create" in parts):
+            at = "request" if "Bucket" in parts and hasattr(target, "max_bytes") else ""
+            return Plan(publishes, Kind.OBJECT_BUCKET, bucket, max_bytes_at=at)
+    return Plan(publishes)
+
+
+def nats_stream_name(ns: Namespace, kind: Kind, name: str) -> str:
+    """The NATS stream backing a tenant's stream or bucket (raises InvalidArgument if bad)."""
+    if kind is Kind.STREAM:
+        return ns.stream(name, "config.name")
+    if kind is Kind.KV_BUCKET:
+        return "KV_" + ns.kv_bucket(name)
+    return "OBJ_" + ns.object_bucket(name)
+
+
+# -- enforcement --------------------------------------------------------------------------------
+
+
+class Ticket:
+    """A call admitted by quotas; finish it after the handler (releases the creation lock)."""
+
+    def __init__(
+        self,
+        enforcer: QuotaEnforcer,
+        lock: asyncio.Lock | None = None,
+        cap_stream: str = "",
+        cap_bytes: int = 0,
+    ) -> None:
+        self._enforcer = enforcer
+        self._lock = lock
+        self._cap_stream = cap_stream
+        self._cap_bytes = cap_bytes
+
+    async def created(self) -> None:
+        """The handler succeeded: cap what it created implicitly, before the client hears."""
+        if self._cap_stream and self._cap_bytes > 0:
+            try:
+                capped = await inventory.limit_stream_bytes(
+                    self._enforcer.adapter, self._cap_stream, self._cap_bytes
+                )
+            except Exception as exc:
+                log.error(
+                    "quota_max_bytes_not_applied",
+                    stream=self._cap_stream,
+                    error=str(exc) or type(exc).__name__,
+                )
+            else:
+                if capped:
+                    log.info(
+                        "quota_max_bytes_applied", stream=self._cap_stream, bytes=self._cap_bytes
+                    )
+            self._cap_stream = ""
+
+    def release(self) -> None:
+        if self._lock is not None and self._lock.locked():
+            self._lock.release()
+        self._lock = None
+
+
+class QuotaEnforcer:
+    def __init__(
+        self,
+        policy: QuotaPolicy,
+        adapter: NatsAdapter,
+        root: str,
+        *,
+        on_refusal: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self.adapter = adapter
+        self.root = root
+        self._on_refusal = on_refusal
+        self._clock = clock
+        self._buckets: dict[str, TokenBucket] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._exists: dict[str, float] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.policy.enabled
+
+    def _refuse(self, quota: str, message: str) -> ResourceExhausted:
+        if self._on_refusal is not None:
+            self._on_refusal(quota)
+        return ResourceExhausted(f"quota {quota!r} exceeded: {message}")
+
+    def _take_publish(self, ns: Namespace, limits: Limits, count: int) -> None:
+        if limits.publish_rate <= 0 or count <= 0:
+            return
+        now = self._clock()
+        bucket = self._buckets.get(ns.key)
+        if bucket is None or bucket.rate != limits.publish_rate:
+            if len(self._buckets) >= _MAX_BUCKETS:
+                self._buckets.clear()  # idle buckets are full anyway: forgetting them is free
+            bucket = self._buckets[ns.key] = TokenBucket(limits.publish_rate, limits.burst, now)
+        wait = bucket.take(count, now)
+        if wait > 0:
+            raise self._refuse(
+                "publish_rate",
+                f"this tenant may publish {limits.publish_rate:g} messages/s "
+                f"(burst {limits.burst:g}); {count} more would exceed it: retry in {wait:.2f}s",
+            )
+
+    def _check_max_bytes(self, plan: Plan, request: Any, limit: int) -> None:
+        if not plan.max_bytes_at or limit <= 0:
+            return
+        target = scoped(request)
+        holder = getattr(target, "config", None) if plan.max_bytes_at == "config" else target
+        if holder is None or not hasattr(holder, "max_bytes"):
+            return
+        field = "config.max_bytes" if plan.max_bytes_at == "config" else "max_bytes"
+        requested = int(holder.max_bytes)
+        if requested > limit:
+            raise self._refuse(
+                "max_bytes",
+                f"{field}={requested} is above this tenant's limit of {limit} bytes per stream "
+                "or bucket; ask for at most that much",
+            )
+        if requested <= 0:
+            holder.max_bytes = limit  # no limit asked for: the tenant's limit applies
+
+    async def _exists_now(self, nats_name: str) -> bool:
+        seen = self._exists.get(nats_name)
+        now = self._clock()
+        if seen is not None and now - seen < _EXISTS_TTL:
+            return True
+        if await inventory.stream_summary(self.adapter, nats_name) is None:
+            self._exists.pop(nats_name, None)
+            return False
+        if len(self._exists) >= _MAX_BUCKETS:
+            self._exists.clear()
+        self._exists[nats_name] = now
+        return True
+
+    async def _count(self, ns: Namespace, kind: Kind) -> int:
+        prefix = ns.name_prefix
+        if kind is Kind.KV_BUCKET:
+            return len(await inventory.list_streams(self.adapter, ("KV_" + prefix,)))
+        if kind is Kind.OBJECT_BUCKET:
+            return len(await inventory.list_streams(self.adapter, ("OBJ_" + prefix,)))
+        streams = await inventory.list_streams(self.adapter, (prefix,))
+        if kind is Kind.STREAM:
+            return len(streams)
+        return sum(s.consumers for s in streams)
+
+    async def admit(self, rpc: str, request: Any, ns: Namespace) -> Ticket | None:
+        """Refuse the call (ResourceExhausted naming the quota) or admit it with a ticket."""
+        plan = plan_for(rpc, request)
+        limits = self.policy.limits_for(ns.tenant)
+        if not limits.any:
+            return None
+        self._take_publish(ns, limits, plan.publishes)
+        self._check_max_bytes(plan, request, limits.max_bytes)
+        if plan.creates is None or not plan.name:
+            return None
+        limit: int = getattr(limits, plan.creates.value)
+        if limit <= 0 and limits.max_bytes <= 0:
+            return None
+        if plan.creates is Kind.CONSUMER:
+            if limit <= 0 or not plan.stream:
+                return None
+            stream = ns.stream(plan.stream)
+            lock = self._locks.setdefault(ns.key, asyncio.Lock())
+            await lock.acquire()
+            try:
+                if not await inventory.consumer_exists(self.adapter, stream, plan.name):
+                    have = await self._count(ns, Kind.CONSUMER)
+                    if have >= limit:
+                        raise self._refuse(
+                            "consumers",
+                            f"this tenant has {have} of {limit} consumers; delete one first",
+                        )
+            except BaseException:
+                lock.release()
+                raise
+            return Ticket(self, lock)
+        nats_name = nats_stream_name(ns, plan.creates, plan.name)
+        if await self._exists_now(nats_name):
+            return None
+        lock = self._locks.setdefault(ns.key, asyncio.Lock())
+        await lock.acquire()
+        try:
+            if limit > 0 and not await self._exists_now(nats_name):
+                have = await self._count(ns, plan.creates)
+                if have >= limit:
+                    noun = plan.creates.value.replace("_", " ")
+                    raise self._refuse(
+                        plan.creates.value,
+                        f"this tenant has {have} of {limit} {noun}; delete one first",
+                    )
+        except BaseException:
+            lock.release()
+            raise
+        return Ticket(self, lock, cap_stream=nats_name, cap_bytes=limits.max_bytes)
