@@ -41,6 +41,11 @@ class Mailbox:
         self._ended = False
         self._overflowed = False
 
+    def lost_upstream(self) -> None:
+        """The NATS client dropped a message before it reached us: it still counts."""
+        self.received += 1
+        self.overflow()
+
     @property
     def buffered(self) -> int:
         return len(self._queue)
@@ -61,7 +66,7 @@ class Mailbox:
         self._ready.set()
 
     def overflow(self, count: int = 1) -> None:
-        """Messages were lost (our buffer or the client library's was full)."""
+        """Our buffer was full: count the loss, and end the stream under the close policy."""
         self.dropped += count
         if self.policy is SlowConsumerPolicy.CLOSE:
             self._overflowed = True

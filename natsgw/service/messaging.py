@@ -81,9 +81,11 @@ class MessagingHandlers(Handlers):
             pattern,
             mailbox.offer,
             queue=queue_group,
-            on_overflow=mailbox.overflow,
-            pending_msgs=settings.subscription_buffer_msgs,
-            pending_bytes=settings.subscription_buffer_bytes,
+            on_overflow=mailbox.lost_upstream,
+            # The client library's own queue only bridges to the mailbox; twice its size keeps
+            # bursts from being dropped there while the total stays bounded.
+            pending_msgs=2 * settings.subscription_buffer_msgs,
+            pending_bytes=2 * settings.subscription_buffer_bytes,
         )
         registry = self.deps.subscriptions
         registry.add(ns.key, subject, mailbox)

@@ -1,0 +1,142 @@
+"""Size limits and slow subscribers: refused clearly, never truncated, memory bounded."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+import pytest
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from natsgw._generated.isa import nats as pb
+from natsgw.config import SlowConsumerPolicy
+from natsgw.tenancy import Namespace, Tenant
+from tests.conftest import GatewayFactory, NatsFactory, tenant
+from tests.integration.test_messaging import open_subscription
+
+KIB = 1024
+
+
+async def test_payload_over_nats_max_payload_is_refused_naming_both_limits(
+    make_nats: NatsFactory, make_gateway: GatewayFactory
+) -> None:
+    server = await make_nats(max_payload=64 * KIB)
+    gw = await make_gateway(server, max_message_size=1024 * KIB)
+    user = tenant()
+    nc = await nats.connect(server.url)
+    sub = await nc.subscribe(Namespace(Tenant.user(user)).subject("big"))
+    channel = Channel("127.0.0.1", gw.port)
+    stub = pb.NatsServiceStub(channel)
+    try:
+        exact = b"x" * (64 * KIB)
+        assert (
+            await stub.publish(pb.PublishRequest(user_id=user, subject="big", data=exact))
+        ).success
+        assert (await sub.next_msg(timeout=2)).data == exact
+        with pytest.raises(GRPCError) as info:
+            await stub.publish(pb.PublishRequest(user_id=user, subject="big", data=exact + b"!"))
+        assert info.value.status is Status.RESOURCE_EXHAUSTED
+        assert "65537 bytes" in (info.value.message or "")
+        assert "max_payload is 65536" in (info.value.message or "")
+        assert str(1024 * KIB) in (info.value.message or "")
+        # Headers count too: a payload that only fits without them is refused whole.
+        with pytest.raises(GRPCError):
+            await stub.publish(
+                pb.PublishRequest(user_id=user, subject="big", data=exact, headers={"k": "v"})
+            )
+        # Nothing of the refused messages reached NATS.
+        with pytest.raises(nats.errors.TimeoutError):
+            await sub.next_msg(timeout=0.3)
+    finally:
+        channel.close()
+        await nc.close()
+
+
+async def test_request_message_over_the_gateway_limit_is_resource_exhausted(
+    make_gateway: GatewayFactory,
+) -> None:
+    gw = await make_gateway(max_message_size=32 * KIB)
+    channel = Channel("127.0.0.1", gw.port)
+    try:
+        with pytest.raises(GRPCError) as info:
+            await pb.NatsServiceStub(channel).publish(
+                pb.PublishRequest(user_id=tenant(), subject="x", data=b"y" * (40 * KIB))
+            )
+    finally:
+        channel.close()
+    assert info.value.status is Status.RESOURCE_EXHAUSTED
+    assert "NATSGW_MAX_MESSAGE_SIZE" in (info.value.message or "")
+
+
+async def test_ten_mebibyte_payload_goes_through_intact(
+    stub: pb.NatsServiceStub, nc: nats.NATS
+) -> None:
+    user = tenant()
+    payload = bytes(range(256)) * (10 * 4096 - 1)  # just under 10 MiB with the envelope
+    sub = await nc.subscribe(Namespace(Tenant.user(user)).subject("huge"))
+    await stub.publish(pb.PublishRequest(user_id=user, subject="huge", data=payload))
+    assert (await sub.next_msg(timeout=5)).data == payload
+
+
+async def test_slow_subscriber_is_closed_with_resource_exhausted(
+    make_gateway: GatewayFactory, nc: nats.NATS
+) -> None:
+    gw = await make_gateway(subscription_buffer_msgs=4, subscription_buffer_bytes=256 * KIB)
+    user = tenant()
+    channel = Channel("127.0.0.1", gw.port)
+    try:
+        stub = pb.NatsServiceStub(channel)
+        async with open_subscription(
+            stub, pb.SubscribeRequest(user_id=user, subject="firehose")
+        ) as s:
+            chunk = b"z" * (32 * KIB)
+            for _ in range(400):  # ~12.5 MiB: far more than HTTP/2 windows plus the buffer
+                await nc.publish(Namespace(Tenant.user(user)).subject("firehose"), chunk)
+            await nc.flush()
+            await asyncio.sleep(0.5)
+            received = 0
+            with pytest.raises(GRPCError) as info:
+                while await asyncio.wait_for(s.recv_message(), 5) is not None:
+                    received += 1
+                await s.recv_trailing_metadata()
+            assert info.value.status is Status.RESOURCE_EXHAUSTED
+            assert "fell behind" in (info.value.message or "")
+            assert 0 < received < 400
+    finally:
+        channel.close()
+
+
+async def test_drop_policy_keeps_the_stream_and_shows_gaps(
+    make_gateway: GatewayFactory, nc: nats.NATS
+) -> None:
+    gw = await make_gateway(
+        subscription_buffer_msgs=4,
+        subscription_buffer_bytes=256 * KIB,
+        slow_consumer_policy=SlowConsumerPolicy.DROP,
+    )
+    user = tenant()
+    subject = Namespace(Tenant.user(user)).subject("firehose")
+    channel = Channel("127.0.0.1", gw.port)
+    try:
+        stub = pb.NatsServiceStub(channel)
+        async with open_subscription(
+            stub, pb.SubscribeRequest(user_id=user, subject="firehose")
+        ) as s:
+            for _ in range(400):
+                await nc.publish(subject, b"z" * (32 * KIB))
+            await nc.flush()
+            await asyncio.sleep(0.5)
+            sequences = []
+            with pytest.raises(asyncio.TimeoutError):
+                while True:  # read everything that survived, until nothing more comes
+                    sequences.append((await asyncio.wait_for(s.recv_message(), 1)).sequence)
+            await nc.publish(subject, b"last")
+            last = await asyncio.wait_for(s.recv_message(), 5)
+    finally:
+        channel.close()
+    assert (last.data, last.sequence) == (b"last", 401)  # the stream lives on; drops counted
+    assert 0 < len(sequences) < 400  # some were dropped ...
+    assert sequences == sorted(sequences)
+    assert sequences[-1] - sequences[0] + 1 > len(sequences)  # ... and the gaps show it
