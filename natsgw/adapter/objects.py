@@ -43,6 +43,10 @@ from natsgw.errors import DeadlineExceeded, FailedPrecondition, NotFound, Unavai
 
 DIGEST_PREFIX = "SHA-256="
 _ROLLUP = "Nats-Rollup"
+_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+_WRONG_LAST_SEQUENCE = (10071, 10164)
+#: Tries to replace a meta record that other writers keep replacing first.
+_META_ATTEMPTS = 32
 #: Chunks published but not yet acknowledged by the stream, per upload.
 ACK_WINDOW = 16
 #: Room left in a NATS message for the protocol around a chunk.
@@ -82,9 +86,10 @@ class _Record:
     stat: ObjectStat
     deleted: bool
     link: bool
+    seq: int = 0  # stream sequence of the meta record (for compare-and-set)
 
 
-def _record(raw: Mapping[str, Any], time: datetime.datetime | None) -> _Record:
+def _record(raw: Mapping[str, Any], time: datetime.datetime | None, seq: int = 0) -> _Record:
     metadata = raw.get("metadata") or {}
     options = raw.get("options") or {}
     return _Record(
@@ -99,6 +104,7 @@ def _record(raw: Mapping[str, Any], time: datetime.datetime | None) -> _Record:
         ),
         deleted=bool(raw.get("deleted")),
         link=bool(isinstance(options, dict) and options.get("link")),
+        seq=seq,
     )
 
 
@@ -243,7 +249,7 @@ class ObjectStoreClient:
         except NotFound:
             return None
         try:
-            return _record(json.loads(raw.data or b"{}"), raw.time)
+            return _record(json.loads(raw.data or b"{}"), raw.time, int(raw.seq or 0))
         except (ValueError, TypeError, AttributeError) as exc:
             raise DataLoss(f"object {name!r}: its meta record is unreadable ({exc})") from None
 
@@ -290,24 +296,45 @@ class ObjectStoreClient:
 
     async def delete(self, bucket: str, name: str) -> bool:
         """Mark the object deleted and drop its chunks; False when there was nothing to delete."""
-        record = await self._meta(bucket, name)
-        if record is None or record.deleted:
-            return False
-        js = self._js()
-        stat = record.stat
-        gone = ObjectStat(
-            name=name, size=0, chunks=0, digest="", object_id=stat.object_id, modified=None
-        )
-        with translated(f"delete object {name!r}"):
-            await js.publish(
-                meta_subject(bucket, name),
-                _meta_body(bucket, gone, 0, deleted=True),
-                headers={_ROLLUP: "sub"},
+        for _ in range(_META_ATTEMPTS):
+            record = await self._meta(bucket, name)
+            if record is None or record.deleted:
+                return False
+            stat = record.stat
+            gone = ObjectStat(
+                name=name, size=0, chunks=0, digest="", object_id=stat.object_id, modified=None
             )
+            if not await self._write_meta(
+                bucket, name, _meta_body(bucket, gone, 0, deleted=True), record
+            ):
+                continue  # replaced meanwhile: delete what is there now
             if stat.object_id:
-                await js.purge_stream(
-                    stream_name(bucket), subject=chunk_subject(bucket, stat.object_id)
-                )
+                await self._purge_quietly(bucket, chunk_subject(bucket, stat.object_id))
+            return True
+        raise Unavailable(f"object {name!r} kept changing while being deleted; try again")
+
+    async def _write_meta(
+        self, bucket: str, name: str, body: bytes, previous: _Record | None
+    ) -> bool:
+        """Replace the meta record only if it is still ``previous``; False when it changed.
+
+        The compare-and-set makes concurrent writers of one name safe: exactly one replaces a
+        given version, so exactly one purges that version's chunks and none are orphaned.
+        """
+        headers = {
+            _ROLLUP: "sub",
+            _EXPECTED_LAST_SUBJECT_SEQ: str(previous.seq if previous is not None else 0),
+        }
+        try:
+            await self._js().publish(meta_subject(bucket, name), body, headers=headers)
+        except js_errors.APIError as exc:
+            if exc.err_code in _WRONG_LAST_SEQUENCE:
+                return False
+            with translated(f"store object {name!r}"):
+                raise
+        except Exception:
+            with translated(f"store object {name!r}"):
+                raise
         return True
 
     # -- content ----------------------------------------------------------------------------------
@@ -383,13 +410,14 @@ class ObjectStoreClient:
                 modified=None,
                 metadata=dict(metadata),
             )
-            with translated(f"store object {name!r}"):
-                await js.publish(
-                    meta_subject(bucket, name),
-                    _meta_body(bucket, stat, chunk_size),
-                    headers={_ROLLUP: "sub"},
-                )
-            stored = True
+            body = _meta_body(bucket, stat, chunk_size)
+            for _ in range(_META_ATTEMPTS):
+                if await self._write_meta(bucket, name, body, previous):
+                    stored = True
+                    break
+                previous = await self._meta(bucket, name)  # another writer got in first
+            if not stored:
+                raise Unavailable(f"object {name!r} kept changing while being stored; try again")
         finally:
             await window.close()
             if not stored:

@@ -145,3 +145,33 @@ async def test_gateway_stop_ends_open_watches_with_where_to_resume(make_gateway:
     assert errors[0].status is Status.UNAVAILABLE
     assert f"from_revision={put.revision + 1}" in (errors[0].message or "")
     channel.close()
+
+
+async def test_concurrent_writers_of_one_name_leave_one_version_and_no_orphans(
+    stub: Stub, nc: nats.NATS
+) -> None:
+    user = tenant()
+    versions = [bytes([i]) * 300_000 for i in range(6)]
+    await asyncio.gather(*(put_stream(stub, user, "race", "same", v) for v in versions))
+    got = await stub.object_get(
+        pb.ObjectGetRequest(user_id=user, bucket="race", object_name="same")
+    )
+    assert got.found
+    assert got.data in versions
+    listed = await stub.object_list(pb.ObjectListRequest(user_id=user, bucket="race"))
+    assert [o.name for o in listed.objects] == ["same"]
+    bucket = obj_bucket(user, "race")
+    info = await nc.jetstream().stream_info("OBJ_" + bucket, subjects_filter=">")
+    chunk_subjects = [s for s in (info.state.subjects or {}) if ".C." in s]
+    assert chunk_subjects == [f"$O.{bucket}.C.{listed.objects[0].object_id}"]
+    # Deleting concurrently: one delete does it, the object and its chunks are gone.
+    await asyncio.gather(
+        *(
+            stub.object_delete(
+                pb.ObjectDeleteRequest(user_id=user, bucket="race", object_name="same")
+            )
+            for _ in range(4)
+        )
+    )
+    info = await nc.jetstream().stream_info("OBJ_" + bucket, subjects_filter=">")
+    assert [s for s in (info.state.subjects or {}) if ".C." in s] == []
