@@ -495,29 +495,34 @@ class JetStreamAdapter:
         return pipe
 
     async def fetch(
-        self, stream: str, consumer: str, batch: int, wait: float
+        self, stream: str, consumer: str, batch: int, wait: float, max_bytes: int = 0
     ) -> list[JetStreamDelivery]:
         """Up to ``batch`` deliveries: what is there now, else the first to arrive within ``wait``.
 
-        Only one long request is ever open and it asks for one message, so nothing is delivered
-        to an inbox the gateway has stopped reading (which NATS would count as delivered).
+        At most ``max_bytes`` as NATS counts deliveries (0: no limit), except that a single
+        message larger than that is returned alone. Only one long request is ever open and it
+        asks for one message, so nothing is delivered to an inbox the gateway has stopped
+        reading (which NATS would count as delivered).
         """
         pipe = await self.open_pull(stream, consumer, batch)
         try:
-            got = await self._drain(pipe, batch, no_wait=True, wait=0.0)
-            if got or wait <= 0:
+            got = await self._drain(pipe, batch, no_wait=True, wait=0.0, max_bytes=max_bytes)
+            if got:
                 return got
-            got = await self._drain(pipe, 1, no_wait=False, wait=wait)
-            if got and batch > 1:
-                got.extend(await self._drain(pipe, batch - 1, no_wait=True, wait=0.0))
+            # Nothing there yet, or the next message alone is larger than max_bytes.
+            got = await self._drain(pipe, 1, no_wait=wait <= 0, wait=wait)
+            room = max_bytes - got[0].nats_size if got and max_bytes else 0
+            if got and batch > 1 and (not max_bytes or room > 0):
+                more = await self._drain(pipe, batch - 1, no_wait=True, wait=0.0, max_bytes=room)
+                got.extend(more)
             return got
         finally:
             await pipe.close()
 
     async def _drain(
-        self, pipe: PullPipe, batch: int, *, no_wait: bool, wait: float
+        self, pipe: PullPipe, batch: int, *, no_wait: bool, wait: float, max_bytes: int = 0
     ) -> list[JetStreamDelivery]:
-        await pipe.request(batch, expires=wait, no_wait=no_wait)
+        await pipe.request(batch, expires=wait, no_wait=no_wait, max_bytes=max_bytes)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait + _EXPIRY_GRACE + self._timeout
         got: list[JetStreamDelivery] = []
@@ -536,7 +541,7 @@ class JetStreamAdapter:
             if item.code in (404, 408) or batch_completed(item):
                 break
             if item.code == 409:
-                if got:
+                if got or exceeds_max_bytes(item):
                     break
                 raise _pull_refused(item)
             if item.code == 503:  # no responder: nothing serves this consumer's pulls
@@ -570,6 +575,12 @@ def _pull_refused(status: PullStatus) -> GatewayError:
 def batch_completed(status: PullStatus) -> bool:
     """409 "Batch Completed": the server's end of a request whose batch was filled."""
     return status.code == 409 and "batch completed" in status.description.lower()
+
+
+def exceeds_max_bytes(status: PullStatus) -> bool:
+    """409 "Message Size Exceeds MaxBytes": the next message does not fit the request."""
+    text = status.description.lower().replace(" ", "")
+    return status.code == 409 and "maxbytes" in text
 
 
 def pull_refusal(status: PullStatus) -> GatewayError:

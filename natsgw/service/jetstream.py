@@ -37,6 +37,7 @@ from natsgw.adapter.jetstream import (
     JetStreamAdapter,
     PullPipe,
     batch_completed,
+    exceeds_max_bytes,
     pull_refusal,
 )
 from natsgw.adapter.types import (
@@ -565,7 +566,10 @@ class JetStreamHandlers(Handlers):
         if call is not None and call.deadline is not None:
             # Answer (possibly with nothing) before the client's deadline, not after it.
             wait = min(wait, max(call.deadline.time_remaining() - PULL_DEADLINE_MARGIN, 0.0))
-        deliveries = await self.jetstream_parts.js.fetch(stream, consumer, batch, wait)
+        # Keep the response well inside the gateway's message size limit (a single larger
+        # message still goes alone).
+        budget = self.settings.max_message_size // 2
+        deliveries = await self.jetstream_parts.js.fetch(stream, consumer, batch, wait, budget)
         return pb.PullMessagesResponse(messages=[self._deliver(ns, d) for d in deliveries])
 
     # -- acknowledging ---------------------------------------------------------------------------
@@ -793,7 +797,7 @@ class _ConsumeSession:
                 continue
             if item.code == 409:
                 text = item.description.lower()
-                if "maxbytes" in text.replace(" ", "") or "max bytes" in text:
+                if exceeds_max_bytes(item):
                     # The next message does not fit the byte window: wait for room; a message
                     # larger than the whole window goes alone once nothing is outstanding.
                     self.oversize = self.window.messages == 0

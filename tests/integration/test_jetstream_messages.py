@@ -229,6 +229,27 @@ async def test_pull_waits_for_the_first_message_then_returns(stub: pb.NatsServic
     assert time.monotonic() - started < 3.0
 
 
+async def test_pull_keeps_responses_inside_the_message_size_limit(
+    nc: nats.NATS, make_gateway: GatewayFactory, channels: list[Channel]
+) -> None:
+    """A pull returns at most half the gateway's max message size; a bigger message alone."""
+    stub = stub_for(await make_gateway(max_message_size=64 * 1024), channels)
+    user = tenant()
+    await make_stream(stub, user, "sized", ["sized"])
+    await make_consumer(stub, user, "sized", "c")
+    js = nc.jetstream()
+    subject = ns_of(user).subject("sized")
+    for i in range(6):
+        await js.publish(subject, bytes([65 + i]) * 10_000)
+    await js.publish(subject, b"Z" * 40_000)  # larger than the 32 KiB budget on its own
+    calls: list[list[int]] = []
+    while len(received := [n for call in calls for n in call]) < 7:
+        got = await pull(stub, user, "sized", "c", batch=100, wait=0.5)
+        assert got, f"stalled after {received}"
+        calls.append([len(m.data) for m in got])
+    assert calls == [[10_000] * 3, [10_000] * 3, [40_000]]
+
+
 async def test_pull_from_missing_consumer_is_not_found(stub: pb.NatsServiceStub) -> None:
     user = tenant()
     await make_stream(stub, user, "nc", ["nc"])
