@@ -117,6 +117,10 @@ class FlowWindow:
         """Messages and bytes that may still be delivered."""
         return self.max_msgs - self.messages, self.max_bytes - self.bytes
 
+    def wake(self) -> None:
+        """Make a waiting :meth:`wait_changed` return now."""
+        self._changed.set()
+
     async def wait_changed(self, timeout: float) -> None:
         self._changed.clear()
         with contextlib.suppress(TimeoutError):

@@ -9,6 +9,7 @@ purge counts and pagination), through nats-py's request machinery.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import re
@@ -271,7 +272,7 @@ class PullPipe:
         self._inbox = nc.new_inbox()
         self._requests = 0
         self._current = ""
-        self._queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=capacity + 64)
+        self._queue: asyncio.Queue[Msg | None] = asyncio.Queue(maxsize=capacity + 64)
         self._sub: NatsSubscription | None = None
 
     async def open(self) -> None:
@@ -311,12 +312,19 @@ class PullPipe:
                 self._api_subject, json.dumps(body).encode(), reply=self._current
             )
 
+    def interrupt(self) -> None:
+        """Make a waiting :meth:`next` return None now."""
+        with contextlib.suppress(asyncio.QueueFull):  # full: next() returns at once anyway
+            self._queue.put_nowait(None)
+
     async def next(self, timeout: float) -> JetStreamDelivery | PullStatus | None:
         """The next delivery or status; None when nothing came within ``timeout``."""
         while True:
             try:
                 msg = await asyncio.wait_for(self._queue.get(), max(timeout, 0.0))
             except TimeoutError:
+                return None
+            if msg is None:
                 return None
             status = _status(msg)
             if status is not None:

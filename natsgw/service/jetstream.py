@@ -58,6 +58,7 @@ from natsgw.errors import (
 )
 from natsgw.service.base import Handlers, current_stream
 from natsgw.subjects import captured_by
+from natsgw.subscriptions import Mailbox
 from natsgw.tenancy import Namespace
 
 log = structlog.get_logger("natsgw.service.jetstream")
@@ -690,15 +691,29 @@ class JetStreamHandlers(Handlers):
             ack_all=info.spec.ack_policy == "all",
         )
         pipe = await parts.js.open_pull(stream, consumer, max_msgs)
+        session = _ConsumeSession(self, ns, stream, consumer, pipe, window, heartbeat)
+        # Registered with the gateway's streams so that shutdown ends it cleanly (status OK),
+        # like Subscribe. The key holds spaces: no tenant subject can name it in Unsubscribe.
+        shutdown = Mailbox(1, 1, self.settings.slow_consumer_policy)
+        registry_key = f"consume {stream} {consumer}"
+        self.deps.subscriptions.add(ns.key, registry_key, shutdown)
+        watcher = asyncio.create_task(_stop_on_end(shutdown, session), name="natsgw-consume-end")
         parts.windows.add(stream, consumer, window)
         try:
             await self.announce_ready()
-            session = _ConsumeSession(self, ns, stream, consumer, pipe, window, heartbeat)
             async for response in session.run():
                 yield response
         finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            self.deps.subscriptions.remove(ns.key, registry_key, shutdown)
             parts.windows.remove(stream, consumer, window)
             await pipe.close()
+
+
+async def _stop_on_end(mailbox: Mailbox, session: _ConsumeSession) -> None:
+    await mailbox.get()  # returns None once the gateway ends its streams
+    session.stop()
 
 
 def _ack_subject(reply: str) -> AckSubject:
@@ -734,6 +749,13 @@ class _ConsumeSession:
         self.remaining = 0
         self.oversize = False
         self.failures = 0
+        self.stopped = False
+
+    def stop(self) -> None:
+        """End the stream (normally) at the next step; wakes whatever it waits for."""
+        self.stopped = True
+        self.pipe.interrupt()
+        self.window.wake()
 
     def _status(self, **kwargs: object) -> pb.ConsumeResponse:
         return pb.ConsumeResponse(
@@ -747,7 +769,7 @@ class _ConsumeSession:
         last_sent = clock()
         last_heard = clock()
         retry_at = 0.0
-        while True:
+        while not self.stopped:
             now = clock()
             if now - last_sent >= self.heartbeat:
                 yield self._status(heartbeat=True)

@@ -19,7 +19,7 @@ from natsgw._generated.isa import nats as pb
 from natsgw.config import Settings
 from natsgw.embedded import EmbeddedNatsServer
 from natsgw.server import Gateway
-from tests.conftest import tenant, wait_for
+from tests.conftest import GatewayFactory, tenant, wait_for
 from tests.integration._jetstream import make_consumer, make_stream, ns_of, publish
 
 
@@ -300,3 +300,36 @@ async def test_consume_carries_on_after_a_nats_restart(tmp_path: Path) -> None:
         channel.close()
         await gateway.stop()
         await server.stop()
+
+
+async def test_gateway_shutdown_ends_consume_cleanly(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway(shutdown_grace=10.0)
+    channel = Channel("127.0.0.1", gw.port)
+    stub = pb.NatsServiceStub(channel)
+    try:
+        user = tenant()
+        await make_stream(stub, user, "shut", ["shut"])
+        await make_consumer(stub, user, "shut", "c")
+        received: list[pb.ConsumeResponse] = []
+
+        async def read() -> None:
+            request = pb.ConsumeRequest(
+                user_id=user,
+                stream_name="shut",
+                consumer_name="c",
+                heartbeat=datetime.timedelta(seconds=60),
+            )
+            async for response in stub.consume(request):
+                received.append(response)
+
+        reader = asyncio.create_task(read())
+        await publish(stub, user, "shut", "shut", b"x")
+        await wait_for(lambda: len(received) == 1)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await gw.stop()
+        await asyncio.wait_for(reader, 5.0)  # ended normally (status OK), no exception
+        assert loop.time() - started < 5.0  # well inside the 10 s grace: not cut at its end
+        assert gw.in_flight.count == 0
+    finally:
+        channel.close()
