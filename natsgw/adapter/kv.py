@@ -111,10 +111,11 @@ class KeyValueStore:
         self, bucket: str, defaults: BucketDefaults, *, exist_ok: bool = False
     ) -> KVBucket:
         js = self._js()
-        if not exist_ok:
-            with contextlib.suppress(NotFound):
-                await self.bucket(bucket)
-                raise AlreadyExists(f"bucket already exists: {bucket}")
+        with contextlib.suppress(NotFound):
+            existing = await self.bucket(bucket)
+            if exist_ok:
+                return existing
+            raise AlreadyExists(f"bucket already exists: {bucket}")
         config = api.KeyValueConfig(
             bucket=bucket,
             history=defaults.history,
@@ -124,8 +125,12 @@ class KeyValueStore:
             replicas=defaults.replicas,
             direct=True,
         )
-        with translated(f"create Key-Value bucket {bucket}"):
-            await js.create_key_value(config)
+        try:
+            with translated(f"create Key-Value bucket {bucket}"):
+                await js.create_key_value(config)
+        except AlreadyExists:
+            if not exist_ok:
+                raise
         return await self.bucket(bucket)
 
     async def bucket(self, bucket: str) -> KVBucket:

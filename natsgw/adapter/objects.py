@@ -39,7 +39,13 @@ from natsgw.adapter.core import NatsAdapter
 from natsgw.adapter.errors import DataLoss, translated
 from natsgw.adapter.ordered import OrderedReader, Start, StoredMessage
 from natsgw.adapter.types import BucketDefaults, ObjectStat
-from natsgw.errors import DeadlineExceeded, FailedPrecondition, NotFound, Unavailable
+from natsgw.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    NotFound,
+    Unavailable,
+)
 
 DIGEST_PREFIX = "SHA-256="
 _ROLLUP = "Nats-Rollup"
@@ -228,7 +234,10 @@ class ObjectStoreClient:
             storage=api.StorageType(defaults.storage),
             replicas=defaults.replicas,
         )
-        with translated(f"create object bucket {bucket}"):
+        with (
+            contextlib.suppress(AlreadyExists),  # made meanwhile by a concurrent first put
+            translated(f"create object bucket {bucket}"),
+        ):
             await js.create_object_store(bucket, config=config)
 
     # -- meta -------------------------------------------------------------------------------------

@@ -275,3 +275,13 @@ async def test_value_larger_than_nats_max_payload_is_resource_exhausted(
             pb.KvPutRequest(user_id=tenant(), bucket="big", key="k", value=b"x" * (limit + 1))
         )
     assert err.value.status is Status.RESOURCE_EXHAUSTED
+
+
+async def test_concurrent_first_puts_all_land(stub: Stub) -> None:
+    user = tenant()
+    revisions = await asyncio.gather(
+        *(put(stub, user, "fresh", f"k{i}", str(i).encode()) for i in range(10))
+    )
+    assert len(set(revisions)) == 10
+    keys = await stub.kv_keys(pb.KvKeysRequest(user_id=user, bucket="fresh"))
+    assert keys.keys == sorted(f"k{i}" for i in range(10))
