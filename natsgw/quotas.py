@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -160,14 +161,17 @@ class TokenBucket:
         self.tokens = burst
         self.stamp = now
 
-    def take(self, count: float, now: float) -> float:
-        """Take ``count`` tokens; 0.0 on success, else the seconds until they would be there."""
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+    def take(self, count: float, now: float) -> float | None:
+        """Take ``count`` tokens: None when granted, else the seconds until they would be there
+        (``inf`` when ``count`` exceeds the burst, which no wait can satisfy)."""
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.stamp) * self.rate)
         self.stamp = now
         if count <= self.tokens:
             self.tokens -= count
-            return 0.0
-        return (min(count, self.burst) - self.tokens) / self.rate
+            return None
+        if count > self.burst:
+            return math.inf
+        return (count - self.tokens) / self.rate
 
 
 # -- what a call would do, from its name and request (pure) -----------------------------------
@@ -330,12 +334,19 @@ class QuotaEnforcer:
                 self._buckets.clear()  # idle buckets are full anyway: forgetting them is free
             bucket = self._buckets[ns.key] = TokenBucket(limits.publish_rate, limits.burst, now)
         wait = bucket.take(count, now)
-        if wait > 0:
+        if wait is None:
+            return
+        if math.isinf(wait):
             raise self._refuse(
                 "publish_rate",
-                f"this tenant may publish {limits.publish_rate:g} messages/s "
-                f"(burst {limits.burst:g}); {count} more would exceed it: retry in {wait:.2f}s",
+                f"{count} messages in one call exceed this tenant's burst of {limits.burst:g} "
+                f"(at {limits.publish_rate:g} messages/s): send smaller batches",
             )
+        raise self._refuse(
+            "publish_rate",
+            f"this tenant may publish {limits.publish_rate:g} messages/s "
+            f"(burst {limits.burst:g}); {count} more would exceed it: retry in {wait:.2f}s",
+        )
 
     def _check_max_bytes(self, plan: Plan, request: Any, limit: int) -> None:
         if not plan.max_bytes_at or limit <= 0:

@@ -174,7 +174,7 @@ class Gateway:
             CallInfo(
                 method=event.method_name,
                 metadata=dict(event.metadata),
-                peer=str(event.peer.addr() or ""),
+                peer=_peer(event.peer.addr()),
                 deadline=deadline,
             )
         )
@@ -258,3 +258,11 @@ def _announce_auth(settings: Settings) -> None:
             detail="NATSGW_TRUSTED_ALLOW_REMOTE=true: any client that reaches this port can act "
             "as any user",
         )
+
+
+def _peer(addr: object) -> str:
+    """``host:port`` of the caller (grpclib gives a socket address tuple)."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host = str(addr[0])
+        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+    return str(addr or "")
