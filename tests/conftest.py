@@ -134,16 +134,10 @@ def grpcio_stubs(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModuleType, 
         ],
         check=True,
     )
+    # natsgw's own upb module registered the same file in the default descriptor pool; an
+    # identical copy registers again without conflict (a stale one would fail loudly here).
     sys.path.insert(0, str(out))
     try:
-        # The package's own upb module registered the same file in the default descriptor pool;
-        # grpcio's copy must load into a pool of its own, as it would in a separate client.
-        from google.protobuf import descriptor_pool
-
-        pb2_src = (out / "nats_service_pb2.py").read_text()
-        pb2_src = pb2_src.replace("_descriptor_pool.Default()", "_descriptor_pool.DescriptorPool()")
-        (out / "nats_service_pb2.py").write_text(pb2_src)
-        del descriptor_pool
         pb2 = importlib.import_module("nats_service_pb2")
         pb2_grpc = importlib.import_module("nats_service_pb2_grpc")
     finally:

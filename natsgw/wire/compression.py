@@ -25,6 +25,9 @@ ACCEPT_ENCODING = "gzip,deflate,identity"
 _SUPPORTED_GRPCLIB = ("0.4.",)
 _installed = False
 
+#: Compressed request frames inflated since start (exported as a metric, checked by tests).
+inflated_frames = 0
+
 
 def _limit(codec: Any) -> int | None:
     limit = getattr(codec, "max_message_size", None)
@@ -66,7 +69,9 @@ async def _recv_message(stream: Any, codec: Any, message_type: Any) -> Any:
     if len(data) != length:
         raise GRPCError(Status.INTERNAL, "the request message ended early")
     if compressed:
+        global inflated_frames
         data = _inflate(data, limit)
+        inflated_frames += 1
     return codec.decode(data, message_type)
 
 

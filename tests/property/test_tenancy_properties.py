@@ -54,7 +54,7 @@ patterns = st.builds(
     ".".join,
     st.lists(st.one_of(tokens, st.just("*"), st.just(">")), min_size=0, max_size=5),
 )
-names = st.text(st.one_of(st.sampled_from(SPECIAL + ["a", "B", "7"]), st.characters()), max_size=30)
+names = st.text(st.one_of(st.sampled_from([*SPECIAL, "a", "B", "7"]), st.characters()), max_size=30)
 
 # Inputs NATS would accept, with the characters that broke the original concatenation scheme.
 _ok_chars = st.one_of(
@@ -104,9 +104,8 @@ def is_valid_nats_subject(subject: str, *, wildcards: bool) -> bool:
     for i, tok in enumerate(toks):
         if not tok:
             return False
-        if tok in ("*", ">"):
-            if not wildcards or (tok == ">" and i != len(toks) - 1):
-                return False
+        if tok in ("*", ">") and (not wildcards or (tok == ">" and i != len(toks) - 1)):
+            return False
     return True
 
 

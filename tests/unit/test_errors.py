@@ -1,5 +1,3 @@
-import asyncio
-
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
@@ -31,6 +29,6 @@ def test_invalid_argument_names_the_field() -> None:
 def test_unknown_exceptions_become_internal_without_leaking_details() -> None:
     err = errors.to_grpc_error(KeyError("secret-internal-name"))
     assert err.status is Status.INTERNAL and "secret" not in (err.message or "")
-    assert errors.to_grpc_error(asyncio.TimeoutError()).status is Status.DEADLINE_EXCEEDED
+    assert errors.to_grpc_error(TimeoutError()).status is Status.DEADLINE_EXCEEDED
     original = GRPCError(Status.ABORTED, "as is")
     assert errors.to_grpc_error(original) is original

@@ -18,7 +18,7 @@ async def test_close_policy_delivers_what_fit_then_fails_naming_the_limit() -> N
         box.offer(msg(n))
     assert (await box.get()).sequence == 1  # type: ignore[union-attr]
     assert (await box.get()).sequence == 2  # type: ignore[union-attr]
-    with pytest.raises(ResourceExhausted, match="2 messages / 1000 bytes.*3 message"):
+    with pytest.raises(ResourceExhausted, match=r"2 messages / 1000 bytes.*3 message"):
         await box.get()
 
 
