@@ -77,7 +77,9 @@ class FlowWindow:
         self.track = track
         self.ack_all = ack_all
         self._clock = clock
-        self._out: dict[int, tuple[int, float]] = {}  # stream seq -> (bytes, deadline)
+        # stream seq -> (bytes, deadline), in deadline order (every deadline is now + ack_wait,
+        # so appending and move_to_end keep it sorted): expiry looks at the front only.
+        self._out: OrderedDict[int, tuple[int, float]] = OrderedDict()
         self.bytes = 0
         self._changed = asyncio.Event()
 
@@ -98,6 +100,7 @@ class FlowWindow:
             entry = self._out.get(seq)
             if entry is not None:
                 self._out[seq] = (entry[0], self._clock() + self.ack_wait)
+                self._out.move_to_end(seq)
             return
         if cumulative and self.ack_all:
             for done in [s for s in self._out if s <= seq]:
@@ -109,9 +112,12 @@ class FlowWindow:
     def expire(self) -> float | None:
         """Free deliveries past their ack deadline (NATS will redeliver them); next deadline."""
         now = self._clock()
-        for seq in [s for s, (_, deadline) in self._out.items() if deadline <= now]:
+        while self._out:
+            seq, (_, deadline) = next(iter(self._out.items()))
+            if deadline > now:
+                return deadline
             self._drop(seq)
-        return min((deadline for _, deadline in self._out.values()), default=None)
+        return None
 
     def room(self) -> tuple[int, int]:
         """Messages and bytes that may still be delivered."""
