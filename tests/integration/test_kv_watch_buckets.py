@@ -249,7 +249,7 @@ async def test_max_bytes_is_enforced(stub: Stub) -> None:
         pb.KvCreateBucketRequest(user_id=user, bucket="tiny", max_bytes=4096)
     )
     stored = 0
-    with pytest.raises(GRPCError) as err:  # noqa: PT012 - fills the bucket until refused
+    with pytest.raises(GRPCError) as err:
         for i in range(10):
             await put(stub, user, "tiny", f"k{i}", b"x" * 1000)
             stored += 1
