@@ -41,7 +41,7 @@ def translated(what: str) -> Iterator[None]:
     except GatewayError:
         raise
     except js_errors.NotFoundError as exc:
-        raise NotFound(f"{what}: not found") from exc
+        raise NotFound(f"{what}: {exc.description or 'not found'}") from exc
     except js_errors.APIError as exc:
         raise _from_api_error(what, exc) from exc
     except nats_errors.NoRespondersError as exc:

@@ -266,9 +266,11 @@ class PullPipe:
     and heartbeats that would overflow it are dropped (they carry no data).
     """
 
-    def __init__(self, nc: NatsClient, api_subject: str, capacity: int) -> None:
+    def __init__(self, nc: NatsClient, api_subject: str, capacity: int, target: str) -> None:
         self._nc = nc
         self._api_subject = api_subject
+        #: What is pulled from, for messages ("consumer C of stream S").
+        self.target = target
         self._inbox = nc.new_inbox()
         self._requests = 0
         self._current = ""
@@ -439,22 +441,28 @@ class JetStreamAdapter:
         name = spec.durable_name or spec.name
         suffix = f"CONSUMER.CREATE.{stream}.{name}" if name else f"CONSUMER.CREATE.{stream}"
         body = {"stream_name": stream, "config": _consumer_config(spec), "action": "create"}
-        response = await self._api(f"create consumer {name or '(unnamed)'}", suffix, body)
+        response = await self._api(
+            f"create consumer {name or '(unnamed)'} on stream {stream}", suffix, body
+        )
         return _consumer_details(response)
 
     async def delete_consumer(self, stream: str, name: str) -> None:
-        await self._api(f"delete consumer {name}", f"CONSUMER.DELETE.{stream}.{name}")
+        await self._api(
+            f"delete consumer {name} of stream {stream}", f"CONSUMER.DELETE.{stream}.{name}"
+        )
 
     async def consumer_info(self, stream: str, name: str) -> ConsumerDetails:
         return _consumer_details(
-            await self._api(f"consumer {name}", f"CONSUMER.INFO.{stream}.{name}")
+            await self._api(f"consumer {name} of stream {stream}", f"CONSUMER.INFO.{stream}.{name}")
         )
 
     async def list_consumers(self, stream: str) -> list[ConsumerDetails]:
         consumers: list[ConsumerDetails] = []
         while True:
             response = await self._api(
-                "list consumers", f"CONSUMER.LIST.{stream}", {"offset": len(consumers)}
+                f"consumers of stream {stream}",
+                f"CONSUMER.LIST.{stream}",
+                {"offset": len(consumers)},
             )
             page = response.get("consumers") or []
             consumers.extend(_consumer_details(info) for info in page)
@@ -497,7 +505,10 @@ class JetStreamAdapter:
 
     async def open_pull(self, stream: str, consumer: str, capacity: int) -> PullPipe:
         pipe = PullPipe(
-            self._nc(), f"{self._prefix()}.CONSUMER.MSG.NEXT.{stream}.{consumer}", capacity
+            self._nc(),
+            f"{self._prefix()}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+            capacity,
+            f"consumer {consumer} of stream {stream}",
         )
         await pipe.open()
         return pipe
@@ -553,7 +564,7 @@ class JetStreamAdapter:
                     break
                 raise _pull_refused(item)
             if item.code == 503:  # no responder: nothing serves this consumer's pulls
-                raise NotFound("pull: the consumer does not exist on that stream")
+                raise NotFound(f"pull: {pipe.target} does not exist")
             raise Internal(f"pull: unexpected status {item.code} {item.description}")
         return got
 

@@ -23,10 +23,11 @@ import dataclasses
 import datetime
 import functools
 import json
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -312,6 +313,39 @@ def _error_code(exc: GatewayError) -> int:
     return int(exc.status.value)
 
 
+@functools.lru_cache(maxsize=8)
+def _nats_prefix_re(root: str) -> re.Pattern[str]:
+    # root, separator, tenant key (kind letter + escaped id: never '.' or '-'), separator
+    return re.compile(rf"{re.escape(root)}[.-][uo][A-Za-z0-9_]*[.-]")
+
+
+def tenant_view(exc: GatewayError, root: str) -> GatewayError:
+    """Rewrite NATS names in an error message the way the tenant names them."""
+    exc.message = _nats_prefix_re(root).sub("", exc.message)
+    exc.args = (exc.message,)
+    return exc
+
+
+_H = TypeVar("_H", bound=Handlers)
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
+
+def tenant_errors(
+    func: Callable[[_H, _Req], Awaitable[_Resp]],
+) -> Callable[[_H, _Req], Coroutine[Any, Any, _Resp]]:
+    """Errors leaving a handler name streams and subjects as the tenant does, not as NATS."""
+
+    @functools.wraps(func)
+    async def handler(self: _H, message: _Req) -> _Resp:
+        try:
+            return await func(self, message)
+        except GatewayError as exc:
+            raise tenant_view(exc, self.settings.namespace_root) from exc.__cause__
+
+    return handler
+
+
 @dataclass(slots=True)
 class _SubjectCache:
     subjects: tuple[str, ...]
@@ -337,6 +371,7 @@ class JetStreamHandlers(Handlers):
 
     # -- streams ---------------------------------------------------------------------------------
 
+    @tenant_errors
     async def create_stream(self, message: pb.CreateStreamRequest) -> pb.CreateStreamResponse:
         ns = await self.namespace(message)
         config = message.config or pb.StreamConfig()
@@ -347,6 +382,7 @@ class JetStreamHandlers(Handlers):
             success=True, stream=stream_info_out(ns, details), message="stream ready"
         )
 
+    @tenant_errors
     async def delete_stream(self, message: pb.DeleteStreamRequest) -> pb.DeleteStreamResponse:
         ns = await self.namespace(message)
         name = ns.stream(message.stream_name)
@@ -354,11 +390,13 @@ class JetStreamHandlers(Handlers):
         self.jetstream_parts.subjects.pop(name, None)
         return pb.DeleteStreamResponse(success=True)
 
+    @tenant_errors
     async def get_stream_info(self, message: pb.GetStreamInfoRequest) -> pb.GetStreamInfoResponse:
         ns = await self.namespace(message)
         details = await self.jetstream_parts.js.stream_info(ns.stream(message.stream_name))
         return pb.GetStreamInfoResponse(stream=stream_info_out(ns, details))
 
+    @tenant_errors
     async def list_streams(self, message: pb.ListStreamsRequest) -> pb.ListStreamsResponse:
         ns = await self.namespace(message)
         streams = await self.own_streams(ns)
@@ -370,6 +408,7 @@ class JetStreamHandlers(Handlers):
         own = [d for d in found if ns.from_name(d.spec.name) is not None]
         return sorted(own, key=lambda d: d.spec.name)
 
+    @tenant_errors
     async def update_stream(self, message: pb.UpdateStreamRequest) -> pb.UpdateStreamResponse:
         ns = await self.namespace(message)
         name = ns.stream(message.stream_name)
@@ -389,6 +428,7 @@ class JetStreamHandlers(Handlers):
         self.jetstream_parts.subjects.pop(name, None)
         return pb.UpdateStreamResponse(success=True, stream=stream_info_out(ns, details))
 
+    @tenant_errors
     async def purge_stream(self, message: pb.PurgeStreamRequest) -> pb.PurgeStreamResponse:
         ns = await self.namespace(message)
         name = ns.stream(message.stream_name)
@@ -398,6 +438,7 @@ class JetStreamHandlers(Handlers):
 
     # -- consumers -------------------------------------------------------------------------------
 
+    @tenant_errors
     async def create_consumer(self, message: pb.CreateConsumerRequest) -> pb.CreateConsumerResponse:
         ns = await self.namespace(message)
         stream = ns.stream(message.stream_name)
@@ -407,6 +448,7 @@ class JetStreamHandlers(Handlers):
             success=True, consumer=consumer_info_out(ns, details), message="consumer ready"
         )
 
+    @tenant_errors
     async def delete_consumer(self, message: pb.DeleteConsumerRequest) -> pb.DeleteConsumerResponse:
         ns = await self.namespace(message)
         await self.jetstream_parts.js.delete_consumer(
@@ -414,6 +456,7 @@ class JetStreamHandlers(Handlers):
         )
         return pb.DeleteConsumerResponse(success=True)
 
+    @tenant_errors
     async def get_consumer_info(
         self, message: pb.GetConsumerInfoRequest
     ) -> pb.GetConsumerInfoResponse:
@@ -423,6 +466,7 @@ class JetStreamHandlers(Handlers):
         )
         return pb.GetConsumerInfoResponse(consumer=consumer_info_out(ns, details))
 
+    @tenant_errors
     async def list_consumers(self, message: pb.ListConsumersRequest) -> pb.ListConsumersResponse:
         ns = await self.namespace(message)
         consumers = await self.jetstream_parts.js.list_consumers(ns.stream(message.stream_name))
@@ -472,6 +516,7 @@ class JetStreamHandlers(Handlers):
                 f"{ns.from_name(stream)!r} (its subjects: {mine})",
             )
 
+    @tenant_errors
     async def publish_to_stream(
         self, message: pb.PublishToStreamRequest
     ) -> pb.PublishToStreamResponse:
@@ -492,6 +537,7 @@ class JetStreamHandlers(Handlers):
             duplicate=ack.duplicate,
         )
 
+    @tenant_errors
     async def publish_to_stream_batch(
         self, message: pb.PublishToStreamBatchRequest
     ) -> pb.PublishToStreamBatchResponse:
@@ -522,6 +568,7 @@ class JetStreamHandlers(Handlers):
                 async with limit:
                     ack = await js.publish(subject, item.data, stream=stream, headers=headers)
             except GatewayError as exc:
+                tenant_view(exc, self.settings.namespace_root)
                 text = exc.message if exc.message.startswith(field) else f"{field}: {exc.message}"
                 return pb.StreamPublishResult(
                     success=False, error=text, status_code=_error_code(exc)
@@ -555,6 +602,7 @@ class JetStreamHandlers(Handlers):
             num_pending=delivery.num_pending,
         )
 
+    @tenant_errors
     async def pull_messages(self, message: pb.PullMessagesRequest) -> pb.PullMessagesResponse:
         ns = await self.namespace(message)
         stream = ns.stream(message.stream_name)
@@ -624,6 +672,7 @@ class JetStreamHandlers(Handlers):
             cumulative=action == pb.AckAction.ACK,
         )
 
+    @tenant_errors
     async def ack_message(self, message: pb.AckMessageRequest) -> pb.AckMessageResponse:
         ns = await self.namespace(message)
         ack = self._resolve(
@@ -632,6 +681,7 @@ class JetStreamHandlers(Handlers):
         await self._act(ack, message.action)
         return pb.AckMessageResponse(success=True)
 
+    @tenant_errors
     async def nak_message(self, message: pb.NakMessageRequest) -> pb.NakMessageResponse:
         ns = await self.namespace(message)
         delay = _seconds(message.delay, "delay", maximum=MAX_NAK_DELAY)
@@ -641,6 +691,7 @@ class JetStreamHandlers(Handlers):
         await self._act(ack, pb.AckAction.NAK, delay)
         return pb.NakMessageResponse(success=True)
 
+    @tenant_errors
     async def ack_messages(self, message: pb.AckMessagesRequest) -> pb.AckMessagesResponse:
         ns = await self.namespace(message)
         _enum(_ACK_PAYLOAD, message.action, "action")
@@ -655,6 +706,7 @@ class JetStreamHandlers(Handlers):
                 async with limit:
                     await self._act(ack, message.action, delay)
             except GatewayError as exc:
+                tenant_view(exc, self.settings.namespace_root)
                 return pb.AckResult(success=False, error=exc.message, status_code=_error_code(exc))
             return pb.AckResult(success=True)
 
@@ -666,6 +718,13 @@ class JetStreamHandlers(Handlers):
     # -- continuous consumption ------------------------------------------------------------------
 
     async def consume(self, message: pb.ConsumeRequest) -> AsyncIterator[pb.ConsumeResponse]:
+        try:
+            async for response in self._consume(message):
+                yield response
+        except GatewayError as exc:
+            raise tenant_view(exc, self.settings.namespace_root) from exc.__cause__
+
+    async def _consume(self, message: pb.ConsumeRequest) -> AsyncIterator[pb.ConsumeResponse]:
         ns = await self.namespace(message)
         stream = ns.stream(message.stream_name)
         consumer = ns.consumer(message.consumer_name)

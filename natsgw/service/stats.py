@@ -22,6 +22,7 @@ from natsgw._generated.isa import nats as pb
 from natsgw.adapter.jetstream import JetStreamAdapter
 from natsgw.errors import GatewayError
 from natsgw.service.base import Handlers
+from natsgw.service.jetstream import tenant_errors
 
 log = structlog.get_logger("natsgw.service.stats")
 
@@ -38,6 +39,7 @@ class StatisticsHandlers(Handlers):
     def stats_jetstream(self) -> JetStreamAdapter:
         return JetStreamAdapter(self.adapter, self.settings.request_timeout)
 
+    @tenant_errors
     async def get_statistics(self, message: pb.GetStatisticsRequest) -> pb.GetStatisticsResponse:
         ns = await self.namespace(message)
         found = await self.stats_jetstream.list_streams(ns.subject_prefix + ">")
@@ -59,6 +61,7 @@ class StatisticsHandlers(Handlers):
             out_bytes=_int(varz.get("out_bytes")),
         )
 
+    @tenant_errors
     async def get_stream_stats(
         self, message: pb.GetStreamStatsRequest
     ) -> pb.GetStreamStatsResponse:

@@ -12,7 +12,15 @@ from grpclib.exceptions import GRPCError
 
 from natsgw._generated.isa import nats as pb
 from tests.conftest import tenant
-from tests.integration._jetstream import make_consumer, make_stream, ns_of, publish, pull, status_of
+from tests.integration._jetstream import (
+    error_of,
+    make_consumer,
+    make_stream,
+    ns_of,
+    publish,
+    pull,
+    status_of,
+)
 
 
 @dataclass
@@ -96,7 +104,12 @@ async def test_cross_tenant_attempts_are_refused_and_change_nothing(
         "GetStreamStats": stub.get_stream_stats(pb.GetStreamStatsRequest(user_id=a, stream_name=s)),
     }
     for name, call in calls.items():
-        assert await status_of(call) == Status.NOT_FOUND, name
+        error = await error_of(call)
+        assert error.status == Status.NOT_FOUND, name
+        # Told in the caller's own names: no NATS name, no tenant key, nobody else's anything.
+        assert "private" in error.message, (name, error.message)
+        assert "natsgw" not in error.message, (name, error.message)
+        assert ns_of(victim).key not in error.message, (name, error.message)
 
     # Without a stream name the attacker's own (absent) streams are searched, never the victim's.
     unnamed = pb.PublishToStreamRequest(user_id=a, subject="private.x", data=b"!")
