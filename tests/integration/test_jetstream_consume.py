@@ -183,7 +183,7 @@ async def test_consume_heartbeats_and_late_messages(stub: pb.NatsServiceStub) ->
         stub, user, "hb", "c", heartbeat=datetime.timedelta(seconds=0.2)
     ) as consumption:
         beats = await consumption.only_heartbeats(1.1)
-        assert 3 <= len(beats) <= 7
+        assert 2 <= len(beats) <= 7  # every 0.2 s; loose for loaded machines
         await publish(stub, user, "hb", "hb.late", b"late")
         response = await consumption.message(2.0)
         assert response.message is not None

@@ -407,15 +407,15 @@ async def test_in_progress_extends_and_terminate_stops(
     await make_stream(stub, user, "wpi", ["wpi"])
     await publish(stub, user, "wpi", "wpi", b"slow")
     await publish(stub, user, "wpi", "wpi", b"poison")
-    await make_consumer(stub, user, "wpi", "c", ack_wait=datetime.timedelta(seconds=1))
+    await make_consumer(stub, user, "wpi", "c", ack_wait=datetime.timedelta(seconds=1.5))
     slow, poison = await pull(stub, user, "wpi", "c", batch=2)
     await stub.ack_message(
         pb.AckMessageRequest(
             user_id=user, ack_token=poison.ack_token, action=pb.AckAction.TERMINATE
         )
     )
-    for _ in range(4):  # 2 s of work on a 1 s ack_wait, kept alive by in-progress
-        await asyncio.sleep(0.5)
+    for _ in range(6):  # 2.4 s of work on a 1.5 s ack_wait, kept alive by in-progress
+        await asyncio.sleep(0.4)
         await stub.ack_message(
             pb.AckMessageRequest(
                 user_id=user, ack_token=slow.ack_token, action=pb.AckAction.IN_PROGRESS
@@ -424,7 +424,7 @@ async def test_in_progress_extends_and_terminate_stops(
     assert await pull(stub, user, "wpi", "c", batch=2, wait=0.5) == []
     assert await ack_pending(nc, user, "wpi", "c") == 1
     # Without in-progress the slow one does come back after ack_wait; the terminated one never.
-    again = await pull(stub, user, "wpi", "c", batch=2, wait=2.0)
+    again = await pull(stub, user, "wpi", "c", batch=2, wait=3.0)
     assert [(m.data, m.num_delivered) for m in again] == [(b"slow", 2)]
 
 
