@@ -15,6 +15,8 @@ import grpclib.const
 import grpclib.server
 import structlog
 from grpclib.const import Status
+from grpclib.exceptions import StreamTerminatedError
+from h2.exceptions import StreamClosedError
 from grpclib.exceptions import GRPCError
 
 from natsgw._generated.isa import nats as pb
@@ -96,6 +98,9 @@ class NATSGateway(
                 await func(call.stream)
             except (asyncio.CancelledError, GeneratorExit):
                 cancelled = True
+                raise
+            except (StreamClosedError, StreamTerminatedError):
+                cancelled = True  # the client hung up while we were sending: nothing to report
                 raise
             except Exception as exc:
                 error = to_grpc_error(exc)

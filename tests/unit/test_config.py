@@ -22,6 +22,7 @@ def test_seed_variables_are_read() -> None:
             "NATS_JETSTREAM_ENABLED": "false",
             "GRPC_PORT": "6000",
             "GRPC_HOST": "0.0.0.0",
+            "NATSGW_TRUSTED_ALLOW_REMOTE": "true",
             "LOKI_URL": "http://loki:3100/",
             "CONSUL_ENABLED": "true",
             "CONSUL_PORT": "8501",
