@@ -157,12 +157,12 @@ class _Call:
         self.path = path
         self.rpc = path.rsplit("/", 1)[-1]
         self.started = time.perf_counter()
-        self.record = CallRecord()
-        self._record_token = current_record.set(self.record)
         info = current_call.get()
         self.peer = info.peer if info is not None else ""
         given = _metadata_text(info.metadata.get("x-request-id")) if info is not None else ""
         self.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        self.record = CallRecord(self.request_id)
+        self._record_token = current_record.set(self.record)
         self.request: Any = None
         self.ticket: Ticket | None = None
         self.stream = _ObservedStream(stream, self)

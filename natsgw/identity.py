@@ -86,10 +86,12 @@ class Authenticator(Protocol):
 class CallRecord:
     """Mutable facts the request path learns about one call, read back by the audit trail."""
 
-    __slots__ = ("principal",)
+    __slots__ = ("principal", "request_id")
 
-    def __init__(self) -> None:
+    def __init__(self, request_id: str = "") -> None:
         self.principal: Principal | None = None
+        #: The call's request id (the client's ``x-request-id``, or one made up); echoed back.
+        self.request_id = request_id
 
 
 #: Set by the gateway's handler wrapper for each call; authenticators fill it in.

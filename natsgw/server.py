@@ -17,7 +17,7 @@ from typing import cast
 import betterproto2
 import structlog
 from grpclib.const import Status
-from grpclib.events import RecvRequest, listen
+from grpclib.events import RecvRequest, SendInitialMetadata, listen
 from grpclib.exceptions import GRPCError
 from grpclib.health.check import ServiceCheck
 from grpclib.health.service import Health
@@ -35,7 +35,7 @@ from natsgw.config import AuthMode, Settings, is_loopback
 from natsgw.consul import ConsulRegistration
 from natsgw.embedded import EmbeddedNatsServer
 from natsgw.http import HttpSide
-from natsgw.identity import Authenticator, CallInfo, current_call
+from natsgw.identity import Authenticator, CallInfo, current_call, current_record
 from natsgw.metrics import MeteredSubscriptionRegistry, Metrics
 from natsgw.monitoring import NatsMonitor
 from natsgw.quotas import QuotaEnforcer, QuotaPolicy
@@ -144,6 +144,7 @@ class Gateway:
         services = ServerReflection.extend([gateway, health])
         self._server = Server(services, codec=build_codec(settings.max_message_size))
         listen(self._server, RecvRequest, self._on_request)
+        listen(self._server, SendInitialMetadata, _echo_request_id)
         await self._server.start(settings.grpc_host, settings.grpc_port, ssl=tls)
         listener = cast(asyncio.Server | None, self._server._server)
         sockets = listener.sockets if listener is not None else ()
@@ -266,3 +267,10 @@ def _peer(addr: object) -> str:
         host = str(addr[0])
         return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
     return str(addr or "")
+
+
+async def _echo_request_id(event: SendInitialMetadata) -> None:
+    """Response headers carry the call's ``x-request-id`` (the one in its audit event)."""
+    record = current_record.get()
+    if record is not None and record.request_id:
+        event.metadata["x-request-id"] = record.request_id

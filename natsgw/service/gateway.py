@@ -15,9 +15,8 @@ import grpclib.const
 import grpclib.server
 import structlog
 from grpclib.const import Status
-from grpclib.exceptions import StreamTerminatedError
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 from h2.exceptions import StreamClosedError
-from grpclib.exceptions import GRPCError
 
 from natsgw._generated.isa import nats as pb
 from natsgw.errors import to_grpc_error

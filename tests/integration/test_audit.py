@@ -224,3 +224,31 @@ async def test_audit_without_loki_still_logs_through_structlog(
     assert info.value.status == Status.UNAUTHENTICATED
     events = [e for e in logs if e["event"] == "audit"]
     assert len(events) == 1 and events[0]["status"] == "UNAUTHENTICATED"
+
+
+async def test_request_id_is_echoed_in_response_headers(make_gateway: GatewayFactory) -> None:
+    from grpclib.const import Cardinality
+
+    gw = await make_gateway()
+    channel = Channel("127.0.0.1", gw.port)
+    try:
+        for sent in ("trace-abc-123", None):
+            async with channel.request(
+                "/isa.nats.NATSService/Publish",
+                Cardinality.UNARY_UNARY,
+                pb.PublishRequest,
+                pb.PublishResponse,
+                metadata={"x-request-id": sent} if sent else None,
+            ) as stream:
+                await stream.send_message(
+                    pb.PublishRequest(user_id=tenant(), subject="x"), end=True
+                )
+                await stream.recv_initial_metadata()
+                assert (await stream.recv_message()).success
+                echoed = stream.initial_metadata["x-request-id"]
+            if sent:
+                assert echoed == sent
+            else:
+                assert len(echoed) == 32  # one made up for the call
+    finally:
+        channel.close()
