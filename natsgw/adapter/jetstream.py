@@ -13,7 +13,7 @@ import contextlib
 import datetime
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -38,6 +38,7 @@ from natsgw.adapter.types import (
     StreamStateValue,
 )
 from natsgw.errors import (
+    DeadlineExceeded,
     FailedPrecondition,
     GatewayError,
     Internal,
@@ -503,6 +504,69 @@ class JetStreamAdapter:
             duplicate=bool(response.get("duplicate", False)),
         )
 
+    async def publish_many(
+        self,
+        items: Sequence[tuple[str, bytes, Mapping[str, str]]],
+        *,
+        stream: str,
+        inflight: int,
+        timeout: float | None = None,
+    ) -> list[StreamPubAck | GatewayError]:
+        """Store many messages, ``inflight`` at a time; one result per item, in order.
+
+        One reply subscription serves the whole batch (each publish replies to ``<inbox>.<n>``),
+        so a message costs one PUB and one reply, not a request's own future and timer. A
+        message whose acknowledgement does not come in time is DEADLINE_EXCEEDED: NATS may
+        still have stored it (publish it again with the same Nats-Msg-Id to be sure).
+        """
+        nc = self._nc()
+        wait = timeout or self._timeout
+        results: list[StreamPubAck | GatewayError | None] = [None] * len(items)
+        loop = asyncio.get_running_loop()
+        waiting: dict[int, asyncio.Future[Msg]] = {}
+        inbox = nc.new_inbox()
+
+        async def on_reply(msg: Msg) -> None:
+            future = waiting.pop(int(msg.subject.rpartition(".")[2]), None)
+            if future is not None and not future.done():
+                future.set_result(msg)
+
+        with translated("stream publish replies"):
+            sub = await nc.subscribe(f"{inbox}.*", cb=on_reply)
+        try:
+            for start in range(0, len(items), max(inflight, 1)):
+                chunk = range(start, min(start + max(inflight, 1), len(items)))
+                for index in chunk:
+                    subject, data, headers = items[index]
+                    hdrs = {**headers, "Nats-Expected-Stream": stream}
+                    try:
+                        self._core.check_payload(data, hdrs)
+                        waiting[index] = loop.create_future()
+                        with translated(f"publish to stream {stream}"):
+                            await nc.publish(subject, data, reply=f"{inbox}.{index}", headers=hdrs)
+                    except GatewayError as exc:
+                        waiting.pop(index, None)
+                        results[index] = exc
+                pending = {i: waiting[i] for i in chunk if i in waiting}
+                if pending:
+                    await asyncio.wait(pending.values(), timeout=wait)
+                for index, future in pending.items():
+                    results[index] = (
+                        _pub_ack(future.result(), subject=items[index][0], stream=stream)
+                        if future.done()
+                        else DeadlineExceeded(
+                            f"publish to stream {stream}: no acknowledgement within {wait:g}s; "
+                            "it may or may not be stored"
+                        )
+                    )
+                    waiting.pop(index, None)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # connection closed: the server forgot it already
+                log.debug("publish_unsubscribe_ignored", error=type(exc).__name__)
+        return [r if r is not None else Internal("publish: no result") for r in results]
+
     async def open_pull(self, stream: str, consumer: str, capacity: int) -> PullPipe:
         pipe = PullPipe(
             self._nc(),
@@ -579,6 +643,27 @@ class JetStreamAdapter:
                     "nothing takes acknowledgements for this delivery: its consumer was deleted, "
                     "or it has ack_policy none (nothing to acknowledge)"
                 ) from None
+
+
+def _pub_ack(msg: Msg, *, subject: str, stream: str) -> StreamPubAck | GatewayError:
+    """A stream publish's reply: its PubAck, or the error NATS (or nobody) answered."""
+    headers = msg.headers or {}
+    if not msg.data and headers.get(_STATUS) == "503":
+        return NotFound(f"no stream captures subject {subject!r} (was stream {stream} deleted?)")
+    try:
+        with translated(f"publish to stream {stream}"):
+            response = json.loads(msg.data)
+            if "error" in response:
+                raise js_errors.APIError.from_error(response["error"])
+    except GatewayError as exc:
+        return exc
+    except ValueError:
+        return Internal(f"publish to stream {stream}: unreadable acknowledgement")
+    return StreamPubAck(
+        stream=str(response.get("stream", "")),
+        sequence=int(response.get("seq", 0)),
+        duplicate=bool(response.get("duplicate", False)),
+    )
 
 
 def _pull_refused(status: PullStatus) -> GatewayError:

@@ -33,7 +33,7 @@ import structlog
 
 from natsgw._generated.isa import nats as pb
 from natsgw.acks import AckSubject, AckTokens, parse_ack_subject
-from natsgw.adapter.core import backoff_delay
+from natsgw.adapter.core import backoff_delay, check_headers
 from natsgw.adapter.jetstream import (
     JetStreamAdapter,
     PullPipe,
@@ -550,10 +550,18 @@ class JetStreamHandlers(Handlers):
             first = ns.subject(message.messages[0].subject, "messages[0].subject")
             stream = await self._target_stream(ns, "", first)
         subjects = await self._stream_subjects(stream)
-        js = self.jetstream_parts.js
-        limit = asyncio.Semaphore(self.settings.stream_publish_inflight)
+        root = self.settings.namespace_root
+        results: list[pb.StreamPublishResult | None] = [None] * len(message.messages)
+        batch: list[tuple[str, bytes, dict[str, str]]] = []
+        positions: list[int] = []
 
-        async def one(index: int, item: pb.StreamMessage) -> pb.StreamPublishResult:
+        def refused(index: int, exc: GatewayError) -> pb.StreamPublishResult:
+            field = f"messages[{index}]"
+            text = tenant_view(exc, root).message
+            text = text if text.startswith(field) else f"{field}: {text}"
+            return pb.StreamPublishResult(success=False, error=text, status_code=_error_code(exc))
+
+        for index, item in enumerate(message.messages):
             field = f"messages[{index}]"
             try:
                 subject = ns.subject(item.subject, f"{field}.subject")
@@ -562,24 +570,29 @@ class JetStreamHandlers(Handlers):
                         f"{field}.subject",
                         f"{item.subject!r} is not captured by stream {ns.from_name(stream)!r}",
                     )
-                headers = dict(item.headers)
-                if item.msg_id:
-                    headers["Nats-Msg-Id"] = item.msg_id
-                async with limit:
-                    ack = await js.publish(subject, item.data, stream=stream, headers=headers)
+                check_headers(item.headers, f"{field}.headers")
             except GatewayError as exc:
-                tenant_view(exc, self.settings.namespace_root)
-                text = exc.message if exc.message.startswith(field) else f"{field}: {exc.message}"
-                return pb.StreamPublishResult(
-                    success=False, error=text, status_code=_error_code(exc)
+                results[index] = refused(index, exc)
+                continue
+            headers = dict(item.headers)
+            if item.msg_id:
+                headers["Nats-Msg-Id"] = item.msg_id
+            batch.append((subject, item.data, headers))
+            positions.append(index)
+        outcomes = await self.jetstream_parts.js.publish_many(
+            batch, stream=stream, inflight=self.settings.stream_publish_inflight
+        )
+        for index, outcome in zip(positions, outcomes, strict=True):
+            results[index] = (
+                refused(index, outcome)
+                if isinstance(outcome, GatewayError)
+                else pb.StreamPublishResult(
+                    success=True, sequence=outcome.sequence, duplicate=outcome.duplicate
                 )
-            return pb.StreamPublishResult(
-                success=True, sequence=ack.sequence, duplicate=ack.duplicate
             )
-
-        results = await asyncio.gather(*(one(i, m) for i, m in enumerate(message.messages)))
+        done = [r for r in results if r is not None]
         return pb.PublishToStreamBatchResponse(
-            published_count=sum(1 for r in results if r.success), results=list(results)
+            published_count=sum(1 for r in done if r.success), results=done
         )
 
     # -- pulling ---------------------------------------------------------------------------------
