@@ -10,9 +10,9 @@ calls, one audit event. Handlers are untouched.
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from typing import Any, Protocol
 
 import structlog
@@ -160,13 +160,13 @@ class _Call:
         info = current_call.get()
         self.peer = info.peer if info is not None else ""
         given = _metadata_text(info.metadata.get("x-request-id")) if info is not None else ""
-        self.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        self.request_id = given if _REQUEST_ID.fullmatch(given) else os.urandom(16).hex()
         self.record = CallRecord(self.request_id)
         self._record_token = current_record.set(self.record)
         self.request: Any = None
         self.ticket: Ticket | None = None
         self.stream = _ObservedStream(stream, self)
-        observer.metrics.in_flight.labels(self.rpc).inc()
+        observer.metrics.started(self.rpc)
 
     async def admit(self, request: Any) -> None:
         """First request decoded: check credentials and quotas before the handler runs."""
@@ -199,12 +199,8 @@ class _Call:
                 self.ticket.release()
             status = Status.CANCELLED if cancelled else (error.status if error else Status.OK)
             elapsed = time.perf_counter() - self.started
-            metrics = self.observer.metrics
-            metrics.in_flight.labels(self.rpc).dec()
-            metrics.calls.labels(self.rpc, status.name).inc()
-            metrics.latency.labels(self.rpc).observe(elapsed)
-            if status not in (Status.OK, Status.CANCELLED):
-                metrics.errors.labels(self.rpc, status.name).inc()
+            failed = status not in (Status.OK, Status.CANCELLED)
+            self.observer.metrics.ended(self.rpc, status.name, elapsed, failed)
             if status in REFUSED or is_state_changing(self.rpc):
                 self._audit(status, error, elapsed)
         finally:

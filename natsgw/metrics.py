@@ -20,6 +20,7 @@ Read at scrape time from the gateway's parts:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -145,6 +146,30 @@ class Metrics:
         self.quota_refusals = Counter(
             "natsgw_quota_refusals", "Calls refused by a quota", ["quota"], registry=r
         )
+
+        self._per_rpc: dict[str, tuple[Any, Any]] = {}
+        self._per_status: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def started(self, rpc: str) -> None:
+        children = self._per_rpc.get(rpc)
+        if children is None:
+            children = (self.in_flight.labels(rpc), self.latency.labels(rpc))
+            self._per_rpc[rpc] = children
+        children[0].inc()
+
+    def ended(self, rpc: str, status: str, seconds: float, error: bool) -> None:
+        """One call is over (label children cached: this runs on every call)."""
+        in_flight, latency = self._per_rpc[rpc]
+        in_flight.dec()
+        latency.observe(seconds)
+        key = (rpc, status)
+        counters = self._per_status.get(key)
+        if counters is None:
+            counters = (self.calls.labels(rpc, status), self.errors.labels(rpc, status))
+            self._per_status[key] = counters
+        counters[0].inc()
+        if error:
+            counters[1].inc()
 
     def bind(
         self,
