@@ -137,15 +137,21 @@ class UpbBridge:
         return bytes(self.to_upb(message).SerializeToString())
 
 
+#: Room a request needs beside its payload (ids, subject, headers), so that a payload of exactly
+#: NATSGW_MAX_MESSAGE_SIZE (the embedded server's max_payload) still fits in one gRPC message.
+ENVELOPE_ALLOWANCE = 64 * 1024
+
+
 class GatewayCodec(ProtoCodec):
     """grpclib codec: upb-bridged for registered dataclasses, plain protobuf for the rest.
 
-    ``max_message_size`` is read by natsgw.wire.compression when it receives a frame.
+    ``max_message_size`` (the largest payload plus :data:`ENVELOPE_ALLOWANCE`) is read by
+    natsgw.wire.compression when it receives a frame.
     """
 
-    def __init__(self, bridge: UpbBridge | None, max_message_size: int) -> None:
+    def __init__(self, bridge: UpbBridge | None, max_payload: int) -> None:
         self.bridge = bridge
-        self.max_message_size = max_message_size
+        self.max_message_size = max_payload + ENVELOPE_ALLOWANCE
 
     def encode(self, message: Any, message_type: Any) -> bytes:
         bridge = self.bridge

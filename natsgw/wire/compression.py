@@ -38,7 +38,7 @@ def _too_large(size: int, limit: int, what: str) -> GRPCError:
     return GRPCError(
         Status.RESOURCE_EXHAUSTED,
         f"request message is {size} bytes{what}; the gateway accepts at most {limit} bytes "
-        "(NATSGW_MAX_MESSAGE_SIZE)",
+        "(NATSGW_MAX_MESSAGE_SIZE plus 64 KiB for the request's other fields)",
     )
 
 

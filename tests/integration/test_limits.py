@@ -62,7 +62,8 @@ async def test_request_message_over_the_gateway_limit_is_resource_exhausted(
     try:
         with pytest.raises(GRPCError) as info:
             await pb.NatsServiceStub(channel).publish(
-                pb.PublishRequest(user_id=tenant(), subject="x", data=b"y" * (40 * KIB))
+                # over 32 KiB of payload plus the 64 KiB envelope allowance
+                pb.PublishRequest(user_id=tenant(), subject="x", data=b"y" * (100 * KIB))
             )
     finally:
         channel.close()
@@ -70,11 +71,11 @@ async def test_request_message_over_the_gateway_limit_is_resource_exhausted(
     assert "NATSGW_MAX_MESSAGE_SIZE" in (info.value.message or "")
 
 
-async def test_ten_mebibyte_payload_goes_through_intact(
+async def test_payload_of_exactly_max_payload_goes_through_intact(
     stub: pb.NatsServiceStub, nc: nats.NATS
 ) -> None:
     user = tenant()
-    payload = bytes(range(256)) * (10 * 4096 - 1)  # just under 10 MiB with the envelope
+    payload = bytes(range(256)) * (10 * 4096)  # exactly the default max_payload, 10 MiB
     sub = await nc.subscribe(Namespace(Tenant.user(user)).subject("huge"))
     await stub.publish(pb.PublishRequest(user_id=user, subject="huge", data=payload))
     assert (await sub.next_msg(timeout=5)).data == payload
