@@ -373,7 +373,7 @@ class JetStreamAdapter:
                 msg = await nc.request(subject, payload, timeout=self._timeout)
             except NoRespondersError:
                 raise Unavailable(f"{what}: JetStream is not enabled or not answering") from None
-            response = json.loads(msg.data)
+            response = _json(msg, what)
             if "error" in response:
                 raise js_errors.APIError.from_error(response["error"])
         return response
@@ -495,7 +495,7 @@ class JetStreamAdapter:
                 raise NotFound(
                     f"no stream captures subject {subject!r} (was stream {stream} deleted?)"
                 ) from None
-            response = json.loads(msg.data)
+            response = _json(msg, f"publish to stream {stream}")
             if "error" in response:
                 raise js_errors.APIError.from_error(response["error"])
         return StreamPubAck(
@@ -514,14 +514,60 @@ class JetStreamAdapter:
     ) -> list[StreamPubAck | GatewayError]:
         """Store many messages, ``inflight`` at a time; one result per item, in order.
 
-        One reply subscription serves the whole batch (each publish replies to ``<inbox>.<n>``),
-        so a message costs one PUB and one reply, not a request's own future and timer. A
-        message whose acknowledgement does not come in time is DEADLINE_EXCEEDED: NATS may
+        A message whose acknowledgement does not come in time is DEADLINE_EXCEEDED: NATS may
         still have stored it (publish it again with the same Nats-Msg-Id to be sure).
+        """
+        what = f"publish to stream {stream}"
+        requests: list[tuple[str, bytes, dict[str, str]] | GatewayError] = []
+        for subject, data, headers in items:
+            hdrs = {**headers, "Nats-Expected-Stream": stream}
+            try:
+                self._core.check_payload(data, hdrs)
+            except GatewayError as exc:
+                requests.append(exc)
+                continue
+            requests.append((subject, data, hdrs))
+        replies = await self._request_many(requests, inflight, timeout, what)
+        return [
+            reply
+            if isinstance(reply, GatewayError)
+            else _pub_ack(reply, subject=items[index][0], stream=stream)
+            for index, reply in enumerate(replies)
+        ]
+
+    async def ack_many(
+        self, acks: Sequence[tuple[str, bytes]], *, inflight: int, timeout: float | None = None
+    ) -> list[GatewayError | None]:
+        """Send many ack/nak/progress/term and wait until the server processed each one."""
+        requests: list[tuple[str, bytes, dict[str, str]] | GatewayError] = [
+            (reply, payload, {}) for reply, payload in acks
+        ]
+        replies = await self._request_many(requests, inflight, timeout, "acknowledge")
+        return [
+            reply
+            if isinstance(reply, GatewayError)
+            else (_nobody_acks() if _no_responders(reply) else None)
+            for reply in replies
+        ]
+
+    async def _request_many(
+        self,
+        requests: Sequence[tuple[str, bytes, dict[str, str]] | GatewayError],
+        inflight: int,
+        timeout: float | None,
+        what: str,
+    ) -> list[Msg | GatewayError]:
+        """Requests in windows of ``inflight``, all answered on one reply subscription.
+
+        Each request replies to ``<inbox>.<n>``, so a request costs one PUB and one reply, not a
+        request's own future, timer and subscription lookup. Items that are already errors stay.
         """
         nc = self._nc()
         wait = timeout or self._timeout
-        results: list[StreamPubAck | GatewayError | None] = [None] * len(items)
+        step = max(inflight, 1)
+        results: list[Msg | GatewayError | None] = [
+            r if isinstance(r, GatewayError) else None for r in requests
+        ]
         loop = asyncio.get_running_loop()
         waiting: dict[int, asyncio.Future[Msg]] = {}
         inbox = nc.new_inbox()
@@ -531,41 +577,43 @@ class JetStreamAdapter:
             if future is not None and not future.done():
                 future.set_result(msg)
 
-        with translated("stream publish replies"):
+        with translated(f"{what} (replies)"):
             sub = await nc.subscribe(f"{inbox}.*", cb=on_reply)
         try:
-            for start in range(0, len(items), max(inflight, 1)):
-                chunk = range(start, min(start + max(inflight, 1), len(items)))
-                for index in chunk:
-                    subject, data, headers = items[index]
-                    hdrs = {**headers, "Nats-Expected-Stream": stream}
+            for start in range(0, len(requests), step):
+                pending: dict[int, asyncio.Future[Msg]] = {}
+                for index in range(start, min(start + step, len(requests))):
+                    request = requests[index]
+                    if isinstance(request, GatewayError):
+                        continue
+                    subject, data, headers = request
+                    future: asyncio.Future[Msg] = loop.create_future()
+                    waiting[index] = pending[index] = future
                     try:
-                        self._core.check_payload(data, hdrs)
-                        waiting[index] = loop.create_future()
-                        with translated(f"publish to stream {stream}"):
-                            await nc.publish(subject, data, reply=f"{inbox}.{index}", headers=hdrs)
+                        with translated(what):
+                            await nc.publish(
+                                subject, data, reply=f"{inbox}.{index}", headers=headers or None
+                            )
                     except GatewayError as exc:
-                        waiting.pop(index, None)
+                        del waiting[index], pending[index]
                         results[index] = exc
-                pending = {i: waiting[i] for i in chunk if i in waiting}
                 if pending:
                     await asyncio.wait(pending.values(), timeout=wait)
                 for index, future in pending.items():
+                    waiting.pop(index, None)
                     results[index] = (
-                        _pub_ack(future.result(), subject=items[index][0], stream=stream)
+                        future.result()
                         if future.done()
                         else DeadlineExceeded(
-                            f"publish to stream {stream}: no acknowledgement within {wait:g}s; "
-                            "it may or may not be stored"
+                            f"{what}: no answer within {wait:g}s; it may or may not have happened"
                         )
                     )
-                    waiting.pop(index, None)
         finally:
             try:
                 await sub.unsubscribe()
             except Exception as exc:  # connection closed: the server forgot it already
-                log.debug("publish_unsubscribe_ignored", error=type(exc).__name__)
-        return [r if r is not None else Internal("publish: no result") for r in results]
+                log.debug("reply_unsubscribe_ignored", error=type(exc).__name__)
+        return [r if r is not None else Internal(f"{what}: no result") for r in results]
 
     async def open_pull(self, stream: str, consumer: str, capacity: int) -> PullPipe:
         pipe = PullPipe(
@@ -639,16 +687,34 @@ class JetStreamAdapter:
             try:
                 await nc.request(reply, payload, timeout=timeout or self._timeout)
             except NoRespondersError:
-                raise FailedPrecondition(
-                    "nothing takes acknowledgements for this delivery: its consumer was deleted, "
-                    "or it has ack_policy none (nothing to acknowledge)"
-                ) from None
+                raise _nobody_acks() from None
+
+
+def _json(msg: Msg, what: str) -> Any:
+    """A JetStream API reply's JSON; a reply that is not JSON is reported, not crashed on."""
+    try:
+        return json.loads(msg.data)
+    except ValueError:
+        status = (msg.headers or {}).get(_STATUS, "")
+        raise Unavailable(
+            f"{what}: JetStream answered without a JSON body (status {status or 'none'}); retry"
+        ) from None
+
+
+def _no_responders(msg: Msg) -> bool:
+    return not msg.data and (msg.headers or {}).get(_STATUS) == "503"
+
+
+def _nobody_acks() -> FailedPrecondition:
+    return FailedPrecondition(
+        "nothing takes acknowledgements for this delivery: its consumer was deleted, "
+        "or it has ack_policy none (nothing to acknowledge)"
+    )
 
 
 def _pub_ack(msg: Msg, *, subject: str, stream: str) -> StreamPubAck | GatewayError:
     """A stream publish's reply: its PubAck, or the error NATS (or nobody) answered."""
-    headers = msg.headers or {}
-    if not msg.data and headers.get(_STATUS) == "503":
+    if _no_responders(msg):
         return NotFound(f"no stream captures subject {subject!r} (was stream {stream} deleted?)")
     try:
         with translated(f"publish to stream {stream}"):

@@ -673,10 +673,11 @@ class JetStreamHandlers(Handlers):
         return _ack_subject(reply)
 
     async def _act(self, ack: AckSubject, action: pb.AckAction, delay: float = 0.0) -> None:
-        payload = _enum(_ACK_PAYLOAD, action, "action")
-        if action == pb.AckAction.NAK and delay > 0:
-            payload += b" " + json.dumps({"delay": int(delay * 1e9)}).encode()
-        await self.jetstream_parts.js.ack(ack.subject, payload)
+        await self.jetstream_parts.js.ack(ack.subject, _ack_payload(action, delay))
+        self._settled(ack, action)
+
+    def _settled(self, ack: AckSubject, action: pb.AckAction) -> None:
+        """Tell this replica's Consume windows that a delivery was acted on."""
         self.jetstream_parts.windows.settle(
             ack.stream,
             ack.consumer,
@@ -709,24 +710,36 @@ class JetStreamHandlers(Handlers):
         ns = await self.namespace(message)
         _enum(_ACK_PAYLOAD, message.action, "action")
         delay = _seconds(message.nak_delay, "nak_delay", maximum=MAX_NAK_DELAY)
-        limit = asyncio.Semaphore(self.settings.stream_publish_inflight)
+        payload = _ack_payload(message.action, delay)
+        root = self.settings.namespace_root
+        results: list[pb.AckResult | None] = [None] * len(message.ack_tokens)
+        resolved: list[AckSubject] = []
+        positions: list[int] = []
 
-        async def one(index: int, token: str) -> pb.AckResult:
+        def refused(exc: GatewayError) -> pb.AckResult:
+            text = tenant_view(exc, root).message
+            return pb.AckResult(success=False, error=text, status_code=_error_code(exc))
+
+        for index, token in enumerate(message.ack_tokens):
             try:
                 if not token:
                     raise InvalidArgument(f"ack_tokens[{index}]", "must not be empty")
-                ack = self._resolve(ns, token, "", "", 0, f"ack_tokens[{index}]")
-                async with limit:
-                    await self._act(ack, message.action, delay)
+                resolved.append(self._resolve(ns, token, "", "", 0, f"ack_tokens[{index}]"))
+                positions.append(index)
             except GatewayError as exc:
-                tenant_view(exc, self.settings.namespace_root)
-                return pb.AckResult(success=False, error=exc.message, status_code=_error_code(exc))
-            return pb.AckResult(success=True)
-
-        results = await asyncio.gather(*(one(i, t) for i, t in enumerate(message.ack_tokens)))
-        return pb.AckMessagesResponse(
-            succeeded=sum(1 for r in results if r.success), results=list(results)
+                results[index] = refused(exc)
+        outcomes = await self.jetstream_parts.js.ack_many(
+            [(ack.subject, payload) for ack in resolved],
+            inflight=self.settings.stream_publish_inflight,
         )
+        for index, ack, outcome in zip(positions, resolved, outcomes, strict=True):
+            if outcome is None:
+                self._settled(ack, message.action)
+                results[index] = pb.AckResult(success=True)
+            else:
+                results[index] = refused(outcome)
+        done = [r for r in results if r is not None]
+        return pb.AckMessagesResponse(succeeded=sum(1 for r in done if r.success), results=done)
 
     # -- continuous consumption ------------------------------------------------------------------
 
@@ -786,6 +799,13 @@ class JetStreamHandlers(Handlers):
 async def _stop_on_end(mailbox: Mailbox, session: _ConsumeSession) -> None:
     await mailbox.get()  # returns None once the gateway ends its streams
     session.stop()
+
+
+def _ack_payload(action: pb.AckAction, delay: float) -> bytes:
+    payload = _enum(_ACK_PAYLOAD, action, "action")
+    if action == pb.AckAction.NAK and delay > 0:
+        payload += b" " + json.dumps({"delay": int(delay * 1e9)}).encode()
+    return payload
 
 
 def _ack_subject(reply: str) -> AckSubject:

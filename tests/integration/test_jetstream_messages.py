@@ -187,6 +187,32 @@ async def test_publish_batch_refuses_per_message_even_the_first(
     assert (empty.published_count, empty.results) == (0, [])
 
 
+async def test_batch_results_when_nats_refuses(stub: pb.NatsServiceStub, nc: nats.NATS) -> None:
+    """NATS's own refusals reach each message: stream gone, nothing to acknowledge."""
+    user = tenant()
+    await make_stream(stub, user, "vanish", ["vanish"])
+    one = [pb.StreamMessage(subject="vanish", data=b"x")]
+    first = await stub.publish_to_stream_batch(
+        pb.PublishToStreamBatchRequest(user_id=user, stream_name="vanish", messages=one)
+    )
+    assert first.published_count == 1  # the gateway now caches the stream's subjects briefly
+    await make_consumer(stub, user, "vanish", "none", ack_policy=pb.AckPolicy.ACK_NONE)
+    (delivered,) = await pull(stub, user, "vanish", "none")
+    acks = await stub.ack_messages(
+        pb.AckMessagesRequest(user_id=user, ack_tokens=[delivered.ack_token])
+    )
+    assert acks.succeeded == 0
+    assert acks.results[0].status_code == Status.FAILED_PRECONDITION.value
+    assert "ack_policy none" in acks.results[0].error
+    await nc.jetstream().delete_stream(ns_of(user).stream("vanish"))
+    gone = await stub.publish_to_stream_batch(
+        pb.PublishToStreamBatchRequest(user_id=user, stream_name="vanish", messages=one * 3)
+    )
+    assert gone.published_count == 0
+    assert {r.status_code for r in gone.results} == {Status.NOT_FOUND.value}
+    assert all("natsgw" not in r.error for r in gone.results)
+
+
 # -- pulling ---------------------------------------------------------------------------------------
 
 
