@@ -449,10 +449,17 @@ def _log_level(raw: str) -> str:
     return level
 
 
+class SecretStr(str):
+    """A secret setting: a plain str to use, but printed (repr) as ``'***'``."""
+
+    def __repr__(self) -> str:
+        return "'***'" if self else "''"
+
+
 def _secret(raw: str) -> str:
     if len(raw.encode()) < 16:
         raise ValueError("must be at least 16 bytes long")
-    return raw
+    return SecretStr(raw)
 
 
 def _log_format(raw: str) -> str:
