@@ -27,13 +27,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from natsgw.config import ConfigError, Settings
-from natsgw.errors import Unauthenticated
+from natsgw.errors import Unauthenticated, Unavailable
 from natsgw.identity import Identity
 
 log = structlog.get_logger("natsgw.auth")
 
 #: Refetch the JWKS for an unknown key id at most this often.
 _MIN_REFETCH = 10.0
+#: Without any key (the JWKS could not be fetched), try again at most this often.
+_RETRY_EMPTY = 2.0
 _FETCH_TIMEOUT = 5.0
 
 
@@ -100,6 +102,7 @@ class JwksCache:
         self.refresh = refresh
         self._keys: list[_Key] = []
         self._fetched = 0.0
+        self.last_error = ""
         self._lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
 
@@ -115,17 +118,21 @@ class JwksCache:
                 doc = await response.json(content_type=None)
             keys = _keys_from_jwks(doc if isinstance(doc, dict) else {})
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            log.warning("jwks_fetch_failed", url=self.url, error=str(exc) or type(exc).__name__)
+            self.last_error = str(exc) or type(exc).__name__
+            log.warning("jwks_fetch_failed", url=self.url, error=self.last_error)
             return
+        self.last_error = ""
         self._keys = keys
         log.info("jwks_fetched", url=self.url, keys=len(keys))
 
     async def keys(self, kid: str | None) -> list[_Key]:
         async with self._lock:
             age = time.monotonic() - self._fetched
-            stale = not self._keys or age > self.refresh
+            never = self._fetched == 0.0
+            stale = age > self.refresh
+            missing = not self._keys and age > _RETRY_EMPTY  # IdP was down: retry, gently
             unknown = kid is not None and all(k.kid != kid for k in self._keys)
-            if stale or (unknown and age > _MIN_REFETCH):
+            if never or stale or missing or (unknown and age > _MIN_REFETCH):
                 await self._fetch()
             return self._keys
 
@@ -218,6 +225,12 @@ class JwtVerifier:
         if kid is None and len(usable) > 1:
             raise Unauthenticated("token has no 'kid' header and several keys could verify it")
         if not usable:
+            if self._jwks is not None and not keys and self._jwks.last_error:
+                # The identity provider is unreachable: not the caller's fault, and retryable.
+                raise Unavailable(
+                    f"cannot verify tokens right now: the JWKS at {self._jwks.url} is "
+                    f"unreachable ({self._jwks.last_error}); retry shortly"
+                )
             if self._jwks is not None and kid is not None:
                 raise Unauthenticated(f"token signed with unknown key id {kid!r}")
             raise Unauthenticated(f"no configured key verifies {alg} tokens")

@@ -46,11 +46,22 @@ async def expect_status(call: Awaitable[Any], status: Status) -> GRPCError:
     return info.value
 
 
+async def settled(nc: nats.NATS) -> None:
+    """Make sure the server has processed this client's subscriptions.
+
+    nats-py 2.16's ``flush()`` writes its PING straight to the socket, possibly ahead of a SUB
+    still queued for its flusher task, so one PONG does not prove the SUB was read. By the time
+    that PONG is back the flusher has written the SUB; a second PING is then queued behind it.
+    """
+    await nc.flush()
+    await nc.flush()
+
+
 async def lands_in(nc: nats.NATS, ns: Namespace, send: Callable[[str], Awaitable[Any]]) -> bytes:
     """Publish through the gateway (``send(subject)``); return what NATS delivered in ``ns``."""
     subject = f"probe.{time.monotonic_ns()}"
     sub = await nc.subscribe(ns.subject(subject))
-    await nc.flush()
+    await settled(nc)
     await send(subject)
     msg = await sub.next_msg(timeout=2)
     await sub.unsubscribe()
@@ -153,6 +164,7 @@ async def test_token_acting_for_another_user_is_permission_denied(
 ) -> None:
     victim = tenant("victim")
     sub = await nc.subscribe(user_ns(victim).subject("secret"))
+    await settled(nc)
     error = await expect_status(
         token_gw.stub.publish(
             pb.PublishRequest(user_id=victim, subject="secret", data=b"x"),
@@ -224,7 +236,7 @@ async def test_token_mode_with_a_grpcio_client(token_gw: TokenSetup, nc: nats.NA
 
     ns = user_ns(token_gw.alice)
     sub = await nc.subscribe(ns.subject("grpcio.ok"))
-    await nc.flush()
+    await settled(nc)
 
     def calls() -> tuple[Any, Any]:
         with grpc.insecure_channel(f"127.0.0.1:{token_gw.gateway.port}") as channel:
@@ -532,3 +544,37 @@ def test_token_file_errors_name_the_variable(tmp_path: Path) -> None:
         Gateway(
             Settings(auth_mode=AuthMode.TOKEN, auth_tokens_file=path),
         )
+
+
+async def test_jwks_unreachable_is_unavailable_then_recovers(
+    make_gateway: Callable[..., Awaitable[Gateway]],
+) -> None:
+    from tests.integration._security import free_port
+
+    port = free_port()
+    gw = await make_gateway(
+        auth_mode=AuthMode.JWT,
+        jwt_jwks_url=f"http://127.0.0.1:{port}/.well-known/jwks.json",
+        jwt_algorithms=("ES256",),
+        jwt_audience=AUDIENCE,
+    )
+    key = ec_key()
+    token = jwt.encode(claims(tenant()), key, algorithm="ES256", headers={"kid": "k1"})
+    channel = Channel("127.0.0.1", gw.port)
+    stub = pb.NatsServiceStub(channel)
+    jwks = FakeJwks()
+    try:
+        # The identity provider is down: a retryable UNAVAILABLE, not "your token is bad".
+        error = await expect_status(
+            stub.publish(pb.PublishRequest(subject="x"), metadata=bearer(token)),
+            Status.UNAVAILABLE,
+        )
+        assert "JWKS" in (error.message or "")
+        jwks.keys = [jwk_of(key, "k1")]
+        await jwks.start(port)
+        gw.authenticator.verifier._jwks._fetched -= 5  # type: ignore[attr-defined]
+        reply = await stub.publish(pb.PublishRequest(subject="x"), metadata=bearer(token))
+        assert reply.success
+    finally:
+        channel.close()
+        await jwks.stop()
