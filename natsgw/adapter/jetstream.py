@@ -497,7 +497,7 @@ class JetStreamAdapter:
                 ) from None
             response = _json(msg, f"publish to stream {stream}")
             if "error" in response:
-                raise js_errors.APIError.from_error(response["error"])
+                raise _publish_refused(response["error"], f"publish to stream {stream}")
         return StreamPubAck(
             stream=str(response.get("stream", "")),
             sequence=int(response.get("seq", 0)),
@@ -712,6 +712,18 @@ def _nobody_acks() -> FailedPrecondition:
     )
 
 
+def _publish_refused(error: Mapping[str, Any], what: str) -> Exception:
+    """A refused stream publish: a failed expectation header is FAILED_PRECONDITION."""
+    reason = str(error.get("description", ""))
+    if "wrong last" in reason:  # Nats-Expected-Last-Sequence / -Subject-Sequence / -Msg-Id
+        return FailedPrecondition(f"{what}: {reason}")
+    try:
+        js_errors.APIError.from_error(dict(error))  # raises the matching nats-py error
+    except js_errors.APIError as exc:
+        return exc
+    return Internal(f"{what}: {reason or 'refused'}")
+
+
 def _pub_ack(msg: Msg, *, subject: str, stream: str) -> StreamPubAck | GatewayError:
     """A stream publish's reply: its PubAck, or the error NATS (or nobody) answered."""
     if _no_responders(msg):
@@ -720,7 +732,7 @@ def _pub_ack(msg: Msg, *, subject: str, stream: str) -> StreamPubAck | GatewayEr
         with translated(f"publish to stream {stream}"):
             response = json.loads(msg.data)
             if "error" in response:
-                raise js_errors.APIError.from_error(response["error"])
+                raise _publish_refused(response["error"], f"publish to stream {stream}")
     except GatewayError as exc:
         return exc
     except ValueError:

@@ -124,6 +124,42 @@ async def test_msg_id_deduplicates(stub: pb.NatsServiceStub, nc: nats.NATS) -> N
     assert (await nc.jetstream().stream_info(ns_of(user).stream("dedup"))).state.messages == 2
 
 
+async def test_expectation_headers_are_failed_precondition(
+    stub: pb.NatsServiceStub, nc: nats.NATS
+) -> None:
+    """Nats-Expected-Last-Sequence (optimistic concurrency) passes through, NATS enforces it."""
+    user = tenant()
+    await make_stream(stub, user, "occ", ["occ"])
+    await publish(stub, user, "occ", "occ", b"first")
+    stale = pb.PublishToStreamRequest(
+        user_id=user,
+        stream_name="occ",
+        subject="occ",
+        data=b"lost update",
+        headers={"Nats-Expected-Last-Sequence": "0"},
+    )
+    error = await error_of(stub.publish_to_stream(stale))
+    assert error.status == Status.FAILED_PRECONDITION
+    assert "wrong last sequence" in error.message
+    batch = await stub.publish_to_stream_batch(
+        pb.PublishToStreamBatchRequest(
+            user_id=user,
+            stream_name="occ",
+            messages=[
+                pb.StreamMessage(
+                    subject="occ", data=b"x", headers={"Nats-Expected-Last-Sequence": "0"}
+                )
+            ],
+        )
+    )
+    assert batch.results[0].status_code == Status.FAILED_PRECONDITION.value
+    assert (await nc.jetstream().stream_info(ns_of(user).stream("occ"))).state.messages == 1
+    fresh = await publish(
+        stub, user, "occ", "occ", b"second", headers={"Nats-Expected-Last-Sequence": "1"}
+    )
+    assert fresh.sequence == 2
+
+
 async def test_publish_without_stream_name_uses_the_capturing_stream(
     stub: pb.NatsServiceStub,
 ) -> None:
