@@ -252,3 +252,26 @@ async def test_list_get_delete_consumers(stub: pb.NatsServiceStub, nc: nats.NATS
     assert await status_of(stub.get_consumer_info(missing)) == Status.NOT_FOUND
     again = pb.DeleteConsumerRequest(user_id=user, stream_name="l", consumer_name="a")
     assert await status_of(stub.delete_consumer(again)) == Status.NOT_FOUND
+
+
+async def test_replay_original_keeps_the_original_pace(stub: pb.NatsServiceStub) -> None:
+    user = tenant()
+    await make_stream(stub, user, "pace", ["pace"])
+    await publish(stub, user, "pace", "pace", b"one")
+    await asyncio.sleep(0.6)
+    await publish(stub, user, "pace", "pace", b"two")
+    await make_consumer(stub, user, "pace", "instant")
+    await make_consumer(
+        stub, user, "pace", "original", replay_policy=pb.ReplayPolicy.REPLAY_ORIGINAL
+    )
+    loop = asyncio.get_running_loop()
+
+    async def both(consumer: str) -> float:
+        started, got = loop.time(), []
+        while len(got) < 2:
+            got += [m.data for m in await pull(stub, user, "pace", consumer, batch=2, wait=2.0)]
+        assert got == [b"one", b"two"]
+        return loop.time() - started
+
+    assert await both("instant") < 0.4
+    assert await both("original") >= 0.5  # the 0.6 s between the two publishes, replayed
