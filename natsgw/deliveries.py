@@ -109,6 +109,14 @@ class FlowWindow:
             self._drop(seq)
         self._changed.set()
 
+    def settle_through(self, floor: int) -> None:
+        """Free every delivery at or below ``floor`` (NATS's ack floor: all acknowledged)."""
+        done = [s for s in self._out if s <= floor]
+        for seq in done:
+            self._drop(seq)
+        if done:
+            self._changed.set()
+
     def expire(self) -> float | None:
         """Free deliveries past their ack deadline (NATS will redeliver them); next deadline."""
         now = self._clock()

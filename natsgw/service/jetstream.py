@@ -77,6 +77,9 @@ MIN_HEARTBEAT = 0.1
 MAX_HEARTBEAT = 300.0
 #: How long a pull request of a Consume stream lives at NATS before it is renewed.
 CONSUME_PULL_EXPIRES = 30.0
+#: How often a Consume stream whose window is full looks at the consumer's ack floor in NATS
+#: (acks sent through another replica free its window that way).
+CONSUME_RECONCILE_EVERY = 1.0
 #: How long PublishToStream trusts a stream's subject list before reading it again.
 STREAM_SUBJECTS_TTL = 2.0
 #: JetStream's own default ack wait, for consumers created without one.
@@ -861,6 +864,7 @@ class _ConsumeSession:
         last_sent = clock()
         last_heard = clock()
         retry_at = 0.0
+        reconcile_at = clock() + CONSUME_RECONCILE_EVERY
         while not self.stopped:
             now = clock()
             if now - last_sent >= self.heartbeat:
@@ -886,6 +890,13 @@ class _ConsumeSession:
                     continue
                 if now < retry_at:
                     wake = min(wake, retry_at)
+                elif now >= reconcile_at:
+                    # Full window: acks sent through other replicas only show in NATS's ack floor.
+                    await self._reconcile()
+                    reconcile_at = clock() + CONSUME_RECONCILE_EVERY
+                    continue
+                else:
+                    wake = min(wake, reconcile_at)
                 await self.window.wait_changed(wake - clock())
                 continue
             stale_at = last_heard + 2 * self.nats_heartbeat + 1.0
@@ -930,6 +941,14 @@ class _ConsumeSession:
                 retry_at = clock() + backoff_delay(self.failures)
                 continue
             raise pull_refusal(item)
+
+    async def _reconcile(self) -> None:
+        """Free deliveries at or below the consumer's ack floor (acked anywhere)."""
+        try:
+            info = await self.h.jetstream_parts.js.consumer_info(self.stream, self.consumer)
+        except (Unavailable, DeadlineExceeded):
+            return  # NATS is away: the window stays as it is
+        self.window.settle_through(info.state.ack_floor_stream_seq)
 
     async def _request(self, msgs: int, room_bytes: int) -> None:
         if self.oversize and self.window.messages == 0:

@@ -333,3 +333,45 @@ async def test_gateway_shutdown_ends_consume_cleanly(make_gateway: GatewayFactor
         assert gw.in_flight.count == 0
     finally:
         channel.close()
+
+
+async def test_acks_through_another_replica_free_the_window(
+    make_gateway: GatewayFactory,
+) -> None:
+    secret = "replicas-share-this-secret"
+    a_gw = await make_gateway(ack_token_secret=secret)
+    b_gw = await make_gateway(ack_token_secret=secret)
+    a_channel, b_channel = Channel("127.0.0.1", a_gw.port), Channel("127.0.0.1", b_gw.port)
+    a, b = pb.NatsServiceStub(a_channel), pb.NatsServiceStub(b_channel)
+    try:
+        user = tenant()
+        await make_stream(a, user, "spread", ["spread"])
+        await make_consumer(a, user, "spread", "c")
+        for i in range(4):
+            await publish(a, user, "spread", "spread", str(i).encode())
+        async with consuming(a, user, "spread", "c", max_messages=2) as consumption:
+            first, second = await consumption.message(), await consumption.message()
+            await consumption.only_heartbeats(0.5)
+            for response in (first, second):
+                await ack(b, user, response)  # replica B: A's window learns it from NATS
+            third = await consumption.message(4.0)
+            assert third.message is not None
+            assert third.message.data == b"2"
+    finally:
+        a_channel.close()
+        b_channel.close()
+
+
+async def test_deleting_the_consumer_ends_consume_with_not_found(
+    stub: pb.NatsServiceStub, nc: nats.NATS
+) -> None:
+    user = tenant()
+    await make_stream(stub, user, "del", ["del"])
+    await make_consumer(stub, user, "del", "c")
+    async with consuming(stub, user, "del", "c") as consumption:
+        await consumption.only_heartbeats(0.4)
+        await nc.jetstream().delete_consumer(ns_of(user).stream("del"), "c")
+        with pytest.raises(GRPCError) as ended:
+            while True:
+                await consumption.next(5.0)
+        assert ended.value.status == Status.NOT_FOUND

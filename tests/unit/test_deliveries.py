@@ -90,3 +90,11 @@ def test_registry_settles_every_window_of_the_consumer() -> None:
     registry.remove("s", "c", a)
     registry.remove("s", "c", b)
     registry.settle("s", "c", 7, in_progress=False, cumulative=False)
+
+
+def test_settle_through_the_ack_floor() -> None:
+    window = FlowWindow(10, 1000, 5.0)
+    for seq in (3, 4, 7):
+        window.add(seq, 10)
+    window.settle_through(4)
+    assert (window.messages, window.bytes) == (1, 10)
