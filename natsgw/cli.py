@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         for name in settings.__slots__:
             value = getattr(settings, name)
-            if name in ("nats_password", "nats_token") and value:
+            if value and name.endswith(("password", "token", "secret")):
                 value = "***"
             print(f"{name} = {value!r}")
         return 0

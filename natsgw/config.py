@@ -290,7 +290,12 @@ class _Env:
         try:
             return parse(raw.strip())
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from None
+            shown = "***" if _SECRET_NAME.search(name) else repr(raw)
+            raise ConfigError(f"{name}={shown} is invalid: {exc}") from None
+
+
+#: Variables whose values never appear in an error message.
+_SECRET_NAME = re.compile(r"PASSWORD|TOKEN$|SECRET")
 
 
 def is_loopback(host: str) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 from natsgw._generated.isa import nats as pb
 from natsgw.errors import GatewayError, InvalidArgument
@@ -21,6 +21,23 @@ def _check_queue_group(queue_group: str, required: bool) -> None:
         raise InvalidArgument(
             "queue_group", f"{queue_group!r} must not contain whitespace or control characters"
         )
+
+
+#: Headers whose value is a NATS stream name: shown to the tenant by its own name, or not at all.
+_STREAM_NAME_HEADERS = ("Nats-Expected-Stream",)
+
+
+def _tenant_headers(ns: Namespace, headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers as the tenant may see them: no NATS stream names or tenant keys leak."""
+    shown = dict(headers)
+    for name in _STREAM_NAME_HEADERS:
+        if name in shown:
+            tenant_name = ns.from_name(shown[name])
+            if tenant_name is None:
+                del shown[name]
+            else:
+                shown[name] = tenant_name
+    return shown
 
 
 class MessagingHandlers(Handlers):
@@ -96,7 +113,7 @@ class MessagingHandlers(Handlers):
                 yield pb.MessageResponse(
                     subject=ns.from_subject(msg.subject) or "",
                     data=msg.data,
-                    headers=dict(msg.headers),
+                    headers=_tenant_headers(ns, msg.headers) if msg.headers else {},
                     # A reply subject outside the tenant's namespace cannot be answered through
                     # the gateway, so it is not shown.
                     reply_to=(ns.from_subject(msg.reply) or "") if msg.reply else "",

@@ -238,3 +238,22 @@ async def test_unsubscribe_completes_the_callers_streams(
     assert await subsz(nats_server, mapped(user, "news.>")) == 0
     again = await stub.unsubscribe(pb.UnsubscribeRequest(user_id=user, subject="news.>"))
     assert not again.success
+
+
+async def test_stream_publishes_seen_by_subscribers_show_no_nats_names(
+    stub: pb.NatsServiceStub,
+) -> None:
+    user = tenant()
+    created = await stub.create_stream(
+        pb.CreateStreamRequest(
+            user_id=user, config=pb.StreamConfig(name="orders", subjects=["o.>"])
+        )
+    )
+    assert created.success
+    async with open_subscription(stub, pb.SubscribeRequest(user_id=user, subject="o.>")) as s:
+        await stub.publish_to_stream(
+            pb.PublishToStreamRequest(user_id=user, stream_name="orders", subject="o.1", data=b"x")
+        )
+        message = await asyncio.wait_for(s.recv_message(), 5)
+    assert message.headers.get("Nats-Expected-Stream") == "orders"
+    assert not any(Namespace(Tenant.user(user)).key in v for v in message.headers.values())

@@ -57,3 +57,9 @@ def test_seed_variables_are_read() -> None:
 def test_malformed_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value})
+
+
+def test_secrets_never_appear_in_errors() -> None:
+    with pytest.raises(ConfigError, match=r"NATSGW_ACK_TOKEN_SECRET=\*\*\*") as info:
+        Settings.from_env({"NATSGW_ACK_TOKEN_SECRET": "short"})
+    assert "short" not in str(info.value)
