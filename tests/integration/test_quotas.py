@@ -11,11 +11,13 @@ from typing import Any
 import nats
 import pytest
 import pytest_asyncio
+import structlog
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from natsgw._generated.isa import nats as pb
+from natsgw.config import AuthMode
 from natsgw.server import Gateway
 from natsgw.tenancy import Namespace, Tenant
 from tests.conftest import tenant
@@ -56,8 +58,16 @@ async def test_stream_quota(quota_stub: tuple[pb.NatsServiceStub, Gateway]) -> N
     user, other = tenant(), tenant()
     assert (await stub.create_stream(stream_request(user, "s1"))).success
     assert (await stub.create_stream(stream_request(user, "s2"))).success
-    message = await exhausted(stub.create_stream(stream_request(user, "s3")), "streams")
+    with structlog.testing.capture_logs() as logs:
+        message = await exhausted(stub.create_stream(stream_request(user, "s3")), "streams")
     assert "2 of 2" in message
+    [audit] = [e for e in logs if e["event"] == "audit"]
+    assert (audit["outcome"], audit["status"], audit["rpc"]) == (
+        "refused",
+        "RESOURCE_EXHAUSTED",
+        "CreateStream",
+    )
+    assert audit["resource"] == {"config.name": "s3"} and "quota 'streams'" in audit["reason"]
     # Creating an existing stream again creates nothing, so it is not refused.
     assert (await stub.create_stream(stream_request(user, "s1"))).success
     # Another tenant has its own count.
@@ -249,3 +259,34 @@ async def test_concurrent_creations_do_not_overshoot(make_gateway: GatewayFactor
     refused = [r for r in results if isinstance(r, GRPCError)]
     assert len(created) == 3 and len(refused) == 5
     assert all(r.status == Status.RESOURCE_EXHAUSTED for r in refused)
+
+
+async def test_an_organization_shares_one_quota_among_its_members(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    org = tenant("org")
+    tokens = {
+        "tokens": [
+            {"token": f"{name}-token-0123456789", "user_id": tenant(name), "organizations": [org]}
+            for name in ("ann", "bob")
+        ]
+    }
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps(tokens))
+    gw = await make_gateway(auth_mode=AuthMode.TOKEN, auth_tokens_file=path, quota_kv_buckets=1)
+    channel = Channel("127.0.0.1", gw.port)
+    stub = pb.NatsServiceStub(channel)
+    org_scope = pb.NamespaceScope.SCOPE_ORGANIZATION
+
+    def put(bucket: str, scope: pb.NamespaceScope = org_scope) -> pb.KvPutRequest:
+        return pb.KvPutRequest(organization_id=org, scope=scope, bucket=bucket, key="k", value=b"v")
+
+    try:
+        ann = {"authorization": "Bearer ann-token-0123456789"}
+        bob = {"authorization": "Bearer bob-token-0123456789"}
+        assert (await stub.kv_put(put("shared"), metadata=ann)).success
+        await exhausted(stub.kv_put(put("other"), metadata=bob), "kv_buckets")
+        # Bob's own namespace has its own count.
+        assert (await stub.kv_put(put("mine", pb.NamespaceScope.SCOPE_USER), metadata=bob)).success
+    finally:
+        channel.close()
