@@ -43,6 +43,18 @@ def _reconnect_handler(servers: list[Server], _info: dict[str, Any]) -> tuple[Se
     return server, backoff_delay(server.reconnects)
 
 
+async def _settle(client: NatsClient, timeout: float) -> None:
+    """Return once the server has processed everything sent on this connection so far.
+
+    nats-py writes its PING straight to the socket, ahead of commands still queued for its
+    flusher, so a plain ``flush()`` can be answered before a queued PUB or SUB was even sent.
+    Forcing the queue out first puts the PING behind them. (``_flush_pending`` is private:
+    nats-py is pinned, and tests/integration/test_adapter_ordering.py checks the wire order.)
+    """
+    await client._flush_pending(force_flush=True)
+    await client.flush(timeout=timeout)  # type: ignore[arg-type]
+
+
 def header_bytes(headers: Mapping[str, str]) -> int:
     """Size NATS counts for headers against max_payload (``NATS/1.0`` block)."""
     if not headers:
@@ -108,7 +120,7 @@ class _Confirmer:
             batch, self._waiting = self._waiting, []
             try:
                 with translated("publish confirmation"):
-                    await self._client.flush(timeout=self._timeout)  # type: ignore[arg-type]
+                    await _settle(self._client, self._timeout)
             except Exception as exc:
                 for future in batch:
                     if not future.done():
@@ -360,6 +372,12 @@ class NatsAdapter:
                 pending_msgs_limit=pending_msgs,
                 pending_bytes_limit=pending_bytes,
             )
+            try:
+                # Callers announce the subscription as live: make sure the server has it.
+                await _settle(nc, self._confirm_timeout)
+            except BaseException:
+                await Subscription(sub, lambda: None).unsubscribe()
+                raise
         sid = sub._id
         self._overflow[sid] = on_overflow
 

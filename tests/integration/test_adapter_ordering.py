@@ -1,0 +1,62 @@
+"""What the adapter writes to the socket, in order: a confirmation must follow what it confirms."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest_asyncio
+
+from natsgw.adapter import Message, NatsAdapter
+from natsgw.embedded import EmbeddedNatsServer
+
+
+@pytest_asyncio.fixture
+async def recorded(
+    nats_server: EmbeddedNatsServer,
+) -> AsyncIterator[tuple[NatsAdapter, list[bytes]]]:
+    adapter = NatsAdapter([nats_server.url])
+    await adapter.start(wait=5)
+    writes: list[bytes] = []
+    transport: Any = adapter._nc._transport  # type: ignore[union-attr]
+    write, writelines = transport.write, transport.writelines
+
+    def spy_write(data: bytes) -> None:
+        writes.append(bytes(data))
+        write(data)
+
+    def spy_writelines(chunks: list[bytes]) -> None:
+        writes.extend(bytes(c) for c in chunks)
+        writelines(chunks)
+
+    transport.write, transport.writelines = spy_write, spy_writelines
+    yield adapter, writes
+    await adapter.close()
+
+
+def first_index(writes: list[bytes], prefix: bytes) -> int:
+    return next(i for i, w in enumerate(writes) if w.startswith(prefix))
+
+
+async def test_confirmed_publish_is_written_before_its_ping(
+    recorded: tuple[NatsAdapter, list[bytes]],
+) -> None:
+    adapter, writes = recorded
+    await adapter.publish("ordering.test", b"x", confirm=True)
+    assert first_index(writes, b"PUB ordering.test") < first_index(writes, b"PING")
+
+
+async def test_subscription_is_on_the_wire_before_it_is_announced(
+    recorded: tuple[NatsAdapter, list[bytes]],
+) -> None:
+    adapter, writes = recorded
+    received: list[Message] = []
+    sub = await adapter.subscribe(
+        "ordering.sub",
+        received.append,
+        on_overflow=lambda: None,
+        pending_msgs=10,
+        pending_bytes=1000,
+    )
+    assert first_index(writes, b"SUB ordering.sub") < first_index(writes, b"PING")
+    await sub.unsubscribe()
