@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(Gateway(settings).run())
+    except ConfigError as exc:  # files named by settings (tokens, keys, quotas) are read at start
+        print(f"natsgw: configuration error: {exc}", file=sys.stderr)
+        return 2
     except EmbeddedServerError as exc:
         print(f"natsgw: {exc}", file=sys.stderr)
         return 1

@@ -85,3 +85,21 @@ def test_check_config_masks_secrets(tmp_path: Path) -> None:
     )
     assert "nats://example:4222" in result.stdout
     assert "hunter2" not in result.stdout
+
+
+def test_unreadable_tokens_file_stops_start_up_without_a_traceback(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*NATSGW, "serve"],
+        env=run_env(
+            tmp_path,
+            NATSGW_AUTH_MODE="token",
+            NATSGW_AUTH_TOKENS_FILE=str(tmp_path / "missing.json"),
+            GRPC_PORT=str(free_port()),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "missing.json" in result.stderr
+    assert "Traceback" not in result.stderr
