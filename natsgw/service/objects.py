@@ -91,6 +91,14 @@ class ObjectStoreHandlers(Handlers):
         bucket = ns.object_bucket(message.bucket)
         check_object_name(message.object_name)
         _check_metadata(message.metadata)
+        limit = self.settings.max_message_size
+        if len(message.data) > limit:
+            # Symmetric with ObjectGet: what one unary call may carry is the message size.
+            raise ResourceExhausted(
+                f"object {message.object_name!r} is {len(message.data)} bytes, more than ObjectPut "
+                f"takes in one message ({limit} bytes, NATSGW_MAX_MESSAGE_SIZE); "
+                "use ObjectPutStream"
+            )
         return await self._put(bucket, message.object_name, _one(message.data), message.metadata)
 
     async def object_get(self, message: pb.ObjectGetRequest) -> pb.ObjectGetResponse:
