@@ -99,8 +99,10 @@ class NATSGateway(
                 cancelled = True
                 raise
             except (StreamClosedError, StreamTerminatedError):
-                cancelled = True  # the client hung up while we were sending: nothing to report
-                raise
+                # The client hung up while we were sending. Tell grpclib it is a cancellation,
+                # which it is, rather than an application error with a traceback.
+                cancelled = True
+                raise asyncio.CancelledError from None
             except Exception as exc:
                 error = to_grpc_error(exc)
                 if error.status in (Status.INTERNAL, Status.UNKNOWN):
