@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib
+import importlib.util
 import subprocess
 import sys
 import uuid
@@ -118,9 +118,30 @@ async def nc(nats_server: EmbeddedNatsServer) -> AsyncIterator[nats.NATS]:
     await client.close()  # not drain(): it would wait for messages a test chose not to read
 
 
+_OWN_POOL = """_pool = _descriptor_pool.DescriptorPool()
+from google.protobuf import duration_pb2 as _wkt_duration, timestamp_pb2 as _wkt_timestamp
+_pool.AddSerializedFile(_wkt_duration.DESCRIPTOR.serialized_pb)
+_pool.AddSerializedFile(_wkt_timestamp.DESCRIPTOR.serialized_pb)
+DESCRIPTOR = _pool.AddSerializedFile("""
+
+
+def _load_module(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def grpcio_stubs(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModuleType, ModuleType]:
-    """``nats_service_pb2`` and ``_pb2_grpc`` from api/ by grpcio-tools, as clients make them."""
+    """``_pb2`` and ``_pb2_grpc`` from api/ by grpcio-tools, as clients in the field make them.
+
+    They load under module names and into a descriptor pool of their own, like a separate client
+    process: natsgw itself registered the same file in the default pool.
+    """
     out = tmp_path_factory.mktemp("grpcio_stubs")
     subprocess.run(
         [
@@ -134,15 +155,18 @@ def grpcio_stubs(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModuleType, 
         ],
         check=True,
     )
-    # natsgw's own upb module registered the same file in the default descriptor pool; an
-    # identical copy registers again without conflict (a stale one would fail loudly here).
-    sys.path.insert(0, str(out))
-    try:
-        pb2 = importlib.import_module("nats_service_pb2")
-        pb2_grpc = importlib.import_module("nats_service_pb2_grpc")
-    finally:
-        sys.path.remove(str(out))
-    return pb2, pb2_grpc
+    pb2_path = out / "nats_service_pb2.py"
+    source = pb2_path.read_text()
+    source = source.replace("DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(", _OWN_POOL)
+    pb2_path.write_text(source)
+    grpc_path = out / "nats_service_pb2_grpc.py"
+    grpc_path.write_text(
+        grpc_path.read_text().replace(
+            "import nats_service_pb2 as", "import client_nats_service_pb2 as"
+        )
+    )
+    pb2 = _load_module("client_nats_service_pb2", pb2_path)
+    return pb2, _load_module("client_nats_service_pb2_grpc", grpc_path)
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -7,10 +7,6 @@ descriptor pool of their own (the package already registered the same file in th
 
 from __future__ import annotations
 
-import importlib.util
-import subprocess
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -19,58 +15,16 @@ import nats
 import pytest
 
 from natsgw.server import Gateway
-from tests.conftest import ROOT, tenant
+from tests.conftest import tenant
 from tests.integration._jetstream import ns_of
 
 Stubs = tuple[ModuleType, ModuleType]
 
-_OWN_POOL = """_pool = _descriptor_pool.DescriptorPool()
-from google.protobuf import duration_pb2 as _wkt_duration, timestamp_pb2 as _wkt_timestamp
-_pool.AddSerializedFile(_wkt_duration.DESCRIPTOR.serialized_pb)
-_pool.AddSerializedFile(_wkt_timestamp.DESCRIPTOR.serialized_pb)
-DESCRIPTOR = _pool.AddSerializedFile("""
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="session")
-def grpcio_js_stubs(tmp_path_factory: pytest.TempPathFactory) -> Stubs:
-    out = tmp_path_factory.mktemp("grpcio_js_stubs")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "grpc_tools.protoc",
-            f"-I{ROOT / 'api'}",
-            f"--python_out={out}",
-            f"--grpc_python_out={out}",
-            str(ROOT / "api" / "nats_service.proto"),
-        ],
-        check=True,
-    )
-    pb2_path = out / "nats_service_pb2.py"
-    source = pb2_path.read_text()
-    source = source.replace("DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(", _OWN_POOL)
-    pb2_path.write_text(source)
-    grpc_path = out / "nats_service_pb2_grpc.py"
-    grpc_path.write_text(
-        grpc_path.read_text().replace("import nats_service_pb2 as", "import js_nats_service_pb2 as")
-    )
-    return _load("js_nats_service_pb2", pb2_path), _load("js_nats_service_pb2_grpc", grpc_path)
-
 
 async def test_old_client_jetstream_flow(
-    gateway: Gateway, grpcio_js_stubs: Stubs, nc: nats.NATS
+    gateway: Gateway, grpcio_stubs: Stubs, nc: nats.NATS
 ) -> None:
-    pb2, pb2_grpc = grpcio_js_stubs
+    pb2, pb2_grpc = grpcio_stubs
     user = tenant("grpcio")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
         stub: Any = pb2_grpc.NATSServiceStub(channel)
@@ -217,8 +171,8 @@ async def test_old_client_jetstream_flow(
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_new_jetstream_rpcs_from_grpcio(gateway: Gateway, grpcio_js_stubs: Stubs) -> None:
-    pb2, pb2_grpc = grpcio_js_stubs
+async def test_new_jetstream_rpcs_from_grpcio(gateway: Gateway, grpcio_stubs: Stubs) -> None:
+    pb2, pb2_grpc = grpcio_stubs
     user = tenant("grpcio")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
         stub: Any = pb2_grpc.NATSServiceStub(channel)

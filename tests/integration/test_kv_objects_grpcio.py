@@ -7,12 +7,8 @@ would generate them; ``grpc.aio`` runs in the test's event loop next to the in-p
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -20,62 +16,14 @@ import grpc
 import pytest
 
 from natsgw.server import Gateway
-from tests.conftest import ROOT, tenant
+from tests.conftest import tenant
 
 Stubs = tuple[ModuleType, ModuleType]
 
-# The generated module registers its file in a pool of its own (the package's upb module already
-# registered the same file in the default pool), so that pool needs the well-known types first.
-_OWN_POOL = """_pool = _descriptor_pool.DescriptorPool()
-from google.protobuf import duration_pb2 as _wkt_duration, timestamp_pb2 as _wkt_timestamp
-_pool.AddSerializedFile(_wkt_duration.DESCRIPTOR.serialized_pb)
-_pool.AddSerializedFile(_wkt_timestamp.DESCRIPTOR.serialized_pb)
-DESCRIPTOR = _pool.AddSerializedFile("""
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="session")
-def grpcio_kv_stubs(tmp_path_factory: pytest.TempPathFactory) -> Stubs:
-    """grpcio-tools stubs from api/, as a field client generates them (own module names)."""
-    out = tmp_path_factory.mktemp("grpcio_kv_stubs")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "grpc_tools.protoc",
-            f"-I{ROOT / 'api'}",
-            f"--python_out={out}",
-            f"--grpc_python_out={out}",
-            str(ROOT / "api" / "nats_service.proto"),
-        ],
-        check=True,
-    )
-    pb2_path = out / "nats_service_pb2.py"
-    source = pb2_path.read_text()
-    source = source.replace("DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(", _OWN_POOL)
-    pb2_path.write_text(source)
-    grpc_path = out / "nats_service_pb2_grpc.py"
-    grpc_source = grpc_path.read_text().replace(
-        "import nats_service_pb2 as", "import kvobj_nats_service_pb2 as"
-    )
-    grpc_path.write_text(grpc_source)
-    pb2 = _load("kvobj_nats_service_pb2", pb2_path)
-    pb2_grpc = _load("kvobj_nats_service_pb2_grpc", grpc_path)
-    return pb2, pb2_grpc
-
 
 @pytest.fixture
-async def aio_stub(gateway: Gateway, grpcio_kv_stubs: Stubs) -> AsyncIterator[Any]:
-    _, pb2_grpc = grpcio_kv_stubs
+async def aio_stub(gateway: Gateway, grpcio_stubs: Stubs) -> AsyncIterator[Any]:
+    _, pb2_grpc = grpcio_stubs
     channel = grpc.aio.insecure_channel(
         f"127.0.0.1:{gateway.port}",
         options=[
@@ -87,8 +35,8 @@ async def aio_stub(gateway: Gateway, grpcio_kv_stubs: Stubs) -> AsyncIterator[An
     await channel.close()
 
 
-async def test_kv_original_rpcs_from_grpcio(aio_stub: Any, grpcio_kv_stubs: Stubs) -> None:
-    pb2, _ = grpcio_kv_stubs
+async def test_kv_original_rpcs_from_grpcio(aio_stub: Any, grpcio_stubs: Stubs) -> None:
+    pb2, _ = grpcio_stubs
     user = tenant()
     put = await aio_stub.KVPut(pb2.KVPutRequest(user_id=user, bucket="g", key="a.b", value=b"1"))
     assert put.success
@@ -117,8 +65,8 @@ async def test_kv_original_rpcs_from_grpcio(aio_stub: Any, grpcio_kv_stubs: Stub
     assert "'bad key'" in (err.value.details() or "")
 
 
-async def test_object_original_rpcs_from_grpcio(aio_stub: Any, grpcio_kv_stubs: Stubs) -> None:
-    pb2, _ = grpcio_kv_stubs
+async def test_object_original_rpcs_from_grpcio(aio_stub: Any, grpcio_stubs: Stubs) -> None:
+    pb2, _ = grpcio_stubs
     user = tenant()
     data = os.urandom(1_000_000)
     put = await aio_stub.ObjectPut(
@@ -153,8 +101,8 @@ async def test_object_original_rpcs_from_grpcio(aio_stub: Any, grpcio_kv_stubs: 
     assert gone.data == b""
 
 
-async def test_streamed_object_from_grpcio(aio_stub: Any, grpcio_kv_stubs: Stubs) -> None:
-    pb2, _ = grpcio_kv_stubs
+async def test_streamed_object_from_grpcio(aio_stub: Any, grpcio_stubs: Stubs) -> None:
+    pb2, _ = grpcio_stubs
     user = tenant()
     data = os.urandom(3 * 1024 * 1024 + 7)
     sha = hashlib.sha256(data).hexdigest()
