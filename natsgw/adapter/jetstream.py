@@ -690,6 +690,18 @@ class JetStreamAdapter:
                 raise _nobody_acks() from None
 
 
+#: What NATS expects on a delivery's ack subject, by action.
+_ACK_PAYLOADS = {"ack": b"+ACK", "nak": b"-NAK", "in_progress": b"+WPI", "term": b"+TERM"}
+
+
+def ack_payload(action: str, delay: float = 0.0) -> bytes:
+    """The body of an ack subject message; a nak may carry a redelivery delay."""
+    payload = _ACK_PAYLOADS[action]
+    if action == "nak" and delay > 0:
+        payload += b" " + json.dumps({"delay": int(delay * 1e9)}).encode()
+    return payload
+
+
 def _json(msg: Msg, what: str) -> Any:
     """A JetStream API reply's JSON; a reply that is not JSON is reported, not crashed on."""
     try:

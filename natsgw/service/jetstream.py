@@ -18,46 +18,43 @@ last ``NATSGW_DELIVERY_MEMORY_SIZE``); anything else is FAILED_PRECONDITION, nev
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime
 import functools
-import json
-import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import structlog
 
 from natsgw._generated.isa import nats as pb
 from natsgw.acks import AckSubject, AckTokens, parse_ack_subject
-from natsgw.adapter.core import backoff_delay, check_headers
-from natsgw.adapter.jetstream import (
-    JetStreamAdapter,
-    PullPipe,
-    batch_completed,
-    exceeds_max_bytes,
-    pull_refusal,
-)
-from natsgw.adapter.types import (
-    ConsumerDetails,
-    ConsumerSpec,
-    JetStreamDelivery,
-    StreamDetails,
-    StreamSpec,
-)
+from natsgw.adapter.core import check_headers
+from natsgw.adapter.jetstream import JetStreamAdapter, ack_payload
+from natsgw.adapter.types import JetStreamDelivery, StreamDetails
 from natsgw.deliveries import DeliveryMemory, FlowWindow, WindowRegistry
 from natsgw.errors import (
-    DeadlineExceeded,
     FailedPrecondition,
     GatewayError,
     InvalidArgument,
     PermissionDenied,
-    Unavailable,
 )
 from natsgw.service.base import Handlers, current_stream
+from natsgw.service.consume import ConsumeSession, stop_on_end
+from natsgw.service.jetstream_wire import (
+    ACK_ACTIONS,
+    HIDDEN_HEADERS,
+    clamp32,
+    consumer_info_out,
+    consumer_spec,
+    seconds_field,
+    status_code_of,
+    stream_info_out,
+    stream_spec,
+    tenant_errors,
+    tenant_view,
+    wire_enum,
+)
 from natsgw.subjects import captured_by
 from natsgw.subscriptions import Mailbox
 from natsgw.tenancy import Namespace
@@ -75,278 +72,10 @@ DEFAULT_CONSUME_BYTES = 8 * 1024 * 1024
 DEFAULT_HEARTBEAT = 5.0
 MIN_HEARTBEAT = 0.1
 MAX_HEARTBEAT = 300.0
-#: How long a pull request of a Consume stream lives at NATS before it is renewed.
-CONSUME_PULL_EXPIRES = 30.0
-#: How often a Consume stream whose window is full looks at the consumer's ack floor in NATS
-#: (acks sent through another replica free its window that way).
-CONSUME_RECONCILE_EVERY = 1.0
 #: How long PublishToStream trusts a stream's subject list before reading it again.
 STREAM_SUBJECTS_TTL = 2.0
 #: JetStream's own default ack wait, for consumers created without one.
 NATS_DEFAULT_ACK_WAIT = 30.0
-
-#: Set by the gateway on every stream publish (it names the NATS stream): not shown to clients.
-_HIDDEN_HEADERS = frozenset({"Nats-Expected-Stream"})
-
-_STORAGE = {pb.StorageType.STORAGE_FILE: "file", pb.StorageType.STORAGE_MEMORY: "memory"}
-_RETENTION = {
-    pb.RetentionPolicy.RETENTION_LIMITS: "limits",
-    pb.RetentionPolicy.RETENTION_INTEREST: "interest",
-    pb.RetentionPolicy.RETENTION_WORK_QUEUE: "workqueue",
-}
-_DISCARD = {pb.DiscardPolicy.DISCARD_OLD: "old", pb.DiscardPolicy.DISCARD_NEW: "new"}
-_DELIVER = {
-    pb.DeliveryPolicy.DELIVERY_ALL: "all",
-    pb.DeliveryPolicy.DELIVERY_LAST: "last",
-    pb.DeliveryPolicy.DELIVERY_NEW: "new",
-    pb.DeliveryPolicy.DELIVERY_BY_START_SEQUENCE: "by_start_sequence",
-    pb.DeliveryPolicy.DELIVERY_BY_START_TIME: "by_start_time",
-    pb.DeliveryPolicy.DELIVERY_LAST_PER_SUBJECT: "last_per_subject",
-}
-_ACK_POLICY = {
-    pb.AckPolicy.ACK_EXPLICIT: "explicit",
-    pb.AckPolicy.ACK_ALL: "all",
-    pb.AckPolicy.ACK_NONE: "none",
-}
-_REPLAY = {pb.ReplayPolicy.REPLAY_INSTANT: "instant", pb.ReplayPolicy.REPLAY_ORIGINAL: "original"}
-_ACK_PAYLOAD = {
-    pb.AckAction.ACK: b"+ACK",
-    pb.AckAction.NAK: b"-NAK",
-    pb.AckAction.IN_PROGRESS: b"+WPI",
-    pb.AckAction.TERMINATE: b"+TERM",
-}
-
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-def _reverse(mapping: dict[K, V]) -> dict[V, K]:
-    return {v: k for k, v in mapping.items()}
-
-
-_STORAGE_OUT = _reverse(_STORAGE)
-_RETENTION_OUT = _reverse(_RETENTION)
-_DISCARD_OUT = _reverse(_DISCARD)
-_DELIVER_OUT = _reverse(_DELIVER)
-_ACK_POLICY_OUT = _reverse(_ACK_POLICY)
-_REPLAY_OUT = _reverse(_REPLAY)
-
-
-# -- wire <-> plain values ------------------------------------------------------------------------
-
-
-def _seconds(
-    value: datetime.timedelta | None, field: str, *, maximum: float | None = None
-) -> float:
-    if value is None:
-        return 0.0
-    seconds = value.total_seconds()
-    if seconds < 0:
-        raise InvalidArgument(field, f"must not be negative (got {seconds:g}s)")
-    if maximum is not None and seconds > maximum:
-        raise InvalidArgument(field, f"must be at most {maximum:g}s (got {seconds:g}s)")
-    return seconds
-
-
-def _limit(value: int, field: str) -> int:
-    """0 and -1 mean unlimited (NATS's -1); anything else below is refused."""
-    if value < -1:
-        raise InvalidArgument(field, f"must be positive, or 0 for unlimited (got {value})")
-    return -1 if value in (0, -1) else value
-
-
-def _limit_out(value: int) -> int:
-    return 0 if value < 0 else value
-
-
-def _enum(mapping: dict[K, V], value: K, field: str) -> V:
-    try:
-        return mapping[value]
-    except KeyError:
-        raise InvalidArgument(field, f"unknown value {int(value)}") from None  # type: ignore[call-overload]
-
-
-def stream_spec(
-    ns: Namespace, config: pb.StreamConfig, name: str, field: str = "config"
-) -> StreamSpec:
-    """The NATS stream a tenant's StreamConfig asks for (``name`` is already mapped)."""
-    subjects = tuple(ns.pattern(s, f"{field}.subjects[{i}]") for i, s in enumerate(config.subjects))
-    if not subjects:
-        raise InvalidArgument(f"{field}.subjects", "at least one subject is required")
-    max_per_subject = _limit(config.max_msgs_per_subject, f"{field}.max_msgs_per_subject")
-    discard = _enum(_DISCARD, config.discard, f"{field}.discard")
-    if config.discard_new_per_subject:
-        if max_per_subject <= 0:
-            raise InvalidArgument(
-                f"{field}.discard_new_per_subject",
-                "needs max_msgs_per_subject > 0 (the per-subject limit it enforces)",
-            )
-        discard = "new"
-    if config.replicas < 0:
-        raise InvalidArgument(f"{field}.replicas", f"must be 1 or more (got {config.replicas})")
-    return StreamSpec(
-        name=name,
-        subjects=subjects,
-        storage=_enum(_STORAGE, config.storage, f"{field}.storage"),
-        retention=_enum(_RETENTION, config.retention, f"{field}.retention"),
-        max_msgs=_limit(config.max_msgs, f"{field}.max_msgs"),
-        max_bytes=_limit(config.max_bytes, f"{field}.max_bytes"),
-        max_age=_seconds(config.max_age, f"{field}.max_age"),
-        max_msg_size=_limit(config.max_msg_size, f"{field}.max_msg_size"),
-        max_msgs_per_subject=max_per_subject,
-        replicas=config.replicas or 1,
-        discard=discard,
-        discard_new_per_subject=config.discard_new_per_subject,
-        duplicate_window=_seconds(config.duplicate_window, f"{field}.duplicate_window"),
-    )
-
-
-def _clamp32(value: int) -> int:
-    return max(-(2**31), min(2**31 - 1, value))
-
-
-def stream_info_out(ns: Namespace, details: StreamDetails) -> pb.StreamInfo:
-    spec, state = details.spec, details.state
-    name = ns.from_name(spec.name) or ""
-    config = pb.StreamConfig(
-        name=name,
-        subjects=[s for s in (ns.from_subject(x) for x in spec.subjects) if s is not None],
-        storage=_STORAGE_OUT.get(spec.storage, pb.StorageType.STORAGE_FILE),
-        max_msgs=_clamp32(_limit_out(spec.max_msgs)),
-        max_bytes=_limit_out(spec.max_bytes),
-        max_age=datetime.timedelta(seconds=spec.max_age),
-        max_msg_size=_clamp32(_limit_out(spec.max_msg_size)),
-        replicas=spec.replicas,
-        discard_new_per_subject=spec.discard_new_per_subject,
-        max_msgs_per_subject=_limit_out(spec.max_msgs_per_subject),
-        discard=_DISCARD_OUT.get(spec.discard, pb.DiscardPolicy.DISCARD_OLD),
-        duplicate_window=datetime.timedelta(seconds=spec.duplicate_window),
-        retention=_RETENTION_OUT.get(spec.retention, pb.RetentionPolicy.RETENTION_LIMITS),
-    )
-    return pb.StreamInfo(
-        name=name,
-        config=config,
-        state=pb.StreamState(
-            messages=state.messages,
-            bytes=state.bytes,
-            first_seq=state.first_seq,
-            last_seq=state.last_seq,
-            first_ts=state.first_ts,
-            last_ts=state.last_ts,
-            num_subjects=_clamp32(state.num_subjects),
-            consumer_count=_clamp32(state.consumer_count),
-        ),
-        created=details.created,
-    )
-
-
-def consumer_spec(ns: Namespace, config: pb.ConsumerConfig, field: str = "config") -> ConsumerSpec:
-    name = ns.consumer(config.name, f"{field}.name") if config.name else ""
-    durable = (
-        ns.consumer(config.durable_name, f"{field}.durable_name") if config.durable_name else ""
-    )
-    if name and durable and name != durable:
-        raise InvalidArgument(
-            f"{field}.name",
-            f"{name!r} differs from durable_name {durable!r}; set one, or both equal",
-        )
-    policy = _enum(_DELIVER, config.delivery_policy, f"{field}.delivery_policy")
-    if policy == "by_start_sequence" and config.opt_start_seq <= 0:
-        raise InvalidArgument(f"{field}.opt_start_seq", "DELIVERY_BY_START_SEQUENCE needs it > 0")
-    if policy == "by_start_time" and config.opt_start_time is None:
-        raise InvalidArgument(f"{field}.opt_start_time", "DELIVERY_BY_START_TIME needs it set")
-    if config.opt_start_seq < 0:
-        raise InvalidArgument(f"{field}.opt_start_seq", "must not be negative")
-    if config.max_ack_pending < -1:
-        raise InvalidArgument(f"{field}.max_ack_pending", "must be positive, or 0 for the default")
-    return ConsumerSpec(
-        name=name,
-        durable_name=durable,
-        filter_subject=(
-            ns.pattern(config.filter_subject, f"{field}.filter_subject")
-            if config.filter_subject
-            else ""
-        ),
-        deliver_policy=policy,
-        ack_policy=_enum(_ACK_POLICY, config.ack_policy, f"{field}.ack_policy"),
-        ack_wait=_seconds(config.ack_wait, f"{field}.ack_wait"),
-        max_deliver=_limit(config.max_deliver, f"{field}.max_deliver"),
-        replay_policy=_enum(_REPLAY, config.replay_policy, f"{field}.replay_policy"),
-        opt_start_seq=config.opt_start_seq if policy == "by_start_sequence" else 0,
-        opt_start_time=config.opt_start_time if policy == "by_start_time" else None,
-        max_ack_pending=config.max_ack_pending,
-        inactive_threshold=_seconds(config.inactive_threshold, f"{field}.inactive_threshold"),
-    )
-
-
-def consumer_info_out(ns: Namespace, details: ConsumerDetails) -> pb.ConsumerInfo:
-    spec, state = details.spec, details.state
-    config = pb.ConsumerConfig(
-        name=spec.name,
-        durable_name=spec.durable_name,
-        filter_subject=(ns.from_subject(spec.filter_subject) or "") if spec.filter_subject else "",
-        delivery_policy=_DELIVER_OUT.get(spec.deliver_policy, pb.DeliveryPolicy.DELIVERY_ALL),
-        ack_policy=_ACK_POLICY_OUT.get(spec.ack_policy, pb.AckPolicy.ACK_EXPLICIT),
-        ack_wait=datetime.timedelta(seconds=spec.ack_wait),
-        max_deliver=_clamp32(_limit_out(spec.max_deliver)),
-        replay_policy=_REPLAY_OUT.get(spec.replay_policy, pb.ReplayPolicy.REPLAY_INSTANT),
-        opt_start_seq=spec.opt_start_seq,
-        opt_start_time=spec.opt_start_time,
-        max_ack_pending=_clamp32(_limit_out(spec.max_ack_pending)),
-        inactive_threshold=(
-            datetime.timedelta(seconds=spec.inactive_threshold) if spec.inactive_threshold else None
-        ),
-    )
-    return pb.ConsumerInfo(
-        stream_name=ns.from_name(details.stream) or "",
-        name=details.name,
-        config=config,
-        state=pb.ConsumerState(
-            delivered_seq=state.delivered_stream_seq,
-            ack_floor_seq=state.ack_floor_stream_seq,
-            num_pending=state.num_pending,
-            num_redelivered=state.num_redelivered,
-        ),
-        created=details.created,
-    )
-
-
-def _error_code(exc: GatewayError) -> int:
-    return int(exc.status.value)
-
-
-@functools.lru_cache(maxsize=8)
-def _nats_prefix_re(root: str) -> re.Pattern[str]:
-    # root, separator, tenant key (kind letter + escaped id: never '.' or '-'), separator
-    return re.compile(rf"{re.escape(root)}[.-][uo][A-Za-z0-9_]*[.-]")
-
-
-def tenant_view(exc: GatewayError, root: str) -> GatewayError:
-    """Rewrite NATS names in an error message the way the tenant names them."""
-    exc.message = _nats_prefix_re(root).sub("", exc.message)
-    exc.args = (exc.message,)
-    return exc
-
-
-_H = TypeVar("_H", bound=Handlers)
-_Req = TypeVar("_Req")
-_Resp = TypeVar("_Resp")
-
-
-def tenant_errors(
-    func: Callable[[_H, _Req], Awaitable[_Resp]],
-) -> Callable[[_H, _Req], Coroutine[Any, Any, _Resp]]:
-    """Errors leaving a handler name streams and subjects as the tenant does, not as NATS."""
-
-    @functools.wraps(func)
-    async def handler(self: _H, message: _Req) -> _Resp:
-        try:
-            return await func(self, message)
-        except GatewayError as exc:
-            raise tenant_view(exc, self.settings.namespace_root) from exc.__cause__
-
-    return handler
 
 
 @dataclass(slots=True)
@@ -562,7 +291,9 @@ class JetStreamHandlers(Handlers):
             field = f"messages[{index}]"
             text = tenant_view(exc, root).message
             text = text if text.startswith(field) else f"{field}: {text}"
-            return pb.StreamPublishResult(success=False, error=text, status_code=_error_code(exc))
+            return pb.StreamPublishResult(
+                success=False, error=text, status_code=status_code_of(exc)
+            )
 
         for index, item in enumerate(message.messages):
             field = f"messages[{index}]"
@@ -609,10 +340,10 @@ class JetStreamHandlers(Handlers):
         return pb.JetStreamMessage(
             subject=ns.from_subject(delivery.subject) or "",
             data=delivery.data,
-            headers={k: v for k, v in delivery.headers.items() if k not in _HIDDEN_HEADERS},
+            headers={k: v for k, v in delivery.headers.items() if k not in HIDDEN_HEADERS},
             sequence=delivery.stream_seq,
             timestamp=delivery.timestamp,
-            num_delivered=_clamp32(delivery.num_delivered),
+            num_delivered=clamp32(delivery.num_delivered),
             ack_token=parts.tokens.issue(ns.key, delivery.reply),
             consumer_sequence=delivery.consumer_seq,
             num_pending=delivery.num_pending,
@@ -701,7 +432,7 @@ class JetStreamHandlers(Handlers):
     @tenant_errors
     async def nak_message(self, message: pb.NakMessageRequest) -> pb.NakMessageResponse:
         ns = await self.namespace(message)
-        delay = _seconds(message.delay, "delay", maximum=MAX_NAK_DELAY)
+        delay = seconds_field(message.delay, "delay", maximum=MAX_NAK_DELAY)
         ack = self._resolve(
             ns, message.ack_token, message.stream_name, message.consumer_name, message.sequence
         )
@@ -711,8 +442,7 @@ class JetStreamHandlers(Handlers):
     @tenant_errors
     async def ack_messages(self, message: pb.AckMessagesRequest) -> pb.AckMessagesResponse:
         ns = await self.namespace(message)
-        _enum(_ACK_PAYLOAD, message.action, "action")
-        delay = _seconds(message.nak_delay, "nak_delay", maximum=MAX_NAK_DELAY)
+        delay = seconds_field(message.nak_delay, "nak_delay", maximum=MAX_NAK_DELAY)
         payload = _ack_payload(message.action, delay)
         root = self.settings.namespace_root
         results: list[pb.AckResult | None] = [None] * len(message.ack_tokens)
@@ -721,7 +451,7 @@ class JetStreamHandlers(Handlers):
 
         def refused(exc: GatewayError) -> pb.AckResult:
             text = tenant_view(exc, root).message
-            return pb.AckResult(success=False, error=text, status_code=_error_code(exc))
+            return pb.AckResult(success=False, error=text, status_code=status_code_of(exc))
 
         for index, token in enumerate(message.ack_tokens):
             try:
@@ -765,7 +495,7 @@ class JetStreamHandlers(Handlers):
         max_bytes = message.max_bytes or DEFAULT_CONSUME_BYTES
         if max_bytes < 1:
             raise InvalidArgument("max_bytes", f"must be positive (got {max_bytes})")
-        heartbeat = _seconds(message.heartbeat, "heartbeat", maximum=MAX_HEARTBEAT)
+        heartbeat = seconds_field(message.heartbeat, "heartbeat", maximum=MAX_HEARTBEAT)
         heartbeat = heartbeat or DEFAULT_HEARTBEAT
         if heartbeat < MIN_HEARTBEAT:
             raise InvalidArgument("heartbeat", f"must be at least {MIN_HEARTBEAT:g}s")
@@ -779,13 +509,13 @@ class JetStreamHandlers(Handlers):
             ack_all=info.spec.ack_policy == "all",
         )
         pipe = await parts.js.open_pull(stream, consumer, max_msgs)
-        session = _ConsumeSession(self, ns, stream, consumer, pipe, window, heartbeat)
+        session = ConsumeSession(self, ns, stream, consumer, pipe, window, heartbeat)
         # Registered with the gateway's streams so that shutdown ends it cleanly (status OK),
         # like Subscribe. The key holds spaces: no tenant subject can name it in Unsubscribe.
         shutdown = Mailbox(1, 1, self.settings.slow_consumer_policy)
         registry_key = f"consume {stream} {consumer}"
         self.deps.subscriptions.add(ns.key, registry_key, shutdown)
-        watcher = asyncio.create_task(_stop_on_end(shutdown, session), name="natsgw-consume-end")
+        watcher = asyncio.create_task(stop_on_end(shutdown, session), name="natsgw-consume-end")
         parts.windows.add(stream, consumer, window)
         try:
             await self.announce_ready()
@@ -799,16 +529,9 @@ class JetStreamHandlers(Handlers):
             await pipe.close()
 
 
-async def _stop_on_end(mailbox: Mailbox, session: _ConsumeSession) -> None:
-    await mailbox.get()  # returns None once the gateway ends its streams
-    session.stop()
-
-
 def _ack_payload(action: pb.AckAction, delay: float) -> bytes:
-    payload = _enum(_ACK_PAYLOAD, action, "action")
-    if action == pb.AckAction.NAK and delay > 0:
-        payload += b" " + json.dumps({"delay": int(delay * 1e9)}).encode()
-    return payload
+    """Also the check that ``action`` is one the wire defines (INVALID_ARGUMENT otherwise)."""
+    return ack_payload(wire_enum(ACK_ACTIONS, action, "action"), delay)
 
 
 def _ack_subject(reply: str) -> AckSubject:
@@ -816,151 +539,3 @@ def _ack_subject(reply: str) -> AckSubject:
     if parsed is None:  # only parsed ack subjects are ever remembered
         raise FailedPrecondition("the remembered delivery has no ack subject")
     return parsed
-
-
-class _ConsumeSession:
-    """One Consume stream: keeps one pull request open while the window has room."""
-
-    def __init__(
-        self,
-        handlers: JetStreamHandlers,
-        ns: Namespace,
-        stream: str,
-        consumer: str,
-        pipe: PullPipe,
-        window: FlowWindow,
-        heartbeat: float,
-    ) -> None:
-        self.h = handlers
-        self.ns = ns
-        self.stream = stream
-        self.consumer = consumer
-        self.pipe = pipe
-        self.window = window
-        self.heartbeat = heartbeat
-        # NATS idle heartbeats on the pull: a silent pull is a lost one (e.g. server restart).
-        self.nats_heartbeat = min(max(heartbeat, 0.5), 10.0)
-        self.open = False
-        self.remaining = 0
-        self.oversize = False
-        self.failures = 0
-        self.stopped = False
-
-    def stop(self) -> None:
-        """End the stream (normally) at the next step; wakes whatever it waits for."""
-        self.stopped = True
-        self.pipe.interrupt()
-        self.window.wake()
-
-    def _status(self, **kwargs: object) -> pb.ConsumeResponse:
-        return pb.ConsumeResponse(
-            outstanding_messages=self.window.messages,
-            outstanding_bytes=self.window.bytes,
-            **kwargs,  # type: ignore[arg-type]
-        )
-
-    async def run(self) -> AsyncIterator[pb.ConsumeResponse]:
-        clock = time.monotonic
-        last_sent = clock()
-        last_heard = clock()
-        retry_at = 0.0
-        reconcile_at = clock() + CONSUME_RECONCILE_EVERY
-        while not self.stopped:
-            now = clock()
-            if now - last_sent >= self.heartbeat:
-                yield self._status(heartbeat=True)
-                last_sent = clock()
-                continue
-            next_deadline = self.window.expire()
-            wake = last_sent + self.heartbeat
-            if next_deadline is not None:
-                wake = min(wake, next_deadline)
-            if not self.open:
-                msgs, room_bytes = self.window.room()
-                can_pull = (msgs > 0 and room_bytes > 0) and now >= retry_at
-                if can_pull:
-                    try:
-                        await self._request(msgs, room_bytes)
-                        last_heard = clock()
-                        self.failures = 0
-                    except Unavailable as exc:
-                        self.failures += 1
-                        retry_at = clock() + backoff_delay(self.failures)
-                        log.info("consume_pull_retry", error=exc.message, stream=self.stream)
-                    continue
-                if now < retry_at:
-                    wake = min(wake, retry_at)
-                elif now >= reconcile_at:
-                    # Full window: acks sent through other replicas only show in NATS's ack floor.
-                    await self._reconcile()
-                    reconcile_at = clock() + CONSUME_RECONCILE_EVERY
-                    continue
-                else:
-                    wake = min(wake, reconcile_at)
-                await self.window.wait_changed(wake - clock())
-                continue
-            stale_at = last_heard + 2 * self.nats_heartbeat + 1.0
-            item = await self.pipe.next(min(wake, stale_at) - clock())
-            if item is None:
-                if clock() >= stale_at:
-                    log.info("consume_pull_lost", stream=self.stream, consumer=self.consumer)
-                    self.open = False
-                continue
-            last_heard = clock()
-            if isinstance(item, JetStreamDelivery):
-                self.remaining -= 1
-                if self.remaining <= 0:
-                    self.open = False
-                self.window.add(item.stream_seq, item.nats_size)
-                yield self._status(message=self.h._deliver(self.ns, item))
-                last_sent = clock()
-                continue
-            if item.code == 100:
-                continue
-            self.open = False
-            if item.code in (404, 408) or batch_completed(item):
-                continue
-            if item.code == 409:
-                text = item.description.lower()
-                if exceeds_max_bytes(item):
-                    # The next message does not fit the byte window: wait for room; a message
-                    # larger than the whole window goes alone once nothing is outstanding.
-                    self.oversize = self.window.messages == 0
-                    continue
-                if "deleted" in text:
-                    raise pull_refusal(item)
-                if "leadership" in text or "server shutdown" in text:
-                    continue
-                raise pull_refusal(item)
-            if item.code == 503:
-                # No responder: JetStream not ready yet after a restart, or the consumer is gone
-                # (then the stream ends NOT_FOUND).
-                with contextlib.suppress(Unavailable, DeadlineExceeded):
-                    await self.h.jetstream_parts.js.consumer_info(self.stream, self.consumer)
-                self.failures += 1
-                retry_at = clock() + backoff_delay(self.failures)
-                continue
-            raise pull_refusal(item)
-
-    async def _reconcile(self) -> None:
-        """Free deliveries at or below the consumer's ack floor (acked anywhere)."""
-        try:
-            info = await self.h.jetstream_parts.js.consumer_info(self.stream, self.consumer)
-        except (Unavailable, DeadlineExceeded):
-            return  # NATS is away: the window stays as it is
-        self.window.settle_through(info.state.ack_floor_stream_seq)
-
-    async def _request(self, msgs: int, room_bytes: int) -> None:
-        if self.oversize and self.window.messages == 0:
-            batch, max_bytes = 1, 0
-        else:
-            batch, max_bytes = msgs, room_bytes
-        self.oversize = False
-        await self.pipe.request(
-            batch,
-            expires=CONSUME_PULL_EXPIRES,
-            max_bytes=max_bytes,
-            heartbeat=self.nats_heartbeat,
-        )
-        self.open = True
-        self.remaining = batch

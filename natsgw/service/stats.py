@@ -22,7 +22,7 @@ from natsgw._generated.isa import nats as pb
 from natsgw.adapter.jetstream import JetStreamAdapter
 from natsgw.errors import GatewayError
 from natsgw.service.base import Handlers
-from natsgw.service.jetstream import tenant_errors
+from natsgw.service.jetstream_wire import tenant_errors
 
 log = structlog.get_logger("natsgw.service.stats")
 

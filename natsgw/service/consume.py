@@ -1,0 +1,188 @@
+"""Consume: continuous delivery from a pull consumer within a client-set flow-control window."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import structlog
+
+from natsgw._generated.isa import nats as pb
+from natsgw.adapter.core import backoff_delay
+from natsgw.adapter.jetstream import (
+    PullPipe,
+    batch_completed,
+    exceeds_max_bytes,
+    pull_refusal,
+)
+from natsgw.adapter.types import JetStreamDelivery
+from natsgw.deliveries import FlowWindow
+from natsgw.errors import DeadlineExceeded, Unavailable
+from natsgw.subscriptions import Mailbox
+from natsgw.tenancy import Namespace
+
+if TYPE_CHECKING:
+    from natsgw.service.jetstream import JetStreamHandlers
+
+log = structlog.get_logger("natsgw.service.consume")
+
+#: How long a pull request of a Consume stream lives at NATS before it is renewed.
+CONSUME_PULL_EXPIRES = 30.0
+#: How often a Consume stream whose window is full looks at the consumer's ack floor in NATS
+#: (acks sent through another replica free its window that way).
+CONSUME_RECONCILE_EVERY = 1.0
+
+
+async def stop_on_end(mailbox: Mailbox, session: ConsumeSession) -> None:
+    await mailbox.get()  # returns None once the gateway ends its streams
+    session.stop()
+
+
+class ConsumeSession:
+    """One Consume stream: keeps one pull request open while the window has room."""
+
+    def __init__(
+        self,
+        handlers: JetStreamHandlers,
+        ns: Namespace,
+        stream: str,
+        consumer: str,
+        pipe: PullPipe,
+        window: FlowWindow,
+        heartbeat: float,
+    ) -> None:
+        self.h = handlers
+        self.ns = ns
+        self.stream = stream
+        self.consumer = consumer
+        self.pipe = pipe
+        self.window = window
+        self.heartbeat = heartbeat
+        # NATS idle heartbeats on the pull: a silent pull is a lost one (e.g. server restart).
+        self.nats_heartbeat = min(max(heartbeat, 0.5), 10.0)
+        self.open = False
+        self.remaining = 0
+        self.oversize = False
+        self.failures = 0
+        self.stopped = False
+
+    def stop(self) -> None:
+        """End the stream (normally) at the next step; wakes whatever it waits for."""
+        self.stopped = True
+        self.pipe.interrupt()
+        self.window.wake()
+
+    def _status(self, **kwargs: object) -> pb.ConsumeResponse:
+        return pb.ConsumeResponse(
+            outstanding_messages=self.window.messages,
+            outstanding_bytes=self.window.bytes,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    async def run(self) -> AsyncIterator[pb.ConsumeResponse]:
+        clock = time.monotonic
+        last_sent = clock()
+        last_heard = clock()
+        retry_at = 0.0
+        reconcile_at = clock() + CONSUME_RECONCILE_EVERY
+        while not self.stopped:
+            now = clock()
+            if now - last_sent >= self.heartbeat:
+                yield self._status(heartbeat=True)
+                last_sent = clock()
+                continue
+            next_deadline = self.window.expire()
+            wake = last_sent + self.heartbeat
+            if next_deadline is not None:
+                wake = min(wake, next_deadline)
+            if not self.open:
+                msgs, room_bytes = self.window.room()
+                can_pull = (msgs > 0 and room_bytes > 0) and now >= retry_at
+                if can_pull:
+                    try:
+                        await self._request(msgs, room_bytes)
+                        last_heard = clock()
+                        self.failures = 0
+                    except Unavailable as exc:
+                        self.failures += 1
+                        retry_at = clock() + backoff_delay(self.failures)
+                        log.info("consume_pull_retry", error=exc.message, stream=self.stream)
+                    continue
+                if now < retry_at:
+                    wake = min(wake, retry_at)
+                elif now >= reconcile_at:
+                    # Full window: acks sent through other replicas only show in NATS's ack floor.
+                    await self._reconcile()
+                    reconcile_at = clock() + CONSUME_RECONCILE_EVERY
+                    continue
+                else:
+                    wake = min(wake, reconcile_at)
+                await self.window.wait_changed(wake - clock())
+                continue
+            stale_at = last_heard + 2 * self.nats_heartbeat + 1.0
+            item = await self.pipe.next(min(wake, stale_at) - clock())
+            if item is None:
+                if clock() >= stale_at:
+                    log.info("consume_pull_lost", stream=self.stream, consumer=self.consumer)
+                    self.open = False
+                continue
+            last_heard = clock()
+            if isinstance(item, JetStreamDelivery):
+                self.remaining -= 1
+                if self.remaining <= 0:
+                    self.open = False
+                self.window.add(item.stream_seq, item.nats_size)
+                yield self._status(message=self.h._deliver(self.ns, item))
+                last_sent = clock()
+                continue
+            if item.code == 100:
+                continue
+            self.open = False
+            if item.code in (404, 408) or batch_completed(item):
+                continue
+            if item.code == 409:
+                text = item.description.lower()
+                if exceeds_max_bytes(item):
+                    # The next message does not fit the byte window: wait for room; a message
+                    # larger than the whole window goes alone once nothing is outstanding.
+                    self.oversize = self.window.messages == 0
+                    continue
+                if "deleted" in text:
+                    raise pull_refusal(item)
+                if "leadership" in text or "server shutdown" in text:
+                    continue
+                raise pull_refusal(item)
+            if item.code == 503:
+                # No responder: JetStream not ready yet after a restart, or the consumer is gone
+                # (then the stream ends NOT_FOUND).
+                with contextlib.suppress(Unavailable, DeadlineExceeded):
+                    await self.h.jetstream_parts.js.consumer_info(self.stream, self.consumer)
+                self.failures += 1
+                retry_at = clock() + backoff_delay(self.failures)
+                continue
+            raise pull_refusal(item)
+
+    async def _reconcile(self) -> None:
+        """Free deliveries at or below the consumer's ack floor (acked anywhere)."""
+        try:
+            info = await self.h.jetstream_parts.js.consumer_info(self.stream, self.consumer)
+        except (Unavailable, DeadlineExceeded):
+            return  # NATS is away: the window stays as it is
+        self.window.settle_through(info.state.ack_floor_stream_seq)
+
+    async def _request(self, msgs: int, room_bytes: int) -> None:
+        if self.oversize and self.window.messages == 0:
+            batch, max_bytes = 1, 0
+        else:
+            batch, max_bytes = msgs, room_bytes
+        self.oversize = False
+        await self.pipe.request(
+            batch,
+            expires=CONSUME_PULL_EXPIRES,
+            max_bytes=max_bytes,
+            heartbeat=self.nats_heartbeat,
+        )
+        self.open = True
+        self.remaining = batch
