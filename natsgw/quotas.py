@@ -37,6 +37,8 @@ from typing import Any
 import structlog
 
 from natsgw.adapter import NatsAdapter, inventory
+from natsgw.adapter.kv import stream_name as kv_stream_name
+from natsgw.adapter.objects import stream_name as object_stream_name
 from natsgw.config import ConfigError, Settings
 from natsgw.errors import ResourceExhausted
 from natsgw.tenancy import Namespace, Tenant, TenantKind
@@ -248,8 +250,8 @@ def nats_stream_name(ns: Namespace, kind: Kind, name: str) -> str:
     if kind is Kind.STREAM:
         return ns.stream(name, "config.name")
     if kind is Kind.KV_BUCKET:
-        return "KV_" + ns.kv_bucket(name)
-    return "OBJ_" + ns.object_bucket(name)
+        return kv_stream_name(ns.kv_bucket(name))
+    return object_stream_name(ns.object_bucket(name))
 
 
 # -- enforcement --------------------------------------------------------------------------------
@@ -382,9 +384,9 @@ class QuotaEnforcer:
     async def _count(self, ns: Namespace, kind: Kind) -> int:
         prefix = ns.name_prefix
         if kind is Kind.KV_BUCKET:
-            return len(await inventory.list_streams(self.adapter, ("KV_" + prefix,)))
+            return len(await inventory.list_streams(self.adapter, (kv_stream_name(prefix),)))
         if kind is Kind.OBJECT_BUCKET:
-            return len(await inventory.list_streams(self.adapter, ("OBJ_" + prefix,)))
+            return len(await inventory.list_streams(self.adapter, (object_stream_name(prefix),)))
         streams = await inventory.list_streams(self.adapter, (prefix,))
         if kind is Kind.STREAM:
             return len(streams)
