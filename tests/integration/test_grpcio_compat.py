@@ -8,6 +8,9 @@ from types import ModuleType
 from typing import Any
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
 import nats
 import pytest
 import pytest_asyncio
@@ -169,3 +172,37 @@ async def test_gzip_compressed_requests_are_accepted(
     assert response.success
     assert (await sub.next_msg(timeout=2)).data == b"aio" * 1000
     await wait_for(lambda: compression.inflated_frames >= before + 2)
+
+
+async def test_gateway_advertises_the_encodings_it_accepts(gateway: Gateway) -> None:
+    """Raw HTTP/2: the response headers carry grpc-accept-encoding (clients strip it)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    stream_id = conn.get_next_available_stream_id()
+    conn.send_headers(
+        stream_id,
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/isa.nats.NATSService/HealthCheck"),
+            (":authority", f"127.0.0.1:{gateway.port}"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ],
+    )
+    conn.send_data(stream_id, b"\x00\x00\x00\x00\x00", end_stream=True)  # empty request message
+    writer.write(conn.data_to_send())
+    headers: dict[str, str] = {}
+    try:
+        while not headers:
+            data = await asyncio.wait_for(reader.read(65536), 5)
+            assert data, "connection closed before response headers"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    headers = {k.decode(): v.decode() for k, v in event.headers}
+            writer.write(conn.data_to_send())
+    finally:
+        writer.close()
+    assert headers[":status"] == "200"
+    assert "gzip" in headers["grpc-accept-encoding"].split(",")
