@@ -8,9 +8,11 @@ which avoids the race of probing for a free port first.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import shutil
 import signal
+import sys
 import sysconfig
 import tempfile
 from pathlib import Path
@@ -21,6 +23,18 @@ log = structlog.get_logger("natsgw.embedded")
 
 _START_TIMEOUT = 15.0
 _STOP_TIMEOUT = 10.0
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM it if natsgw dies without stopping it (crash, kill -9),
+    so no orphan keeps the JetStream store locked. Elsewhere a no-op."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 class EmbeddedServerError(RuntimeError):
@@ -104,6 +118,10 @@ class EmbeddedNatsServer:
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,
+                # Its own session: a Ctrl-C in the terminal reaches natsgw only, which drains
+                # its NATS connection before it stops the server itself.
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         ports_file = runtime / f"nats-server_{self._proc.pid}.ports"
         loop = asyncio.get_running_loop()

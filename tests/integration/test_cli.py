@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -22,6 +23,42 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def start_serving(tmp_path: Path, port: int, **popen: Any) -> tuple[subprocess.Popen[str], int]:
+    """Start `natsgw serve`; return it and its embedded nats-server's port, once it serves."""
+    proc = subprocess.Popen(
+        [*NATSGW, "serve"],
+        env=run_env(tmp_path, GRPC_PORT=str(port)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+    assert proc.stderr is not None
+    nats_port = 0
+    for line in proc.stderr:
+        event = json.loads(line)
+        if event["event"] == "embedded_nats_started":
+            nats_port = int(event["url"].rsplit(":", 1)[1])
+        if event["event"] == "natsgw_started":
+            break
+    assert nats_port, "no embedded nats-server was started"
+    return proc, nats_port
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def gone_within(port: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while listening(port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def run_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "NATSGW_", "GRPC_"))}
     return env | {"NATSGW_DATA_DIR": str(tmp_path / "data"), "NATSGW_LOG_FORMAT": "json"} | extra
@@ -32,16 +69,10 @@ def test_serve_without_nats_urls_runs_an_embedded_server_and_stops_cleanly(
 ) -> None:
     pb2, pb2_grpc = grpcio_stubs
     port = free_port()
-    proc = subprocess.Popen(
-        [*NATSGW, "serve"],
-        env=run_env(tmp_path, GRPC_PORT=str(port)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, nats_port = start_serving(tmp_path, port)
     try:
+        assert listening(nats_port)
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        grpc.channel_ready_future(channel).result(timeout=30)
         stub = pb2_grpc.NATSServiceStub(channel)
         health = stub.HealthCheck(pb2.NATSHealthCheckRequest(deep_check=True), timeout=10)
         assert health.healthy and health.jetstream_enabled, health.message
@@ -52,12 +83,10 @@ def test_serve_without_nats_urls_runs_an_embedded_server_and_stops_cleanly(
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
-    assert "embedded_nats_started" in stderr
     assert "natsgw_stopped" in stderr
+    assert "nats_drain_failed" not in stderr
     assert (tmp_path / "data" / "jetstream").is_dir()  # JetStream kept its data there
-    # The embedded nats-server went away with the gateway.
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
-    assert str(tmp_path) not in ps.stdout
+    assert gone_within(nats_port, 5), "the embedded nats-server outlived the gateway"
 
 
 def test_malformed_setting_stops_start_up_naming_the_variable(tmp_path: Path) -> None:
@@ -103,3 +132,21 @@ def test_unreadable_tokens_file_stops_start_up_without_a_traceback(tmp_path: Pat
     assert result.returncode == 2, result.stderr
     assert "missing.json" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_embedded_server_outlives_a_terminal_ctrl_c_until_natsgw_has_drained(
+    tmp_path: Path,
+) -> None:
+    """SIGINT to the whole process group (a terminal's Ctrl-C) must not cut NATS from under the
+    drain; and natsgw killed outright takes its embedded server with it."""
+    proc, nats_port = start_serving(tmp_path, free_port(), start_new_session=True)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert "nats_drain_failed" not in stderr
+    assert gone_within(nats_port, 5)
+
+    proc, nats_port = start_serving(tmp_path, free_port())
+    proc.kill()
+    proc.wait(timeout=10)
+    assert gone_within(nats_port, 10), "embedded nats-server outlived a killed natsgw"
