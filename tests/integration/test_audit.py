@@ -58,10 +58,19 @@ async def test_allowed_and_refused_calls_reach_loki_as_structured_events(
                 pb.PublishRequest(user_id=user, subject="bad subject"),
                 metadata={"x-request-id": "req-invalid-1"},
             )
-        # A successful read is not audited.
-        await stub.unsubscribe(pb.UnsubscribeRequest(user_id=user, subject="nothing"))
-        await wait_for(lambda: len(audit_of(loki, "req-invalid-1")) == 1, timeout=5)
+        # A successful read is not audited; the audited call after it shows the read's turn has
+        # passed (events ship in order), so req-read-1 would have reached Loki by then.
+        listed = await stub.list_streams(
+            pb.ListStreamsRequest(user_id=user), metadata={"x-request-id": "req-read-1"}
+        )
+        assert list(listed.streams) == []
+        await stub.publish(
+            pb.PublishRequest(user_id=user, subject="orders.created", data=b"2"),
+            metadata={"x-request-id": "req-after-read-1"},
+        )
+        await wait_for(lambda: len(audit_of(loki, "req-after-read-1")) == 1, timeout=5)
         channel.close()
+        assert audit_of(loki, "req-read-1") == []
 
         [allowed] = audit_of(loki, "req-allowed-1")
         assert allowed["event"] == "audit"

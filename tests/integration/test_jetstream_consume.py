@@ -28,6 +28,8 @@ class Consumption:
 
     def __init__(self, stub: pb.NatsServiceStub, request: pb.ConsumeRequest) -> None:
         self.queue: asyncio.Queue[pb.ConsumeResponse | BaseException] = asyncio.Queue()
+        #: Set when the server ended the stream with OK (a quiet stream looks the same otherwise).
+        self.ended = False
         self.task = asyncio.create_task(self._read(stub, request))
 
     async def _read(self, stub: pb.NatsServiceStub, request: pb.ConsumeRequest) -> None:
@@ -36,6 +38,8 @@ class Consumption:
                 self.queue.put_nowait(response)
         except GRPCError as exc:
             self.queue.put_nowait(exc)
+        else:
+            self.ended = True
 
     async def next(self, timeout: float = 5.0) -> pb.ConsumeResponse:
         item = await asyncio.wait_for(self.queue.get(), timeout)
@@ -267,7 +271,10 @@ async def test_consume_carries_on_after_a_nats_restart(tmp_path: Path) -> None:
             await ack(stub, user, before)
 
             await server.stop()
-            await consumption.only_heartbeats(1.0)  # the stream stays open, heartbeating
+            # The stream stays open, heartbeating every 0.3s (an ended stream is quiet too).
+            beats = await consumption.only_heartbeats(1.0)
+            assert len(beats) >= 2, beats
+            assert not consumption.ended
             await server.start()
             adapter = gateway.adapter
             assert adapter is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,9 @@ async def test_stream_quota(quota_stub: tuple[pb.NatsServiceStub, Gateway]) -> N
         "CreateStream",
     )
     assert audit["resource"] == {"config.name": "s3"} and "quota 'streams'" in audit["reason"]
+    # The refused stream was not created.
+    listed = await stub.list_streams(pb.ListStreamsRequest(user_id=user))
+    assert sorted(s.name for s in listed.streams) == ["s1", "s2"]
     # Creating an existing stream again creates nothing, so it is not refused.
     assert (await stub.create_stream(stream_request(user, "s1"))).success
     # Another tenant has its own count.
@@ -96,7 +100,9 @@ async def test_consumer_quota(quota_stub: tuple[pb.NatsServiceStub, Gateway]) ->
 
 
 @pytest.mark.parametrize("quota_stub", [{"quota_kv_buckets": 1}], indirect=True)
-async def test_kv_bucket_quota(quota_stub: tuple[pb.NatsServiceStub, Gateway]) -> None:
+async def test_kv_bucket_quota(
+    quota_stub: tuple[pb.NatsServiceStub, Gateway], nc: nats.NATS
+) -> None:
     stub, _ = quota_stub
     user = tenant()
     assert (
@@ -111,13 +117,19 @@ async def test_kv_bucket_quota(quota_stub: tuple[pb.NatsServiceStub, Gateway]) -
     await exhausted(
         stub.kv_create_bucket(pb.KvCreateBucketRequest(user_id=user, bucket="c")), "kv_buckets"
     )
-    # Refused puts created nothing.
-    keys = await stub.kv_keys(pb.KvKeysRequest(user_id=user, bucket="b"))
-    assert list(keys.keys) == []
+    # The refused put and create made no bucket: only "a" exists, here and on NATS.
+    listed = await stub.kv_list_buckets(pb.KvListBucketsRequest(user_id=user))
+    assert [b.bucket for b in listed.buckets] == ["a"]
+    ns = Namespace(Tenant.user(user))
+    for refused in ("b", "c"):
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await nc.jetstream().stream_info("KV_" + ns.kv_bucket(refused))
 
 
 @pytest.mark.parametrize("quota_stub", [{"quota_object_buckets": 1}], indirect=True)
-async def test_object_bucket_quota(quota_stub: tuple[pb.NatsServiceStub, Gateway]) -> None:
+async def test_object_bucket_quota(
+    quota_stub: tuple[pb.NatsServiceStub, Gateway], nc: nats.NATS
+) -> None:
     stub, _ = quota_stub
     user = tenant()
     put = pb.ObjectPutRequest(user_id=user, bucket="files", object_name="a.txt", data=b"hello")
@@ -130,6 +142,12 @@ async def test_object_bucket_quota(quota_stub: tuple[pb.NatsServiceStub, Gateway
         ),
         "object_buckets",
     )
+    # The refused put made no bucket on NATS; the allowed one is there.
+    ns = Namespace(Tenant.user(user))
+    js = nc.jetstream()
+    assert (await js.stream_info("OBJ_" + ns.object_bucket("files"))).config.name
+    with pytest.raises(nats.js.errors.NotFoundError):
+        await js.stream_info("OBJ_" + ns.object_bucket("more"))
 
 
 @pytest.mark.parametrize("quota_stub", [{"quota_max_bytes": MIB}], indirect=True)
@@ -191,7 +209,9 @@ async def test_publish_rate_quota_is_a_token_bucket(
     message = await exhausted(
         stub.publish(pb.PublishRequest(user_id=user, subject="x")), "publish_rate"
     )
-    assert "retry in" in message
+    refused_at = asyncio.get_running_loop().time()
+    retry = re.search(r"retry in ([0-9.]+)s", message)
+    assert retry is not None, message
     # Other tenants have their own bucket.
     assert (await stub.publish(pb.PublishRequest(user_id=other, subject="x"))).success
     # A batch draws one token per message.
@@ -214,9 +234,13 @@ async def test_publish_rate_quota_is_a_token_bucket(
         "publish_rate",
     )
     assert "smaller batches" in message
-    await asyncio.sleep(0.45)  # two tokens come back
+    # Tokens come back at 5/s: wait until the user's bucket holds 2.25 (the next token is due
+    # after the advertised retry, the second 0.2s later), so two publishes pass and a third not.
+    wake = refused_at + float(retry.group(1)) + 0.2 + 0.05
+    await asyncio.sleep(max(0.0, wake - asyncio.get_running_loop().time()))
     assert (await stub.publish(pb.PublishRequest(user_id=user, subject="x"))).success
     assert (await stub.publish(pb.PublishRequest(user_id=user, subject="x"))).success
+    await exhausted(stub.publish(pb.PublishRequest(user_id=user, subject="x")), "publish_rate")
 
 
 async def test_per_tenant_overrides_from_the_quotas_file(
