@@ -135,7 +135,9 @@ class EmbeddedNatsServer:
         ports = json.loads(ports_file.read_text())
         self.port = int(ports["nats"][0].rsplit(":", 1)[1])
         self.monitor_port = int(ports["monitoring"][0].rsplit(":", 1)[1])
-        log.info("embedded_nats_started", url=self.url, data_dir=str(self.data_dir))
+        log.info(
+            "embedded_nats_started", url=self.url, pid=self._proc.pid, data_dir=str(self.data_dir)
+        )
 
     async def stop(self) -> None:
         """Ask nats-server to shut down cleanly (it flushes JetStream), then insist."""

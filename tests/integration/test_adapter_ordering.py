@@ -8,6 +8,7 @@ from typing import Any
 import pytest_asyncio
 
 from natsgw.adapter import Message, NatsAdapter
+from natsgw.adapter.core import _settle
 from natsgw.embedded import EmbeddedNatsServer
 
 
@@ -38,12 +39,16 @@ def first_index(writes: list[bytes], prefix: bytes) -> int:
     return next(i for i, w in enumerate(writes) if w.startswith(prefix))
 
 
-async def test_confirmed_publish_is_written_before_its_ping(
+async def test_settle_puts_its_ping_behind_commands_still_queued(
     recorded: tuple[NatsAdapter, list[bytes]],
 ) -> None:
+    """The race the confirmation closes, made certain: the PUB is still in nats-py's queue
+    (nothing yielded to its flusher) when the confirmation starts."""
     adapter, writes = recorded
-    await adapter.publish("ordering.test", b"x", confirm=True)
-    assert first_index(writes, b"PUB ordering.test") < first_index(writes, b"PING")
+    nc: Any = adapter._nc
+    await nc.publish("ordering.queued", b"x")
+    await _settle(nc, 5.0)
+    assert first_index(writes, b"PUB ordering.queued") < first_index(writes, b"PING")
 
 
 async def test_subscription_is_on_the_wire_before_it_is_announced(

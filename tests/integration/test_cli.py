@@ -23,8 +23,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_serving(tmp_path: Path, port: int, **popen: Any) -> tuple[subprocess.Popen[str], int]:
-    """Start `natsgw serve`; return it and its embedded nats-server's port, once it serves."""
+def start_serving(
+    tmp_path: Path, port: int, **popen: Any
+) -> tuple[subprocess.Popen[str], int, int]:
+    """Start `natsgw serve`; once it serves, return it and its embedded server's port and pid."""
     proc = subprocess.Popen(
         [*NATSGW, "serve"],
         env=run_env(tmp_path, GRPC_PORT=str(port)),
@@ -34,15 +36,16 @@ def start_serving(tmp_path: Path, port: int, **popen: Any) -> tuple[subprocess.P
         **popen,
     )
     assert proc.stderr is not None
-    nats_port = 0
+    nats_port = nats_pid = 0
     for line in proc.stderr:
         event = json.loads(line)
         if event["event"] == "embedded_nats_started":
             nats_port = int(event["url"].rsplit(":", 1)[1])
+            nats_pid = int(event["pid"])
         if event["event"] == "natsgw_started":
             break
     assert nats_port, "no embedded nats-server was started"
-    return proc, nats_port
+    return proc, nats_port, nats_pid
 
 
 def listening(port: int) -> bool:
@@ -69,7 +72,7 @@ def test_serve_without_nats_urls_runs_an_embedded_server_and_stops_cleanly(
 ) -> None:
     pb2, pb2_grpc = grpcio_stubs
     port = free_port()
-    proc, nats_port = start_serving(tmp_path, port)
+    proc, nats_port, _ = start_serving(tmp_path, port)
     try:
         assert listening(nats_port)
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -139,14 +142,17 @@ def test_embedded_server_outlives_a_terminal_ctrl_c_until_natsgw_has_drained(
 ) -> None:
     """SIGINT to the whole process group (a terminal's Ctrl-C) must not cut NATS from under the
     drain; and natsgw killed outright takes its embedded server with it."""
-    proc, nats_port = start_serving(tmp_path, free_port(), start_new_session=True)
+    proc, nats_port, nats_pid = start_serving(tmp_path, free_port(), start_new_session=True)
+    # The decisive fact: the server is outside natsgw's session, so no terminal signal reaches
+    # it (whether a drain then fails is a race, so that check below is only a second line).
+    assert os.getsid(nats_pid) != os.getsid(proc.pid)
     os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
     assert "nats_drain_failed" not in stderr
     assert gone_within(nats_port, 5)
 
-    proc, nats_port = start_serving(tmp_path, free_port())
+    proc, nats_port, _ = start_serving(tmp_path, free_port())
     proc.kill()
     proc.wait(timeout=10)
     assert gone_within(nats_port, 10), "embedded nats-server outlived a killed natsgw"

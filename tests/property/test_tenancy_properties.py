@@ -66,6 +66,14 @@ _ok_chars = st.one_of(
 good_tokens = st.text(_ok_chars, min_size=1, max_size=8)
 good_subjects = st.builds(".".join, st.lists(good_tokens, min_size=1, max_size=5))
 good_names = st.text(_ok_chars, min_size=1, max_size=30)
+good_patterns = st.builds(
+    lambda toks, tail: ".".join(toks + tail),
+    st.lists(st.one_of(good_tokens, st.just("*")), min_size=1, max_size=4),
+    st.sampled_from([[], [">"]]),
+)
+# At most 12 characters per code point once escaped: 10 code points always fit the key limit.
+good_ids = st.one_of(st.sampled_from(REAL_IDS), st.text(min_size=1, max_size=10))
+good_buckets = st.text(st.sampled_from("abcXYZ019_-"), min_size=1, max_size=30)
 
 RESERVED_PREFIXES = ("$JS", "$KV", "$O", "$SYS", "_INBOX")
 
@@ -170,7 +178,12 @@ def test_subjects_are_valid_or_refused_and_reversible(tenant: Tenant, subject: s
     assert ns.from_subject(mapped) == subject
 
 
-@given(tenants, st.one_of(patterns, good_subjects), tenants, st.one_of(subjects, good_subjects))
+@given(
+    tenants,
+    st.one_of(patterns, good_patterns, good_subjects),
+    tenants,
+    st.one_of(subjects, good_subjects),
+)
 def test_patterns_never_reach_another_tenant(
     owner: Tenant, pattern: str, other: Tenant, subject: str
 ) -> None:
@@ -273,3 +286,18 @@ def test_bad_names_are_refused_with_the_field() -> None:
     for bad in ["a.b", "é", "a b", ""]:
         with pytest.raises(InvalidArgument, match="bucket"):
             ns.kv_bucket(bad)
+
+
+@given(st.builds(Tenant, kinds, good_ids), good_subjects, good_patterns, good_names, good_buckets)
+def test_valid_inputs_are_never_refused(
+    tenant: Tenant, subject: str, pattern: str, name: str, bucket: str
+) -> None:
+    """The other properties skip refused inputs, so refusing too much must fail here."""
+    ns = Namespace(tenant)
+    assert ns.from_subject(ns.subject(subject)) == subject
+    assert ns.from_subject(ns.pattern(pattern)) == pattern
+    assert ns.from_subject(ns.pattern(subject)) == subject
+    assert ns.from_name(ns.stream(name)) == name
+    assert ns.consumer(name) == name
+    assert ns.from_name(ns.kv_bucket(bucket)) == bucket
+    assert ns.from_name(ns.object_bucket(bucket)) == bucket

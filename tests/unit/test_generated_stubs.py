@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import filecmp
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "natsgw" / "_generated"
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("betterproto2_compiler") is None, reason="needs the [test] extra"
-)
 def test_committed_stubs_are_current(tmp_path: Path) -> None:
     out = tmp_path / "generated"
     subprocess.run(
