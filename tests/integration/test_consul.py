@@ -114,7 +114,8 @@ async def test_consul_down_at_start_keeps_serving_and_registers_later(
     await consul.start(port)
     try:
         await wait_for(lambda: "nats-service-gw-consul-late" in consul.services, timeout=10)
-        assert gw.consul.registered
+        # The agent records the service before the gateway has read the agent's answer.
+        await wait_for(lambda: gw.consul is not None and gw.consul.registered, timeout=5)
     finally:
         await gw.stop()
         await consul.stop()
