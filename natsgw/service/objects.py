@@ -101,12 +101,18 @@ class ObjectStoreHandlers(Handlers):
             )
         return await self._put(bucket, message.object_name, _one(message.data), message.metadata)
 
-    async def object_get(self, message: pb.ObjectGetRequest) -> pb.ObjectGetResponse:
+    async def _stat(
+        self, message: pb.ObjectGetRequest
+    ) -> tuple[str, ObjectStoreClient, ObjectStat | None]:
+        """The caller's bucket, the store, and the object's facts (None when it is missing)."""
         ns = await self.namespace(message)
         bucket = ns.object_bucket(message.bucket)
         check_object_name(message.object_name)
         objects = self._objects()
-        stat = await objects.stat(bucket, message.object_name)
+        return bucket, objects, await objects.stat(bucket, message.object_name)
+
+    async def object_get(self, message: pb.ObjectGetRequest) -> pb.ObjectGetResponse:
+        bucket, objects, stat = await self._stat(message)
         if stat is None:
             return pb.ObjectGetResponse(found=False)
         limit = self.settings.max_message_size
@@ -169,11 +175,7 @@ class ObjectStoreHandlers(Handlers):
     async def object_get_stream(
         self, message: pb.ObjectGetRequest
     ) -> AsyncIterator[pb.ObjectGetStreamResponse]:
-        ns = await self.namespace(message)
-        bucket = ns.object_bucket(message.bucket)
-        check_object_name(message.object_name)
-        objects = self._objects()
-        stat = await objects.stat(bucket, message.object_name)
+        bucket, objects, stat = await self._stat(message)
         if stat is None:
             yield pb.ObjectGetStreamResponse(found=False)
             return
