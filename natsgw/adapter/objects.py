@@ -197,6 +197,17 @@ class _AckWindow:
         while self._order:
             await self._await_oldest()
 
+    async def settle(self) -> None:
+        """Wait (bounded) for every chunk still in flight to be answered, ignoring errors.
+
+        JetStream may apply a purge before publishes that were sent earlier, so an upload that
+        failed must let its chunks land (or be refused) before purging them: else one could be
+        stored after the purge, an orphan.
+        """
+        pending = [f for f in self._order if not f.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=self._timeout)
+
     async def close(self) -> None:
         for future in self._order:
             future.cancel()
@@ -428,6 +439,8 @@ class ObjectStoreClient:
             if not stored:
                 raise Unavailable(f"object {name!r} kept changing while being stored; try again")
         finally:
+            if not stored:
+                await asyncio.shield(window.settle())
             await window.close()
             if not stored:
                 await asyncio.shield(self._purge_quietly(bucket, subject))
