@@ -169,6 +169,17 @@ def grpcio_stubs(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModuleType, 
     return pb2, _load_module("client_nats_service_pb2_grpc", grpc_path)
 
 
+async def settled(nc: nats.NATS) -> None:
+    """Return once the server has processed everything ``nc`` sent, subscriptions included.
+
+    nats-py 2.16's ``flush()`` writes its PING straight to the socket, possibly ahead of a SUB
+    still queued for its flusher task, so one PONG does not prove the SUB was read. By the time
+    that PONG is back the flusher has written the SUB; a second PING is then queued behind it.
+    """
+    await nc.flush()
+    await nc.flush()
+
+
 async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

@@ -26,7 +26,7 @@ from natsgw._generated.isa import nats as pb
 from natsgw.config import AuthMode, ConfigError, Settings
 from natsgw.server import Gateway
 from natsgw.tenancy import Namespace, Tenant
-from tests.conftest import tenant
+from tests.conftest import settled, tenant
 from tests.integration._security import HttpFake, ec_key, grpcio_unary, public_pem, rsa_key
 
 AUDIENCE = "natsgw-test"
@@ -44,17 +44,6 @@ async def expect_status(call: Awaitable[Any], status: Status) -> GRPCError:
         await call
     assert info.value.status == status, info.value.message
     return info.value
-
-
-async def settled(nc: nats.NATS) -> None:
-    """Make sure the server has processed this client's subscriptions.
-
-    nats-py 2.16's ``flush()`` writes its PING straight to the socket, possibly ahead of a SUB
-    still queued for its flusher task, so one PONG does not prove the SUB was read. By the time
-    that PONG is back the flusher has written the SUB; a second PING is then queued behind it.
-    """
-    await nc.flush()
-    await nc.flush()
 
 
 async def lands_in(nc: nats.NATS, ns: Namespace, send: Callable[[str], Awaitable[Any]]) -> bytes:

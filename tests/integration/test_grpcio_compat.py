@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from natsgw.server import Gateway
 from natsgw.tenancy import Namespace, Tenant
 from natsgw.wire import compression
-from tests.conftest import tenant, wait_for
+from tests.conftest import settled, tenant, wait_for
 
 Stubs = tuple[ModuleType, ModuleType]
 
@@ -55,12 +55,13 @@ async def test_sync_client_publish_batch_request_health(
     pb2, _ = grpcio_stubs
     user = tenant()
     sub = await nc.subscribe(mapped(user, "sync.a"))
+    await settled(nc)
 
     async def respond(msg: Msg) -> None:
         await msg.respond(msg.data.upper())
 
     await nc.subscribe(mapped(user, "sync.svc"), cb=respond)
-    await nc.flush()
+    await settled(nc)
 
     published = await asyncio.to_thread(
         sync_stub.Publish,
@@ -155,6 +156,7 @@ async def test_gzip_compressed_requests_are_accepted(
     pb2, _ = grpcio_stubs
     user = tenant()
     sub = await nc.subscribe(mapped(user, "zipped"))
+    await settled(nc)
     # grpc sends a frame uncompressed when gzip would not make it smaller: use compressible data.
     payload = b"compressible " * 50_000  # 650 kB, gzips to a few kB
     before = compression.inflated_frames

@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from natsgw._generated.isa import nats as pb
 from natsgw.server import Gateway
 from natsgw.tenancy import Namespace, Tenant
-from tests.conftest import GatewayFactory, NatsFactory, tenant, wait_for
+from tests.conftest import GatewayFactory, NatsFactory, settled, tenant, wait_for
 from tests.integration.test_messaging import open_subscription
 
 
@@ -103,7 +103,7 @@ async def test_graceful_shutdown_finishes_calls_and_ends_streams(
         await msg.respond(b"done")
 
     await nc.subscribe(Namespace(Tenant.user(user)).subject("svc.slow"), cb=slow_responder)
-    await nc.flush()
+    await settled(nc)
     channel = Channel("127.0.0.1", gw.port)
     stub = pb.NatsServiceStub(channel)
     try:

@@ -13,7 +13,7 @@ from grpclib.exceptions import GRPCError
 from natsgw._generated.isa import nats as pb
 from natsgw.config import SlowConsumerPolicy
 from natsgw.tenancy import Namespace, Tenant
-from tests.conftest import GatewayFactory, NatsFactory, tenant
+from tests.conftest import GatewayFactory, NatsFactory, settled, tenant
 from tests.integration.test_messaging import open_subscription
 
 KIB = 1024
@@ -27,6 +27,7 @@ async def test_payload_over_nats_max_payload_is_refused_naming_both_limits(
     user = tenant()
     nc = await nats.connect(server.url)
     sub = await nc.subscribe(Namespace(Tenant.user(user)).subject("big"))
+    await settled(nc)
     channel = Channel("127.0.0.1", gw.port)
     stub = pb.NatsServiceStub(channel)
     try:
@@ -77,6 +78,7 @@ async def test_payload_of_exactly_max_payload_goes_through_intact(
     user = tenant()
     payload = bytes(range(256)) * (10 * 4096)  # exactly the default max_payload, 10 MiB
     sub = await nc.subscribe(Namespace(Tenant.user(user)).subject("huge"))
+    await settled(nc)
     await stub.publish(pb.PublishRequest(user_id=user, subject="huge", data=payload))
     assert (await sub.next_msg(timeout=5)).data == payload
 
@@ -95,7 +97,7 @@ async def test_slow_subscriber_is_closed_with_resource_exhausted(
             chunk = b"z" * (32 * KIB)
             for _ in range(400):  # ~12.5 MiB: far more than HTTP/2 windows plus the buffer
                 await nc.publish(Namespace(Tenant.user(user)).subject("firehose"), chunk)
-            await nc.flush()
+            await settled(nc)
             await asyncio.sleep(0.5)
             received = 0
             with pytest.raises(GRPCError) as info:
@@ -127,7 +129,7 @@ async def test_drop_policy_keeps_the_stream_and_shows_gaps(
         ) as s:
             for _ in range(400):
                 await nc.publish(subject, b"z" * (32 * KIB))
-            await nc.flush()
+            await settled(nc)
             await asyncio.sleep(0.5)
             sequences = []
             with pytest.raises(asyncio.TimeoutError):

@@ -17,7 +17,7 @@ from h2.exceptions import StreamClosedError
 from natsgw._generated.isa import nats as pb
 from natsgw.embedded import EmbeddedNatsServer
 from natsgw.tenancy import Namespace, Tenant
-from tests.conftest import tenant, wait_for
+from tests.conftest import settled, tenant, wait_for
 
 
 def mapped(user: str, subject: str) -> str:
@@ -60,6 +60,7 @@ async def test_publish_keeps_data_headers_and_maps_reply(
 ) -> None:
     user = tenant()
     sub = await nc.subscribe(mapped(user, "orders.>"))
+    await settled(nc)
     response = await stub.publish(
         pb.PublishRequest(
             user_id=user,
@@ -110,6 +111,7 @@ async def test_publish_batch_counts_exactly_and_loses_no_good_message(
 ) -> None:
     user = tenant()
     sub = await nc.subscribe(mapped(user, "batch.>"))
+    await settled(nc)
     messages = [pb.NatsMessage(subject=f"batch.{i}", data=str(i).encode()) for i in range(10)]
     messages[3] = pb.NatsMessage(subject="batch.*", data=b"bad")
     messages[7] = pb.NatsMessage(subject="batch.7", data=b"x", headers={"": "empty name"})

@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 
 from natsgw._generated.isa import nats as pb
 from natsgw.tenancy import Namespace, Tenant
-from tests.conftest import GatewayFactory, tenant
+from tests.conftest import GatewayFactory, settled, tenant
 from tests.integration.test_messaging import open_subscription
 
 
@@ -54,7 +54,7 @@ async def test_request_answered_by_a_native_nats_responder(
         await msg.respond(b"native:" + msg.data)
 
     await nc.subscribe(Namespace(Tenant.user(user)).subject("svc.native"), cb=respond)
-    await nc.flush()
+    await settled(nc)
     response = await stub.request(
         pb.RequestRequest(user_id=user, subject="svc.native", data=b"hi", headers={"Trace": "t1"})
     )
@@ -89,7 +89,7 @@ async def test_silent_responder_times_out_with_deadline_exceeded(
 ) -> None:
     user = tenant()
     await nc.subscribe(Namespace(Tenant.user(user)).subject("svc.slow"))  # never answers
-    await nc.flush()
+    await settled(nc)
     started = time.monotonic()
     with pytest.raises(GRPCError) as info:
         await stub.request(
@@ -110,7 +110,7 @@ async def test_default_timeout_applies_when_none_is_given(
     gw = await make_gateway(request_timeout=0.2)
     user = tenant()
     await nc.subscribe(Namespace(Tenant.user(user)).subject("svc.slow"))
-    await nc.flush()
+    await settled(nc)
     channel = Channel("127.0.0.1", gw.port)
     try:
         with pytest.raises(GRPCError) as info:
