@@ -163,13 +163,13 @@ class Settings:
             nats_cluster_id=e.get("NATS_CLUSTER_ID", str, ""),
             jetstream_enabled=e.get("NATS_JETSTREAM_ENABLED", _bool, True),
             jetstream_domain=e.get("NATS_JETSTREAM_DOMAIN", str, ""),
-            grpc_host=e.get("GRPC_HOST", _nonempty, "127.0.0.1"),
+            grpc_host=e.get("GRPC_HOST", _text, "127.0.0.1"),
             grpc_port=e.get("GRPC_PORT", _port, 50056),
-            service_name=e.get("SERVICE_NAME", _nonempty, "nats-grpc-service"),
+            service_name=e.get("SERVICE_NAME", _text, "nats-grpc-service"),
             service_hostname=e.get("SERVICE_HOSTNAME", str, ""),
             loki_url=e.get("LOKI_URL", _http_url, ""),
             consul_enabled=e.get("CONSUL_ENABLED", _bool, False),
-            consul_host=e.get("CONSUL_HOST", _nonempty, "localhost"),
+            consul_host=e.get("CONSUL_HOST", _text, "localhost"),
             consul_port=e.get("CONSUL_PORT", _port, 8500),
             data_dir=e.get("NATSGW_DATA_DIR", Path, _default_data_dir()),
             embedded_nats_port=e.get("NATSGW_EMBEDDED_NATS_PORT", _port_or_zero, 0),
@@ -206,7 +206,7 @@ class Settings:
             auth_mode=e.get("NATSGW_AUTH_MODE", AuthMode, AuthMode.TRUSTED),
             trusted_allow_remote=e.get("NATSGW_TRUSTED_ALLOW_REMOTE", _bool, False),
             auth_tokens_file=e.get("NATSGW_AUTH_TOKENS_FILE", Path, None),
-            auth_act_as_role=e.get("NATSGW_AUTH_ACT_AS_ROLE", _nonempty, "natsgw:act-as"),
+            auth_act_as_role=e.get("NATSGW_AUTH_ACT_AS_ROLE", _text, "natsgw:act-as"),
             jwt_key_file=e.get("NATSGW_JWT_KEY_FILE", Path, None),
             jwt_jwks_url=e.get("NATSGW_JWT_JWKS_URL", _http_url, ""),
             jwt_algorithms=e.get("NATSGW_JWT_ALGORITHMS", _jwt_algorithms, ("RS256", "ES256")),
@@ -214,9 +214,9 @@ class Settings:
             jwt_audience=e.get("NATSGW_JWT_AUDIENCE", str, ""),
             jwt_leeway=e.get("NATSGW_JWT_LEEWAY", _leeway, 30.0),
             jwt_jwks_refresh=e.get("NATSGW_JWT_JWKS_REFRESH", _seconds, 300.0),
-            jwt_user_claim=e.get("NATSGW_JWT_USER_CLAIM", _nonempty, "sub"),
-            jwt_organizations_claim=e.get("NATSGW_JWT_ORGANIZATIONS_CLAIM", _nonempty, "org_ids"),
-            jwt_roles_claim=e.get("NATSGW_JWT_ROLES_CLAIM", _nonempty, "roles"),
+            jwt_user_claim=e.get("NATSGW_JWT_USER_CLAIM", _text, "sub"),
+            jwt_organizations_claim=e.get("NATSGW_JWT_ORGANIZATIONS_CLAIM", _text, "org_ids"),
+            jwt_roles_claim=e.get("NATSGW_JWT_ROLES_CLAIM", _text, "roles"),
             tls_cert_file=e.get("NATSGW_TLS_CERT_FILE", Path, None),
             tls_key_file=e.get("NATSGW_TLS_KEY_FILE", Path, None),
             tls_client_ca_file=e.get("NATSGW_TLS_CLIENT_CA_FILE", Path, None),
@@ -322,7 +322,8 @@ def _bool(raw: str) -> bool:
     raise ValueError("expected true or false")
 
 
-def _nonempty(raw: str) -> str:
+def _text(raw: str) -> str:
+    """Any text; an empty value never gets here (it means "use the default")."""
     return raw
 
 
