@@ -16,24 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import os
-import shutil
-import signal
-import socket
 import sys
-import tempfile
 import time
-from pathlib import Path
 
+from _gateway import running_gateway  # scripts/ is on sys.path when a script runs
 from grpclib.client import Channel
 
 from natsgw._generated.isa import nats as pb
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def wait_ready(stub: pb.NatsServiceStub) -> None:
@@ -170,34 +159,9 @@ async def main() -> int:
     parser.add_argument("--user", default="bench-user")
     args = parser.parse_args()
 
-    port = free_port()
-    data_dir = Path(tempfile.mkdtemp(prefix="natsgw-jsbench-"))
-    env = dict(os.environ)
-    env.update(
-        GRPC_HOST="127.0.0.1",
-        GRPC_PORT=str(port),
-        NATSGW_DATA_DIR=str(data_dir),
-        NATSGW_LOG_LEVEL=os.environ.get("NATSGW_LOG_LEVEL", "warning"),
-        NATSGW_LOG_FORMAT="console",
-    )
-    if args.nats_url:
-        env["NATS_URLS"] = args.nats_url
-    else:
-        env.pop("NATS_URLS", None)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "natsgw", "serve", env=env, stdin=asyncio.subprocess.DEVNULL
-    )
-    try:
+    async with running_gateway(args.nats_url, "natsgw-jsbench-") as (port, _):
         await bench(args, port)
-        return 0
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 20)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        shutil.rmtree(data_dir, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,26 +15,17 @@ import argparse
 import asyncio
 import hashlib
 import os
-import shutil
-import signal
-import socket
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from _gateway import running_gateway  # scripts/ is on sys.path when a script runs
 from grpclib.client import Channel
 
 from natsgw._generated.isa import nats as pb
 
 MIB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def content(size: int, piece: int, seed: bytes) -> Iterator[bytes]:
@@ -161,33 +152,8 @@ async def main() -> int:
     parser.add_argument("--user", default="roundtrip-user")
     args = parser.parse_args()
 
-    port = free_port()
-    data_dir = Path(tempfile.mkdtemp(prefix="natsgw-roundtrip-"))
-    env = dict(os.environ)
-    env.update(
-        GRPC_HOST="127.0.0.1",
-        GRPC_PORT=str(port),
-        NATSGW_DATA_DIR=str(data_dir),
-        NATSGW_LOG_LEVEL=os.environ.get("NATSGW_LOG_LEVEL", "warning"),
-        NATSGW_LOG_FORMAT="console",
-    )
-    if args.nats_url:
-        env["NATS_URLS"] = args.nats_url
-    else:
-        env.pop("NATS_URLS", None)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "natsgw", "serve", env=env, stdin=asyncio.subprocess.DEVNULL
-    )
-    try:
+    async with running_gateway(args.nats_url, "natsgw-roundtrip-") as (port, proc):
         return await roundtrip(args, port, proc.pid)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 20)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
