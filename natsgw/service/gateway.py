@@ -22,7 +22,6 @@ from natsgw._generated.isa import nats as pb
 from natsgw.errors import to_grpc_error
 from natsgw.service.base import Dependencies, current_stream
 from natsgw.service.health import HealthHandlers
-from natsgw.service.jetstream import JetStreamHandlers
 from natsgw.service.kv import KeyValueHandlers
 from natsgw.service.messaging import MessagingHandlers
 from natsgw.service.objects import ObjectStoreHandlers
@@ -60,10 +59,9 @@ class InFlight:
 
 class NATSGateway(
     MessagingHandlers,
-    JetStreamHandlers,
+    StatisticsHandlers,  # a JetStreamHandlers
     KeyValueHandlers,
     ObjectStoreHandlers,
-    StatisticsHandlers,
     HealthHandlers,
     pb.NatsServiceBase,
 ):

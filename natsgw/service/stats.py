@@ -14,14 +14,12 @@
 from __future__ import annotations
 
 import datetime
-import functools
 
 import structlog
 
 from natsgw._generated.isa import nats as pb
-from natsgw.adapter.jetstream import JetStreamAdapter
 from natsgw.errors import GatewayError
-from natsgw.service.base import Handlers
+from natsgw.service.jetstream import JetStreamHandlers
 from natsgw.service.jetstream_wire import tenant_errors
 
 log = structlog.get_logger("natsgw.service.stats")
@@ -34,16 +32,13 @@ def _int(value: object) -> int:
         return 0
 
 
-class StatisticsHandlers(Handlers):
-    @functools.cached_property
-    def stats_jetstream(self) -> JetStreamAdapter:
-        return JetStreamAdapter(self.adapter, self.settings.request_timeout)
+class StatisticsHandlers(JetStreamHandlers):
+    """Statistics of JetStream streams: shares the JetStream handlers' adapter and listing."""
 
     @tenant_errors
     async def get_statistics(self, message: pb.GetStatisticsRequest) -> pb.GetStatisticsResponse:
         ns = await self.namespace(message)
-        found = await self.stats_jetstream.list_streams(ns.subject_prefix + ">")
-        own = [d for d in found if ns.from_name(d.spec.name) is not None]
+        own = await self.own_streams(ns)
         varz: dict[str, object] = {}
         try:
             varz = await self.deps.monitor.varz()
@@ -67,7 +62,7 @@ class StatisticsHandlers(Handlers):
     ) -> pb.GetStreamStatsResponse:
         ns = await self.namespace(message)
         name = ns.stream(message.stream_name)
-        js = self.stats_jetstream
+        js = self.jetstream_parts.js
         details = await js.stream_info(name)
         state = details.state
         window = self.settings.stream_stats_window
