@@ -8,8 +8,8 @@ import sys
 
 from natsgw import __version__
 from natsgw.config import ConfigError, Settings
-from natsgw.embedded import EmbeddedServerError
-from natsgw.logs import configure
+from natsgw.ops.embedded import EmbeddedServerError
+from natsgw.ops.logs import configure
 
 
 def main(argv: list[str] | None = None) -> int:

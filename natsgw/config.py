@@ -81,7 +81,7 @@ class Settings:
     shutdown_grace: float = 10.0
     log_level: str = "info"
     log_format: str = "json"
-    # JetStream (natsgw.service.jetstream, natsgw.acks)
+    # JetStream (natsgw.service.jetstream, natsgw.tenancy.acks)
     #: HMAC key of ack tokens; empty: a random key per process, so only this replica can use them.
     ack_token_secret: str = ""
     #: Deliveries remembered for ack/nak by (stream, consumer, sequence), and for how long.
@@ -104,7 +104,7 @@ class Settings:
     object_replicas: int = 1
     object_chunk_size: int = 128 * 1024
 
-    # Authentication (natsgw.identity, natsgw.auth)
+    # Authentication (natsgw.auth.identity, natsgw.auth)
     auth_mode: AuthMode = AuthMode.TRUSTED
     trusted_allow_remote: bool = False
     auth_tokens_file: Path | None = None
@@ -119,25 +119,25 @@ class Settings:
     jwt_user_claim: str = "sub"
     jwt_organizations_claim: str = "org_ids"
     jwt_roles_claim: str = "roles"
-    # TLS for the gRPC port (natsgw.tls)
+    # TLS for the gRPC port (natsgw.ops.tls)
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
-    # HTTP side port: /metrics, /healthz, /readyz (natsgw.http); None = off, 0 = any free port
+    # HTTP side port: /metrics, /healthz, /readyz (natsgw.ops.http); None = off, 0 = any free port
     http_host: str = ""
     http_port: int | None = None
-    # Audit to Loki (natsgw.audit)
+    # Audit to Loki (natsgw.ops.audit)
     audit_queue_size: int = 10000
     loki_batch_size: int = 500
     loki_flush_interval: float = 1.0
     loki_tenant: str = ""
-    # Consul (natsgw.consul)
+    # Consul (natsgw.ops.consul)
     consul_service_address: str = ""
     consul_token: str = ""
     consul_check_interval: float = 10.0
     consul_deregister_after: float = 60.0
     consul_sync_interval: float = 30.0
-    # Per-tenant quotas (natsgw.quotas); 0 = unlimited
+    # Per-tenant quotas (natsgw.pipeline.quotas); 0 = unlimited
     quota_streams: int = 0
     quota_consumers: int = 0
     quota_kv_buckets: int = 0

@@ -28,20 +28,20 @@ from natsgw._generated import nats_service_pb2
 from natsgw._generated.isa import nats as pb
 from natsgw._generated.message_pool import default_message_pool
 from natsgw.adapter import NatsAdapter
-from natsgw.audit import AuditLog, LokiShipper
 from natsgw.auth import build_authenticator
-from natsgw.calls import Observer
+from natsgw.auth.identity import Authenticator, CallInfo, current_call, current_record
 from natsgw.config import AuthMode, Settings, is_loopback
-from natsgw.consul import ConsulRegistration
-from natsgw.embedded import EmbeddedNatsServer
-from natsgw.http import HttpSide
-from natsgw.identity import Authenticator, CallInfo, current_call, current_record
-from natsgw.metrics import MeteredSubscriptionRegistry, Metrics
-from natsgw.monitoring import NatsMonitor
-from natsgw.quotas import QuotaEnforcer, QuotaPolicy
+from natsgw.ops.audit import AuditLog, LokiShipper
+from natsgw.ops.consul import ConsulRegistration
+from natsgw.ops.embedded import EmbeddedNatsServer
+from natsgw.ops.http import HttpSide
+from natsgw.ops.metrics import MeteredSubscriptionRegistry, Metrics
+from natsgw.ops.monitoring import NatsMonitor
+from natsgw.ops.tls import server_context
+from natsgw.pipeline.calls import Observer
+from natsgw.pipeline.quotas import QuotaEnforcer, QuotaPolicy
 from natsgw.service.base import Dependencies
 from natsgw.service.gateway import InFlight, NATSGateway
-from natsgw.tls import server_context
 from natsgw.wire import compression
 from natsgw.wire.codec import GatewayCodec, UpbBridge
 

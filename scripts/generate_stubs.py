@@ -11,6 +11,7 @@ Two generators, one source:
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,9 @@ def generate(out: Path) -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     protoc = [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_DIR}"]
+    # protoc finds its plugin on PATH: the one installed beside this interpreter, even when the
+    # virtual environment is not activated.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     subprocess.run(
         [
             *protoc,
@@ -36,6 +40,7 @@ def generate(out: Path) -> None:
         ],
         check=True,
         stdout=subprocess.DEVNULL,
+        env=env,
     )
     subprocess.run(
         [*protoc, f"--python_out={out}", f"--pyi_out={out}", str(PROTO)],

@@ -24,7 +24,7 @@ from grpclib.client import Channel
 
 from natsgw._generated.isa import nats as pb
 from natsgw.config import Settings
-from natsgw.embedded import EmbeddedNatsServer
+from natsgw.ops.embedded import EmbeddedNatsServer
 from natsgw.server import Gateway
 
 ROOT = Path(__file__).resolve().parent.parent

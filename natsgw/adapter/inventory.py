@@ -1,6 +1,6 @@
 """What JetStream holds, as plain values: stream names, sizes and consumer counts (for quotas).
 
-Names in and out are NATS names; the caller (natsgw.quotas) maps them with natsgw.tenancy.
+Names in and out are NATS names; the caller (natsgw.pipeline.quotas) maps them with natsgw.tenancy.
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ from nats.aio.subscription import Subscription as NatsSubscription
 from nats.errors import NoRespondersError
 from nats.js import errors as js_errors
 
-from natsgw.acks import parse_ack_subject
 from natsgw.adapter.core import NatsAdapter
 from natsgw.adapter.errors import translated
 from natsgw.adapter.types import (
@@ -46,6 +45,7 @@ from natsgw.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from natsgw.tenancy.acks import parse_ack_subject
 
 log = structlog.get_logger("natsgw.adapter.jetstream")
 

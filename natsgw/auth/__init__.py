@@ -1,9 +1,9 @@
-"""Credential verifiers behind :class:`natsgw.identity.BearerAuthenticator`, and the factory."""
+"""Credential verifiers behind :class:`~natsgw.auth.identity.BearerAuthenticator`; the factory."""
 
 from __future__ import annotations
 
+from natsgw.auth.identity import Authenticator, BearerAuthenticator, TrustedAuthenticator
 from natsgw.config import AuthMode, Settings
-from natsgw.identity import Authenticator, BearerAuthenticator, TrustedAuthenticator
 
 
 def build_authenticator(settings: Settings) -> Authenticator:

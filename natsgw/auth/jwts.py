@@ -26,9 +26,9 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from natsgw.auth.identity import Identity
 from natsgw.config import ConfigError, Settings
 from natsgw.errors import Unauthenticated, Unavailable
-from natsgw.identity import Identity
 
 log = structlog.get_logger("natsgw.auth")
 
@@ -162,7 +162,7 @@ def _string_set(value: Any, name: str) -> frozenset[str]:
 
 
 class JwtVerifier:
-    """A :class:`natsgw.identity.TokenVerifier` for JWTs."""
+    """A :class:`natsgw.auth.identity.TokenVerifier` for JWTs."""
 
     def __init__(
         self,

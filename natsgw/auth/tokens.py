@@ -27,9 +27,9 @@ from typing import Any
 
 import structlog
 
+from natsgw.auth.identity import Identity
 from natsgw.config import ConfigError
 from natsgw.errors import Unauthenticated
-from natsgw.identity import Identity
 
 log = structlog.get_logger("natsgw.auth")
 
@@ -89,7 +89,7 @@ def parse_tokens(text: str, source: str = "tokens file") -> dict[str, Identity]:
 
 
 class TokenFile:
-    """A :class:`natsgw.identity.TokenVerifier` over the tokens file."""
+    """A :class:`natsgw.auth.identity.TokenVerifier` over the tokens file."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -12,12 +12,12 @@ import grpclib.server
 
 from natsgw._generated.isa import nats as pb
 from natsgw.adapter import NatsAdapter
-from natsgw.calls import CallObserver, NoObserver
+from natsgw.auth.identity import Authenticator, Principal, Scope
 from natsgw.config import Settings
 from natsgw.errors import InvalidArgument
-from natsgw.identity import Authenticator, Principal, Scope
-from natsgw.monitoring import NatsMonitor
-from natsgw.subscriptions import SubscriptionRegistry
+from natsgw.ops.monitoring import NatsMonitor
+from natsgw.pipeline.calls import CallObserver, NoObserver
+from natsgw.service.subscriptions import SubscriptionRegistry
 from natsgw.tenancy import Namespace, Tenant
 
 #: Longest timeout a client may ask for in one call.
@@ -44,7 +44,7 @@ class Dependencies:
     authenticator: Authenticator
     subscriptions: SubscriptionRegistry
     monitor: NatsMonitor
-    #: Credentials, quotas, metrics and audit around every call (natsgw.calls).
+    #: Credentials, quotas, metrics and audit around every call (natsgw.pipeline.calls).
     calls: CallObserver = field(default_factory=NoObserver)
 
 

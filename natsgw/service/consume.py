@@ -18,9 +18,9 @@ from natsgw.adapter.jetstream import (
     pull_refusal,
 )
 from natsgw.adapter.types import JetStreamDelivery
-from natsgw.deliveries import FlowWindow
 from natsgw.errors import DeadlineExceeded, Unavailable
-from natsgw.subscriptions import Mailbox
+from natsgw.service.deliveries import FlowWindow
+from natsgw.service.subscriptions import Mailbox
 from natsgw.tenancy import Namespace
 
 if TYPE_CHECKING:

@@ -87,7 +87,7 @@ class NATSGateway(
         async def serve(stream: grpclib.server.Stream[Any, Any]) -> None:
             token = current_stream.set(stream)
             in_flight.enter()
-            # Credentials, quotas, metrics and audit (natsgw.calls) see the call through `call`.
+            # Credentials, quotas, metrics, audit (natsgw.pipeline.calls) see the call via `call`.
             call = observer.begin(path, stream)
             error: GRPCError | None = None
             cancelled = False

@@ -9,7 +9,7 @@ Conventions of the wire messages (proto3 zero values):
   0 (or -1) means unlimited, in requests and in responses.
 - ``replicas`` 0 means 1; ``ack_wait`` unset means NATS's 30 s; ``max_age`` unset means forever.
 
-Acknowledging: every delivery carries ``ack_token`` (see natsgw.acks), usable on any replica
+Acknowledging: every delivery carries ``ack_token`` (see natsgw.tenancy.acks), usable on any replica
 sharing ``NATSGW_ACK_TOKEN_SECRET``. Old clients ack by (stream_name, consumer_name, sequence);
 that works for deliveries this replica made within ``NATSGW_DELIVERY_MEMORY_TTL`` (and among the
 last ``NATSGW_DELIVERY_MEMORY_SIZE``); anything else is FAILED_PRECONDITION, never a fake success.
@@ -28,11 +28,9 @@ from dataclasses import dataclass
 import structlog
 
 from natsgw._generated.isa import nats as pb
-from natsgw.acks import AckSubject, AckTokens, parse_ack_subject
 from natsgw.adapter.core import check_headers
 from natsgw.adapter.jetstream import JetStreamAdapter, ack_payload
 from natsgw.adapter.types import JetStreamDelivery, StreamDetails
-from natsgw.deliveries import DeliveryMemory, FlowWindow, WindowRegistry
 from natsgw.errors import (
     FailedPrecondition,
     GatewayError,
@@ -41,6 +39,7 @@ from natsgw.errors import (
 )
 from natsgw.service.base import Handlers, current_stream
 from natsgw.service.consume import ConsumeSession, stop_on_end
+from natsgw.service.deliveries import DeliveryMemory, FlowWindow, WindowRegistry
 from natsgw.service.jetstream_wire import (
     ACK_ACTIONS,
     HIDDEN_HEADERS,
@@ -55,9 +54,10 @@ from natsgw.service.jetstream_wire import (
     tenant_view,
     wire_enum,
 )
-from natsgw.subjects import captured_by
-from natsgw.subscriptions import Mailbox
+from natsgw.service.subscriptions import Mailbox
 from natsgw.tenancy import Namespace
+from natsgw.tenancy.acks import AckSubject, AckTokens, parse_ack_subject
+from natsgw.tenancy.subjects import captured_by
 
 log = structlog.get_logger("natsgw.service.jetstream")
 

@@ -18,7 +18,7 @@ from natsgw.adapter.types import BucketDefaults, KVBucket, KVEntry
 from natsgw.config import SlowConsumerPolicy
 from natsgw.errors import InvalidArgument, NotFound, Unavailable
 from natsgw.service.base import Handlers
-from natsgw.subscriptions import Mailbox
+from natsgw.service.subscriptions import Mailbox
 from natsgw.tenancy import Namespace, check_kv_key, kv_watch_pattern
 
 _OPERATIONS = {

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from natsgw._generated.isa import nats as pb
 from natsgw.errors import GatewayError, InvalidArgument
 from natsgw.service.base import Handlers
-from natsgw.subscriptions import Mailbox
+from natsgw.service.subscriptions import Mailbox
 from natsgw.tenancy import Namespace
 
 

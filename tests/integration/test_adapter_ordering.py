@@ -9,7 +9,7 @@ import pytest_asyncio
 
 from natsgw.adapter import Message, NatsAdapter
 from natsgw.adapter.core import _settle
-from natsgw.embedded import EmbeddedNatsServer
+from natsgw.ops.embedded import EmbeddedNatsServer
 
 
 @pytest_asyncio.fixture

@@ -19,8 +19,8 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from natsgw._generated.isa import nats as pb
-from natsgw.audit import LokiShipper
 from natsgw.config import AuthMode
+from natsgw.ops.audit import LokiShipper
 from natsgw.server import Gateway
 from tests.conftest import tenant, wait_for
 from tests.integration._security import FakeLoki, free_port

@@ -8,7 +8,7 @@ from grpclib.client import Channel
 
 from natsgw._generated.isa import nats as pb
 from natsgw.config import AuthMode, Settings
-from natsgw.consul import service_definition
+from natsgw.ops.consul import service_definition
 from natsgw.server import Gateway
 from tests.conftest import wait_for
 from tests.integration._security import FakeConsul, free_port

@@ -17,7 +17,7 @@ from grpclib.exceptions import GRPCError
 
 from natsgw._generated.isa import nats as pb
 from natsgw.config import Settings
-from natsgw.embedded import EmbeddedNatsServer
+from natsgw.ops.embedded import EmbeddedNatsServer
 from natsgw.server import Gateway
 from tests.conftest import GatewayFactory, tenant, wait_for
 from tests.integration._jetstream import make_consumer, make_stream, ns_of, publish

@@ -9,9 +9,9 @@ from grpclib.client import Channel
 from grpclib.const import Status
 
 from natsgw._generated.isa import nats as pb
-from natsgw.embedded import EmbeddedNatsServer
+from natsgw.auth.identity import Principal, Scope
 from natsgw.errors import PermissionDenied
-from natsgw.identity import Principal, Scope
+from natsgw.ops.embedded import EmbeddedNatsServer
 from natsgw.server import Gateway
 from natsgw.tenancy import Namespace, Tenant
 from tests.conftest import gateway_settings, tenant

@@ -16,7 +16,7 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
 from natsgw._generated.isa import nats as pb
-from natsgw.embedded import EmbeddedNatsServer
+from natsgw.ops.embedded import EmbeddedNatsServer
 from natsgw.server import Gateway
 from tests.conftest import gateway_settings, tenant
 from tests.integration.test_kv import kv_stream, put

@@ -15,7 +15,7 @@ from grpclib.exceptions import GRPCError, ProtocolError
 from h2.exceptions import StreamClosedError
 
 from natsgw._generated.isa import nats as pb
-from natsgw.embedded import EmbeddedNatsServer
+from natsgw.ops.embedded import EmbeddedNatsServer
 from natsgw.tenancy import Namespace, Tenant
 from tests.conftest import settled, tenant, wait_for
 

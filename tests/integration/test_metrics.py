@@ -14,7 +14,7 @@ from grpclib.exceptions import GRPCError
 from prometheus_client.parser import text_string_to_metric_families
 
 from natsgw._generated.isa import nats as pb
-from natsgw.embedded import EmbeddedNatsServer
+from natsgw.ops.embedded import EmbeddedNatsServer
 from natsgw.server import Gateway
 from tests.conftest import tenant, wait_for
 

@@ -14,8 +14,8 @@ from grpclib.client import Channel
 
 from natsgw._generated.isa import nats as pb
 from natsgw.config import ConfigError, Settings
+from natsgw.ops.tls import server_context
 from natsgw.server import Gateway
-from natsgw.tls import server_context
 from tests.conftest import tenant
 from tests.integration._security import Pki, grpcio_unary, make_pki
 

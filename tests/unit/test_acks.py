@@ -1,4 +1,4 @@
-"""Stateless ack tokens and ack subject parsing (natsgw.acks)."""
+"""Stateless ack tokens and ack subject parsing (natsgw.tenancy.acks)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from natsgw.acks import MAX_TOKEN_CHARS, AckTokens, parse_ack_subject
 from natsgw.errors import InvalidArgument, PermissionDenied
+from natsgw.tenancy.acks import MAX_TOKEN_CHARS, AckTokens, parse_ack_subject
 
 V1 = "$JS.ACK.natsgw-uAlice-orders.worker.2.17.9.1795833147091652016.4"
 V2 = "$JS.ACK.hub.ACCHASH.natsgw-uAlice-orders.worker.2.17.9.1795833147091652016.4.rand"

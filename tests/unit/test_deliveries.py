@@ -1,8 +1,8 @@
-"""Delivery memory (ack by sequence) and Consume flow windows (natsgw.deliveries)."""
+"""Delivery memory (ack by sequence) and Consume flow windows (natsgw.service.deliveries)."""
 
 from __future__ import annotations
 
-from natsgw.deliveries import DeliveryMemory, FlowWindow, WindowRegistry
+from natsgw.service.deliveries import DeliveryMemory, FlowWindow, WindowRegistry
 
 
 class Clock:

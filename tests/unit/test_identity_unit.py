@@ -8,10 +8,7 @@ import json
 import pytest
 
 from natsgw._generated.isa import nats as pb
-from natsgw.auth.tokens import parse_tokens
-from natsgw.calls import is_state_changing, resource_of
-from natsgw.errors import InvalidArgument, PermissionDenied, Unauthenticated
-from natsgw.identity import (
+from natsgw.auth.identity import (
     BearerAuthenticator,
     CallInfo,
     Identity,
@@ -19,6 +16,9 @@ from natsgw.identity import (
     bearer_token,
     current_call,
 )
+from natsgw.auth.tokens import parse_tokens
+from natsgw.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from natsgw.pipeline.calls import is_state_changing, resource_of
 from natsgw.tenancy import Tenant
 
 

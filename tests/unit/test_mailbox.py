@@ -5,7 +5,7 @@ import pytest
 from natsgw.adapter.types import Message
 from natsgw.config import SlowConsumerPolicy
 from natsgw.errors import ResourceExhausted
-from natsgw.subscriptions import Mailbox, SubscriptionRegistry
+from natsgw.service.subscriptions import Mailbox, SubscriptionRegistry
 
 
 def msg(n: int, size: int = 1) -> Message:

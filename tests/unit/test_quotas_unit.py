@@ -1,4 +1,4 @@
-"""Pure parts of natsgw.quotas: the token bucket, the call planner, the policy file."""
+"""Pure parts of natsgw.pipeline.quotas: the token bucket, the call planner, the policy file."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from natsgw._generated.isa import nats as pb
 from natsgw.config import ConfigError, Settings
-from natsgw.quotas import Kind, Limits, QuotaPolicy, TokenBucket, plan_for, words
+from natsgw.pipeline.quotas import Kind, Limits, QuotaPolicy, TokenBucket, plan_for, words
 from natsgw.tenancy import Tenant
 
 

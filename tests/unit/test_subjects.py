@@ -1,4 +1,4 @@
-"""NATS wildcard matching (natsgw.subjects), checked against the server's rules."""
+"""NATS wildcard matching (natsgw.tenancy.subjects), checked against the server's rules."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from natsgw.subjects import captured_by, subject_matches
+from natsgw.tenancy.subjects import captured_by, subject_matches
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """The audit trail: one structured event per state-changing or refused call.
 
-Each event is logged through structlog (logger ``natsgw.audit``, event ``audit``) and, with
+Each event is logged through structlog (logger ``natsgw.ops.audit``, event ``audit``) and, with
 ``LOKI_URL`` set, shipped to Loki's push API (``POST /loki/api/v1/push``) by one background task:
 
 - :meth:`AuditLog.record` never waits and never raises: it appends to a bounded queue
@@ -31,8 +31,8 @@ from typing import Any
 import aiohttp
 import structlog
 
-log = structlog.get_logger("natsgw.audit")
-_ship_log = structlog.get_logger("natsgw.audit.loki")
+log = structlog.get_logger("natsgw.ops.audit")
+_ship_log = structlog.get_logger("natsgw.ops.audit.loki")
 
 PUSH_PATH = "/loki/api/v1/push"
 _BACKOFF_BASE = 0.2

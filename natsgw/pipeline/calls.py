@@ -19,8 +19,7 @@ import structlog
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from natsgw.audit import AuditLog
-from natsgw.identity import (
+from natsgw.auth.identity import (
     Authenticator,
     BearerAuthenticator,
     CallRecord,
@@ -29,11 +28,12 @@ from natsgw.identity import (
     current_call,
     current_record,
 )
-from natsgw.metrics import Metrics
-from natsgw.quotas import QuotaEnforcer, Ticket, scoped, tenant_label, words
+from natsgw.ops.audit import AuditLog
+from natsgw.ops.metrics import Metrics
+from natsgw.pipeline.quotas import QuotaEnforcer, Ticket, scoped, tenant_label, words
 from natsgw.tenancy import Namespace
 
-log = structlog.get_logger("natsgw.calls")
+log = structlog.get_logger("natsgw.pipeline.calls")
 
 #: RPCs anyone may call whatever the auth mode (no tenant data).
 PUBLIC_RPCS = frozenset({"HealthCheck"})

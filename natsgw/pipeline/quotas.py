@@ -43,7 +43,7 @@ from natsgw.config import ConfigError, Settings
 from natsgw.errors import ResourceExhausted
 from natsgw.tenancy import Namespace, Tenant, TenantKind
 
-log = structlog.get_logger("natsgw.quotas")
+log = structlog.get_logger("natsgw.pipeline.quotas")
 
 #: How long a stream or bucket seen to exist is assumed to still exist (skips a lookup per put).
 _EXISTS_TTL = 5.0

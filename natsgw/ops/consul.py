@@ -31,7 +31,7 @@ import structlog
 from natsgw import __version__
 from natsgw.config import Settings, is_loopback
 
-log = structlog.get_logger("natsgw.consul")
+log = structlog.get_logger("natsgw.ops.consul")
 
 TAGS = ("grpc", "nats", "messaging", "eventbus")
 _BACKOFF_BASE = 0.5

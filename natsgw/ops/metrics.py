@@ -1,6 +1,6 @@
 """Prometheus metrics of one gateway (its own registry, so several can live in one process).
 
-Per call (recorded by :mod:`natsgw.calls`):
+Per call (recorded by :mod:`natsgw.pipeline.calls`):
 
 - ``natsgw_rpc_calls_total{rpc,status}`` and ``natsgw_rpc_errors_total{rpc,status}``;
 - ``natsgw_rpc_duration_seconds{rpc}`` (histogram; for streams, the stream's lifetime);
@@ -27,8 +27,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from natsgw.adapter import NatsAdapter
-from natsgw.audit import AuditLog
-from natsgw.subscriptions import Mailbox, SubscriptionRegistry
+from natsgw.ops.audit import AuditLog
+from natsgw.service.subscriptions import Mailbox, SubscriptionRegistry
 
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,

@@ -3,7 +3,7 @@
 - ``/healthz``: 200 while the process serves (liveness);
 - ``/readyz``: 200 when NATS is connected and, with JetStream enabled, JetStream answers an
   account-info request within 2 s; 503 with the reason otherwise (readiness);
-- ``/metrics``: Prometheus text exposition of :class:`natsgw.metrics.Metrics`.
+- ``/metrics``: Prometheus text exposition of :class:`natsgw.ops.metrics.Metrics`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from natsgw.adapter import NatsAdapter
 from natsgw.errors import GatewayError
-from natsgw.metrics import Metrics
+from natsgw.ops.metrics import Metrics
 
 _READY_TIMEOUT = 2.0
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import structlog
 
-log = structlog.get_logger("natsgw.embedded")
+log = structlog.get_logger("natsgw.ops.embedded")
 
 _START_TIMEOUT = 15.0
 _STOP_TIMEOUT = 10.0

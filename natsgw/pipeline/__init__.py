@@ -1,0 +1,1 @@
+"""What happens around every call: credentials, quotas, metrics, audit and error mapping."""
