@@ -34,6 +34,10 @@ def proto(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Throughput figures: unary Publish with 64 grpcio callers vs a bare grpclib echo."""
+    """Issue 12's table, natsgw beside nats-py and a bare grpclib server in one run (~3 min).
+
+    Pass options after ``--``: ``nox -s bench -- --quick --markdown table.md``; ``--profile DIR``
+    records the gateway with py-spy per row (needs ``pip install py-spy``).
+    """
     session.install("-e", ".[test]")
-    session.run("python", "scripts/bench_publish.py", *session.posargs)
+    session.run("python", "-m", "scripts.bench", *session.posargs)

@@ -1,0 +1,1 @@
+"""Developer scripts; ``scripts.bench`` is the benchmark suite (``python -m scripts.bench``)."""

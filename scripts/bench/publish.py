@@ -1,0 +1,134 @@
+"""PublishBatch (1000 x 128 B, 4 calls in flight) vs a nats-py publish loop + flush, and
+Subscribe delivery while the gateway's own PublishBatch feeds it vs a nats-py subscriber."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import grpc
+
+from natsgw._generated import nats_service_pb2 as pb2
+from scripts.bench.client import USER
+from scripts.bench.context import BATCH, IN_FLIGHT, PAYLOAD, Context
+from scripts.bench.table import Row
+
+#: Nothing may arrive for this long before a subscriber is declared finished.
+IDLE = 3.0
+
+
+async def feed(ctx: Context, subject: str, messages: int) -> float:
+    """PublishBatch ``messages`` (whole batches) on ``subject``; returns the elapsed seconds."""
+    request = pb2.PublishBatchRequest(
+        user_id=USER, messages=[pb2.NATSMessage(subject=subject, data=PAYLOAD)] * BATCH
+    )
+    return await ctx.send_batches("PublishBatch", request, messages)
+
+
+async def publish_batch(ctx: Context) -> Row:
+    n = ctx.sizes.publish_msgs // BATCH * BATCH
+    await feed(ctx, "bench.publish", BATCH)  # warm-up
+    async with ctx.profiler.record("publish_batch"):
+        gateway = n / await feed(ctx, "bench.publish", n)
+
+    started = time.perf_counter()
+    for _ in range(n):
+        await ctx.nc.publish("bench.native.publish", PAYLOAD)
+    await ctx.nc.flush()
+    native = n / (time.perf_counter() - started)
+    return Row(
+        f"PublishBatch {BATCH} x 128 B, {IN_FLIGHT} in flight",
+        "msg/s",
+        gateway,
+        "nats-py publish loop + flush",
+        native,
+        "≥ 0.5x",
+    )
+
+
+class Counter:
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.count = 0
+        self.first = 0.0
+        self.last = 0.0
+        self.done = asyncio.Event()
+
+    def hit(self) -> None:
+        self.last = time.perf_counter()
+        if self.count == 0:
+            self.first = self.last
+        self.count += 1
+        if self.count >= self.expected:
+            self.done.set()
+
+    async def settle(self) -> None:
+        """Wait until every message arrived or none arrived for IDLE seconds."""
+        seen = -1
+        while not self.done.is_set() and seen != self.count:
+            seen = self.count
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.done.wait(), IDLE)
+
+    def rate(self, started: float) -> float:
+        return self.count / (self.last - started) if self.count else 0.0
+
+
+async def subscribe(ctx: Context) -> Row:
+    n = ctx.sizes.subscribe_msgs // BATCH * BATCH
+    subject = "bench.subscribe"
+
+    # natsgw: a Subscribe stream, read as fast as grpc.aio allows.
+    counter = Counter(n)
+    ended = "stream kept"
+    call = ctx.gateway.stream("Subscribe")(pb2.SubscribeRequest(user_id=USER, subject=subject))
+    await call.initial_metadata()  # sent once the NATS subscription is in place
+
+    async def read() -> None:
+        nonlocal ended
+        try:
+            async for _ in call:
+                counter.hit()
+        except grpc.aio.AioRpcError as exc:
+            ended = f"stream ended {exc.code().name} after {counter.count:,}"
+            counter.done.set()
+
+    reader = asyncio.create_task(read())
+    async with ctx.profiler.record("subscribe"):
+        started = time.perf_counter()
+        fed_seconds = await feed(ctx, subject, n)
+        await counter.settle()
+    call.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
+    gateway = counter.rate(started)
+    received = counter.count
+
+    # Baseline: a nats-py subscriber on the same NATS subject, fed the same way.
+    native_counter = Counter(n)
+    suffix = "." + subject
+
+    async def on_message(msg: object) -> None:
+        if msg.subject.endswith(suffix):  # type: ignore[attr-defined]
+            native_counter.hit()
+
+    sub = await ctx.nc.subscribe(">", cb=on_message, pending_msgs_limit=10 * n)
+    await ctx.nc.flush()
+    started = time.perf_counter()
+    await feed(ctx, subject, n)
+    await native_counter.settle()
+    await sub.unsubscribe()
+    native = native_counter.rate(started)
+    return Row(
+        "Subscribe delivery, fed by PublishBatch",
+        "msg/s",
+        gateway,
+        "nats-py subscriber, same feed",
+        native,
+        "≥ 0.3x, stream kept",
+        [
+            ended,
+            f"received {received:,}/{n:,} (nats-py {native_counter.count:,})",
+            f"fed at {n / fed_seconds:,.0f} msg/s",
+        ],
+    )

@@ -1,0 +1,142 @@
+"""JetStream: PublishToStreamBatch (1000 x 128 B, 4 in flight) vs nats-py ``js.publish_async``,
+and Consume (window 1000) + AckMessages in batches of 500 vs nats-py pull ``fetch(500)`` + ack."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from nats.js.api import StorageType
+
+from natsgw._generated import nats_service_pb2 as pb2
+from scripts.bench.client import USER
+from scripts.bench.context import BATCH, IN_FLIGHT, PAYLOAD, Context
+from scripts.bench.table import Row
+
+WINDOW = 1000
+ACK_BATCH = 500
+
+
+async def create_stream(ctx: Context, name: str) -> None:
+    await ctx.gateway.unary("CreateStream")(
+        pb2.CreateStreamRequest(
+            user_id=USER,
+            config=pb2.StreamConfig(name=name, subjects=[f"{name}.>"], storage=pb2.STORAGE_MEMORY),
+        )
+    )
+
+
+async def fill(ctx: Context, stream: str, messages: int) -> float:
+    """PublishToStreamBatch ``messages`` into ``stream``, 4 batches in flight; elapsed seconds."""
+    request = pb2.PublishToStreamBatchRequest(
+        user_id=USER,
+        stream_name=stream,
+        messages=[pb2.StreamMessage(subject=f"{stream}.x", data=PAYLOAD)] * BATCH,
+    )
+    return await ctx.send_batches("PublishToStreamBatch", request, messages)
+
+
+async def native_fill(ctx: Context, stream: str, messages: int) -> float:
+    """nats-py ``publish_async`` for every message, then wait for all acks; elapsed seconds."""
+    started = time.perf_counter()
+    futures = [await ctx.js.publish_async(f"{stream}.x", PAYLOAD) for _ in range(messages)]
+    await asyncio.gather(*futures)
+    return time.perf_counter() - started
+
+
+async def publish_to_stream_batch(ctx: Context) -> Row:
+    n = ctx.sizes.stream_msgs // BATCH * BATCH
+    await create_stream(ctx, "benchpub")
+    await fill(ctx, "benchpub", BATCH)  # warm-up
+    async with ctx.profiler.record("publish_to_stream_batch"):
+        gateway = n / await fill(ctx, "benchpub", n)
+    await ctx.js.add_stream(name="NATIVEPUB", subjects=["nativepub.>"], storage=StorageType.MEMORY)
+    await native_fill(ctx, "nativepub", BATCH)
+    native = n / await native_fill(ctx, "nativepub", n)
+    await ctx.js.delete_stream("NATIVEPUB")
+    await ctx.gateway.unary("DeleteStream")(
+        pb2.DeleteStreamRequest(user_id=USER, stream_name="benchpub")
+    )
+    return Row(
+        f"PublishToStreamBatch {BATCH} x 128 B, {IN_FLIGHT} in flight",
+        "msg/s",
+        gateway,
+        "nats-py js.publish_async",
+        native,
+        "≥ 0.8x",
+    )
+
+
+async def gateway_consume(ctx: Context, n: int) -> float:
+    acks: list[asyncio.Future[pb2.AckMessagesResponse]] = []
+    ack = ctx.gateway.unary("AckMessages")
+    call = ctx.gateway.stream("Consume")(
+        pb2.ConsumeRequest(
+            user_id=USER, stream_name="benchcons", consumer_name="bench", max_messages=WINDOW
+        )
+    )
+    got = 0
+    pending: list[str] = []
+    started = time.perf_counter()
+    async for response in call:
+        if not response.HasField("message"):
+            continue
+        got += 1
+        pending.append(response.message.ack_token)
+        if len(pending) >= ACK_BATCH or got == n:
+            acks.append(
+                asyncio.ensure_future(ack(pb2.AckMessagesRequest(user_id=USER, ack_tokens=pending)))
+            )
+            pending = []
+        if got >= n:
+            break
+    for done in await asyncio.gather(*acks):
+        if done.succeeded != len(done.results):
+            raise RuntimeError("AckMessages refused tokens")
+    elapsed = time.perf_counter() - started
+    call.cancel()
+    return elapsed
+
+
+async def native_consume(ctx: Context, n: int) -> float:
+    psub = await ctx.js.pull_subscribe("nativecons.>", durable="bench", stream="NATIVECONS")
+    got = 0
+    started = time.perf_counter()
+    while got < n:
+        for msg in await psub.fetch(ACK_BATCH, timeout=5):
+            await msg.ack()
+            got += 1
+    elapsed = time.perf_counter() - started
+    await psub.unsubscribe()
+    return elapsed
+
+
+async def consume(ctx: Context) -> Row:
+    n = ctx.sizes.consume_msgs // BATCH * BATCH
+    await create_stream(ctx, "benchcons")
+    await fill(ctx, "benchcons", n)
+    await ctx.gateway.unary("CreateConsumer")(
+        pb2.CreateConsumerRequest(
+            user_id=USER, stream_name="benchcons", config=pb2.ConsumerConfig(durable_name="bench")
+        )
+    )
+    async with ctx.profiler.record("consume"):
+        gateway = n / await gateway_consume(ctx, n)
+    await ctx.gateway.unary("DeleteStream")(
+        pb2.DeleteStreamRequest(user_id=USER, stream_name="benchcons")
+    )
+
+    await ctx.js.add_stream(
+        name="NATIVECONS", subjects=["nativecons.>"], storage=StorageType.MEMORY
+    )
+    await native_fill(ctx, "nativecons", n)
+    native = n / await native_consume(ctx, n)
+    await ctx.js.delete_stream("NATIVECONS")
+    return Row(
+        f"Consume (window {WINDOW}) + AckMessages x {ACK_BATCH}",
+        "msg/s",
+        gateway,
+        f"nats-py pull fetch({ACK_BATCH}) + ack()",
+        native,
+        "≥ 0.6x",
+    )
