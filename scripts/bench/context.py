@@ -46,6 +46,7 @@ class Context:
     js: JetStreamContext
     profiler: Profiler
     bare_port: int
+    bare_pid: int
 
     async def send_batches(self, method: str, request: Any, messages: int) -> float:
         """``messages // BATCH`` calls of a batch publish RPC, IN_FLIGHT at a time; each must

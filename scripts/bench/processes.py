@@ -143,14 +143,19 @@ class Profiler:
         self.pid = pid
 
     @contextlib.asynccontextmanager
-    async def record(self, name: str) -> AsyncIterator[None]:
+    async def record(self, name: str, pid: int = 0) -> AsyncIterator[None]:
+        """Record ``pid`` (default: the gateway) into ``<name>.folded`` and ``<name>.txt``."""
         if self.directory is None:
             yield
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         out = self.directory / f"{name}.folded"
+        beside = Path(sys.executable).with_name("py-spy")
+        py_spy = str(beside) if beside.exists() else shutil.which("py-spy")
+        if py_spy is None:
+            raise RuntimeError("--profile needs py-spy: pip install py-spy")
         spy = await asyncio.create_subprocess_exec(
-            "py-spy", "record", "--pid", str(self.pid), "--rate", "250", "--format", "raw",
+            py_spy, "record", "--pid", str(pid or self.pid), "--rate", "500", "--format", "raw",
             "--nonblocking", "--output", str(out),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,

@@ -14,6 +14,9 @@ from collections import Counter
 from pathlib import Path
 
 _LINE = re.compile(r":\d+\)$")
+#: Frames on every stack (interpreter start-up, the event loop's dispatch): no information.
+_PLUMBING = ("<frozen runpy>", "asyncio/runners.py", "asyncio/base_events.py", "asyncio/events.py",
+             "natsgw/__main__.py", "natsgw/cli.py")  # fmt: skip
 
 
 def _frame(text: str) -> str:
@@ -33,7 +36,8 @@ def summarise(folded: Path, top: int = 25) -> str:
         total += samples
         own[frames[-1]] += samples
         for name in set(frames):
-            inclusive[name] += samples
+            if not name.endswith(_PLUMBING, 0, -1):
+                inclusive[name] += samples
     lines = [f"{folded.name}: {total} samples (active CPU only)", "", "own time:"]
     lines += [f"  {n / total:6.1%}  {name}" for name, n in own.most_common(top)]
     lines += ["", "inclusive time:"]

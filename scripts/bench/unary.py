@@ -45,7 +45,8 @@ async def hammer(port: int, seconds: float) -> tuple[float, list[float]]:
 
 async def unary_publish(ctx: Context) -> list[Row]:
     seconds = ctx.sizes.unary_seconds
-    bare_rate, bare = await hammer(ctx.bare_port, seconds)
+    async with ctx.profiler.record("unary_publish_bare", ctx.bare_pid):
+        bare_rate, bare = await hammer(ctx.bare_port, seconds)
     async with ctx.profiler.record("unary_publish"):
         rate, ours = await hammer(ctx.gateway_port, seconds)
     p50, p99 = rpc.percentile(ours, 0.5) * 1e3, rpc.percentile(ours, 0.99) * 1e3
