@@ -53,17 +53,16 @@ async def publish_batch(ctx: Context) -> Row:
 
 
 class Counter:
+    """Messages received so far, and when the last one came."""
+
     def __init__(self, expected: int) -> None:
         self.expected = expected
         self.count = 0
-        self.first = 0.0
         self.last = 0.0
         self.done = asyncio.Event()
 
     def hit(self) -> None:
         self.last = time.perf_counter()
-        if self.count == 0:
-            self.first = self.last
         self.count += 1
         if self.count >= self.expected:
             self.done.set()
