@@ -7,7 +7,6 @@ nats-py, and translates what goes wrong. It knows nothing of tenants or of the w
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,19 +21,21 @@ from nats.js import JetStreamContext
 
 from natsgw.adapter.errors import translated
 from natsgw.adapter.types import ConnectionState, JetStreamAccount, Message, ServerFacts
+from natsgw.backoff import Backoff
+from natsgw.compat import nats as nats_compat
 from natsgw.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 
 log = structlog.get_logger("natsgw.adapter")
 
 _STATUS_HEADER = "Status"
 _NO_RESPONDERS = "503"
-_BACKOFF_BASE = 0.25
-_BACKOFF_CAP = 10.0
+#: Retry delays towards NATS: reconnects, consumer re-creation, Consume pulls.
+NATS_BACKOFF = Backoff(base=0.25, cap=10.0)
 
 
 def backoff_delay(attempt: int) -> float:
-    """Exponential backoff with full jitter, capped; attempt 0 is the first retry."""
-    return random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** min(attempt, 16)))
+    """The NATS retry delay for ``attempt`` (0 is the first retry); see natsgw.backoff."""
+    return NATS_BACKOFF.delay(attempt)
 
 
 def _reconnect_handler(servers: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
@@ -48,10 +49,9 @@ async def _settle(client: NatsClient, timeout: float) -> None:
 
     nats-py writes its PING straight to the socket, ahead of commands still queued for its
     flusher, so a plain ``flush()`` can be answered before a queued PUB or SUB was even sent.
-    Forcing the queue out first puts the PING behind them. (``_flush_pending`` is private:
-    nats-py is pinned, and tests/integration/test_adapter_ordering.py checks the wire order.)
+    Forcing the queue out first puts the PING behind them (see natsgw.compat.nats).
     """
-    await client._flush_pending(force_flush=True)
+    await nats_compat.flush_pending(client)
     await client.flush(timeout=timeout)  # type: ignore[arg-type]
 
 
@@ -166,7 +166,8 @@ class NatsAdapter:
         self._nc: NatsClient | None = None
         self._confirmer: _Confirmer | None = None
         self._connect_task: asyncio.Task[None] | None = None
-        self._overflow: dict[int, Callable[[], None]] = {}
+        #: Overflow callbacks by nats-py subscription (SlowConsumerError names its ``sub``).
+        self._overflow: dict[NatsSubscription, Callable[[], None]] = {}
         self._reconnects = 0
         self._status = "CONNECTING"
 
@@ -207,7 +208,11 @@ class NatsAdapter:
             self._nc = nc
             self._confirmer = _Confirmer(nc, self._confirm_timeout)
             self._status = "CONNECTED"
-            log.info("nats_connected", url=self._url(), server=nc._server_info.get("server_name"))
+            log.info(
+                "nats_connected",
+                url=self._url(),
+                server=nats_compat.server_info(nc).get("server_name"),
+            )
             return
 
     async def close(self, drain_timeout: float = 5.0) -> None:
@@ -230,7 +235,7 @@ class NatsAdapter:
 
     async def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, SlowConsumerError):
-            callback = self._overflow.get(exc.sid)
+            callback = self._overflow.get(exc.sub)
             if callback is not None:
                 callback()
             return
@@ -268,7 +273,7 @@ class NatsAdapter:
         return self._nc is not None and self._nc.is_connected
 
     def facts(self) -> ServerFacts:
-        info = self._client()._server_info
+        info = nats_compat.server_info(self._client())
         return ServerFacts(
             server_id=str(info.get("server_id", "")),
             server_name=str(info.get("server_name", "")),
@@ -378,11 +383,10 @@ class NatsAdapter:
             except BaseException:
                 await Subscription(sub, lambda: None).unsubscribe()
                 raise
-        sid = sub._id
-        self._overflow[sid] = on_overflow
+        self._overflow[sub] = on_overflow
 
         def release() -> None:
-            self._overflow.pop(sid, None)
+            self._overflow.pop(sub, None)
 
         return Subscription(sub, release)
 
