@@ -20,6 +20,7 @@ from nats.errors import SlowConsumerError
 from nats.js import JetStreamContext
 
 from natsgw.adapter.errors import translated
+from natsgw.adapter.replies import no_responders
 from natsgw.adapter.types import ConnectionState, JetStreamAccount, Message, ServerFacts
 from natsgw.backoff import Backoff
 from natsgw.compat import nats as nats_compat
@@ -27,8 +28,6 @@ from natsgw.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, 
 
 log = structlog.get_logger("natsgw.adapter")
 
-_STATUS_HEADER = "Status"
-_NO_RESPONDERS = "503"
 #: Retry delays towards NATS: reconnects, consumer re-creation, Consume pulls.
 NATS_BACKOFF = Backoff(base=0.25, cap=10.0)
 
@@ -55,11 +54,15 @@ async def _settle(client: NatsClient, timeout: float) -> None:
     await client.flush(timeout=timeout)  # type: ignore[arg-type]
 
 
-def header_bytes(headers: Mapping[str, str]) -> int:
-    """Size NATS counts for headers against max_payload (``NATS/1.0`` block)."""
+def header_bytes(headers: Mapping[str, str] | None) -> int:
+    """Size of the header block as nats clients write it, and NATS counts it against limits.
+
+    ``NATS/1.0\r\n`` (10 bytes), ``key: value\r\n`` per header, a closing ``\r\n``; no headers,
+    no block. Used for max_payload checks and for a delivery's size against a pull's max_bytes.
+    """
     if not headers:
         return 0
-    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items()) + 2
+    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
 
 
 def check_headers(headers: Mapping[str, str], field: str = "headers") -> None:
@@ -273,7 +276,7 @@ class NatsAdapter:
         return self._nc is not None and self._nc.is_connected
 
     def facts(self) -> ServerFacts:
-        info = nats_compat.server_info(self._client())
+        info = nats_compat.server_info(self.client())
         return ServerFacts(
             server_id=str(info.get("server_id", "")),
             server_name=str(info.get("server_name", "")),
@@ -286,9 +289,10 @@ class NatsAdapter:
     async def rtt(self, timeout: float) -> float:
         """A full round trip to the server, in seconds."""
         with translated("round trip to NATS"):
-            return float(await self._client().rtt(timeout=timeout))  # type: ignore[arg-type]
+            return float(await self.client().rtt(timeout=timeout))  # type: ignore[arg-type]
 
-    def _client(self) -> NatsClient:
+    def client(self) -> NatsClient:
+        """The live connection, for the modules of this package only; Unavailable when down."""
         nc = self._nc
         if nc is None:
             raise Unavailable("not connected to NATS yet; the gateway keeps retrying")
@@ -300,7 +304,7 @@ class NatsAdapter:
 
     async def jetstream_account(self, timeout: float) -> JetStreamAccount:
         """Proves JetStream answers (used by deep health checks)."""
-        js = self._client().jetstream(domain=self._jetstream_domain, timeout=timeout)
+        js = self.client().jetstream(domain=self._jetstream_domain, timeout=timeout)
         with translated("JetStream account info"):
             info = await js.account_info()
         return JetStreamAccount(
@@ -309,14 +313,20 @@ class NatsAdapter:
 
     def jetstream(self) -> JetStreamContext:
         """For the JetStream/KV/Object modules of this package only."""
-        return self._client().jetstream(domain=self._jetstream_domain)
+        return self.client().jetstream(domain=self._jetstream_domain)
+
+    @property
+    def api_prefix(self) -> str:
+        """Subject prefix of the JetStream API (of the configured domain, if any)."""
+        domain = self._jetstream_domain
+        return f"$JS.{domain}.API" if domain else "$JS.API"
 
     # -- core messaging ---------------------------------------------------------------------------
 
     def check_payload(self, data: bytes, headers: Mapping[str, str]) -> None:
         """Refuse what NATS would refuse, before anything is sent: never half-send."""
         check_headers(headers)
-        limit = self._client().max_payload
+        limit = self.client().max_payload
         size = len(data) + header_bytes(headers)
         if size > limit:
             raise ResourceExhausted(
@@ -335,7 +345,7 @@ class NatsAdapter:
         confirm: bool = True,
     ) -> None:
         """Publish; with ``confirm`` return only once the server has read it."""
-        nc = self._client()
+        nc = self.client()
         self.check_payload(data, headers or {})
         with translated("publish"):
             await nc.publish(subject, data, reply=reply, headers=dict(headers) if headers else None)
@@ -360,7 +370,7 @@ class NatsAdapter:
         pending_bytes: int,
     ) -> Subscription:
         """Subscribe; ``on_message`` must not block (it runs on nats-py's delivery task)."""
-        nc = self._client()
+        nc = self.client()
 
         async def deliver(msg: Msg) -> None:
             on_message(
@@ -400,7 +410,7 @@ class NatsAdapter:
         headers: Mapping[str, str] | None = None,
     ) -> Message:
         """Request/reply through a caller-chosen inbox, so replies stay inside a namespace."""
-        nc = self._client()
+        nc = self.client()
         self.check_payload(data, headers or {})
         reply: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         with translated("request"):
@@ -417,7 +427,8 @@ class NatsAdapter:
                     await sub.unsubscribe()
                 except Exception as exc:
                     log.debug("request_unsubscribe_ignored", error=type(exc).__name__)
-        msg_headers = msg.headers or {}
-        if msg_headers.get(_STATUS_HEADER) == _NO_RESPONDERS and not msg.data:
+        if no_responders(msg):
             raise Unavailable("no responder is subscribed to that subject")
-        return Message(subject=msg.subject, data=msg.data, headers=msg_headers, reply=msg.reply)
+        return Message(
+            subject=msg.subject, data=msg.data, headers=msg.headers or {}, reply=msg.reply
+        )

@@ -9,16 +9,14 @@ buckets stay fully compatible with every NATS client and the ``nats kv`` CLI.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator, Callable, Mapping
 
-from nats import errors as nats_errors
-from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext, api
 from nats.js import errors as js_errors
 
 from natsgw.adapter.core import NatsAdapter
 from natsgw.adapter.errors import translated
+from natsgw.adapter.jetstream import JetStreamAdapter
 from natsgw.adapter.ordered import OrderedReader, Start, StoredMessage
 from natsgw.adapter.types import BucketDefaults, KVBucket, KVEntry
 from natsgw.errors import AlreadyExists, FailedPrecondition, NotFound
@@ -98,12 +96,10 @@ class KeyValueStore:
     def __init__(self, adapter: NatsAdapter, *, timeout: float = 5.0) -> None:
         self._adapter = adapter
         self._timeout = timeout
+        self._api = JetStreamAdapter(adapter, timeout)
 
     def _js(self) -> JetStreamContext:
         return self._adapter.jetstream()
-
-    def _nc(self) -> NatsClient:
-        return self._js()._nc
 
     # -- buckets ----------------------------------------------------------------------------------
 
@@ -145,7 +141,7 @@ class KeyValueStore:
 
     async def list_buckets(self, wanted: Callable[[str], bool]) -> list[KVBucket]:
         """Every KV bucket whose NATS name ``wanted`` accepts (others are never looked at)."""
-        names = await self._stream_names()
+        names = await self._api.stream_names()
         out: list[KVBucket] = []
         for name in names:
             if not name.startswith("KV_") or not wanted(name[3:]):
@@ -153,27 +149,6 @@ class KeyValueStore:
             with contextlib.suppress(NotFound):  # deleted meanwhile
                 out.append(await self.bucket(name[3:]))
         return sorted(out, key=lambda b: b.name)
-
-    async def _stream_names(self) -> list[str]:
-        js = self._js()
-        names: list[str] = []
-        offset = 0
-        while True:
-            with translated("list streams"):
-                reply = await js._nc.request(
-                    f"{js._prefix}.STREAM.NAMES",
-                    json.dumps({"offset": offset}).encode(),
-                    timeout=self._timeout,
-                )
-            body = json.loads(reply.data)
-            if "error" in body:
-                with translated("list streams"):
-                    raise js_errors.APIError.from_error(body["error"])
-            page = body.get("streams") or []
-            names.extend(page)
-            offset += len(page)
-            if not page or offset >= int(body.get("total", 0)):
-                return names
 
     # -- values -----------------------------------------------------------------------------------
 
@@ -291,29 +266,9 @@ class KeyValueStore:
     async def _get_msg(
         self, bucket: str, *, seq: int = 0, subject: str = ""
     ) -> StoredMessage | None:
-        js = self._js()
-        stream = stream_name(bucket)
-        for direct in (True, False):
-            try:
-                with translated(f"read from bucket {bucket}"):
-                    try:
-                        raw = await js.get_msg(
-                            stream, seq=seq or None, subject=subject or None, direct=direct
-                        )
-                    except nats_errors.NoRespondersError:
-                        if direct:
-                            continue  # bucket made without direct get: ask the stream leader
-                        raise
-            except NotFound:
-                return None
-            return StoredMessage(
-                subject=str(raw.subject or ""),
-                data=raw.data or b"",
-                headers=dict(raw.headers or {}),
-                seq=int(raw.seq or 0),
-                time=raw.time,
-            )
-        return None
+        return await self._api.get_message(
+            stream_name(bucket), seq=seq, subject=subject, what=f"read from bucket {bucket}"
+        )
 
     # -- listings ---------------------------------------------------------------------------------
 
@@ -336,7 +291,7 @@ class KeyValueStore:
     ) -> AsyncIterator[StoredMessage]:
         js = self._js()
         reader = OrderedReader(
-            js._nc,
+            self._adapter.client(),
             js,
             stream_name(bucket),
             _subject(bucket, pattern),
@@ -374,7 +329,7 @@ class KeyValueStore:
         else:
             start = Start.LAST_PER_SUBJECT
         reader = OrderedReader(
-            js._nc,
+            self._adapter.client(),
             js,
             stream_name(bucket),
             _subject(bucket, pattern),
