@@ -5,7 +5,10 @@ Takes NATS names (already mapped by natsgw.tenancy) and returns the dataclasses 
 The JetStream API is spoken as JSON directly (nats-py's manager lacks consumer-create semantics,
 purge counts and pagination), through nats-py's request machinery: :meth:`JetStreamAdapter._api`
 is the one request path, :meth:`JetStreamAdapter._paged` the one pager, and the KV and Object
-Store modules list streams and read stored messages through this class too.
+Store modules list, inspect, delete and purge streams and read stored messages through this class
+too. nats-py's JetStream context remains only for what it does exactly as every NATS client does:
+the KV and Object Store bucket configurations, direct-get replies, KV publishes (its
+acknowledgement errors) and the ordered reader's push consumers.
 
 Pull requests come back as typed outcomes (:data:`natsgw.adapter.types.PullOutcome`); NATS's
 status codes are read in :func:`_outcome` and nowhere else.
@@ -437,11 +440,11 @@ class JetStreamAdapter:
         )
         return _stream_details(response)
 
-    async def delete_stream(self, name: str) -> None:
-        await self._api(f"delete stream {name}", f"STREAM.DELETE.{name}")
+    async def delete_stream(self, name: str, *, what: str = "") -> None:
+        await self._api(what or f"delete stream {name}", f"STREAM.DELETE.{name}")
 
-    async def stream_info(self, name: str) -> StreamDetails:
-        return _stream_details(await self._api(f"stream {name}", f"STREAM.INFO.{name}"))
+    async def stream_info(self, name: str, *, what: str = "") -> StreamDetails:
+        return _stream_details(await self._api(what or f"stream {name}", f"STREAM.INFO.{name}"))
 
     async def _stream_infos(self, subject_filter: str = "") -> list[Mapping[str, Any]]:
         """The one stream lister: every stream's info (subjects overlapping the filter, if any)."""
@@ -482,9 +485,9 @@ class JetStreamAdapter:
         await self._api("stream byte limit", f"STREAM.UPDATE.{name}", config)
         return True
 
-    async def purge_stream(self, name: str, subject_filter: str = "") -> int:
+    async def purge_stream(self, name: str, subject_filter: str = "", *, what: str = "") -> int:
         body = {"filter": subject_filter} if subject_filter else {}
-        response = await self._api(f"purge stream {name}", f"STREAM.PURGE.{name}", body)
+        response = await self._api(what or f"purge stream {name}", f"STREAM.PURGE.{name}", body)
         return int(response.get("purged", 0))
 
     async def stored_time(self, stream: str, seq: int) -> datetime.datetime | None:

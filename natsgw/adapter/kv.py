@@ -18,7 +18,7 @@ from natsgw.adapter.core import NatsAdapter
 from natsgw.adapter.errors import translated
 from natsgw.adapter.jetstream import JetStreamAdapter
 from natsgw.adapter.ordered import OrderedReader, Start, StoredMessage
-from natsgw.adapter.types import BucketDefaults, KVBucket, KVEntry
+from natsgw.adapter.types import BucketDefaults, KVBucket, KVEntry, StreamDetails
 from natsgw.errors import AlreadyExists, FailedPrecondition, NotFound
 
 KV_OP = "KV-Operation"
@@ -62,20 +62,17 @@ def _entry(bucket: str, msg: StoredMessage) -> KVEntry:
     )
 
 
-def _bucket(name: str, info: api.StreamInfo) -> KVBucket:
-    config, state = info.config, info.state
-    storage = config.storage
-    storage_name = storage.value if isinstance(storage, api.StorageType) else str(storage or "")
-    max_bytes = int(config.max_bytes or 0)
+def _bucket(name: str, info: StreamDetails) -> KVBucket:
+    spec, state = info.spec, info.state
     return KVBucket(
         name=name,
-        values=int(state.messages or 0),
-        bytes=int(state.bytes or 0),
-        history=int(config.max_msgs_per_subject or 1),
-        ttl=float(config.max_age or 0.0),
-        max_bytes=max_bytes if max_bytes > 0 else 0,
-        storage=storage_name or "file",
-        replicas=int(config.num_replicas or 1),
+        values=state.messages,
+        bytes=state.bytes,
+        history=spec.max_msgs_per_subject or 1,
+        ttl=spec.max_age,
+        max_bytes=spec.max_bytes if spec.max_bytes > 0 else 0,
+        storage=spec.storage or "file",
+        replicas=spec.replicas or 1,
         created=info.created,
     )
 
@@ -131,13 +128,11 @@ class KeyValueStore:
 
     async def bucket(self, bucket: str) -> KVBucket:
         """The bucket's state; NotFound when it does not exist."""
-        with translated(f"Key-Value bucket {bucket}"):
-            info = await self._js().stream_info(stream_name(bucket))
+        info = await self._api.stream_info(stream_name(bucket), what=f"Key-Value bucket {bucket}")
         return _bucket(bucket, info)
 
     async def delete_bucket(self, bucket: str) -> None:
-        with translated(f"delete Key-Value bucket {bucket}"):
-            await self._js().delete_stream(stream_name(bucket))
+        await self._api.delete_stream(stream_name(bucket), what=f"delete Key-Value bucket {bucket}")
 
     async def list_buckets(self, wanted: Callable[[str], bool]) -> list[KVBucket]:
         """Every KV bucket whose NATS name ``wanted`` accepts (others are never looked at)."""

@@ -214,10 +214,8 @@ class ObjectStoreClient:
     # -- buckets ----------------------------------------------------------------------------------
 
     async def ensure_bucket(self, bucket: str, defaults: BucketDefaults) -> None:
-        js = self._js()
         try:
-            with translated(f"object bucket {bucket}"):
-                await js.stream_info(stream_name(bucket))
+            await self._api.stream_info(stream_name(bucket), what=f"object bucket {bucket}")
             return
         except NotFound:
             pass
@@ -232,7 +230,7 @@ class ObjectStoreClient:
             contextlib.suppress(AlreadyExists),  # made meanwhile by a concurrent first put
             translated(f"create object bucket {bucket}"),
         ):
-            await js.create_object_store(bucket, config=config)
+            await self._js().create_object_store(bucket, config=config)
 
     # -- meta -------------------------------------------------------------------------------------
 
@@ -425,7 +423,7 @@ class ObjectStoreClient:
 
     async def _purge_quietly(self, bucket: str, subject: str) -> None:
         with contextlib.suppress(Exception):
-            await self._js().purge_stream(stream_name(bucket), subject=subject)
+            await self._api.purge_stream(stream_name(bucket), subject)
 
     async def read(self, bucket: str, stat: ObjectStat) -> AsyncIterator[bytes]:
         """The object's chunks in order; DataLoss (after the last chunk) if size or digest differ.
