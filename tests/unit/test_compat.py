@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from natsgw import compat
+from natsgw.compat import betterproto2 as betterproto2_compat
 from natsgw.compat import grpclib as grpclib_compat
 from natsgw.compat import nats as nats_compat
 
@@ -25,7 +26,12 @@ def pinned(distribution: str) -> str:
 
 
 @pytest.mark.parametrize(
-    ("distribution", "shim"), [("nats-py", nats_compat), ("grpclib", grpclib_compat)]
+    ("distribution", "shim"),
+    [
+        ("nats-py", nats_compat),
+        ("grpclib", grpclib_compat),
+        ("betterproto2", betterproto2_compat),
+    ],
 )
 def test_each_shim_checks_the_release_pyproject_pins(distribution: str, shim: object) -> None:
     assert getattr(shim, "PINNED") == pinned(distribution)  # noqa: B009
