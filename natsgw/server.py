@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-from typing import cast
 
 import betterproto2
 import structlog
@@ -37,6 +36,7 @@ from natsgw.ops.embedded import EmbeddedNatsServer
 from natsgw.ops.http import HttpSide
 from natsgw.ops.metrics import MeteredSubscriptionRegistry, Metrics
 from natsgw.ops.monitoring import NatsMonitor
+from natsgw.ops.sockets import bind_tcp, bound_port
 from natsgw.ops.tls import server_context
 from natsgw.pipeline.calls import Observer
 from natsgw.pipeline.quotas import QuotaEnforcer, QuotaPolicy
@@ -145,10 +145,13 @@ class Gateway:
         self._server = Server(services, codec=build_codec(settings.max_message_size))
         listen(self._server, RecvRequest, self._on_request)
         listen(self._server, SendInitialMetadata, _echo_request_id)
-        await self._server.start(settings.grpc_host, settings.grpc_port, ssl=tls)
-        listener = cast(asyncio.Server | None, self._server._server)
-        sockets = listener.sockets if listener is not None else ()
-        self.port = int(sockets[0].getsockname()[1]) if sockets else settings.grpc_port
+        sock = bind_tcp(settings.grpc_host, settings.grpc_port)
+        self.port = bound_port(sock)
+        try:
+            await self._server.start(sock=sock, ssl=tls)
+        except BaseException:
+            sock.close()
+            raise
         self.metrics.bind(self.adapter, self.subscriptions, self.audit)
         if settings.http_port is not None:
             self.http = HttpSide(self.metrics, self.adapter, jetstream=settings.jetstream_enabled)

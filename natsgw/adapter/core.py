@@ -7,7 +7,6 @@ nats-py, and translates what goes wrong. It knows nothing of tenants or of the w
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,20 +20,21 @@ from nats.errors import SlowConsumerError
 from nats.js import JetStreamContext
 
 from natsgw.adapter.errors import translated
+from natsgw.adapter.replies import no_responders
 from natsgw.adapter.types import ConnectionState, JetStreamAccount, Message, ServerFacts
+from natsgw.backoff import Backoff
+from natsgw.compat import nats as nats_compat
 from natsgw.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 
 log = structlog.get_logger("natsgw.adapter")
 
-_STATUS_HEADER = "Status"
-_NO_RESPONDERS = "503"
-_BACKOFF_BASE = 0.25
-_BACKOFF_CAP = 10.0
+#: Retry delays towards NATS: reconnects, consumer re-creation, Consume pulls.
+NATS_BACKOFF = Backoff(base=0.25, cap=10.0)
 
 
 def backoff_delay(attempt: int) -> float:
-    """Exponential backoff with full jitter, capped; attempt 0 is the first retry."""
-    return random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** min(attempt, 16)))
+    """The NATS retry delay for ``attempt`` (0 is the first retry); see natsgw.backoff."""
+    return NATS_BACKOFF.delay(attempt)
 
 
 def _reconnect_handler(servers: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
@@ -48,18 +48,21 @@ async def _settle(client: NatsClient, timeout: float) -> None:
 
     nats-py writes its PING straight to the socket, ahead of commands still queued for its
     flusher, so a plain ``flush()`` can be answered before a queued PUB or SUB was even sent.
-    Forcing the queue out first puts the PING behind them. (``_flush_pending`` is private:
-    nats-py is pinned, and tests/integration/test_adapter_ordering.py checks the wire order.)
+    Forcing the queue out first puts the PING behind them (see natsgw.compat.nats).
     """
-    await client._flush_pending(force_flush=True)
+    await nats_compat.flush_pending(client)
     await client.flush(timeout=timeout)  # type: ignore[arg-type]
 
 
-def header_bytes(headers: Mapping[str, str]) -> int:
-    """Size NATS counts for headers against max_payload (``NATS/1.0`` block)."""
+def header_bytes(headers: Mapping[str, str] | None) -> int:
+    """Size of the header block as nats clients write it, and NATS counts it against limits.
+
+    ``NATS/1.0\r\n`` (10 bytes), ``key: value\r\n`` per header, a closing ``\r\n``; no headers,
+    no block. Used for max_payload checks and for a delivery's size against a pull's max_bytes.
+    """
     if not headers:
         return 0
-    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items()) + 2
+    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
 
 
 def check_headers(headers: Mapping[str, str], field: str = "headers") -> None:
@@ -166,7 +169,8 @@ class NatsAdapter:
         self._nc: NatsClient | None = None
         self._confirmer: _Confirmer | None = None
         self._connect_task: asyncio.Task[None] | None = None
-        self._overflow: dict[int, Callable[[], None]] = {}
+        #: Overflow callbacks by nats-py subscription (SlowConsumerError names its ``sub``).
+        self._overflow: dict[NatsSubscription, Callable[[], None]] = {}
         self._reconnects = 0
         self._status = "CONNECTING"
 
@@ -207,7 +211,11 @@ class NatsAdapter:
             self._nc = nc
             self._confirmer = _Confirmer(nc, self._confirm_timeout)
             self._status = "CONNECTED"
-            log.info("nats_connected", url=self._url(), server=nc._server_info.get("server_name"))
+            log.info(
+                "nats_connected",
+                url=self._url(),
+                server=nats_compat.server_info(nc).get("server_name"),
+            )
             return
 
     async def close(self, drain_timeout: float = 5.0) -> None:
@@ -230,7 +238,7 @@ class NatsAdapter:
 
     async def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, SlowConsumerError):
-            callback = self._overflow.get(exc.sid)
+            callback = self._overflow.get(exc.sub)
             if callback is not None:
                 callback()
             return
@@ -268,7 +276,7 @@ class NatsAdapter:
         return self._nc is not None and self._nc.is_connected
 
     def facts(self) -> ServerFacts:
-        info = self._client()._server_info
+        info = nats_compat.server_info(self.client())
         return ServerFacts(
             server_id=str(info.get("server_id", "")),
             server_name=str(info.get("server_name", "")),
@@ -281,9 +289,10 @@ class NatsAdapter:
     async def rtt(self, timeout: float) -> float:
         """A full round trip to the server, in seconds."""
         with translated("round trip to NATS"):
-            return float(await self._client().rtt(timeout=timeout))  # type: ignore[arg-type]
+            return float(await self.client().rtt(timeout=timeout))  # type: ignore[arg-type]
 
-    def _client(self) -> NatsClient:
+    def client(self) -> NatsClient:
+        """The live connection, for the modules of this package only; Unavailable when down."""
         nc = self._nc
         if nc is None:
             raise Unavailable("not connected to NATS yet; the gateway keeps retrying")
@@ -295,7 +304,7 @@ class NatsAdapter:
 
     async def jetstream_account(self, timeout: float) -> JetStreamAccount:
         """Proves JetStream answers (used by deep health checks)."""
-        js = self._client().jetstream(domain=self._jetstream_domain, timeout=timeout)
+        js = self.client().jetstream(domain=self._jetstream_domain, timeout=timeout)
         with translated("JetStream account info"):
             info = await js.account_info()
         return JetStreamAccount(
@@ -304,14 +313,20 @@ class NatsAdapter:
 
     def jetstream(self) -> JetStreamContext:
         """For the JetStream/KV/Object modules of this package only."""
-        return self._client().jetstream(domain=self._jetstream_domain)
+        return self.client().jetstream(domain=self._jetstream_domain)
+
+    @property
+    def api_prefix(self) -> str:
+        """Subject prefix of the JetStream API (of the configured domain, if any)."""
+        domain = self._jetstream_domain
+        return f"$JS.{domain}.API" if domain else "$JS.API"
 
     # -- core messaging ---------------------------------------------------------------------------
 
     def check_payload(self, data: bytes, headers: Mapping[str, str]) -> None:
         """Refuse what NATS would refuse, before anything is sent: never half-send."""
         check_headers(headers)
-        limit = self._client().max_payload
+        limit = self.client().max_payload
         size = len(data) + header_bytes(headers)
         if size > limit:
             raise ResourceExhausted(
@@ -330,7 +345,7 @@ class NatsAdapter:
         confirm: bool = True,
     ) -> None:
         """Publish; with ``confirm`` return only once the server has read it."""
-        nc = self._client()
+        nc = self.client()
         self.check_payload(data, headers or {})
         with translated("publish"):
             await nc.publish(subject, data, reply=reply, headers=dict(headers) if headers else None)
@@ -355,7 +370,7 @@ class NatsAdapter:
         pending_bytes: int,
     ) -> Subscription:
         """Subscribe; ``on_message`` must not block (it runs on nats-py's delivery task)."""
-        nc = self._client()
+        nc = self.client()
 
         async def deliver(msg: Msg) -> None:
             on_message(
@@ -378,11 +393,10 @@ class NatsAdapter:
             except BaseException:
                 await Subscription(sub, lambda: None).unsubscribe()
                 raise
-        sid = sub._id
-        self._overflow[sid] = on_overflow
+        self._overflow[sub] = on_overflow
 
         def release() -> None:
-            self._overflow.pop(sid, None)
+            self._overflow.pop(sub, None)
 
         return Subscription(sub, release)
 
@@ -396,7 +410,7 @@ class NatsAdapter:
         headers: Mapping[str, str] | None = None,
     ) -> Message:
         """Request/reply through a caller-chosen inbox, so replies stay inside a namespace."""
-        nc = self._client()
+        nc = self.client()
         self.check_payload(data, headers or {})
         reply: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         with translated("request"):
@@ -413,7 +427,8 @@ class NatsAdapter:
                     await sub.unsubscribe()
                 except Exception as exc:
                     log.debug("request_unsubscribe_ignored", error=type(exc).__name__)
-        msg_headers = msg.headers or {}
-        if msg_headers.get(_STATUS_HEADER) == _NO_RESPONDERS and not msg.data:
+        if no_responders(msg):
             raise Unavailable("no responder is subscribed to that subject")
-        return Message(subject=msg.subject, data=msg.data, headers=msg_headers, reply=msg.reply)
+        return Message(
+            subject=msg.subject, data=msg.data, headers=msg.headers or {}, reply=msg.reply
+        )

@@ -3,7 +3,15 @@
 Takes NATS names (already mapped by natsgw.tenancy) and returns the dataclasses of
 :mod:`natsgw.adapter.types`; every nats-py error leaves as a :class:`natsgw.errors.GatewayError`.
 The JetStream API is spoken as JSON directly (nats-py's manager lacks consumer-create semantics,
-purge counts and pagination), through nats-py's request machinery.
+purge counts and pagination), through nats-py's request machinery: :meth:`JetStreamAdapter._api`
+is the one request path, :meth:`JetStreamAdapter._paged` the one pager, and the KV and Object
+Store modules list, inspect, delete and purge streams and read stored messages through this class
+too. nats-py's JetStream context remains only for what it does exactly as every NATS client does:
+the KV and Object Store bucket configurations, direct-get replies, KV publishes (its
+acknowledgement errors) and the ordered reader's push consumers.
+
+Pull requests come back as typed outcomes (:data:`natsgw.adapter.types.PullOutcome`); NATS's
+status codes are read in :func:`_outcome` and nowhere else.
 """
 
 from __future__ import annotations
@@ -14,27 +22,40 @@ import datetime
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription as NatsSubscription
 from nats.errors import NoRespondersError
 from nats.js import errors as js_errors
 
-from natsgw.adapter.core import NatsAdapter
+from natsgw.adapter.core import NatsAdapter, header_bytes
 from natsgw.adapter.errors import translated
+from natsgw.adapter.ordered import StoredMessage
+from natsgw.adapter.replies import ReplyInbox, no_responders
 from natsgw.adapter.types import (
+    REQUEST_ENDED,
+    BatchCompleted,
+    ConsumerDeleted,
     ConsumerDetails,
     ConsumerSpec,
     ConsumerStateValue,
+    Heartbeat,
     JetStreamDelivery,
-    PullStatus,
+    LeadershipChange,
+    NoMessages,
+    NoResponders,
+    PullOutcome,
+    PullRefused,
+    RequestExpired,
     StreamDetails,
     StreamPubAck,
     StreamSpec,
     StreamStateValue,
+    StreamSummary,
+    TooLarge,
 )
 from natsgw.errors import (
     DeadlineExceeded,
@@ -54,8 +75,6 @@ _ZERO_TIME = "0001-01-01T00:00:00Z"
 _TIME_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$")
 _STATUS = "Status"
 _DESCRIPTION = "Description"
-_PENDING_MSGS = "Nats-Pending-Messages"
-_PENDING_BYTES = "Nats-Pending-Bytes"
 #: Extra time a pull request gets beyond its ``expires`` for the server's 408 to arrive.
 _EXPIRY_GRACE = 1.0
 
@@ -227,31 +246,56 @@ def _delivery(msg: Msg) -> JetStreamDelivery | None:
         num_delivered=ack.num_delivered,
         num_pending=ack.num_pending,
         timestamp=datetime.datetime.fromtimestamp(ack.timestamp_ns / _NS, datetime.UTC),
-        nats_size=len(msg.subject) + len(ack.subject) + _header_len(msg.headers) + len(msg.data),
+        nats_size=len(msg.subject) + len(ack.subject) + header_bytes(msg.headers) + len(msg.data),
     )
 
 
-def _header_len(headers: Mapping[str, str] | None) -> int:
-    """Length of the ``NATS/1.0`` header block as nats clients write it."""
-    if not headers:
-        return 0
-    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
+@dataclass(frozen=True, slots=True)
+class _Status:
+    """A status message on a pull inbox, as NATS sent it."""
+
+    code: int
+    description: str
 
 
-def _status(msg: Msg) -> PullStatus | None:
+def _status(msg: Msg) -> _Status | None:
     headers = msg.headers or {}
     code = headers.get(_STATUS)
     if not code or msg.data:
         return None
-    try:
-        return PullStatus(
-            code=int(code),
-            description=headers.get(_DESCRIPTION, ""),
-            pending_msgs=int(headers.get(_PENDING_MSGS, 0) or 0),
-            pending_bytes=int(headers.get(_PENDING_BYTES, 0) or 0),
-        )
-    except ValueError:
-        return PullStatus(code=int(code) if code.isdigit() else 0, description=str(headers))
+    return _Status(
+        code=int(code) if code.isdigit() else 0, description=headers.get(_DESCRIPTION, "")
+    )
+
+
+def _outcome(status: _Status) -> PullOutcome:
+    """What a pull status means: the only place NATS's pull status codes are read.
+
+    100 idle heartbeat; 404 nothing there (no-wait); 408 request expired; 409 with a reason
+    (batch completed, max_bytes exceeded, consumer deleted, leadership change, server shutdown,
+    or a refusal); 503 no responders.
+    """
+    code = status.code
+    if code == 100:
+        return Heartbeat()
+    if code == 404:
+        return NoMessages()
+    if code == 408:
+        return RequestExpired()
+    if code == 409:
+        text = status.description.lower()
+        if "batch completed" in text:
+            return BatchCompleted()
+        if "maxbytes" in text.replace(" ", ""):
+            return TooLarge()
+        if "deleted" in text:
+            return ConsumerDeleted(_pull_refused(status))
+        if "leadership" in text or "server shutdown" in text:
+            return LeadershipChange(_pull_refused(status))
+        return PullRefused(_pull_refused(status))
+    if code == 503:
+        return NoResponders()
+    return PullRefused(Internal(f"pull: unexpected status {code} {status.description}"))
 
 
 # -- pulls ----------------------------------------------------------------------------------------
@@ -272,14 +316,13 @@ class PullPipe:
         self._api_subject = api_subject
         #: What is pulled from, for messages ("consumer C of stream S").
         self.target = target
-        self._inbox = nc.new_inbox()
+        self._inbox = ReplyInbox(nc, "pull subscription")
         self._requests = 0
         self._current = ""
         self._queue: asyncio.Queue[Msg | None] = asyncio.Queue(maxsize=capacity + 64)
-        self._sub: NatsSubscription | None = None
 
     async def open(self) -> None:
-        async def on_msg(msg: Msg) -> None:
+        def on_msg(msg: Msg) -> None:
             try:
                 self._queue.put_nowait(msg)
             except asyncio.QueueFull:
@@ -287,8 +330,7 @@ class PullPipe:
                 # message dropped here is redelivered by NATS after ack_wait.
                 log.warning("pull_queue_full", subject=self._api_subject, data=bool(msg.data))
 
-        with translated("pull subscription"):
-            self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=on_msg)
+        await self._inbox.open(on_msg)
 
     async def request(
         self,
@@ -309,7 +351,7 @@ class PullPipe:
         if no_wait:
             body["no_wait"] = True
         self._requests += 1
-        self._current = f"{self._inbox}.{self._requests}"
+        self._current = self._inbox.subject(self._requests)
         with translated("pull request"):
             await self._nc.publish(
                 self._api_subject, json.dumps(body).encode(), reply=self._current
@@ -320,8 +362,9 @@ class PullPipe:
         with contextlib.suppress(asyncio.QueueFull):  # full: next() returns at once anyway
             self._queue.put_nowait(None)
 
-    async def next(self, timeout: float) -> JetStreamDelivery | PullStatus | None:
-        """The next delivery or status; None when nothing came within ``timeout``."""
+    async def next(self, timeout: float) -> PullOutcome | None:
+        """The next delivery or outcome of the current request; None when nothing came within
+        ``timeout`` (or :meth:`interrupt` was called)."""
         while True:
             try:
                 msg = await asyncio.wait_for(self._queue.get(), max(timeout, 0.0))
@@ -333,19 +376,14 @@ class PullPipe:
             if status is not None:
                 if msg.subject != self._current:
                     continue  # about an earlier request: already over for us
-                return status
+                return _outcome(status)
             delivery = _delivery(msg)
             if delivery is not None:
                 return delivery
             log.warning("pull_unexpected_message", subject=msg.subject)
 
     async def close(self) -> None:
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:  # connection closed: the server forgot it already
-                log.debug("pull_unsubscribe_ignored", error=type(exc).__name__)
+        await self._inbox.close()
 
 
 # -- the adapter ---------------------------------------------------------------------------------
@@ -359,14 +397,12 @@ class JetStreamAdapter:
         self._timeout = timeout
 
     def _nc(self) -> NatsClient:
-        return self._core._client()  # same package: the connection the core adapter owns
-
-    def _prefix(self) -> str:
-        return str(self._core.jetstream()._prefix)
+        return self._core.client()
 
     async def _api(self, what: str, suffix: str, body: Mapping[str, Any] | None = None) -> Any:
+        """One JetStream API request (``$JS.API.<suffix>``); its JSON answer, or the error."""
         nc = self._nc()
-        subject = f"{self._prefix()}.{suffix}"
+        subject = f"{self._core.api_prefix}.{suffix}"
         payload = json.dumps(body).encode() if body is not None else b""
         with translated(what):
             try:
@@ -377,6 +413,18 @@ class JetStreamAdapter:
             if "error" in response:
                 raise js_errors.APIError.from_error(response["error"])
         return response
+
+    async def _paged(
+        self, what: str, suffix: str, key: str, body: Mapping[str, Any] | None = None
+    ) -> list[Any]:
+        """Every item of a paged list request (``STREAM.LIST``, ``CONSUMER.LIST``), all pages."""
+        items: list[Any] = []
+        while True:
+            response = await self._api(what, suffix, {**(body or {}), "offset": len(items)})
+            page = response.get(key) or []
+            items.extend(page)
+            if not page or len(items) >= int(response.get("total", 0)):
+                return items
 
     # streams ------------------------------------------------------------------------------------
 
@@ -392,28 +440,54 @@ class JetStreamAdapter:
         )
         return _stream_details(response)
 
-    async def delete_stream(self, name: str) -> None:
-        await self._api(f"delete stream {name}", f"STREAM.DELETE.{name}")
+    async def delete_stream(self, name: str, *, what: str = "") -> None:
+        await self._api(what or f"delete stream {name}", f"STREAM.DELETE.{name}")
 
-    async def stream_info(self, name: str) -> StreamDetails:
-        return _stream_details(await self._api(f"stream {name}", f"STREAM.INFO.{name}"))
+    async def stream_info(self, name: str, *, what: str = "") -> StreamDetails:
+        return _stream_details(await self._api(what or f"stream {name}", f"STREAM.INFO.{name}"))
+
+    async def _stream_infos(self, subject_filter: str = "") -> list[Mapping[str, Any]]:
+        """The one stream lister: every stream's info (subjects overlapping the filter, if any)."""
+        body = {"subject": subject_filter} if subject_filter else {}
+        return await self._paged("list streams", "STREAM.LIST", "streams", body)
 
     async def list_streams(self, subject_filter: str = "") -> list[StreamDetails]:
-        """Every stream (whose subjects overlap ``subject_filter``, if given), all pages."""
-        streams: list[StreamDetails] = []
-        while True:
-            body: dict[str, Any] = {"offset": len(streams)}
-            if subject_filter:
-                body["subject"] = subject_filter
-            response = await self._api("list streams", "STREAM.LIST", body)
-            page = response.get("streams") or []
-            streams.extend(_stream_details(info) for info in page)
-            if not page or len(streams) >= int(response.get("total", 0)):
-                return streams
+        """Every stream (whose subjects overlap ``subject_filter``, if given)."""
+        return [_stream_details(info) for info in await self._stream_infos(subject_filter)]
 
-    async def purge_stream(self, name: str, subject_filter: str = "") -> int:
+    async def stream_names(self) -> list[str]:
+        """The names of every stream."""
+        return [_summary(info).name for info in await self._stream_infos()]
+
+    async def stream_summaries(self, prefixes: tuple[str, ...]) -> list[StreamSummary]:
+        """Every stream whose name starts with one of ``prefixes`` (for quotas)."""
+        found = (_summary(info) for info in await self._stream_infos())
+        return [summary for summary in found if summary.name.startswith(prefixes)]
+
+    async def stream_summary(self, name: str) -> StreamSummary | None:
+        """The stream, or None when it does not exist."""
+        try:
+            return _summary(await self._api("stream info", f"STREAM.INFO.{name}"))
+        except NotFound:
+            return None
+
+    async def limit_stream_bytes(self, name: str, max_bytes: int) -> bool:
+        """Lower the stream's byte limit to ``max_bytes`` when unlimited or higher; True if so.
+
+        The stream's own configuration goes back unchanged apart from the limit.
+        """
+        info = await self._api("stream byte limit", f"STREAM.INFO.{name}")
+        config = dict(info.get("config") or {})
+        current = int(config.get("max_bytes") or -1)
+        if 0 < current <= max_bytes:
+            return False
+        config["max_bytes"] = max_bytes
+        await self._api("stream byte limit", f"STREAM.UPDATE.{name}", config)
+        return True
+
+    async def purge_stream(self, name: str, subject_filter: str = "", *, what: str = "") -> int:
         body = {"filter": subject_filter} if subject_filter else {}
-        response = await self._api(f"purge stream {name}", f"STREAM.PURGE.{name}", body)
+        response = await self._api(what or f"purge stream {name}", f"STREAM.PURGE.{name}", body)
         return int(response.get("purged", 0))
 
     async def stored_time(self, stream: str, seq: int) -> datetime.datetime | None:
@@ -457,18 +531,51 @@ class JetStreamAdapter:
             await self._api(f"consumer {name} of stream {stream}", f"CONSUMER.INFO.{stream}.{name}")
         )
 
+    async def consumer_exists(self, stream: str, name: str) -> bool:
+        try:
+            await self._api("consumer info", f"CONSUMER.INFO.{stream}.{name}")
+        except NotFound:
+            return False
+        return True
+
     async def list_consumers(self, stream: str) -> list[ConsumerDetails]:
-        consumers: list[ConsumerDetails] = []
-        while True:
-            response = await self._api(
-                f"consumers of stream {stream}",
-                f"CONSUMER.LIST.{stream}",
-                {"offset": len(consumers)},
+        infos = await self._paged(
+            f"consumers of stream {stream}", f"CONSUMER.LIST.{stream}", "consumers"
+        )
+        return [_consumer_details(info) for info in infos]
+
+    # stored messages ----------------------------------------------------------------------------
+
+    async def get_message(
+        self, stream: str, *, seq: int = 0, subject: str = "", what: str
+    ) -> StoredMessage | None:
+        """Message ``seq``, or the last one on ``subject``; None when there is none.
+
+        Direct get first (any replica answers; KV and Object buckets are made with it). A stream
+        made without direct get has no responder for it, so then the stream leader is asked.
+        """
+        js = self._core.jetstream()
+        for direct in (True, False):
+            try:
+                with translated(what):
+                    try:
+                        raw = await js.get_msg(
+                            stream, seq=seq or None, subject=subject or None, direct=direct
+                        )
+                    except NoRespondersError:
+                        if direct:
+                            continue
+                        raise
+            except NotFound:
+                return None
+            return StoredMessage(
+                subject=str(raw.subject or ""),
+                data=raw.data or b"",
+                headers=dict(raw.headers or {}),
+                seq=int(raw.seq or 0),
+                time=raw.time,
             )
-            page = response.get("consumers") or []
-            consumers.extend(_consumer_details(info) for info in page)
-            if not page or len(consumers) >= int(response.get("total", 0)):
-                return consumers
+        return None
 
     # messages -----------------------------------------------------------------------------------
 
@@ -546,7 +653,7 @@ class JetStreamAdapter:
         return [
             reply
             if isinstance(reply, GatewayError)
-            else (_nobody_acks() if _no_responders(reply) else None)
+            else (_nobody_acks() if no_responders(reply) else None)
             for reply in replies
         ]
 
@@ -568,17 +675,8 @@ class JetStreamAdapter:
         results: list[Msg | GatewayError | None] = [
             r if isinstance(r, GatewayError) else None for r in requests
         ]
-        loop = asyncio.get_running_loop()
-        waiting: dict[int, asyncio.Future[Msg]] = {}
-        inbox = nc.new_inbox()
-
-        async def on_reply(msg: Msg) -> None:
-            future = waiting.pop(int(msg.subject.rpartition(".")[2]), None)
-            if future is not None and not future.done():
-                future.set_result(msg)
-
-        with translated(f"{what} (replies)"):
-            sub = await nc.subscribe(f"{inbox}.*", cb=on_reply)
+        inbox = ReplyInbox(nc, f"{what} (replies)")
+        await inbox.open()
         try:
             for start in range(0, len(requests), step):
                 pending: dict[int, asyncio.Future[Msg]] = {}
@@ -587,20 +685,17 @@ class JetStreamAdapter:
                     if isinstance(request, GatewayError):
                         continue
                     subject, data, headers = request
-                    future: asyncio.Future[Msg] = loop.create_future()
-                    waiting[index] = pending[index] = future
+                    reply, pending[index] = inbox.expect(index)
                     try:
                         with translated(what):
-                            await nc.publish(
-                                subject, data, reply=f"{inbox}.{index}", headers=headers or None
-                            )
+                            await nc.publish(subject, data, reply=reply, headers=headers or None)
                     except GatewayError as exc:
-                        del waiting[index], pending[index]
+                        del pending[index]
+                        inbox.forget(index)
                         results[index] = exc
                 if pending:
                     await asyncio.wait(pending.values(), timeout=wait)
                 for index, future in pending.items():
-                    waiting.pop(index, None)
                     results[index] = (
                         future.result()
                         if future.done()
@@ -608,17 +703,15 @@ class JetStreamAdapter:
                             f"{what}: no answer within {wait:g}s; it may or may not have happened"
                         )
                     )
+                    inbox.forget(index)
         finally:
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:  # connection closed: the server forgot it already
-                log.debug("reply_unsubscribe_ignored", error=type(exc).__name__)
+            await inbox.close()
         return [r if r is not None else Internal(f"{what}: no result") for r in results]
 
     async def open_pull(self, stream: str, consumer: str, capacity: int) -> PullPipe:
         pipe = PullPipe(
             self._nc(),
-            f"{self._prefix()}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+            f"{self._core.api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
             capacity,
             f"consumer {consumer} of stream {stream}",
         )
@@ -667,17 +760,15 @@ class JetStreamAdapter:
             if isinstance(item, JetStreamDelivery):
                 got.append(item)
                 continue
-            if item.code == 100:
+            if isinstance(item, Heartbeat):
                 continue
-            if item.code in (404, 408) or batch_completed(item):
+            if isinstance(item, (*REQUEST_ENDED, TooLarge)):
                 break
-            if item.code == 409:
-                if got or exceeds_max_bytes(item):
-                    break
-                raise _pull_refused(item)
-            if item.code == 503:  # no responder: nothing serves this consumer's pulls
+            if isinstance(item, NoResponders):  # nothing serves this consumer's pulls
                 raise NotFound(f"pull: {pipe.target} does not exist")
-            raise Internal(f"pull: unexpected status {item.code} {item.description}")
+            if got:
+                break  # refused after delivering: what was delivered is the answer
+            raise item.error
         return got
 
     async def ack(self, reply: str, payload: bytes, timeout: float | None = None) -> None:
@@ -713,10 +804,6 @@ def _json(msg: Msg, what: str) -> Any:
         ) from None
 
 
-def _no_responders(msg: Msg) -> bool:
-    return not msg.data and (msg.headers or {}).get(_STATUS) == "503"
-
-
 def _nobody_acks() -> FailedPrecondition:
     return FailedPrecondition(
         "nothing takes acknowledgements for this delivery: its consumer was deleted, "
@@ -738,7 +825,7 @@ def _publish_refused(error: Mapping[str, Any], what: str) -> Exception:
 
 def _pub_ack(msg: Msg, *, subject: str, stream: str) -> StreamPubAck | GatewayError:
     """A stream publish's reply: its PubAck, or the error NATS (or nobody) answered."""
-    if _no_responders(msg):
+    if no_responders(msg):
         return NotFound(f"no stream captures subject {subject!r} (was stream {stream} deleted?)")
     try:
         with translated(f"publish to stream {stream}"):
@@ -756,7 +843,16 @@ def _pub_ack(msg: Msg, *, subject: str, stream: str) -> StreamPubAck | GatewayEr
     )
 
 
-def _pull_refused(status: PullStatus) -> GatewayError:
+def _summary(info: Mapping[str, Any]) -> StreamSummary:
+    config = info.get("config") or {}
+    return StreamSummary(
+        name=str(config.get("name", "")),
+        max_bytes=int(config.get("max_bytes") or -1),
+        consumers=int((info.get("state") or {}).get("consumer_count") or 0),
+    )
+
+
+def _pull_refused(status: _Status) -> GatewayError:
     text = status.description or "refused"
     lowered = text.lower()
     if "deleted" in lowered:
@@ -764,19 +860,3 @@ def _pull_refused(status: PullStatus) -> GatewayError:
     if "maxwaiting" in lowered.replace(" ", "") or "max_waiting" in lowered:
         return ResourceExhausted(f"pull: too many pulls are waiting on this consumer ({text})")
     return FailedPrecondition(f"pull: NATS refused it ({status.code} {text})")
-
-
-def batch_completed(status: PullStatus) -> bool:
-    """409 "Batch Completed": the server's end of a request whose batch was filled."""
-    return status.code == 409 and "batch completed" in status.description.lower()
-
-
-def exceeds_max_bytes(status: PullStatus) -> bool:
-    """409 "Message Size Exceeds MaxBytes": the next message does not fit the request."""
-    text = status.description.lower().replace(" ", "")
-    return status.code == 409 and "maxbytes" in text
-
-
-def pull_refusal(status: PullStatus) -> GatewayError:
-    """The error a 409 status on a pull stands for (used by continuous consumption)."""
-    return _pull_refused(status)

@@ -9,18 +9,16 @@ buckets stay fully compatible with every NATS client and the ``nats kv`` CLI.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator, Callable, Mapping
 
-from nats import errors as nats_errors
-from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext, api
 from nats.js import errors as js_errors
 
 from natsgw.adapter.core import NatsAdapter
 from natsgw.adapter.errors import translated
+from natsgw.adapter.jetstream import JetStreamAdapter
 from natsgw.adapter.ordered import OrderedReader, Start, StoredMessage
-from natsgw.adapter.types import BucketDefaults, KVBucket, KVEntry
+from natsgw.adapter.types import BucketDefaults, KVBucket, KVEntry, StreamDetails
 from natsgw.errors import AlreadyExists, FailedPrecondition, NotFound
 
 KV_OP = "KV-Operation"
@@ -64,20 +62,17 @@ def _entry(bucket: str, msg: StoredMessage) -> KVEntry:
     )
 
 
-def _bucket(name: str, info: api.StreamInfo) -> KVBucket:
-    config, state = info.config, info.state
-    storage = config.storage
-    storage_name = storage.value if isinstance(storage, api.StorageType) else str(storage or "")
-    max_bytes = int(config.max_bytes or 0)
+def _bucket(name: str, info: StreamDetails) -> KVBucket:
+    spec, state = info.spec, info.state
     return KVBucket(
         name=name,
-        values=int(state.messages or 0),
-        bytes=int(state.bytes or 0),
-        history=int(config.max_msgs_per_subject or 1),
-        ttl=float(config.max_age or 0.0),
-        max_bytes=max_bytes if max_bytes > 0 else 0,
-        storage=storage_name or "file",
-        replicas=int(config.num_replicas or 1),
+        values=state.messages,
+        bytes=state.bytes,
+        history=spec.max_msgs_per_subject or 1,
+        ttl=spec.max_age,
+        max_bytes=spec.max_bytes if spec.max_bytes > 0 else 0,
+        storage=spec.storage or "file",
+        replicas=spec.replicas or 1,
         created=info.created,
     )
 
@@ -98,12 +93,10 @@ class KeyValueStore:
     def __init__(self, adapter: NatsAdapter, *, timeout: float = 5.0) -> None:
         self._adapter = adapter
         self._timeout = timeout
+        self._api = JetStreamAdapter(adapter, timeout)
 
     def _js(self) -> JetStreamContext:
         return self._adapter.jetstream()
-
-    def _nc(self) -> NatsClient:
-        return self._js()._nc
 
     # -- buckets ----------------------------------------------------------------------------------
 
@@ -135,17 +128,15 @@ class KeyValueStore:
 
     async def bucket(self, bucket: str) -> KVBucket:
         """The bucket's state; NotFound when it does not exist."""
-        with translated(f"Key-Value bucket {bucket}"):
-            info = await self._js().stream_info(stream_name(bucket))
+        info = await self._api.stream_info(stream_name(bucket), what=f"Key-Value bucket {bucket}")
         return _bucket(bucket, info)
 
     async def delete_bucket(self, bucket: str) -> None:
-        with translated(f"delete Key-Value bucket {bucket}"):
-            await self._js().delete_stream(stream_name(bucket))
+        await self._api.delete_stream(stream_name(bucket), what=f"delete Key-Value bucket {bucket}")
 
     async def list_buckets(self, wanted: Callable[[str], bool]) -> list[KVBucket]:
         """Every KV bucket whose NATS name ``wanted`` accepts (others are never looked at)."""
-        names = await self._stream_names()
+        names = await self._api.stream_names()
         out: list[KVBucket] = []
         for name in names:
             if not name.startswith("KV_") or not wanted(name[3:]):
@@ -153,27 +144,6 @@ class KeyValueStore:
             with contextlib.suppress(NotFound):  # deleted meanwhile
                 out.append(await self.bucket(name[3:]))
         return sorted(out, key=lambda b: b.name)
-
-    async def _stream_names(self) -> list[str]:
-        js = self._js()
-        names: list[str] = []
-        offset = 0
-        while True:
-            with translated("list streams"):
-                reply = await js._nc.request(
-                    f"{js._prefix}.STREAM.NAMES",
-                    json.dumps({"offset": offset}).encode(),
-                    timeout=self._timeout,
-                )
-            body = json.loads(reply.data)
-            if "error" in body:
-                with translated("list streams"):
-                    raise js_errors.APIError.from_error(body["error"])
-            page = body.get("streams") or []
-            names.extend(page)
-            offset += len(page)
-            if not page or offset >= int(body.get("total", 0)):
-                return names
 
     # -- values -----------------------------------------------------------------------------------
 
@@ -291,29 +261,9 @@ class KeyValueStore:
     async def _get_msg(
         self, bucket: str, *, seq: int = 0, subject: str = ""
     ) -> StoredMessage | None:
-        js = self._js()
-        stream = stream_name(bucket)
-        for direct in (True, False):
-            try:
-                with translated(f"read from bucket {bucket}"):
-                    try:
-                        raw = await js.get_msg(
-                            stream, seq=seq or None, subject=subject or None, direct=direct
-                        )
-                    except nats_errors.NoRespondersError:
-                        if direct:
-                            continue  # bucket made without direct get: ask the stream leader
-                        raise
-            except NotFound:
-                return None
-            return StoredMessage(
-                subject=str(raw.subject or ""),
-                data=raw.data or b"",
-                headers=dict(raw.headers or {}),
-                seq=int(raw.seq or 0),
-                time=raw.time,
-            )
-        return None
+        return await self._api.get_message(
+            stream_name(bucket), seq=seq, subject=subject, what=f"read from bucket {bucket}"
+        )
 
     # -- listings ---------------------------------------------------------------------------------
 
@@ -336,7 +286,7 @@ class KeyValueStore:
     ) -> AsyncIterator[StoredMessage]:
         js = self._js()
         reader = OrderedReader(
-            js._nc,
+            self._adapter.client(),
             js,
             stream_name(bucket),
             _subject(bucket, pattern),
@@ -374,7 +324,7 @@ class KeyValueStore:
         else:
             start = Start.LAST_PER_SUBJECT
         reader = OrderedReader(
-            js._nc,
+            self._adapter.client(),
             js,
             stream_name(bucket),
             _subject(bucket, pattern),

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import nats.nuid
-from nats import errors as nats_errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
@@ -37,7 +36,9 @@ from nats.js import errors as js_errors
 
 from natsgw.adapter.core import NatsAdapter
 from natsgw.adapter.errors import DataLoss, translated
+from natsgw.adapter.jetstream import JetStreamAdapter
 from natsgw.adapter.ordered import OrderedReader, Start, StoredMessage
+from natsgw.adapter.replies import ReplyInbox, no_responders
 from natsgw.adapter.types import BucketDefaults, ObjectStat
 from natsgw.errors import (
     AlreadyExists,
@@ -141,44 +142,18 @@ class _AckWindow:
         self._subject = subject
         self._size = size
         self._timeout = timeout
-        self._inbox = nc.new_inbox()
-        self._waiting: dict[str, asyncio.Future[None]] = {}
-        self._order: deque[asyncio.Future[None]] = deque()
-        self._sub: Any = None
+        self._inbox = ReplyInbox(nc, "object upload")
+        self._order: deque[asyncio.Future[Msg]] = deque()
         self._sent = 0
 
     async def open(self) -> None:
-        with translated("object upload"):
-            self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_ack)
-
-    async def _on_ack(self, msg: Msg) -> None:
-        future = self._waiting.pop(msg.subject, None)
-        if future is None or future.done():
-            return
-        headers = msg.headers or {}
-        if headers.get("Status") == "503":
-            future.set_exception(js_errors.NoStreamResponseError())
-            return
-        try:
-            body = json.loads(msg.data)
-        except ValueError:
-            future.set_exception(Unavailable("object upload: unreadable acknowledgement"))
-            return
-        if "error" in body:
-            try:
-                js_errors.APIError.from_error(body["error"])  # raises the matching subclass
-            except js_errors.APIError as exc:
-                future.set_exception(exc)
-        else:
-            future.set_result(None)
+        await self._inbox.open()
 
     async def send(self, payload: bytes) -> None:
         while len(self._order) >= self._size:
             await self._await_oldest()
-        reply = f"{self._inbox}.{self._sent}"
+        reply, future = self._inbox.expect(self._sent)
         self._sent += 1
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting[reply] = future
         self._order.append(future)
         with translated("object upload"):
             await self._nc.publish(self._subject, payload, reply=reply)
@@ -187,7 +162,7 @@ class _AckWindow:
         future = self._order.popleft()
         try:
             with translated("object upload"):
-                await asyncio.wait_for(future, self._timeout)
+                _check_ack(await asyncio.wait_for(future, self._timeout))
         except DeadlineExceeded:
             raise DeadlineExceeded(
                 "object upload: NATS did not acknowledge a chunk in time"
@@ -209,13 +184,20 @@ class _AckWindow:
             await asyncio.wait(pending, timeout=self._timeout)
 
     async def close(self) -> None:
-        for future in self._order:
-            future.cancel()
         self._order.clear()
-        self._waiting.clear()
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+        await self._inbox.close()
+
+
+def _check_ack(msg: Msg) -> None:
+    """A chunk's stream acknowledgement; raises what NATS (or nobody) answered instead."""
+    if no_responders(msg):
+        raise js_errors.NoStreamResponseError()
+    try:
+        body = json.loads(msg.data)
+    except ValueError:
+        raise Unavailable("object upload: unreadable acknowledgement") from None
+    if "error" in body:
+        js_errors.APIError.from_error(body["error"])  # raises the matching subclass
 
 
 class ObjectStoreClient:
@@ -224,6 +206,7 @@ class ObjectStoreClient:
     def __init__(self, adapter: NatsAdapter, *, timeout: float = 5.0) -> None:
         self._adapter = adapter
         self._timeout = timeout
+        self._api = JetStreamAdapter(adapter, timeout)
 
     def _js(self) -> JetStreamContext:
         return self._adapter.jetstream()
@@ -231,10 +214,8 @@ class ObjectStoreClient:
     # -- buckets ----------------------------------------------------------------------------------
 
     async def ensure_bucket(self, bucket: str, defaults: BucketDefaults) -> None:
-        js = self._js()
         try:
-            with translated(f"object bucket {bucket}"):
-                await js.stream_info(stream_name(bucket))
+            await self._api.stream_info(stream_name(bucket), what=f"object bucket {bucket}")
             return
         except NotFound:
             pass
@@ -249,27 +230,19 @@ class ObjectStoreClient:
             contextlib.suppress(AlreadyExists),  # made meanwhile by a concurrent first put
             translated(f"create object bucket {bucket}"),
         ):
-            await js.create_object_store(bucket, config=config)
+            await self._js().create_object_store(bucket, config=config)
 
     # -- meta -------------------------------------------------------------------------------------
 
     async def _meta(self, bucket: str, name: str) -> _Record | None:
         """The object's latest meta record (deleted ones included); None when there is none."""
-        js = self._js()
-        try:
-            with translated(f"object {name!r}"):
-                try:
-                    raw = await js.get_msg(
-                        stream_name(bucket), subject=meta_subject(bucket, name), direct=True
-                    )
-                except nats_errors.NoRespondersError:
-                    raw = await js.get_msg(
-                        stream_name(bucket), subject=meta_subject(bucket, name), direct=False
-                    )
-        except NotFound:
+        raw = await self._api.get_message(
+            stream_name(bucket), subject=meta_subject(bucket, name), what=f"object {name!r}"
+        )
+        if raw is None:
             return None
         try:
-            return _record(json.loads(raw.data or b"{}"), raw.time, int(raw.seq or 0))
+            return _record(json.loads(raw.data or b"{}"), raw.time, raw.seq)
         except (ValueError, TypeError, AttributeError) as exc:
             raise DataLoss(f"object {name!r}: its meta record is unreadable ({exc})") from None
 
@@ -287,7 +260,7 @@ class ObjectStoreClient:
         """Live objects, sorted by name; empty when the bucket is missing or empty."""
         js = self._js()
         reader = OrderedReader(
-            js._nc,
+            self._adapter.client(),
             js,
             stream_name(bucket),
             f"$O.{bucket}.M.>",
@@ -376,8 +349,7 @@ class ObjectStoreClient:
         failure (or cancellation) the chunks written so far are purged.
         """
         await self.ensure_bucket(bucket, defaults)
-        js = self._js()
-        nc = js._nc
+        nc = self._adapter.client()
         previous = await self._meta(bucket, name)
         chunk_size = max(1024, min(chunk_size, nc.max_payload - _CHUNK_HEADROOM))
         nuid = nats.nuid.NUID().next().decode()
@@ -451,7 +423,7 @@ class ObjectStoreClient:
 
     async def _purge_quietly(self, bucket: str, subject: str) -> None:
         with contextlib.suppress(Exception):
-            await self._js().purge_stream(stream_name(bucket), subject=subject)
+            await self._api.purge_stream(stream_name(bucket), subject)
 
     async def read(self, bucket: str, stat: ObjectStat) -> AsyncIterator[bytes]:
         """The object's chunks in order; DataLoss (after the last chunk) if size or digest differ.
@@ -466,7 +438,7 @@ class ObjectStoreClient:
         if stat.chunks:
             js = self._js()
             reader = OrderedReader(
-                js._nc,
+                self._adapter.client(),
                 js,
                 stream_name(bucket),
                 chunk_subject(bucket, stat.object_id),

@@ -6,6 +6,8 @@ import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from natsgw.errors import GatewayError
+
 
 @dataclass(frozen=True, slots=True)
 class Message:
@@ -145,14 +147,88 @@ class JetStreamDelivery:
     nats_size: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class PullStatus:
-    """A status message on a pull inbox: 100 heartbeat, 404/408 end of request, 409 refusal."""
+# What a pull request's inbox can carry besides a JetStreamDelivery. NATS says these with status
+# codes (100/404/408/409/503) and free-text descriptions; the adapter reads them once, so nothing
+# above it sees a status number.
 
-    code: int
-    description: str
-    pending_msgs: int = 0
-    pending_bytes: int = 0
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """The pull is alive but idle (the request's ``idle_heartbeat``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NoMessages:
+    """A no-wait request found nothing to deliver; the request is over."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestExpired:
+    """The request's ``expires`` passed; it is over (whatever it delivered stays delivered)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCompleted:
+    """The request got its whole batch; it is over."""
+
+
+@dataclass(frozen=True, slots=True)
+class TooLarge:
+    """The next message does not fit the request's ``max_bytes``; the request is over."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeadershipChange:
+    """The consumer moved to another server (leader election, server shutdown): ask again."""
+
+    #: What to tell a caller that got nothing from this request.
+    error: GatewayError
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerDeleted:
+    """The consumer was deleted while the request waited."""
+
+    error: GatewayError
+
+
+@dataclass(frozen=True, slots=True)
+class NoResponders:
+    """Nothing serves the consumer's pulls: JetStream is not ready yet, or the consumer is gone."""
+
+
+@dataclass(frozen=True, slots=True)
+class PullRefused:
+    """NATS refused the request (too many waiting pulls, a bad request, an unknown status)."""
+
+    error: GatewayError
+
+
+#: Ends the current pull request without anything being wrong.
+REQUEST_ENDED = (NoMessages, RequestExpired, BatchCompleted)
+
+PullOutcome = (
+    JetStreamDelivery
+    | Heartbeat
+    | NoMessages
+    | RequestExpired
+    | BatchCompleted
+    | TooLarge
+    | LeadershipChange
+    | ConsumerDeleted
+    | NoResponders
+    | PullRefused
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSummary:
+    """What quotas need of a stream (NATS name)."""
+
+    name: str
+    #: The stream's byte limit; 0 or negative means unlimited.
+    max_bytes: int
+    consumers: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,13 +23,14 @@ import asyncio
 import collections
 import contextlib
 import json
-import random
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 import structlog
+
+from natsgw.backoff import Backoff
 
 log = structlog.get_logger("natsgw.ops.audit")
 _ship_log = structlog.get_logger("natsgw.ops.audit.loki")
@@ -59,7 +60,7 @@ class LokiShipper:
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.flush_interval = flush_interval
-        self.backoff_cap = backoff_cap
+        self.backoff = Backoff(_BACKOFF_BASE, backoff_cap)
         self._headers = {"Content-Type": "application/json"}
         if tenant:
             self._headers["X-Scope-OrgID"] = tenant
@@ -143,7 +144,7 @@ class LokiShipper:
                     "loki_push_refused", status=status, reason=reason, dropped=len(batch)
                 )
                 return
-            delay = random.uniform(0, min(self.backoff_cap, _BACKOFF_BASE * 2 ** min(attempt, 16)))
+            delay = self.backoff.delay(attempt)
             _ship_log.warning(
                 "loki_push_failed",
                 status=status,

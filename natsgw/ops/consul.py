@@ -21,7 +21,6 @@ with backoff, and each failure is logged.
 from __future__ import annotations
 
 import asyncio
-import random
 import socket
 from typing import Any
 
@@ -29,13 +28,13 @@ import aiohttp
 import structlog
 
 from natsgw import __version__
+from natsgw.backoff import Backoff
 from natsgw.config import Settings, is_loopback
 
 log = structlog.get_logger("natsgw.ops.consul")
 
 TAGS = ("grpc", "nats", "messaging", "eventbus")
-_BACKOFF_BASE = 0.5
-_BACKOFF_CAP = 30.0
+_BACKOFF = Backoff(base=0.5, cap=30.0)
 
 
 def _go_duration(seconds: float) -> str:
@@ -149,7 +148,7 @@ class ConsulRegistration:
                 attempt = 0
                 await asyncio.sleep(self.sync_interval)
             except (aiohttp.ClientError, TimeoutError, OSError, RuntimeError) as exc:
-                delay = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** min(attempt, 16)))
+                delay = _BACKOFF.delay(attempt)
                 attempt += 1
                 log.warning(
                     "consul_unreachable",

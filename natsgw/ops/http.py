@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from natsgw.adapter import NatsAdapter
 from natsgw.errors import GatewayError
 from natsgw.ops.metrics import Metrics
+from natsgw.ops.sockets import bind_tcp, bound_port
 
 _READY_TIMEOUT = 2.0
 
@@ -59,11 +60,13 @@ class HttpSide:
     async def start(self, host: str, port: int) -> None:
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or ()
-        self.port = int(sockets[0].getsockname()[1]) if sockets else port
+        sock = bind_tcp(host, port)
+        self.port = bound_port(sock)
+        try:
+            await web.SockSite(self._runner, sock).start()
+        except BaseException:
+            sock.close()
+            raise
 
     async def stop(self) -> None:
         if self._runner is not None:

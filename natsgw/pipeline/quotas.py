@@ -36,7 +36,8 @@ from typing import Any
 
 import structlog
 
-from natsgw.adapter import NatsAdapter, inventory
+from natsgw.adapter import NatsAdapter
+from natsgw.adapter.jetstream import JetStreamAdapter
 from natsgw.adapter.kv import stream_name as kv_stream_name
 from natsgw.adapter.objects import stream_name as object_stream_name
 from natsgw.config import ConfigError, Settings
@@ -276,8 +277,8 @@ class Ticket:
         """The handler succeeded: cap what it created implicitly, before the client hears."""
         if self._cap_stream and self._cap_bytes > 0:
             try:
-                capped = await inventory.limit_stream_bytes(
-                    self._enforcer.adapter, self._cap_stream, self._cap_bytes
+                capped = await self._enforcer.jetstream.limit_stream_bytes(
+                    self._cap_stream, self._cap_bytes
                 )
             except Exception as exc:
                 log.error(
@@ -310,6 +311,7 @@ class QuotaEnforcer:
     ) -> None:
         self.policy = policy
         self.adapter = adapter
+        self.jetstream = JetStreamAdapter(adapter)
         self.root = root
         self._on_refusal = on_refusal
         self._clock = clock
@@ -373,7 +375,7 @@ class QuotaEnforcer:
         now = self._clock()
         if seen is not None and now - seen < _EXISTS_TTL:
             return True
-        if await inventory.stream_summary(self.adapter, nats_name) is None:
+        if await self.jetstream.stream_summary(nats_name) is None:
             self._exists.pop(nats_name, None)
             return False
         if len(self._exists) >= _MAX_BUCKETS:
@@ -384,10 +386,10 @@ class QuotaEnforcer:
     async def _count(self, ns: Namespace, kind: Kind) -> int:
         prefix = ns.name_prefix
         if kind is Kind.KV_BUCKET:
-            return len(await inventory.list_streams(self.adapter, (kv_stream_name(prefix),)))
+            return len(await self.jetstream.stream_summaries((kv_stream_name(prefix),)))
         if kind is Kind.OBJECT_BUCKET:
-            return len(await inventory.list_streams(self.adapter, (object_stream_name(prefix),)))
-        streams = await inventory.list_streams(self.adapter, (prefix,))
+            return len(await self.jetstream.stream_summaries((object_stream_name(prefix),)))
+        streams = await self.jetstream.stream_summaries((prefix,))
         if kind is Kind.STREAM:
             return len(streams)
         return sum(s.consumers for s in streams)
@@ -412,7 +414,7 @@ class QuotaEnforcer:
             lock = self._locks.setdefault(ns.key, asyncio.Lock())
             await lock.acquire()
             try:
-                if not await inventory.consumer_exists(self.adapter, stream, plan.name):
+                if not await self.jetstream.consumer_exists(stream, plan.name):
                     have = await self._count(ns, Kind.CONSUMER)
                     if have >= limit:
                         raise self._refuse(

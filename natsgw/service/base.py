@@ -13,6 +13,7 @@ import grpclib.server
 from natsgw._generated.isa import nats as pb
 from natsgw.adapter import NatsAdapter
 from natsgw.auth.identity import Authenticator, Principal, Scope
+from natsgw.compat.grpclib import initial_metadata_sent
 from natsgw.config import Settings
 from natsgw.errors import InvalidArgument
 from natsgw.ops.monitoring import NatsMonitor
@@ -94,5 +95,5 @@ class Handlers:
     async def announce_ready() -> None:
         """Send response headers now: tells a streaming client its subscription is in place."""
         stream = current_stream.get()
-        if stream is not None and not stream._send_initial_metadata_done:
+        if stream is not None and not initial_metadata_sent(stream):
             await stream.send_initial_metadata()

@@ -11,13 +11,15 @@ import structlog
 
 from natsgw._generated.isa import nats as pb
 from natsgw.adapter.core import backoff_delay
-from natsgw.adapter.jetstream import (
-    PullPipe,
-    batch_completed,
-    exceeds_max_bytes,
-    pull_refusal,
+from natsgw.adapter.jetstream import PullPipe
+from natsgw.adapter.types import (
+    REQUEST_ENDED,
+    Heartbeat,
+    JetStreamDelivery,
+    LeadershipChange,
+    NoResponders,
+    TooLarge,
 )
-from natsgw.adapter.types import JetStreamDelivery
 from natsgw.errors import DeadlineExceeded, Unavailable
 from natsgw.service.deliveries import FlowWindow
 from natsgw.service.subscriptions import Mailbox
@@ -137,32 +139,25 @@ class ConsumeSession:
                 yield self._status(message=self.h._deliver(self.ns, item))
                 last_sent = clock()
                 continue
-            if item.code == 100:
+            if isinstance(item, Heartbeat):
                 continue
             self.open = False
-            if item.code in (404, 408) or batch_completed(item):
+            if isinstance(item, (*REQUEST_ENDED, LeadershipChange)):
                 continue
-            if item.code == 409:
-                text = item.description.lower()
-                if exceeds_max_bytes(item):
-                    # The next message does not fit the byte window: wait for room; a message
-                    # larger than the whole window goes alone once nothing is outstanding.
-                    self.oversize = self.window.messages == 0
-                    continue
-                if "deleted" in text:
-                    raise pull_refusal(item)
-                if "leadership" in text or "server shutdown" in text:
-                    continue
-                raise pull_refusal(item)
-            if item.code == 503:
-                # No responder: JetStream not ready yet after a restart, or the consumer is gone
-                # (then the stream ends NOT_FOUND).
+            if isinstance(item, TooLarge):
+                # The next message does not fit the byte window: wait for room; a message
+                # larger than the whole window goes alone once nothing is outstanding.
+                self.oversize = self.window.messages == 0
+                continue
+            if isinstance(item, NoResponders):
+                # JetStream not ready yet after a restart, or the consumer is gone (then the
+                # stream ends NOT_FOUND).
                 with contextlib.suppress(Unavailable, DeadlineExceeded):
                     await self.h.jetstream_parts.js.consumer_info(self.stream, self.consumer)
                 self.failures += 1
                 retry_at = clock() + backoff_delay(self.failures)
                 continue
-            raise pull_refusal(item)
+            raise item.error  # ConsumerDeleted (NOT_FOUND) or PullRefused
 
     async def _reconcile(self) -> None:
         """Free deliveries at or below the consumer's ack floor (acked anywhere)."""

@@ -22,6 +22,8 @@ from typing import Any
 import betterproto2
 from grpclib.encoding.proto import ProtoCodec
 
+from natsgw.compat.betterproto2 import field_classes
+
 _UTC = datetime.UTC
 _Converter = Callable[[Any], Any]
 
@@ -70,7 +72,7 @@ class UpbBridge:
                 raise NotImplementedError(f"{cls.__name__}.{name}: maps of messages")
             return _FieldPlan(name, dict, None, False, None)
         if kind == betterproto2.TYPE_ENUM:
-            enum_cls = cls._betterproto.cls_by_field[name]
+            enum_cls = field_classes(cls)[name]
             if meta.repeated:
                 return _FieldPlan(name, lambda v: [enum_cls(x) for x in v], list, False, None)
             return _FieldPlan(name, enum_cls, int, False, None)
@@ -91,7 +93,7 @@ class UpbBridge:
                     name, lambda v: v.ToTimedelta(), None, True, lambda sub, v: sub.FromTimedelta(v)
                 )
             raise NotImplementedError(f"{cls.__name__}.{name}: wrapped {wrapped}")
-        sub_cls = cls._betterproto.cls_by_field[name]
+        sub_cls = field_classes(cls)[name]
         self.register(sub_cls)
         if meta.repeated:
             return _FieldPlan(

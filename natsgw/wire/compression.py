@@ -7,7 +7,8 @@ the wire size and the inflated size (so a small bomb cannot inflate past the lim
 server advertise ``grpc-accept-encoding``. Responses are sent uncompressed, which every client
 accepts.
 
-This patches two grpclib internals, so it checks the grpclib version it was written against.
+The two grpclib internals this needs are patched by natsgw.compat.grpclib, which checks the grpclib
+release it was written against.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ import struct
 import zlib
 from typing import Any
 
-import grpclib
-import grpclib.server
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from natsgw.compat import grpclib as grpclib_compat
+
 ACCEPT_ENCODING = "gzip,deflate,identity"
-_SUPPORTED_GRPCLIB = ("0.4.",)
 _installed = False
 
 #: Compressed request frames inflated since start (exported as a metric, checked by tests).
@@ -76,30 +76,10 @@ async def _recv_message(stream: Any, codec: Any, message_type: Any) -> Any:
 
 
 def install() -> None:
-    """Patch grpclib's server once per process; idempotent."""
+    """Patch grpclib's server once per process (through natsgw.compat.grpclib); idempotent."""
     global _installed
     if _installed:
         return
-    if not grpclib.__version__.startswith(_SUPPORTED_GRPCLIB):
-        raise RuntimeError(
-            f"natsgw.wire.compression was written for grpclib 0.4.x, found {grpclib.__version__}"
-        )
-    grpclib.server.recv_message = _recv_message  # type: ignore[attr-defined]
-
-    original_send_headers = grpclib.server.Stream.send_initial_metadata
-
-    async def send_initial_metadata(self: grpclib.server.Stream[Any, Any], **kwargs: Any) -> None:
-        inner = self._stream
-        send_headers = inner.send_headers
-
-        async def with_accept_encoding(headers: list[tuple[str, str]], **kw: Any) -> None:
-            await send_headers([*headers, ("grpc-accept-encoding", ACCEPT_ENCODING)], **kw)
-
-        setattr(inner, "send_headers", with_accept_encoding)  # noqa: B010 - instance override
-        try:
-            await original_send_headers(self, **kwargs)
-        finally:
-            delattr(inner, "send_headers")
-
-    grpclib.server.Stream.send_initial_metadata = send_initial_metadata  # type: ignore[method-assign]
+    grpclib_compat.replace_request_reader(_recv_message)
+    grpclib_compat.add_response_header("grpc-accept-encoding", ACCEPT_ENCODING)
     _installed = True

@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from natsgw.ops.sockets import bind_tcp, bound_port
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -42,9 +44,9 @@ class HttpFake:
     async def start(self, port: int = 0) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
-        await site.start()
-        self.port = port or int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        sock = bind_tcp("127.0.0.1", port)
+        self.port = bound_port(sock)
+        await web.SockSite(self._runner, sock).start()
 
     async def stop(self) -> None:
         if self._runner is not None:

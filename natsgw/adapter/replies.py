@@ -1,0 +1,86 @@
+"""Many requests answered on one subscription: ``<inbox>.*``, one reply subject per request.
+
+A request then costs one PUB and one reply, not a subscription (or nats-py's request future and
+timer) of its own; and since each request has its own subject, a late answer to an earlier one is
+never mistaken for the answer to the current one. Pulls, batched publishes and acks, and object
+chunk uploads all use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+
+from natsgw.adapter.errors import translated
+
+log = structlog.get_logger("natsgw.adapter.replies")
+
+_STATUS = "Status"
+_NO_RESPONDERS = "503"
+
+
+def no_responders(msg: Msg) -> bool:
+    """The server's own answer that nothing was subscribed to the request's subject."""
+    return not msg.data and (msg.headers or {}).get(_STATUS) == _NO_RESPONDERS
+
+
+class ReplyInbox:
+    """Reply subjects ``<inbox>.<token>`` on one subscription.
+
+    A reply whose token was registered with :meth:`expect` resolves that future; every other
+    reply goes to ``on_other`` (if given), so a caller can also read a stream of replies.
+    """
+
+    def __init__(self, nc: NatsClient, what: str) -> None:
+        self._nc = nc
+        self._what = what
+        self._prefix = nc.new_inbox() + "."
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._on_other: Callable[[Msg], None] | None = None
+        self._sub: NatsSubscription | None = None
+
+    async def open(self, on_other: Callable[[Msg], None] | None = None) -> None:
+        self._on_other = on_other
+        with translated(self._what):
+            self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._waiting.pop(msg.subject[len(self._prefix) :], None)
+        if future is not None:
+            if not future.done():
+                future.set_result(msg)
+        elif self._on_other is not None:
+            self._on_other(msg)
+
+    def subject(self, token: object) -> str:
+        """The reply subject for ``token`` (anything without dots or spaces)."""
+        return f"{self._prefix}{token}"
+
+    def expect(self, token: object) -> tuple[str, asyncio.Future[Msg]]:
+        """A reply subject and the future its one reply resolves."""
+        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._waiting[str(token)] = future
+        return self.subject(token), future
+
+    def forget(self, token: object) -> None:
+        """Stop waiting for ``token``'s reply (it was never sent, or is too late to matter)."""
+        future = self._waiting.pop(str(token), None)
+        if future is not None and not future.done():
+            future.cancel()
+
+    async def close(self) -> None:
+        for future in self._waiting.values():
+            if not future.done():
+                future.cancel()
+        self._waiting.clear()
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # connection closed: the server forgot it already
+                log.debug("reply_unsubscribe_ignored", what=self._what, error=type(exc).__name__)

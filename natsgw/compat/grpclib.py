@@ -1,0 +1,64 @@
+"""grpclib internals the gateway needs: response-header state and compressed request frames."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpclib.server
+
+from natsgw.compat import require
+
+PINNED = "0.4.9"
+require("grpclib", PINNED, __name__)
+
+#: ``recv_message(stream, codec, message_type)`` as grpclib's server module calls it.
+RequestReader = Callable[[Any, Any, Any], Awaitable[Any]]
+
+
+def initial_metadata_sent(stream: grpclib.server.Stream[Any, Any]) -> bool:
+    """Whether the call's response headers are out already.
+
+    Why: streaming handlers send headers early to tell a client its subscription is in place;
+    ``Stream.send_initial_metadata()`` raises if they were sent, and only the private
+    ``_send_initial_metadata_done`` says so.
+    Upstream fix that removes it: a public read-only property on ``grpclib.server.Stream``.
+    """
+    return bool(stream._send_initial_metadata_done)
+
+
+def replace_request_reader(reader: RequestReader) -> None:
+    """Make grpclib's server read request messages with ``reader``.
+
+    Why: grpclib 0.4.9 raises NotImplementedError on a compressed frame (grpcio clients may send
+    ``grpc-encoding: gzip``), and its frame reader is a module function with no hook.
+    Upstream fix that removes it: request compression support in grpclib
+    (vmagamedov/grpclib#199, proposed in PR #215).
+    """
+    grpclib.server.recv_message = reader  # type: ignore[attr-defined,assignment]
+
+
+def add_response_header(name: str, value: str) -> None:
+    """Add ``name: value`` to the initial response headers of every call.
+
+    Why: a server that inflates compressed requests must say so in ``grpc-accept-encoding``;
+    grpclib writes the initial headers itself, with no way to add transport-level headers.
+    Replaces ``Stream.send_initial_metadata`` and uses the private h2 ``Stream._stream``.
+    Upstream fix that removes it: the same compression support (vmagamedov/grpclib#199).
+    """
+    original = grpclib.server.Stream.send_initial_metadata
+
+    async def send_initial_metadata(self: grpclib.server.Stream[Any, Any], **kwargs: Any) -> None:
+        inner = self._stream
+        send_headers = inner.send_headers
+
+        async def with_header(headers: list[tuple[str, str]], **kw: Any) -> None:
+            await send_headers([*headers, (name, value)], **kw)
+
+        setattr(inner, "send_headers", with_header)  # noqa: B010 - instance override
+        try:
+            await original(self, **kwargs)
+        finally:
+            delattr(inner, "send_headers")
+
+    grpclib.server.Stream.send_initial_metadata = send_initial_metadata  # type: ignore[method-assign]

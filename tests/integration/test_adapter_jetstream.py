@@ -1,0 +1,219 @@
+"""The adapter's one JetStream client against a real nats-server: pull outcomes as typed values
+(no NATS status number leaves the adapter), stored-message reads, header sizes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+import pytest_asyncio
+from nats.js import api
+
+from natsgw.adapter import NatsAdapter
+from natsgw.adapter.core import header_bytes
+from natsgw.adapter.jetstream import JetStreamAdapter, PullPipe
+from natsgw.adapter.types import (
+    ConsumerDeleted,
+    ConsumerSpec,
+    Heartbeat,
+    JetStreamDelivery,
+    NoMessages,
+    NoResponders,
+    PullOutcome,
+    PullRefused,
+    RequestExpired,
+    StreamSpec,
+    TooLarge,
+)
+from natsgw.errors import NotFound, ResourceExhausted
+from natsgw.ops.embedded import EmbeddedNatsServer
+from tests.conftest import NatsFactory, settled
+
+KIB = 1024
+
+
+@pytest_asyncio.fixture
+async def adapter(nats_server: EmbeddedNatsServer) -> AsyncIterator[NatsAdapter]:
+    core = NatsAdapter([nats_server.url])
+    await core.start(wait=5)
+    yield core
+    await core.close()
+
+
+async def stream_with_consumer(js: JetStreamAdapter, *, messages: int = 0) -> tuple[str, str]:
+    name = f"pulls-{uuid.uuid4().hex[:10]}"
+    await js.add_stream(StreamSpec(name=name, subjects=(f"{name}.>",), storage="memory"))
+    await js.add_consumer(name, ConsumerSpec(durable_name="c"))
+    for n in range(messages):
+        await js.publish(f"{name}.m", f"message {n}".encode(), stream=name)
+    return name, "c"
+
+
+async def next_outcome(pipe: PullPipe, timeout: float = 5.0) -> PullOutcome:
+    outcome = await pipe.next(timeout)
+    assert outcome is not None, "nothing arrived on the pull inbox"
+    return outcome
+
+
+async def test_pull_on_a_consumer_deleted_while_waiting_is_consumer_deleted(
+    adapter: NatsAdapter,
+) -> None:
+    js = JetStreamAdapter(adapter)
+    stream, consumer = await stream_with_consumer(js)
+    pipe = await js.open_pull(stream, consumer, 10)
+    try:
+        await pipe.request(10, expires=30.0)
+        await adapter.confirm()  # the pull request is at the server before the delete
+        await js.delete_consumer(stream, consumer)
+        outcome = await next_outcome(pipe)
+        assert isinstance(outcome, ConsumerDeleted)
+        assert isinstance(outcome.error, NotFound)
+        assert "deleted" in outcome.error.message
+    finally:
+        await pipe.close()
+
+
+async def test_pull_on_a_missing_consumer_is_no_responders(adapter: NatsAdapter) -> None:
+    js = JetStreamAdapter(adapter)
+    stream, _ = await stream_with_consumer(js)
+    pipe = await js.open_pull(stream, "never-made", 1)
+    try:
+        await pipe.request(1, expires=5.0)
+        assert isinstance(await next_outcome(pipe), NoResponders)
+    finally:
+        await pipe.close()
+    with pytest.raises(NotFound, match="never-made"):
+        await js.fetch(stream, "never-made", 1, 0.5)
+
+
+async def test_requests_end_as_no_messages_expired_or_delivered(adapter: NatsAdapter) -> None:
+    js = JetStreamAdapter(adapter)
+    stream, consumer = await stream_with_consumer(js)
+    pipe = await js.open_pull(stream, consumer, 10)
+    try:
+        await pipe.request(5, no_wait=True)
+        assert isinstance(await next_outcome(pipe), NoMessages)
+        await pipe.request(5, expires=0.5)
+        assert isinstance(await next_outcome(pipe), RequestExpired)
+        await js.publish(f"{stream}.m", b"one", stream=stream)
+        await pipe.request(5, expires=0.5)
+        delivery = await next_outcome(pipe)
+        assert isinstance(delivery, JetStreamDelivery)
+        assert delivery.data == b"one"
+        assert isinstance(await next_outcome(pipe), RequestExpired)
+    finally:
+        await pipe.close()
+
+
+async def test_idle_pull_sends_heartbeats(adapter: NatsAdapter) -> None:
+    js = JetStreamAdapter(adapter)
+    stream, consumer = await stream_with_consumer(js)
+    pipe = await js.open_pull(stream, consumer, 10)
+    try:
+        await pipe.request(5, expires=10.0, heartbeat=0.5)
+        assert isinstance(await next_outcome(pipe, 3.0), Heartbeat)
+        assert isinstance(await next_outcome(pipe, 3.0), Heartbeat)  # and keeps sending them
+    finally:
+        await pipe.close()
+
+
+async def test_message_larger_than_max_bytes_is_too_large(adapter: NatsAdapter) -> None:
+    js = JetStreamAdapter(adapter)
+    stream, consumer = await stream_with_consumer(js)
+    await js.publish(f"{stream}.m", b"x" * (4 * KIB), stream=stream)
+    pipe = await js.open_pull(stream, consumer, 10)
+    try:
+        await pipe.request(5, expires=2.0, max_bytes=KIB)
+        assert isinstance(await next_outcome(pipe), TooLarge)
+    finally:
+        await pipe.close()
+
+
+async def test_too_many_waiting_pulls_is_refused_as_resource_exhausted(
+    adapter: NatsAdapter, nc: nats.NATS
+) -> None:
+    js = JetStreamAdapter(adapter)
+    stream, _ = await stream_with_consumer(js)
+    await nc.jetstream().add_consumer(
+        stream, api.ConsumerConfig(durable_name="narrow", max_waiting=1)
+    )
+    first = await js.open_pull(stream, "narrow", 1)
+    second = await js.open_pull(stream, "narrow", 1)
+    try:
+        await first.request(1, expires=10.0)
+        await adapter.confirm()
+        await second.request(1, expires=10.0)
+        outcome = await next_outcome(second)
+        assert isinstance(outcome, PullRefused)
+        assert isinstance(outcome.error, ResourceExhausted)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_stored_messages_are_read_with_or_without_direct_get(
+    adapter: NatsAdapter, nc: nats.NATS
+) -> None:
+    js = JetStreamAdapter(adapter)
+    plain, _ = await stream_with_consumer(js, messages=2)  # made without allow_direct
+    direct = f"direct-{uuid.uuid4().hex[:10]}"
+    await nc.jetstream().add_stream(name=direct, subjects=[f"{direct}.>"], allow_direct=True)
+    await nc.jetstream().publish(f"{direct}.m", b"message 0")
+    await nc.jetstream().publish(f"{direct}.m", b"message 1")
+    for stream in (plain, direct):
+        first = await js.get_message(stream, seq=1, what="test")
+        assert first is not None
+        assert (first.seq, first.data) == (1, b"message 0")
+        last = await js.get_message(stream, subject=f"{stream}.m", what="test")
+        assert last is not None
+        assert (last.seq, last.data) == (2, b"message 1")
+        assert await js.get_message(stream, seq=99, what="test") is None
+
+
+async def test_stream_listing_and_summaries(adapter: NatsAdapter) -> None:
+    js = JetStreamAdapter(adapter)
+    prefix = f"inv{uuid.uuid4().hex[:8]}-"
+    for n in range(3):
+        await js.add_stream(
+            StreamSpec(name=f"{prefix}{n}", subjects=(f"{prefix}{n}.>",), storage="memory")
+        )
+    await js.add_consumer(f"{prefix}0", ConsumerSpec(durable_name="c"))
+    summaries = await js.stream_summaries((prefix,))
+    assert sorted((s.name, s.consumers) for s in summaries) == [
+        (f"{prefix}0", 1),
+        (f"{prefix}1", 0),
+        (f"{prefix}2", 0),
+    ]
+    assert {f"{prefix}0", f"{prefix}1", f"{prefix}2"} <= set(await js.stream_names())
+    assert await js.stream_summary(f"{prefix}9") is None
+    assert await js.consumer_exists(f"{prefix}0", "c")
+    assert not await js.consumer_exists(f"{prefix}1", "c")
+    assert await js.limit_stream_bytes(f"{prefix}1", 64 * KIB)
+    assert not await js.limit_stream_bytes(f"{prefix}1", 128 * KIB)  # already lower
+    capped = await js.stream_info(f"{prefix}1")
+    assert capped.spec.max_bytes == 64 * KIB
+    assert capped.spec.subjects == (f"{prefix}1.>",)  # the rest of the config is kept
+
+
+async def test_header_size_is_what_nats_counts(make_nats: NatsFactory) -> None:
+    """A message of exactly max_payload, headers included, goes through; one byte more does not."""
+    server = await make_nats(max_payload=64 * KIB)
+    core = NatsAdapter([server.url])
+    await core.start(wait=5)
+    reader = await nats.connect(server.url)
+    try:
+        sub = await reader.subscribe("sized")
+        await settled(reader)
+        headers = {"Trace-Id": "abc", "k": "v"}
+        data = b"x" * (64 * KIB - header_bytes(headers))
+        await core.publish("sized", data, headers=headers)
+        got = await sub.next_msg(timeout=2)
+        assert got.data == data
+        assert got.headers == headers
+        with pytest.raises(ResourceExhausted, match=f"{64 * KIB + 1} bytes"):
+            await core.publish("sized", data + b"!", headers=headers)
+    finally:
+        await reader.close()
+        await core.close()
