@@ -288,6 +288,7 @@ async def test_request_id_is_echoed_in_response_headers(make_gateway: GatewayFac
                 )
                 await stream.recv_initial_metadata()
                 assert (await stream.recv_message()).success
+                assert stream.initial_metadata is not None
                 echoed = stream.initial_metadata["x-request-id"]
             if sent:
                 assert echoed == sent

@@ -99,7 +99,7 @@ async def test_no_refusal_in_any_area_shows_a_nats_name(gateway: Gateway) -> Non
             pb.ObjectPutRequest(user_id=user, bucket="files", object_name="a", data=b"1")
         )
 
-        u = {"user_id": user}
+        u: dict[str, Any] = {"user_id": user}
         cases: list[tuple[str, betterproto2.Message, type[betterproto2.Message], Cardinality]] = [
             # -- core ------
             ("Publish", pb.PublishRequest(**u, subject="bad subject"), pb.PublishResponse, U),
