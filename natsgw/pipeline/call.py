@@ -27,8 +27,8 @@ class Call:
     """Per-call state; one small object, no context variables."""
 
     __slots__ = (
-        "_ns",
         "headers_sent",
+        "namespace",
         "policy",
         "principal",
         "request",
@@ -45,14 +45,15 @@ class Call:
         self.principal: Principal | None = None
         self.ticket: Ticket | None = None
         self.headers_sent = False
-        self._ns: Namespace | None = None
+        #: Set by the pipeline's namespace step; None for public RPCs.
+        self.namespace: Namespace | None = None
 
     @property
     def ns(self) -> Namespace:
         """The namespace this call is confined to (set by the pipeline's namespace step)."""
-        if self._ns is None:
+        if self.namespace is None:
             raise Internal(f"{self.policy.rpc} is public: it has no namespace")
-        return self._ns
+        return self.namespace
 
     def time_left(self) -> float | None:
         """Seconds until the client's deadline (None without one)."""
@@ -86,5 +87,5 @@ class Call:
 def bare_call(policy: Policy, ns: Namespace | None = None) -> Call:
     """A call outside any server (scripts and unit tests drive a service object directly)."""
     call = Call(policy, None)
-    call._ns = ns
+    call.namespace = ns
     return call

@@ -232,7 +232,7 @@ class Pipeline:
             Scope.ORGANIZATION if ids.scope == pb.NamespaceScope.SCOPE_ORGANIZATION else Scope.USER,
         )
         call.principal = principal
-        ns = call._ns = _namespace(principal.tenant, self.root)  # 5
+        ns = call.namespace = _namespace(principal.tenant, self.root)  # 5
         if self.quotas is not None and policy.cost is not None:  # 6
             admission = await self.quotas.admit(policy.cost, request, ns)
             call.ticket = admission.ticket
