@@ -216,14 +216,18 @@ class Pipeline:
     async def _admit(self, call: Call, request: Any) -> Any:
         """Steps 4-6: who calls, in which namespace, and whether quotas let it through."""
         policy = call.policy
-        if request is None:
+        ids = request
+        if request is not None and policy.scope is not None:
+            ids = policy.scope(request)  # a streamed put: the ids are in its header
+        if ids is None:
+            if policy.scope is not None:
+                raise InvalidArgument(
+                    "header", f"the first {policy.rpc} message must carry the header"
+                )
             raise InvalidArgument("request", f"{policy.rpc} needs a request message")
         call.request = request
         if policy.public:
             return request
-        ids = policy.scope(request) if policy.scope is not None else request
-        if ids is None:
-            raise InvalidArgument("header", f"the first {policy.rpc} message must carry the header")
         assert call.stream is not None
         principal = await self.authenticator.authenticate(  # 4: the only authentication
             call.stream.metadata or {},

@@ -13,8 +13,10 @@ from typing import Any
 
 import aiohttp
 import nats
+import pytest
 from grpclib.client import Channel
-from grpclib.const import Cardinality
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError
 
 from natsgw._generated.isa import nats as pb
 from natsgw.auth.identity import Metadata, Principal, Scope
@@ -153,3 +155,29 @@ async def test_every_call_is_authenticated_exactly_once(nats_server: EmbeddedNat
     finally:
         channel.close()
         await gw.stop()
+
+
+async def test_a_streamed_put_without_its_header_is_refused_before_identity(
+    gateway: Gateway,
+) -> None:
+    """The pipeline needs the header's ids to authenticate: no header (or no message) is
+    INVALID_ARGUMENT naming it, and nothing is asked of the authenticator."""
+    channel = Channel("127.0.0.1", gateway.port)
+    try:
+        for messages in ([], [pb.ObjectPutStreamRequest(chunk=b"x")]):
+            with pytest.raises(GRPCError) as info:
+                async with channel.request(
+                    "/isa.nats.NATSService/ObjectPutStream",
+                    Cardinality.STREAM_UNARY,
+                    pb.ObjectPutStreamRequest,
+                    pb.ObjectPutResponse,
+                ) as put:
+                    await put.send_request()
+                    for message in messages:
+                        await put.send_message(message)
+                    await put.end()
+                    await put.recv_message()
+            assert info.value.status is Status.INVALID_ARGUMENT
+            assert (info.value.message or "").startswith("header:"), info.value.message
+    finally:
+        channel.close()
