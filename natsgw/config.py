@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
@@ -68,7 +68,8 @@ class Settings:
     consul_host: str = "localhost"
     consul_port: int = 8500
     # natsgw's own
-    data_dir: Path = Path("natsgw-data")
+    # Same default as from_env (XDG data dir), resolved when Settings() is built.
+    data_dir: Path = field(default_factory=lambda: _default_data_dir())
     embedded_nats_port: int = 0
     nats_monitor_url: str = ""
     namespace_root: str = "natsgw"
@@ -128,6 +129,9 @@ class Settings:
     http_port: int | None = None
     # Audit to Loki (natsgw.ops.audit)
     audit_queue_size: int = 10000
+    #: Also audit successful data-plane writes (publishes, acks, KV/object writes): one event per
+    #: call. Off by default: control-plane changes, refusals and failures are always audited.
+    audit_data_plane: bool = False
     loki_batch_size: int = 500
     loki_flush_interval: float = 1.0
     loki_tenant: str = ""
@@ -223,6 +227,7 @@ class Settings:
             http_host=e.get("NATSGW_HTTP_HOST", str, ""),
             http_port=e.get("NATSGW_HTTP_PORT", _port_or_zero, None),
             audit_queue_size=e.get("NATSGW_AUDIT_QUEUE_SIZE", _positive, 10000),
+            audit_data_plane=e.get("NATSGW_AUDIT_DATA_PLANE", _bool, False),
             loki_batch_size=e.get("NATSGW_LOKI_BATCH_SIZE", _positive, 500),
             loki_flush_interval=e.get("NATSGW_LOKI_FLUSH_INTERVAL", _seconds, 1.0),
             loki_tenant=e.get("NATSGW_LOKI_TENANT", str, ""),

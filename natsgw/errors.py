@@ -6,6 +6,8 @@ what a client sees, so a status code means the same thing on every RPC.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
@@ -70,12 +72,22 @@ class Internal(GatewayError):
     status = Status.INTERNAL
 
 
-def to_grpc_error(exc: BaseException) -> GRPCError:
-    """Translate any exception escaping a handler into the status a client receives."""
+def _same(text: str) -> str:
+    return text
+
+
+def to_grpc_error(exc: BaseException, public: Callable[[str], str] = _same) -> GRPCError:
+    """Translate any exception escaping a handler into the status a client receives.
+
+    ``public`` rewrites the message into what the caller may read (the call pipeline passes the
+    tenancy layer's rewriting of NATS names, see :func:`natsgw.tenancy.public_text`).
+    """
     if isinstance(exc, GRPCError):
+        if exc.message and public is not _same:
+            return GRPCError(exc.status, public(exc.message), exc.details)
         return exc
     if isinstance(exc, GatewayError):
-        return GRPCError(exc.status, exc.message)
+        return GRPCError(exc.status, public(exc.message))
     if isinstance(exc, TimeoutError):
         return GRPCError(Status.DEADLINE_EXCEEDED, "the operation timed out")
     return GRPCError(Status.INTERNAL, f"internal error ({type(exc).__name__}); see gateway logs")

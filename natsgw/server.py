@@ -15,9 +15,6 @@ import socket
 
 import betterproto2
 import structlog
-from grpclib.const import Status
-from grpclib.events import RecvRequest, SendInitialMetadata, listen
-from grpclib.exceptions import GRPCError
 from grpclib.health.check import ServiceCheck
 from grpclib.health.service import Health
 from grpclib.reflection.service import ServerReflection
@@ -28,7 +25,7 @@ from natsgw._generated.isa import nats as pb
 from natsgw._generated.message_pool import default_message_pool
 from natsgw.adapter import NatsAdapter
 from natsgw.auth import build_authenticator
-from natsgw.auth.identity import Authenticator, CallInfo, current_call, current_record
+from natsgw.auth.identity import Authenticator
 from natsgw.config import AuthMode, Settings, is_loopback
 from natsgw.ops.audit import AuditLog, LokiShipper
 from natsgw.ops.consul import ConsulRegistration
@@ -38,10 +35,9 @@ from natsgw.ops.metrics import MeteredSubscriptionRegistry, Metrics
 from natsgw.ops.monitoring import NatsMonitor
 from natsgw.ops.sockets import bind_tcp, bound_port
 from natsgw.ops.tls import server_context
-from natsgw.pipeline.calls import Observer
+from natsgw.pipeline.chain import InFlight, Pipeline
 from natsgw.pipeline.quotas import QuotaEnforcer, QuotaPolicy
-from natsgw.service.base import Dependencies
-from natsgw.service.gateway import InFlight, NATSGateway
+from natsgw.service.gateway import NATSGateway, Services
 from natsgw.wire import compression
 from natsgw.wire.codec import GatewayCodec, UpbBridge
 
@@ -76,8 +72,8 @@ class Gateway:
         self.http: HttpSide | None = None
         self.http_port = 0
         self.in_flight = InFlight()
+        self.pipeline: Pipeline | None = None
         self._server: Server | None = None
-        self._draining = False
         self.port = 0
 
     async def start(self) -> None:
@@ -119,32 +115,27 @@ class Gateway:
                 settings.namespace_root,
                 on_refusal=lambda quota: self.metrics.quota_refusals.labels(quota).inc(),
             )
-        observer = Observer(
+        self.pipeline = Pipeline(
             authenticator=self.authenticator,
             metrics=self.metrics,
             audit=self.audit,
             quotas=self.quotas,
             root=settings.namespace_root,
+            audit_data_plane=settings.audit_data_plane,
+            in_flight=self.in_flight,
         )
-        deps = Dependencies(
-            settings=settings,
-            adapter=self.adapter,
-            authenticator=self.authenticator,
-            subscriptions=self.subscriptions,
-            monitor=self.monitor,
-            calls=observer,
-        )
-        gateway = NATSGateway(deps, self.in_flight)
+        services = Services.build(settings, self.adapter, self.subscriptions, self.monitor)
+        gateway = NATSGateway(services, self.pipeline)
         adapter = self.adapter
 
         async def nats_connected() -> bool:
             return adapter.connected
 
         health = Health({gateway: [ServiceCheck(nats_connected, check_ttl=2.0)]})
-        services = ServerReflection.extend([gateway, health])
-        self._server = Server(services, codec=build_codec(settings.max_message_size))
-        listen(self._server, RecvRequest, self._on_request)
-        listen(self._server, SendInitialMetadata, _echo_request_id)
+        self._server = Server(
+            ServerReflection.extend([gateway, health]),
+            codec=build_codec(settings.max_message_size),
+        )
         sock = bind_tcp(settings.grpc_host, settings.grpc_port)
         self.port = bound_port(sock)
         try:
@@ -170,25 +161,13 @@ class Gateway:
             embedded=settings.embedded,
         )
 
-    async def _on_request(self, event: RecvRequest) -> None:
-        if self._draining:
-            raise GRPCError(Status.UNAVAILABLE, "the gateway is shutting down; retry elsewhere")
-        deadline = event.deadline.time_remaining() if event.deadline is not None else None
-        current_call.set(
-            CallInfo(
-                method=event.method_name,
-                metadata=dict(event.metadata),
-                peer=_peer(event.peer.addr()),
-                deadline=deadline,
-            )
-        )
-
     async def stop(self) -> None:
         grace = self.settings.shutdown_grace
         if self.consul is not None:  # first: stop new traffic being sent here
             await self.consul.stop()
             self.consul = None
-        self._draining = True
+        if self.pipeline is not None:
+            self.pipeline.draining = True
         ended = self.subscriptions.end_all()
         idle = await self.in_flight.wait_idle(grace)
         log.info(
@@ -262,18 +241,3 @@ def _announce_auth(settings: Settings) -> None:
             detail="NATSGW_TRUSTED_ALLOW_REMOTE=true: any client that reaches this port can act "
             "as any user",
         )
-
-
-def _peer(addr: object) -> str:
-    """``host:port`` of the caller (grpclib gives a socket address tuple)."""
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        host = str(addr[0])
-        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
-    return str(addr or "")
-
-
-async def _echo_request_id(event: SendInitialMetadata) -> None:
-    """Response headers carry the call's ``x-request-id`` (the one in its audit event)."""
-    record = current_record.get()
-    if record is not None and record.request_id:
-        event.metadata["x-request-id"] = record.request_id

@@ -1,7 +1,7 @@
 """Who is calling, and in whose namespace the call works.
 
-Handlers ask one :class:`Authenticator` for a :class:`Principal`; how it decides is invisible to
-them:
+The call pipeline asks one :class:`Authenticator` for a :class:`Principal`, once per call; how it
+decides is invisible to it:
 
 - :class:`TrustedAuthenticator` believes the request's ``user_id`` (the original service's
   behaviour; natsgw only listens on loopback in that mode unless told otherwise);
@@ -11,15 +11,14 @@ them:
   request's ``user_id`` must be empty or the caller's own unless the caller holds the act-as role,
   and an organization's namespace is open to its members only.
 
-Every authenticator records the principal of the current call (:func:`record_principal`) so the
-audit trail can say who did what without handlers passing it around.
+The call pipeline (:mod:`natsgw.pipeline.chain`) calls the authenticator once per call with the
+call's metadata and keeps the principal for the handler's namespace and the audit trail.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
@@ -27,20 +26,6 @@ from natsgw.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from natsgw.tenancy import Tenant
 
 Metadata = Mapping[str, str | bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class CallInfo:
-    """Facts about the current gRPC call, captured by the server's RecvRequest hook."""
-
-    method: str
-    metadata: Metadata = field(default_factory=dict)
-    peer: str = ""
-    deadline: float | None = None  # seconds left when the request arrived
-
-
-#: The call being served by the current task (set by natsgw.server's RecvRequest hook).
-current_call: ContextVar[CallInfo | None] = ContextVar("natsgw_current_call", default=None)
 
 
 class Scope(Enum):
@@ -78,31 +63,15 @@ class Principal:
 
 
 class Authenticator(Protocol):
-    async def authenticate(self, user_id: str, organization_id: str, scope: Scope) -> Principal:
-        """Return the caller and its namespace, or raise Unauthenticated / PermissionDenied."""
+    async def authenticate(
+        self, metadata: Metadata, user_id: str, organization_id: str, scope: Scope
+    ) -> Principal:
+        """Return the caller and its namespace, or raise Unauthenticated / PermissionDenied.
+
+        ``metadata`` is the call's request metadata (credentials); the call pipeline calls this
+        once per call.
+        """
         ...
-
-
-class CallRecord:
-    """Mutable facts the request path learns about one call, read back by the audit trail."""
-
-    __slots__ = ("principal", "request_id")
-
-    def __init__(self, request_id: str = "") -> None:
-        self.principal: Principal | None = None
-        #: The call's request id (the client's ``x-request-id``, or one made up); echoed back.
-        self.request_id = request_id
-
-
-#: Set by the gateway's handler wrapper for each call; authenticators fill it in.
-current_record: ContextVar[CallRecord | None] = ContextVar("natsgw_call_record", default=None)
-
-
-def record_principal(principal: Principal) -> Principal:
-    record = current_record.get()
-    if record is not None:
-        record.principal = principal
-    return principal
 
 
 class TrustedAuthenticator:
@@ -112,7 +81,9 @@ class TrustedAuthenticator:
     nothing here can prove membership.
     """
 
-    async def authenticate(self, user_id: str, organization_id: str, scope: Scope) -> Principal:
+    async def authenticate(
+        self, metadata: Metadata, user_id: str, organization_id: str, scope: Scope
+    ) -> Principal:
         if not user_id:
             raise Unauthenticated("user_id is required: set it to the calling user's id")
         if scope is Scope.ORGANIZATION:
@@ -120,13 +91,11 @@ class TrustedAuthenticator:
                 "organization namespaces need proven membership: run the gateway with "
                 "NATSGW_AUTH_MODE=token or jwt"
             )
-        return record_principal(
-            Principal(
-                user_id=user_id,
-                tenant=Tenant.user(user_id),
-                organization_id=organization_id,
-                authenticated_as=user_id,
-            )
+        return Principal(
+            user_id=user_id,
+            tenant=Tenant.user(user_id),
+            organization_id=organization_id,
+            authenticated_as=user_id,
         )
 
 
@@ -150,19 +119,6 @@ def bearer_token(metadata: Metadata) -> str:
     return token.strip()
 
 
-class _Verified:
-    """The identity proven for one call, so a call verifies its credential once."""
-
-    __slots__ = ("call", "identity")
-
-    def __init__(self, call: CallInfo, identity: Identity) -> None:
-        self.call = call
-        self.identity = identity
-
-
-_verified: ContextVar[_Verified | None] = ContextVar("natsgw_verified_identity", default=None)
-
-
 class BearerAuthenticator:
     """Identity from a bearer credential; the request's ids may only narrow it, never widen it."""
 
@@ -170,25 +126,19 @@ class BearerAuthenticator:
         self.verifier = verifier
         self.act_as_role = act_as_role
 
-    async def identify(self) -> Identity:
-        """The current call's proven identity (verified once per call)."""
-        call = current_call.get()
-        if call is None:
-            raise Unauthenticated("no call context: credentials cannot be read")
-        cached = _verified.get()
-        if cached is not None and cached.call is call:
-            return cached.identity
-        identity = await self.verifier.verify(bearer_token(call.metadata))
-        _verified.set(_Verified(call, identity))
-        return identity
+    async def identify(self, metadata: Metadata) -> Identity:
+        """The identity the call's credential proves."""
+        return await self.verifier.verify(bearer_token(metadata))
 
     async def close(self) -> None:
         close = getattr(self.verifier, "close", None)
         if close is not None:
             await close()
 
-    async def authenticate(self, user_id: str, organization_id: str, scope: Scope) -> Principal:
-        identity = await self.identify()
+    async def authenticate(
+        self, metadata: Metadata, user_id: str, organization_id: str, scope: Scope
+    ) -> Principal:
+        identity = await self.identify(metadata)
         may_act_as = self.act_as_role in identity.roles
         acting = False
         effective = identity.user_id
@@ -215,14 +165,12 @@ class BearerAuthenticator:
             tenant = Tenant.organization(organization_id)
         else:
             tenant = Tenant.user(effective)
-        return record_principal(
-            Principal(
-                user_id=effective,
-                tenant=tenant,
-                organization_id=organization_id,
-                authenticated_as=identity.user_id,
-                roles=identity.roles,
-                acting_as=acting,
-                method=identity.method,
-            )
+        return Principal(
+            user_id=effective,
+            tenant=tenant,
+            organization_id=organization_id,
+            authenticated_as=identity.user_id,
+            roles=identity.roles,
+            acting_as=acting,
+            method=identity.method,
         )

@@ -1,6 +1,6 @@
 """Prometheus metrics of one gateway (its own registry, so several can live in one process).
 
-Per call (recorded by :mod:`natsgw.pipeline.calls`):
+Per call (recorded by :mod:`natsgw.pipeline.chain`):
 
 - ``natsgw_rpc_calls_total{rpc,status}`` and ``natsgw_rpc_errors_total{rpc,status}``;
 - ``natsgw_rpc_duration_seconds{rpc}`` (histogram; for streams, the stream's lifetime);

@@ -9,7 +9,8 @@ Limits (0 = unlimited) come from ``NATSGW_QUOTA_*`` and, per tenant, from an opt
 Keys: ``streams``, ``consumers``, ``kv_buckets``, ``object_buckets``, ``max_bytes`` (per stream or
 bucket), ``publish_rate`` (messages per second), ``publish_burst`` (default: one second's worth).
 
-How each is enforced, keyed on the RPC name and its decoded request (see :func:`plan_for`):
+How each is enforced, from the RPC's :class:`Cost` in :mod:`natsgw.pipeline.policy` and its
+decoded request (which is never changed; a filled-in byte limit goes to the handler as a copy):
 
 - creating a stream / consumer / KV bucket / object bucket that does not exist yet, when the tenant
   already has its quota of them, is RESOURCE_EXHAUSTED naming the quota. Creations of one tenant
@@ -177,7 +178,7 @@ class TokenBucket:
         return (count - self.tokens) / self.rate
 
 
-# -- what a call would do, from its name and request (pure) -----------------------------------
+# -- what a call costs (declared per RPC in natsgw.pipeline.policy) ---------------------------
 
 
 class Kind(Enum):
@@ -187,69 +188,35 @@ class Kind(Enum):
     OBJECT_BUCKET = "object_buckets"
 
 
+def _nothing(_: Any) -> str:
+    return ""
+
+
 @dataclass(frozen=True, slots=True)
-class Plan:
-    """What quotas care about in one call."""
+class Cost:
+    """What quotas charge one call, read through typed accessors of its request message."""
 
-    #: Messages the call publishes (0: none).
-    publishes: int = 0
-    #: The resource the call may create, as the tenant names it.
-    creates: Kind | None = None
-    name: str = ""
-    #: For consumers: the tenant's stream name.
-    stream: str = ""
-    #: Where the request carries a byte limit: "config" (config.max_bytes) or "request".
-    max_bytes_at: str = ""
-
-
-_WORD = re.compile(r"[A-Z][a-z]+|[A-Z]+(?![a-z])")
-
-
-def words(rpc: str) -> list[str]:
-    """``KVCreateBucket`` -> ``["KV", "Create", "Bucket"]``."""
-    return _WORD.findall(rpc)
+    #: Messages the call publishes (drawn from the tenant's token bucket).
+    publishes: Callable[[Any], int] | None = None
+    #: The stream or bucket kind the call acts on, and its name as the tenant wrote it.
+    kind: Kind | None = None
+    name: Callable[[Any], str] = _nothing
+    name_field: str = ""
+    #: The call may create it (then it counts against the tenant's quota of that kind).
+    creates: bool = False
+    #: Consumers: the tenant's name of their stream.
+    stream: Callable[[Any], str] = _nothing
+    #: The byte limit the request asks for, and how to ask for another one (a copy: the
+    #: decoded request is never changed).
+    max_bytes: Callable[[Any], int] | None = None
+    max_bytes_field: str = ""
+    with_max_bytes: Callable[[Any, int], Any] | None = None
 
 
-def scoped(request: Any) -> Any:
-    """The part of a request carrying user_id/organization_id/scope (a streamed put's header)."""
-    header = getattr(request, "header", None)
-    if header is not None and hasattr(header, "user_id"):
-        return header
-    return request
-
-
-def plan_for(rpc: str, request: Any) -> Plan:
-    parts = words(rpc)
-    target = scoped(request)
-    publishes = 0
-    if "Publish" in parts or rpc == "Request":
-        messages = getattr(request, "messages", None)
-        publishes = len(messages) if isinstance(messages, list) else 1
-    config = getattr(target, "config", None)
-    if rpc == "CreateStream":
-        return Plan(
-            publishes, Kind.STREAM, getattr(config, "name", "") or "", max_bytes_at="config"
-        )
-    if rpc == "UpdateStream":
-        return Plan(publishes, max_bytes_at="config")
-    if rpc == "CreateConsumer":
-        name = getattr(config, "durable_name", "") or getattr(config, "name", "") or ""
-        return Plan(publishes, Kind.CONSUMER, name, stream=getattr(target, "stream_name", ""))
-    bucket = getattr(target, "bucket", "")
-    if isinstance(bucket, str) and bucket:
-        if parts[:1] == ["KV"] and ("Put" in parts or "Create" in parts):
-            at = "request" if "Bucket" in parts and hasattr(target, "max_bytes") else ""
-            return Plan(publishes, Kind.KV_BUCKET, bucket, max_bytes_at=at)
-        if parts[:1] == ["Object"] and ("Put" in parts or "Create" in parts):
-            at = "request" if "Bucket" in parts and hasattr(target, "max_bytes") else ""
-            return Plan(publishes, Kind.OBJECT_BUCKET, bucket, max_bytes_at=at)
-    return Plan(publishes)
-
-
-def nats_stream_name(ns: Namespace, kind: Kind, name: str) -> str:
+def nats_stream_name(ns: Namespace, kind: Kind, name: str, field: str = "") -> str:
     """The NATS stream backing a tenant's stream or bucket (raises InvalidArgument if bad)."""
     if kind is Kind.STREAM:
-        return ns.stream(name, "config.name")
+        return ns.stream(name, field or "stream_name")
     if kind is Kind.KV_BUCKET:
         return kv_stream_name(ns.kv_bucket(name))
     return object_stream_name(ns.object_bucket(name))
@@ -352,23 +319,20 @@ class QuotaEnforcer:
             f"(burst {limits.burst:g}); {count} more would exceed it: retry in {wait:.2f}s",
         )
 
-    def _check_max_bytes(self, plan: Plan, request: Any, limit: int) -> None:
-        if not plan.max_bytes_at or limit <= 0:
-            return
-        target = scoped(request)
-        holder = getattr(target, "config", None) if plan.max_bytes_at == "config" else target
-        if holder is None or not hasattr(holder, "max_bytes"):
-            return
-        field = "config.max_bytes" if plan.max_bytes_at == "config" else "max_bytes"
-        requested = int(holder.max_bytes)
+    def _max_bytes(self, cost: Cost, request: Any, limit: int) -> Any:
+        """The request the handler gets: refused above the limit, given the limit when unlimited."""
+        if cost.max_bytes is None or cost.with_max_bytes is None or limit <= 0:
+            return request
+        requested = cost.max_bytes(request)
         if requested > limit:
             raise self._refuse(
                 "max_bytes",
-                f"{field}={requested} is above this tenant's limit of {limit} bytes per stream "
-                "or bucket; ask for at most that much",
+                f"{cost.max_bytes_field}={requested} is above this tenant's limit of {limit} bytes "
+                "per stream or bucket; ask for at most that much",
             )
-        if requested <= 0:
-            holder.max_bytes = limit  # no limit asked for: the tenant's limit applies
+        if requested <= 0:  # no limit asked for: the tenant's limit applies (to a copy)
+            return cost.with_max_bytes(request, limit)
+        return request
 
     async def _exists_now(self, nats_name: str) -> bool:
         seen = self._exists.get(nats_name)
@@ -394,27 +358,34 @@ class QuotaEnforcer:
             return len(streams)
         return sum(s.consumers for s in streams)
 
-    async def admit(self, rpc: str, request: Any, ns: Namespace) -> Ticket | None:
-        """Refuse the call (ResourceExhausted naming the quota) or admit it with a ticket."""
-        plan = plan_for(rpc, request)
+    async def admit(self, cost: Cost, request: Any, ns: Namespace) -> Admission:
+        """Refuse the call (ResourceExhausted naming the quota) or admit it.
+
+        The admission carries the request the handler is to serve (a copy when a byte limit was
+        filled in) and, when the call may create something, a ticket to finish afterwards.
+        """
         limits = self.policy.limits_for(ns.tenant)
         if not limits.any:
-            return None
-        self._take_publish(ns, limits, plan.publishes)
-        self._check_max_bytes(plan, request, limits.max_bytes)
-        if plan.creates is None or not plan.name:
-            return None
-        limit: int = getattr(limits, plan.creates.value)
+            return Admission(request)
+        if cost.publishes is not None:
+            self._take_publish(ns, limits, cost.publishes(request))
+        request = self._max_bytes(cost, request, limits.max_bytes)
+        kind = cost.kind
+        name = cost.name(request)
+        if kind is None or not cost.creates or not name:
+            return Admission(request)
+        limit: int = getattr(limits, kind.value)
         if limit <= 0 and limits.max_bytes <= 0:
-            return None
-        if plan.creates is Kind.CONSUMER:
-            if limit <= 0 or not plan.stream:
-                return None
-            stream = ns.stream(plan.stream)
+            return Admission(request)
+        if kind is Kind.CONSUMER:
+            stream_name = cost.stream(request)
+            if limit <= 0 or not stream_name:
+                return Admission(request)
+            stream = ns.stream(stream_name)
             lock = self._locks.setdefault(ns.key, asyncio.Lock())
             await lock.acquire()
             try:
-                if not await self.jetstream.consumer_exists(stream, plan.name):
+                if not await self.jetstream.consumer_exists(stream, name):
                     have = await self._count(ns, Kind.CONSUMER)
                     if have >= limit:
                         raise self._refuse(
@@ -424,22 +395,31 @@ class QuotaEnforcer:
             except BaseException:
                 lock.release()
                 raise
-            return Ticket(self, lock)
-        nats_name = nats_stream_name(ns, plan.creates, plan.name)
+            return Admission(request, Ticket(self, lock))
+        nats_name = nats_stream_name(ns, kind, name, cost.name_field)
         if await self._exists_now(nats_name):
-            return None
+            return Admission(request)
         lock = self._locks.setdefault(ns.key, asyncio.Lock())
         await lock.acquire()
         try:
             if limit > 0 and not await self._exists_now(nats_name):
-                have = await self._count(ns, plan.creates)
+                have = await self._count(ns, kind)
                 if have >= limit:
-                    noun = plan.creates.value.replace("_", " ")
+                    noun = kind.value.replace("_", " ")
                     raise self._refuse(
-                        plan.creates.value,
-                        f"this tenant has {have} of {limit} {noun}; delete one first",
+                        kind.value, f"this tenant has {have} of {limit} {noun}; delete one first"
                     )
         except BaseException:
             lock.release()
             raise
-        return Ticket(self, lock, cap_stream=nats_name, cap_bytes=limits.max_bytes)
+        return Admission(
+            request, Ticket(self, lock, cap_stream=nats_name, cap_bytes=limits.max_bytes)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What quotas let through: the request to serve, and the ticket to finish (if any)."""
+
+    request: Any
+    ticket: Ticket | None = None

@@ -1,5 +1,7 @@
-"""gRPC handlers: translate wire messages into calls on tenancy and the adapter, and back.
+"""The API's areas as service objects: translate wire messages into tenancy + adapter calls.
 
-One module per area of the API; :mod:`natsgw.service.gateway` composes them into the
-``isa.nats.NATSService`` implementation. Handlers never build NATS names themselves.
+One module per area (messaging, jetstream, kv, objects, stats, health), each a class whose
+constructor takes its collaborators; :mod:`natsgw.service.gateway` composes them into the
+``isa.nats.NATSService`` implementation. A service method receives the call (its namespace,
+deadline) from the pipeline and never authenticates or builds NATS names itself.
 """

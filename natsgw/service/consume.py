@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 
 from natsgw._generated.isa import nats as pb
 from natsgw.adapter.core import backoff_delay
-from natsgw.adapter.jetstream import PullPipe
+from natsgw.adapter.jetstream import JetStreamAdapter, PullPipe
 from natsgw.adapter.types import (
     REQUEST_ENDED,
     Heartbeat,
@@ -23,10 +22,6 @@ from natsgw.adapter.types import (
 from natsgw.errors import DeadlineExceeded, Unavailable
 from natsgw.service.deliveries import FlowWindow
 from natsgw.service.subscriptions import Mailbox
-from natsgw.tenancy import Namespace
-
-if TYPE_CHECKING:
-    from natsgw.service.jetstream import JetStreamHandlers
 
 log = structlog.get_logger("natsgw.service.consume")
 
@@ -47,16 +42,17 @@ class ConsumeSession:
 
     def __init__(
         self,
-        handlers: JetStreamHandlers,
-        ns: Namespace,
+        js: JetStreamAdapter,
+        present: Callable[[JetStreamDelivery], pb.JetStreamMessage],
         stream: str,
         consumer: str,
         pipe: PullPipe,
         window: FlowWindow,
         heartbeat: float,
     ) -> None:
-        self.h = handlers
-        self.ns = ns
+        self.js = js
+        #: Turns a delivery into what the tenant sees (and remembers it for ack-by-sequence).
+        self.present = present
         self.stream = stream
         self.consumer = consumer
         self.pipe = pipe
@@ -136,7 +132,7 @@ class ConsumeSession:
                 if self.remaining <= 0:
                     self.open = False
                 self.window.add(item.stream_seq, item.nats_size)
-                yield self._status(message=self.h._deliver(self.ns, item))
+                yield self._status(message=self.present(item))
                 last_sent = clock()
                 continue
             if isinstance(item, Heartbeat):
@@ -153,7 +149,7 @@ class ConsumeSession:
                 # JetStream not ready yet after a restart, or the consumer is gone (then the
                 # stream ends NOT_FOUND).
                 with contextlib.suppress(Unavailable, DeadlineExceeded):
-                    await self.h.jetstream_parts.js.consumer_info(self.stream, self.consumer)
+                    await self.js.consumer_info(self.stream, self.consumer)
                 self.failures += 1
                 retry_at = clock() + backoff_delay(self.failures)
                 continue
@@ -162,7 +158,7 @@ class ConsumeSession:
     async def _reconcile(self) -> None:
         """Free deliveries at or below the consumer's ack floor (acked anywhere)."""
         try:
-            info = await self.h.jetstream_parts.js.consumer_info(self.stream, self.consumer)
+            info = await self.js.consumer_info(self.stream, self.consumer)
         except (Unavailable, DeadlineExceeded):
             return  # NATS is away: the window stays as it is
         self.window.settle_through(info.state.ack_floor_stream_seq)

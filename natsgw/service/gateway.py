@@ -1,114 +1,130 @@
-"""``isa.nats.NATSService``: the handler mixins composed over the generated grpclib base.
+"""``isa.nats.NATSService``: the area services composed behind the generated grpclib base.
 
-Cross-cutting work happens here once, for every RPC: the current stream is made available to
-handlers, in-flight calls are counted for graceful shutdown, and every exception is turned into
-a gRPC status by :func:`natsgw.errors.to_grpc_error`.
+The gateway holds one service object per area and a route table from RPC path to the method that
+serves it. :meth:`NATSGateway.__mapping__` hands each route to the call pipeline
+(:mod:`natsgw.pipeline.chain`) with the RPC's row of :mod:`natsgw.pipeline.policy`; the generated
+base supplies only the wire facts (request/reply types, cardinality).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any
+from dataclasses import dataclass
 
 import grpclib.const
-import grpclib.server
-import structlog
-from grpclib.const import Status
-from grpclib.exceptions import GRPCError, StreamTerminatedError
-from h2.exceptions import StreamClosedError
 
 from natsgw._generated.isa import nats as pb
-from natsgw.errors import to_grpc_error
-from natsgw.service.base import Dependencies, current_stream
-from natsgw.service.health import HealthHandlers
-from natsgw.service.kv import KeyValueHandlers
-from natsgw.service.messaging import MessagingHandlers
-from natsgw.service.objects import ObjectStoreHandlers
-from natsgw.service.stats import StatisticsHandlers
-
-log = structlog.get_logger("natsgw.service")
-
-_StreamFunc = Callable[[grpclib.server.Stream[Any, Any]], Coroutine[Any, Any, None]]
-
-
-class InFlight:
-    """Counts calls being served, so shutdown can wait for them to finish."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def enter(self) -> None:
-        self.count += 1
-        self._idle.clear()
-
-    def leave(self) -> None:
-        self.count -= 1
-        if self.count == 0:
-            self._idle.set()
-
-    async def wait_idle(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+from natsgw.adapter import NatsAdapter
+from natsgw.adapter.jetstream import JetStreamAdapter
+from natsgw.config import Settings
+from natsgw.ops.monitoring import NatsMonitor
+from natsgw.pipeline.chain import Endpoint, Pipeline
+from natsgw.pipeline.policy import POLICIES, SERVICE
+from natsgw.service.health import HealthService
+from natsgw.service.jetstream import JetStreamService
+from natsgw.service.kv import KeyValueService
+from natsgw.service.messaging import MessagingService
+from natsgw.service.objects import ObjectStoreService
+from natsgw.service.stats import StatisticsService
+from natsgw.service.subscriptions import SubscriptionRegistry
 
 
-class NATSGateway(
-    MessagingHandlers,
-    StatisticsHandlers,  # a JetStreamHandlers
-    KeyValueHandlers,
-    ObjectStoreHandlers,
-    HealthHandlers,
-    pb.NatsServiceBase,
-):
-    def __init__(self, deps: Dependencies, in_flight: InFlight | None = None) -> None:
-        super().__init__(deps)
-        self.in_flight = in_flight or InFlight()
+@dataclass(frozen=True, slots=True)
+class Services:
+    """One object per area of the API, each built from its own collaborators."""
+
+    messaging: MessagingService
+    jetstream: JetStreamService
+    kv: KeyValueService
+    objects: ObjectStoreService
+    statistics: StatisticsService
+    health: HealthService
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        adapter: NatsAdapter,
+        subscriptions: SubscriptionRegistry,
+        monitor: NatsMonitor,
+    ) -> Services:
+        js = JetStreamAdapter(adapter, settings.request_timeout)
+        return cls(
+            messaging=MessagingService(settings, adapter, subscriptions),
+            jetstream=JetStreamService(settings, js, subscriptions),
+            kv=KeyValueService(settings, adapter, subscriptions),
+            objects=ObjectStoreService(settings, adapter),
+            statistics=StatisticsService(settings, js, monitor),
+            health=HealthService(settings, adapter, monitor),
+        )
+
+
+def routes(s: Services) -> dict[str, Endpoint]:
+    """Which method serves each RPC (a test checks every generated RPC has one)."""
+    m, js, kv, ob = s.messaging, s.jetstream, s.kv, s.objects
+    table: dict[str, Endpoint] = {
+        "Publish": m.publish,
+        "PublishBatch": m.publish_batch,
+        "Subscribe": m.subscribe,
+        "QueueSubscribe": m.queue_subscribe,
+        "Unsubscribe": m.unsubscribe,
+        "Request": m.request,
+        "CreateStream": js.create_stream,
+        "DeleteStream": js.delete_stream,
+        "GetStreamInfo": js.get_stream_info,
+        "ListStreams": js.list_streams,
+        "UpdateStream": js.update_stream,
+        "PurgeStream": js.purge_stream,
+        "CreateConsumer": js.create_consumer,
+        "DeleteConsumer": js.delete_consumer,
+        "GetConsumerInfo": js.get_consumer_info,
+        "ListConsumers": js.list_consumers,
+        "PublishToStream": js.publish_to_stream,
+        "PublishToStreamBatch": js.publish_to_stream_batch,
+        "PullMessages": js.pull_messages,
+        "AckMessage": js.ack_message,
+        "AckMessages": js.ack_messages,
+        "NakMessage": js.nak_message,
+        "Consume": js.consume,
+        "GetStatistics": s.statistics.get_statistics,
+        "GetStreamStats": s.statistics.get_stream_stats,
+        "KVPut": kv.kv_put,
+        "KVGet": kv.kv_get,
+        "KVDelete": kv.kv_delete,
+        "KVKeys": kv.kv_keys,
+        "KVCreate": kv.kv_create,
+        "KVUpdate": kv.kv_update,
+        "KVHistory": kv.kv_history,
+        "KVWatch": kv.kv_watch,
+        "KVCreateBucket": kv.kv_create_bucket,
+        "KVDeleteBucket": kv.kv_delete_bucket,
+        "KVListBuckets": kv.kv_list_buckets,
+        "KVBucketStatus": kv.kv_bucket_status,
+        "ObjectPut": ob.object_put,
+        "ObjectGet": ob.object_get,
+        "ObjectDelete": ob.object_delete,
+        "ObjectList": ob.object_list,
+        "ObjectPutStream": ob.object_put_stream,
+        "ObjectGetStream": ob.object_get_stream,
+        "HealthCheck": s.health.health_check,
+    }
+    return {SERVICE + rpc: endpoint for rpc, endpoint in table.items()}
+
+
+class NATSGateway(pb.NatsServiceBase):
+    """The generated service, served by delegation: every path goes through the pipeline."""
+
+    def __init__(self, services: Services, pipeline: Pipeline) -> None:
+        self.services = services
+        self.pipeline = pipeline
+        self._routes = routes(services)
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         return {
             path: grpclib.const.Handler(
-                self._guarded(path, handler.func),
-                handler.cardinality,
-                handler.request_type,
-                handler.reply_type,
+                self.pipeline.handler(POLICIES[path], wire.cardinality, self._routes[path]),
+                wire.cardinality,
+                wire.request_type,
+                wire.reply_type,
             )
-            for path, handler in super().__mapping__().items()
+            for path, wire in super().__mapping__().items()
         }
-
-    def _guarded(self, path: str, func: _StreamFunc) -> _StreamFunc:
-        in_flight = self.in_flight
-        observer = self.deps.calls
-
-        async def serve(stream: grpclib.server.Stream[Any, Any]) -> None:
-            token = current_stream.set(stream)
-            in_flight.enter()
-            # Credentials, quotas, metrics, audit (natsgw.pipeline.calls) see the call via `call`.
-            call = observer.begin(path, stream)
-            error: GRPCError | None = None
-            cancelled = False
-            try:
-                await func(call.stream)
-            except (asyncio.CancelledError, GeneratorExit):
-                cancelled = True
-                raise
-            except (StreamClosedError, StreamTerminatedError):
-                # The client hung up while we were sending. Tell grpclib it is a cancellation,
-                # which it is, rather than an application error with a traceback.
-                cancelled = True
-                raise asyncio.CancelledError from None
-            except Exception as exc:
-                error = to_grpc_error(exc)
-                if error.status in (Status.INTERNAL, Status.UNKNOWN):
-                    log.exception("handler_failed", rpc=path)
-                raise error from exc
-            finally:
-                call.finish(error, cancelled)
-                in_flight.leave()
-                current_stream.reset(token)
-
-        return serve

@@ -5,14 +5,26 @@ from __future__ import annotations
 import datetime
 
 from natsgw._generated.isa import nats as pb
+from natsgw.adapter import NatsAdapter
+from natsgw.config import Settings
 from natsgw.errors import GatewayError
-from natsgw.service.base import Handlers
+from natsgw.ops.monitoring import NatsMonitor
+from natsgw.pipeline.call import Call
 
 _DEEP_TIMEOUT = 2.0
 
 
-class HealthHandlers(Handlers):
-    async def health_check(self, message: pb.NatsHealthCheckRequest) -> pb.NatsHealthCheckResponse:
+class HealthService:
+    """Public: needs no identity and touches no tenant's data."""
+
+    def __init__(self, settings: Settings, adapter: NatsAdapter, monitor: NatsMonitor) -> None:
+        self.settings = settings
+        self.adapter = adapter
+        self.monitor = monitor
+
+    async def health_check(
+        self, call: Call, message: pb.NatsHealthCheckRequest
+    ) -> pb.NatsHealthCheckResponse:
         state = self.adapter.state()
         now = datetime.datetime.now(datetime.UTC)
         if not self.adapter.connected:
@@ -41,9 +53,9 @@ class HealthHandlers(Handlers):
                 healthy = False
                 notes.append(f"deep check failed: {exc.message}")
         connections = 0
-        if self.deps.monitor.configured:
+        if self.monitor.configured:
             try:
-                connections = int((await self.deps.monitor.varz()).get("connections", 0))
+                connections = int((await self.monitor.varz()).get("connections", 0))
             except GatewayError as exc:
                 notes.append(exc.message)
         return pb.NatsHealthCheckResponse(

@@ -22,7 +22,7 @@ import dataclasses
 import datetime
 import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import structlog
@@ -31,13 +31,14 @@ from natsgw._generated.isa import nats as pb
 from natsgw.adapter.core import check_headers
 from natsgw.adapter.jetstream import JetStreamAdapter, ack_payload
 from natsgw.adapter.types import JetStreamDelivery, StreamDetails
+from natsgw.config import Settings
 from natsgw.errors import (
     FailedPrecondition,
     GatewayError,
     InvalidArgument,
     PermissionDenied,
 )
-from natsgw.service.base import Handlers, current_stream
+from natsgw.pipeline.call import Call
 from natsgw.service.consume import ConsumeSession, stop_on_end
 from natsgw.service.deliveries import DeliveryMemory, FlowWindow, WindowRegistry
 from natsgw.service.jetstream_wire import (
@@ -50,11 +51,10 @@ from natsgw.service.jetstream_wire import (
     status_code_of,
     stream_info_out,
     stream_spec,
-    tenant_errors,
     tenant_view,
     wire_enum,
 )
-from natsgw.service.subscriptions import Mailbox
+from natsgw.service.subscriptions import Mailbox, SubscriptionRegistry
 from natsgw.tenancy import Namespace
 from natsgw.tenancy.acks import AckSubject, AckTokens, parse_ack_subject
 from natsgw.tenancy.subjects import captured_by
@@ -84,65 +84,68 @@ class _SubjectCache:
     read_at: float
 
 
-class JetStreamParts:
-    """State the JetStream handlers share across calls (one per gateway)."""
+async def own_streams(js: JetStreamAdapter, ns: Namespace) -> list[StreamDetails]:
+    """The tenant's streams, sorted by name; never KV/Object streams or another tenant's."""
+    found = await js.list_streams(ns.subject_prefix + ">")
+    own = [d for d in found if ns.from_name(d.spec.name) is not None]
+    return sorted(own, key=lambda d: d.spec.name)
 
-    def __init__(self, handlers: Handlers) -> None:
-        settings = handlers.settings
-        self.js = JetStreamAdapter(handlers.adapter, settings.request_timeout)
+
+class JetStreamService:
+    """JetStream streams, consumers, publishing, pulling, acking and Consume streams."""
+
+    def __init__(
+        self, settings: Settings, js: JetStreamAdapter, subscriptions: SubscriptionRegistry
+    ) -> None:
+        self.settings = settings
+        self.js = js
+        self.subscriptions = subscriptions
         self.tokens = AckTokens(settings.ack_token_secret)
         self.memory = DeliveryMemory(settings.delivery_memory_size, settings.delivery_memory_ttl)
         self.windows = WindowRegistry()
         self.subjects: dict[str, _SubjectCache] = {}
 
-
-class JetStreamHandlers(Handlers):
-    @functools.cached_property
-    def jetstream_parts(self) -> JetStreamParts:
-        return JetStreamParts(self)
-
     # -- streams ---------------------------------------------------------------------------------
 
-    @tenant_errors
-    async def create_stream(self, message: pb.CreateStreamRequest) -> pb.CreateStreamResponse:
-        ns = await self.namespace(message)
+    async def create_stream(
+        self, call: Call, message: pb.CreateStreamRequest
+    ) -> pb.CreateStreamResponse:
+        ns = call.ns
         config = message.config or pb.StreamConfig()
         name = ns.stream(config.name, "config.name")
-        details = await self.jetstream_parts.js.add_stream(stream_spec(ns, config, name))
-        self.jetstream_parts.subjects.pop(name, None)
+        details = await self.js.add_stream(stream_spec(ns, config, name))
+        self.subjects.pop(name, None)
         return pb.CreateStreamResponse(
             success=True, stream=stream_info_out(ns, details), message="stream ready"
         )
 
-    @tenant_errors
-    async def delete_stream(self, message: pb.DeleteStreamRequest) -> pb.DeleteStreamResponse:
-        ns = await self.namespace(message)
+    async def delete_stream(
+        self, call: Call, message: pb.DeleteStreamRequest
+    ) -> pb.DeleteStreamResponse:
+        ns = call.ns
         name = ns.stream(message.stream_name)
-        await self.jetstream_parts.js.delete_stream(name)
-        self.jetstream_parts.subjects.pop(name, None)
+        await self.js.delete_stream(name)
+        self.subjects.pop(name, None)
         return pb.DeleteStreamResponse(success=True)
 
-    @tenant_errors
-    async def get_stream_info(self, message: pb.GetStreamInfoRequest) -> pb.GetStreamInfoResponse:
-        ns = await self.namespace(message)
-        details = await self.jetstream_parts.js.stream_info(ns.stream(message.stream_name))
+    async def get_stream_info(
+        self, call: Call, message: pb.GetStreamInfoRequest
+    ) -> pb.GetStreamInfoResponse:
+        ns = call.ns
+        details = await self.js.stream_info(ns.stream(message.stream_name))
         return pb.GetStreamInfoResponse(stream=stream_info_out(ns, details))
 
-    @tenant_errors
-    async def list_streams(self, message: pb.ListStreamsRequest) -> pb.ListStreamsResponse:
-        ns = await self.namespace(message)
-        streams = await self.own_streams(ns)
+    async def list_streams(
+        self, call: Call, message: pb.ListStreamsRequest
+    ) -> pb.ListStreamsResponse:
+        ns = call.ns
+        streams = await own_streams(self.js, ns)
         return pb.ListStreamsResponse(streams=[stream_info_out(ns, d) for d in streams])
 
-    async def own_streams(self, ns: Namespace) -> list[StreamDetails]:
-        """The tenant's streams, sorted by name; never KV/Object streams or another tenant's."""
-        found = await self.jetstream_parts.js.list_streams(ns.subject_prefix + ">")
-        own = [d for d in found if ns.from_name(d.spec.name) is not None]
-        return sorted(own, key=lambda d: d.spec.name)
-
-    @tenant_errors
-    async def update_stream(self, message: pb.UpdateStreamRequest) -> pb.UpdateStreamResponse:
-        ns = await self.namespace(message)
+    async def update_stream(
+        self, call: Call, message: pb.UpdateStreamRequest
+    ) -> pb.UpdateStreamResponse:
+        ns = call.ns
         name = ns.stream(message.stream_name)
         config = message.config or pb.StreamConfig()
         if config.name and config.name != message.stream_name:
@@ -151,57 +154,60 @@ class JetStreamHandlers(Handlers):
                 f"{config.name!r} differs from stream_name {message.stream_name!r}; "
                 "streams cannot be renamed",
             )
-        js = self.jetstream_parts.js
+        js = self.js
         if not config.subjects:  # keep the stream's subjects (proto3 cannot say "unchanged")
             current = await js.stream_info(name)
             subjects = [s for s in map(ns.from_subject, current.spec.subjects) if s is not None]
             config = dataclasses.replace(config, subjects=subjects)
         details = await js.update_stream(stream_spec(ns, config, name))
-        self.jetstream_parts.subjects.pop(name, None)
+        self.subjects.pop(name, None)
         return pb.UpdateStreamResponse(success=True, stream=stream_info_out(ns, details))
 
-    @tenant_errors
-    async def purge_stream(self, message: pb.PurgeStreamRequest) -> pb.PurgeStreamResponse:
-        ns = await self.namespace(message)
+    async def purge_stream(
+        self, call: Call, message: pb.PurgeStreamRequest
+    ) -> pb.PurgeStreamResponse:
+        ns = call.ns
         name = ns.stream(message.stream_name)
         subject = ns.pattern(message.subject) if message.subject else ""
-        purged = await self.jetstream_parts.js.purge_stream(name, subject)
+        purged = await self.js.purge_stream(name, subject)
         return pb.PurgeStreamResponse(success=True, purged_count=purged)
 
     # -- consumers -------------------------------------------------------------------------------
 
-    @tenant_errors
-    async def create_consumer(self, message: pb.CreateConsumerRequest) -> pb.CreateConsumerResponse:
-        ns = await self.namespace(message)
+    async def create_consumer(
+        self, call: Call, message: pb.CreateConsumerRequest
+    ) -> pb.CreateConsumerResponse:
+        ns = call.ns
         stream = ns.stream(message.stream_name)
         spec = consumer_spec(ns, message.config or pb.ConsumerConfig())
-        details = await self.jetstream_parts.js.add_consumer(stream, spec)
+        details = await self.js.add_consumer(stream, spec)
         return pb.CreateConsumerResponse(
             success=True, consumer=consumer_info_out(ns, details), message="consumer ready"
         )
 
-    @tenant_errors
-    async def delete_consumer(self, message: pb.DeleteConsumerRequest) -> pb.DeleteConsumerResponse:
-        ns = await self.namespace(message)
-        await self.jetstream_parts.js.delete_consumer(
+    async def delete_consumer(
+        self, call: Call, message: pb.DeleteConsumerRequest
+    ) -> pb.DeleteConsumerResponse:
+        ns = call.ns
+        await self.js.delete_consumer(
             ns.stream(message.stream_name), ns.consumer(message.consumer_name)
         )
         return pb.DeleteConsumerResponse(success=True)
 
-    @tenant_errors
     async def get_consumer_info(
-        self, message: pb.GetConsumerInfoRequest
+        self, call: Call, message: pb.GetConsumerInfoRequest
     ) -> pb.GetConsumerInfoResponse:
-        ns = await self.namespace(message)
-        details = await self.jetstream_parts.js.consumer_info(
+        ns = call.ns
+        details = await self.js.consumer_info(
             ns.stream(message.stream_name), ns.consumer(message.consumer_name)
         )
         return pb.GetConsumerInfoResponse(consumer=consumer_info_out(ns, details))
 
-    @tenant_errors
-    async def list_consumers(self, message: pb.ListConsumersRequest) -> pb.ListConsumersResponse:
-        ns = await self.namespace(message)
-        consumers = await self.jetstream_parts.js.list_consumers(ns.stream(message.stream_name))
+    async def list_consumers(
+        self, call: Call, message: pb.ListConsumersRequest
+    ) -> pb.ListConsumersResponse:
+        ns = call.ns
+        consumers = await self.js.list_consumers(ns.stream(message.stream_name))
         return pb.ListConsumersResponse(
             consumers=[consumer_info_out(ns, d) for d in sorted(consumers, key=lambda d: d.name)]
         )
@@ -214,7 +220,7 @@ class JetStreamHandlers(Handlers):
         Named: it must capture the subject. Unnamed (old clients that never sent one): the
         tenant's stream that captures it.
         """
-        js = self.jetstream_parts.js
+        js = self.js
         if not stream_name:
             for details in await js.list_streams(subject):
                 if ns.from_name(details.spec.name) is not None:
@@ -225,11 +231,11 @@ class JetStreamHandlers(Handlers):
         return ns.stream(stream_name)
 
     async def _stream_subjects(self, name: str) -> tuple[str, ...]:
-        cache = self.jetstream_parts.subjects
+        cache = self.subjects
         now = time.monotonic()
         entry = cache.get(name)
         if entry is None or now - entry.read_at > STREAM_SUBJECTS_TTL:
-            details = await self.jetstream_parts.js.stream_info(name)
+            details = await self.js.stream_info(name)
             entry = _SubjectCache(details.spec.subjects, now)
             if len(cache) > 10_000:
                 cache.clear()
@@ -248,15 +254,14 @@ class JetStreamHandlers(Handlers):
                 f"{ns.from_name(stream)!r} (its subjects: {mine})",
             )
 
-    @tenant_errors
     async def publish_to_stream(
-        self, message: pb.PublishToStreamRequest
+        self, call: Call, message: pb.PublishToStreamRequest
     ) -> pb.PublishToStreamResponse:
-        ns = await self.namespace(message)
+        ns = call.ns
         subject = ns.subject(message.subject)
         stream = await self._target_stream(ns, message.stream_name, subject)
         await self._check_captured(ns, stream, subject)
-        js = self.jetstream_parts.js
+        js = self.js
         ack = await js.publish(subject, message.data, stream=stream, headers=message.headers)
         stored = await js.stored_time(stream, ack.sequence)
         return pb.PublishToStreamResponse(
@@ -269,11 +274,10 @@ class JetStreamHandlers(Handlers):
             duplicate=ack.duplicate,
         )
 
-    @tenant_errors
     async def publish_to_stream_batch(
-        self, message: pb.PublishToStreamBatchRequest
+        self, call: Call, message: pb.PublishToStreamBatchRequest
     ) -> pb.PublishToStreamBatchResponse:
-        ns = await self.namespace(message)
+        ns = call.ns
         if not message.messages:
             return pb.PublishToStreamBatchResponse(published_count=0, results=[])
         if message.stream_name:
@@ -313,7 +317,7 @@ class JetStreamHandlers(Handlers):
                 headers["Nats-Msg-Id"] = item.msg_id
             batch.append((subject, item.data, headers))
             positions.append(index)
-        outcomes = await self.jetstream_parts.js.publish_many(
+        outcomes = await self.js.publish_many(
             batch, stream=stream, inflight=self.settings.stream_publish_inflight
         )
         for index, outcome in zip(positions, outcomes, strict=True):
@@ -331,9 +335,9 @@ class JetStreamHandlers(Handlers):
 
     # -- pulling ---------------------------------------------------------------------------------
 
-    def _deliver(self, ns: Namespace, delivery: JetStreamDelivery) -> pb.JetStreamMessage:
+    def present(self, ns: Namespace, delivery: JetStreamDelivery) -> pb.JetStreamMessage:
         """Remember a delivery for ack-by-sequence and present it in the tenant's view."""
-        parts = self.jetstream_parts
+        parts = self
         parts.memory.remember(
             (ns.key, delivery.stream, delivery.consumer, delivery.stream_seq), delivery.reply
         )
@@ -349,24 +353,25 @@ class JetStreamHandlers(Handlers):
             num_pending=delivery.num_pending,
         )
 
-    @tenant_errors
-    async def pull_messages(self, message: pb.PullMessagesRequest) -> pb.PullMessagesResponse:
-        ns = await self.namespace(message)
+    async def pull_messages(
+        self, call: Call, message: pb.PullMessagesRequest
+    ) -> pb.PullMessagesResponse:
+        ns = call.ns
         stream = ns.stream(message.stream_name)
         consumer = ns.consumer(message.consumer_name)
         batch = message.batch_size or 1
         if not 1 <= batch <= MAX_PULL_BATCH:
             raise InvalidArgument("batch_size", f"must be 1 to {MAX_PULL_BATCH} (got {batch})")
-        wait = self.timeout(message.max_wait, DEFAULT_PULL_WAIT, "max_wait")
-        call = current_stream.get()
-        if call is not None and call.deadline is not None:
+        wait = call.timeout(message.max_wait, DEFAULT_PULL_WAIT, "max_wait")
+        left = call.time_left()
+        if left is not None:
             # Answer (possibly with nothing) before the client's deadline, not after it.
-            wait = min(wait, max(call.deadline.time_remaining() - PULL_DEADLINE_MARGIN, 0.0))
+            wait = min(wait, max(left - PULL_DEADLINE_MARGIN, 0.0))
         # Keep the response well inside the gateway's message size limit (a single larger
         # message still goes alone).
         budget = self.settings.max_message_size // 2
-        deliveries = await self.jetstream_parts.js.fetch(stream, consumer, batch, wait, budget)
-        return pb.PullMessagesResponse(messages=[self._deliver(ns, d) for d in deliveries])
+        deliveries = await self.js.fetch(stream, consumer, batch, wait, budget)
+        return pb.PullMessagesResponse(messages=[self.present(ns, d) for d in deliveries])
 
     # -- acknowledging ---------------------------------------------------------------------------
 
@@ -379,7 +384,7 @@ class JetStreamHandlers(Handlers):
         sequence: int,
         field: str = "ack_token",
     ) -> AckSubject:
-        parts = self.jetstream_parts
+        parts = self
         if token:
             ack = parts.tokens.verify(token, ns.key, field)
             if ns.from_name(ack.stream) is None:
@@ -407,12 +412,12 @@ class JetStreamHandlers(Handlers):
         return _ack_subject(reply)
 
     async def _act(self, ack: AckSubject, action: pb.AckAction, delay: float = 0.0) -> None:
-        await self.jetstream_parts.js.ack(ack.subject, _ack_payload(action, delay))
+        await self.js.ack(ack.subject, _ack_payload(action, delay))
         self._settled(ack, action)
 
     def _settled(self, ack: AckSubject, action: pb.AckAction) -> None:
         """Tell this replica's Consume windows that a delivery was acted on."""
-        self.jetstream_parts.windows.settle(
+        self.windows.settle(
             ack.stream,
             ack.consumer,
             ack.stream_seq,
@@ -420,18 +425,16 @@ class JetStreamHandlers(Handlers):
             cumulative=action == pb.AckAction.ACK,
         )
 
-    @tenant_errors
-    async def ack_message(self, message: pb.AckMessageRequest) -> pb.AckMessageResponse:
-        ns = await self.namespace(message)
+    async def ack_message(self, call: Call, message: pb.AckMessageRequest) -> pb.AckMessageResponse:
+        ns = call.ns
         ack = self._resolve(
             ns, message.ack_token, message.stream_name, message.consumer_name, message.sequence
         )
         await self._act(ack, message.action)
         return pb.AckMessageResponse(success=True)
 
-    @tenant_errors
-    async def nak_message(self, message: pb.NakMessageRequest) -> pb.NakMessageResponse:
-        ns = await self.namespace(message)
+    async def nak_message(self, call: Call, message: pb.NakMessageRequest) -> pb.NakMessageResponse:
+        ns = call.ns
         delay = seconds_field(message.delay, "delay", maximum=MAX_NAK_DELAY)
         ack = self._resolve(
             ns, message.ack_token, message.stream_name, message.consumer_name, message.sequence
@@ -439,9 +442,10 @@ class JetStreamHandlers(Handlers):
         await self._act(ack, pb.AckAction.NAK, delay)
         return pb.NakMessageResponse(success=True)
 
-    @tenant_errors
-    async def ack_messages(self, message: pb.AckMessagesRequest) -> pb.AckMessagesResponse:
-        ns = await self.namespace(message)
+    async def ack_messages(
+        self, call: Call, message: pb.AckMessagesRequest
+    ) -> pb.AckMessagesResponse:
+        ns = call.ns
         delay = seconds_field(message.nak_delay, "nak_delay", maximum=MAX_NAK_DELAY)
         payload = _ack_payload(message.action, delay)
         root = self.settings.namespace_root
@@ -461,7 +465,7 @@ class JetStreamHandlers(Handlers):
                 positions.append(index)
             except GatewayError as exc:
                 results[index] = refused(exc)
-        outcomes = await self.jetstream_parts.js.ack_many(
+        outcomes = await self.js.ack_many(
             [(ack.subject, payload) for ack in resolved],
             inflight=self.settings.stream_publish_inflight,
         )
@@ -476,15 +480,10 @@ class JetStreamHandlers(Handlers):
 
     # -- continuous consumption ------------------------------------------------------------------
 
-    async def consume(self, message: pb.ConsumeRequest) -> AsyncIterator[pb.ConsumeResponse]:
-        try:
-            async for response in self._consume(message):
-                yield response
-        except GatewayError as exc:
-            raise tenant_view(exc, self.settings.namespace_root) from exc.__cause__
-
-    async def _consume(self, message: pb.ConsumeRequest) -> AsyncIterator[pb.ConsumeResponse]:
-        ns = await self.namespace(message)
+    async def consume(
+        self, call: Call, message: pb.ConsumeRequest
+    ) -> AsyncGenerator[pb.ConsumeResponse, None]:
+        ns = call.ns
         stream = ns.stream(message.stream_name)
         consumer = ns.consumer(message.consumer_name)
         max_msgs = message.max_messages or DEFAULT_CONSUME_MESSAGES
@@ -499,7 +498,7 @@ class JetStreamHandlers(Handlers):
         heartbeat = heartbeat or DEFAULT_HEARTBEAT
         if heartbeat < MIN_HEARTBEAT:
             raise InvalidArgument("heartbeat", f"must be at least {MIN_HEARTBEAT:g}s")
-        parts = self.jetstream_parts
+        parts = self
         info = await parts.js.consumer_info(stream, consumer)
         window = FlowWindow(
             max_msgs,
@@ -509,22 +508,24 @@ class JetStreamHandlers(Handlers):
             ack_all=info.spec.ack_policy == "all",
         )
         pipe = await parts.js.open_pull(stream, consumer, max_msgs)
-        session = ConsumeSession(self, ns, stream, consumer, pipe, window, heartbeat)
+        session = ConsumeSession(
+            self.js, functools.partial(self.present, ns), stream, consumer, pipe, window, heartbeat
+        )
         # Registered with the gateway's streams so that shutdown ends it cleanly (status OK),
         # like Subscribe. The key holds spaces: no tenant subject can name it in Unsubscribe.
         shutdown = Mailbox(1, 1, self.settings.slow_consumer_policy)
         registry_key = f"consume {stream} {consumer}"
-        self.deps.subscriptions.add(ns.key, registry_key, shutdown)
+        self.subscriptions.add(ns.key, registry_key, shutdown)
         watcher = asyncio.create_task(stop_on_end(shutdown, session), name="natsgw-consume-end")
         parts.windows.add(stream, consumer, window)
         try:
-            await self.announce_ready()
+            await call.ready()
             async for response in session.run():
                 yield response
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
-            self.deps.subscriptions.remove(ns.key, registry_key, shutdown)
+            self.subscriptions.remove(ns.key, registry_key, shutdown)
             parts.windows.remove(stream, consumer, window)
             await pipe.close()
 

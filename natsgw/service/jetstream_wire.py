@@ -8,10 +8,7 @@ streams and subjects the way the tenant does.
 from __future__ import annotations
 
 import datetime
-import functools
-import re
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from natsgw._generated.isa import nats as pb
 from natsgw.adapter.types import (
@@ -21,8 +18,7 @@ from natsgw.adapter.types import (
     StreamSpec,
 )
 from natsgw.errors import GatewayError, InvalidArgument
-from natsgw.service.base import Handlers
-from natsgw.tenancy import Namespace
+from natsgw.tenancy import Namespace, public_text
 
 #: Set by the gateway on every stream publish (it names the NATS stream): not shown to clients.
 HIDDEN_HEADERS = frozenset({"Nats-Expected-Stream"})
@@ -256,34 +252,8 @@ def status_code_of(exc: GatewayError) -> int:
     return int(exc.status.value)
 
 
-@functools.lru_cache(maxsize=8)
-def _nats_prefix_re(root: str) -> re.Pattern[str]:
-    # root, separator, tenant key (kind letter + escaped id: never '.' or '-'), separator
-    return re.compile(rf"{re.escape(root)}[.-][uo][A-Za-z0-9_]*[.-]")
-
-
 def tenant_view(exc: GatewayError, root: str) -> GatewayError:
-    """Rewrite NATS names in an error message the way the tenant names them."""
-    exc.message = _nats_prefix_re(root).sub("", exc.message)
+    """Rewrite NATS names in an error message the way the tenant names them (batch results)."""
+    exc.message = public_text(exc.message, root)
     exc.args = (exc.message,)
     return exc
-
-
-_H = TypeVar("_H", bound=Handlers)
-_Req = TypeVar("_Req")
-_Resp = TypeVar("_Resp")
-
-
-def tenant_errors(
-    func: Callable[[_H, _Req], Awaitable[_Resp]],
-) -> Callable[[_H, _Req], Coroutine[Any, Any, _Resp]]:
-    """Errors leaving a handler name streams and subjects as the tenant does, not as NATS."""
-
-    @functools.wraps(func)
-    async def handler(self: _H, message: _Req) -> _Resp:
-        try:
-            return await func(self, message)
-        except GatewayError as exc:
-            raise tenant_view(exc, self.settings.namespace_root) from exc.__cause__
-
-    return handler

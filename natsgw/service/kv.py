@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from natsgw._generated.isa import nats as pb
+from natsgw.adapter import NatsAdapter
 from natsgw.adapter.kv import KeyValueStore
 from natsgw.adapter.types import BucketDefaults, KVBucket, KVEntry
-from natsgw.config import SlowConsumerPolicy
+from natsgw.config import Settings, SlowConsumerPolicy
 from natsgw.errors import InvalidArgument, NotFound, Unavailable
-from natsgw.service.base import Handlers
-from natsgw.service.subscriptions import Mailbox
+from natsgw.pipeline.call import Call
+from natsgw.service.subscriptions import Mailbox, SubscriptionRegistry
 from natsgw.tenancy import Namespace, check_kv_key, kv_watch_pattern
 
 _OPERATIONS = {
@@ -66,9 +67,19 @@ def _revision(value: int, field: str) -> int:
     return value
 
 
-class KeyValueHandlers(Handlers):
+class KeyValueService:
+    """Key-Value buckets of the caller's namespace."""
+
+    def __init__(
+        self, settings: Settings, adapter: NatsAdapter, subscriptions: SubscriptionRegistry
+    ) -> None:
+        self.settings = settings
+        self.adapter = adapter
+        self.subscriptions = subscriptions
+        self.store = KeyValueStore(adapter, timeout=settings.request_timeout)
+
     def _kv(self) -> KeyValueStore:
-        return KeyValueStore(self.adapter, timeout=self.settings.request_timeout)
+        return self.store
 
     def _defaults(self) -> BucketDefaults:
         s = self.settings
@@ -80,24 +91,24 @@ class KeyValueHandlers(Handlers):
             replicas=s.kv_replicas,
         )
 
-    async def _bucket_and_key(
-        self, message: pb.KvPutRequest | pb.KvGetRequest | pb.KvDeleteRequest
+    @staticmethod
+    def _bucket_and_key(
+        ns: Namespace, message: pb.KvPutRequest | pb.KvGetRequest | pb.KvDeleteRequest
     ) -> tuple[Namespace, str, str]:
-        ns = await self.namespace(message)
         bucket = ns.kv_bucket(message.bucket)
         check_kv_key(message.key)
         return ns, bucket, message.key
 
     # -- the original four ------------------------------------------------------------------------
 
-    async def kv_put(self, message: pb.KvPutRequest) -> pb.KvPutResponse:
-        _, bucket, key = await self._bucket_and_key(message)
+    async def kv_put(self, call: Call, message: pb.KvPutRequest) -> pb.KvPutResponse:
+        _, bucket, key = self._bucket_and_key(call.ns, message)
         self.adapter.check_payload(message.value, {})
         revision = await self._kv().put(bucket, key, message.value, self._defaults())
         return pb.KvPutResponse(success=True, revision=revision)
 
-    async def kv_get(self, message: pb.KvGetRequest) -> pb.KvGetResponse:
-        _, bucket, key = await self._bucket_and_key(message)
+    async def kv_get(self, call: Call, message: pb.KvGetRequest) -> pb.KvGetResponse:
+        _, bucket, key = self._bucket_and_key(call.ns, message)
         revision = _revision(message.revision, "revision")
         entry = await self._kv().get(bucket, key, revision)
         if entry is None:
@@ -106,30 +117,30 @@ class KeyValueHandlers(Handlers):
             found=True, value=entry.value, revision=entry.revision, created=entry.created
         )
 
-    async def kv_delete(self, message: pb.KvDeleteRequest) -> pb.KvDeleteResponse:
+    async def kv_delete(self, call: Call, message: pb.KvDeleteRequest) -> pb.KvDeleteResponse:
         """Idempotent: success once the key has no value (also when there was none)."""
-        _, bucket, key = await self._bucket_and_key(message)
+        _, bucket, key = self._bucket_and_key(call.ns, message)
         expected = _revision(message.expected_revision, "expected_revision")
         await self._kv().delete(bucket, key, expected=expected, purge=message.purge)
         return pb.KvDeleteResponse(success=True)
 
-    async def kv_keys(self, message: pb.KvKeysRequest) -> pb.KvKeysResponse:
-        ns = await self.namespace(message)
+    async def kv_keys(self, call: Call, message: pb.KvKeysRequest) -> pb.KvKeysResponse:
+        ns = call.ns
         bucket = ns.kv_bucket(message.bucket)
         return pb.KvKeysResponse(keys=await self._kv().keys(bucket))
 
     # -- natsgw additions -------------------------------------------------------------------------
 
-    async def kv_create(self, message: pb.KvCreateRequest) -> pb.KvCreateResponse:
-        ns = await self.namespace(message)
+    async def kv_create(self, call: Call, message: pb.KvCreateRequest) -> pb.KvCreateResponse:
+        ns = call.ns
         bucket = ns.kv_bucket(message.bucket)
         check_kv_key(message.key)
         self.adapter.check_payload(message.value, {})
         revision = await self._kv().create(bucket, message.key, message.value, self._defaults())
         return pb.KvCreateResponse(success=True, revision=revision)
 
-    async def kv_update(self, message: pb.KvUpdateRequest) -> pb.KvUpdateResponse:
-        ns = await self.namespace(message)
+    async def kv_update(self, call: Call, message: pb.KvUpdateRequest) -> pb.KvUpdateResponse:
+        ns = call.ns
         bucket = ns.kv_bucket(message.bucket)
         check_kv_key(message.key)
         if message.expected_revision < 1:
@@ -144,15 +155,17 @@ class KeyValueHandlers(Handlers):
         )
         return pb.KvUpdateResponse(success=True, revision=revision)
 
-    async def kv_history(self, message: pb.KvHistoryRequest) -> pb.KvHistoryResponse:
-        ns = await self.namespace(message)
+    async def kv_history(self, call: Call, message: pb.KvHistoryRequest) -> pb.KvHistoryResponse:
+        ns = call.ns
         bucket = ns.kv_bucket(message.bucket)
         check_kv_key(message.key)
         entries = await self._kv().history(bucket, message.key)
         return pb.KvHistoryResponse(entries=[_entry(e) for e in entries])
 
-    async def kv_watch(self, message: pb.KvWatchRequest) -> AsyncIterator[pb.KvEntry]:
-        ns = await self.namespace(message)
+    async def kv_watch(
+        self, call: Call, message: pb.KvWatchRequest
+    ) -> AsyncGenerator[pb.KvEntry, None]:
+        ns = call.ns
         bucket = ns.kv_bucket(message.bucket)
         pattern = kv_watch_pattern(message.key)
         from_revision = _revision(message.from_revision, "from_revision")
@@ -167,12 +180,12 @@ class KeyValueHandlers(Handlers):
         # Unsubscribe subject can, so only shutdown reaches it.
         stop = Mailbox(1, 1, SlowConsumerPolicy.CLOSE)
         registry_key = f"KVWatch {message.bucket} {pattern}"
-        registry = self.deps.subscriptions
+        registry = self.subscriptions
         registry.add(ns.key, registry_key, stop)
         stopped = asyncio.ensure_future(stop.get())
         last = from_revision - 1 if from_revision else 0
         try:
-            await self.announce_ready()
+            await call.ready()
             while True:
                 following = asyncio.ensure_future(anext(watch))
                 await asyncio.wait({following, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -192,9 +205,9 @@ class KeyValueHandlers(Handlers):
             await watch.close()
 
     async def kv_create_bucket(
-        self, message: pb.KvCreateBucketRequest
+        self, call: Call, message: pb.KvCreateBucketRequest
     ) -> pb.KvCreateBucketResponse:
-        ns = await self.namespace(message)
+        ns = call.ns
         bucket = ns.kv_bucket(message.bucket)
         defaults = self._defaults()
         history = message.history or defaults.history
@@ -223,9 +236,9 @@ class KeyValueHandlers(Handlers):
         return pb.KvCreateBucketResponse(success=True, bucket=_bucket_info(ns, created))
 
     async def kv_delete_bucket(
-        self, message: pb.KvDeleteBucketRequest
+        self, call: Call, message: pb.KvDeleteBucketRequest
     ) -> pb.KvDeleteBucketResponse:
-        ns = await self.namespace(message)
+        ns = call.ns
         bucket = ns.kv_bucket(message.bucket)
         try:
             await self._kv().delete_bucket(bucket)
@@ -233,15 +246,17 @@ class KeyValueHandlers(Handlers):
             raise NotFound(f"bucket {message.bucket!r} does not exist") from None
         return pb.KvDeleteBucketResponse(success=True)
 
-    async def kv_list_buckets(self, message: pb.KvListBucketsRequest) -> pb.KvListBucketsResponse:
-        ns = await self.namespace(message)
+    async def kv_list_buckets(
+        self, call: Call, message: pb.KvListBucketsRequest
+    ) -> pb.KvListBucketsResponse:
+        ns = call.ns
         buckets = await self._kv().list_buckets(lambda name: ns.from_name(name) is not None)
         return pb.KvListBucketsResponse(buckets=[_bucket_info(ns, b) for b in buckets])
 
     async def kv_bucket_status(
-        self, message: pb.KvBucketStatusRequest
+        self, call: Call, message: pb.KvBucketStatusRequest
     ) -> pb.KvBucketStatusResponse:
-        ns = await self.namespace(message)
+        ns = call.ns
         bucket = ns.kv_bucket(message.bucket)
         try:
             info = await self._kv().bucket(bucket)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 
 from natsgw._generated.isa import nats as pb
+from natsgw.adapter import NatsAdapter
+from natsgw.config import Settings
 from natsgw.errors import GatewayError, InvalidArgument
-from natsgw.service.base import Handlers
-from natsgw.service.subscriptions import Mailbox
-from natsgw.tenancy import Namespace
+from natsgw.pipeline.call import Call
+from natsgw.service.subscriptions import Mailbox, SubscriptionRegistry
+from natsgw.tenancy import Namespace, public_text
 
 
 def _check_queue_group(queue_group: str, required: bool) -> None:
@@ -40,17 +42,28 @@ def _tenant_headers(ns: Namespace, headers: Mapping[str, str]) -> dict[str, str]
     return shown
 
 
-class MessagingHandlers(Handlers):
-    async def publish(self, message: pb.PublishRequest) -> pb.PublishResponse:
-        ns = await self.namespace(message)
+class MessagingService:
+    """Core NATS: publish, request and subscription streams inside the caller's namespace."""
+
+    def __init__(
+        self, settings: Settings, adapter: NatsAdapter, subscriptions: SubscriptionRegistry
+    ) -> None:
+        self.settings = settings
+        self.adapter = adapter
+        self.subscriptions = subscriptions
+
+    async def publish(self, call: Call, message: pb.PublishRequest) -> pb.PublishResponse:
+        ns = call.ns
         subject = ns.subject(message.subject)
         reply = ns.subject(message.reply_to, "reply_to") if message.reply_to else ""
         await self.adapter.publish(subject, message.data, headers=message.headers, reply=reply)
         return pb.PublishResponse(success=True, message="published")
 
-    async def publish_batch(self, message: pb.PublishBatchRequest) -> pb.PublishBatchResponse:
+    async def publish_batch(
+        self, call: Call, message: pb.PublishBatchRequest
+    ) -> pb.PublishBatchResponse:
         """Publish every valid message; report each refused one by index. Confirmed once."""
-        ns = await self.namespace(message)
+        ns = call.ns
         errors: list[str] = []
         published = 0
         for index, item in enumerate(message.messages):
@@ -62,7 +75,7 @@ class MessagingHandlers(Handlers):
                     subject, item.data, headers=item.headers, reply=reply, confirm=False
                 )
             except GatewayError as exc:
-                text = exc.message
+                text = public_text(exc.message, ns.root)
                 errors.append(text if text.startswith(field) else f"{field}: {text}")
                 continue
             published += 1
@@ -70,23 +83,22 @@ class MessagingHandlers(Handlers):
             await self.adapter.confirm()
         return pb.PublishBatchResponse(success=not errors, published_count=published, errors=errors)
 
-    async def subscribe(self, message: pb.SubscribeRequest) -> AsyncIterator[pb.MessageResponse]:
+    def subscribe(
+        self, call: Call, message: pb.SubscribeRequest
+    ) -> AsyncGenerator[pb.MessageResponse, None]:
         _check_queue_group(message.queue_group, required=False)
-        ns = await self.namespace(message)
-        async for response in self._stream(ns, message.subject, message.queue_group):
-            yield response
+        return self._stream(call, message.subject, message.queue_group)
 
-    async def queue_subscribe(
-        self, message: pb.QueueSubscribeRequest
-    ) -> AsyncIterator[pb.MessageResponse]:
+    def queue_subscribe(
+        self, call: Call, message: pb.QueueSubscribeRequest
+    ) -> AsyncGenerator[pb.MessageResponse, None]:
         _check_queue_group(message.queue_group, required=True)
-        ns = await self.namespace(message)
-        async for response in self._stream(ns, message.subject, message.queue_group):
-            yield response
+        return self._stream(call, message.subject, message.queue_group)
 
     async def _stream(
-        self, ns: Namespace, subject: str, queue_group: str
-    ) -> AsyncIterator[pb.MessageResponse]:
+        self, call: Call, subject: str, queue_group: str
+    ) -> AsyncGenerator[pb.MessageResponse, None]:
+        ns = call.ns
         pattern = ns.pattern(subject)
         settings = self.settings
         mailbox = Mailbox(
@@ -104,10 +116,10 @@ class MessagingHandlers(Handlers):
             pending_msgs=2 * settings.subscription_buffer_msgs,
             pending_bytes=2 * settings.subscription_buffer_bytes,
         )
-        registry = self.deps.subscriptions
+        registry = self.subscriptions
         registry.add(ns.key, subject, mailbox)
         try:
-            await self.announce_ready()
+            await call.ready()
             while (delivery := await mailbox.get()) is not None:
                 msg = delivery.message
                 yield pb.MessageResponse(
@@ -124,17 +136,19 @@ class MessagingHandlers(Handlers):
             registry.remove(ns.key, subject, mailbox)
             await sub.unsubscribe()
 
-    async def unsubscribe(self, message: pb.UnsubscribeRequest) -> pb.UnsubscribeResponse:
+    async def unsubscribe(
+        self, call: Call, message: pb.UnsubscribeRequest
+    ) -> pb.UnsubscribeResponse:
         """Ends this tenant's streams on exactly that subject; success=false when none was open."""
-        ns = await self.namespace(message)
+        ns = call.ns
         ns.pattern(message.subject)  # same rules as Subscribe
-        ended = self.deps.subscriptions.end(ns.key, message.subject)
+        ended = self.subscriptions.end(ns.key, message.subject)
         return pb.UnsubscribeResponse(success=ended > 0)
 
-    async def request(self, message: pb.RequestRequest) -> pb.RequestResponse:
-        ns = await self.namespace(message)
+    async def request(self, call: Call, message: pb.RequestRequest) -> pb.RequestResponse:
+        ns = call.ns
         subject = ns.subject(message.subject)
-        timeout = self.timeout(message.timeout, self.settings.request_timeout, "timeout")
+        timeout = call.timeout(message.timeout, self.settings.request_timeout, "timeout")
         reply = await self.adapter.request(
             subject,
             message.data,

@@ -9,14 +9,16 @@ NATS keeps checked on the way in and on the way out.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 
 from natsgw._generated.isa import nats as pb
+from natsgw.adapter import NatsAdapter
 from natsgw.adapter.objects import ObjectStoreClient
 from natsgw.adapter.types import BucketDefaults, ObjectStat
+from natsgw.config import Settings
 from natsgw.errors import InvalidArgument, ResourceExhausted
-from natsgw.service.base import Handlers
-from natsgw.tenancy import check_object_name
+from natsgw.pipeline.call import Call
+from natsgw.tenancy import Namespace, check_object_name
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 #: Bytes of an ObjectGetResponse besides the content and metadata (tags, lengths, found).
@@ -52,9 +54,16 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-class ObjectStoreHandlers(Handlers):
+class ObjectStoreService:
+    """Object buckets of the caller's namespace."""
+
+    def __init__(self, settings: Settings, adapter: NatsAdapter) -> None:
+        self.settings = settings
+        self.adapter = adapter
+        self.store = ObjectStoreClient(adapter, timeout=settings.request_timeout)
+
     def _objects(self) -> ObjectStoreClient:
-        return ObjectStoreClient(self.adapter, timeout=self.settings.request_timeout)
+        return self.store
 
     def _object_defaults(self) -> BucketDefaults:
         s = self.settings
@@ -86,8 +95,8 @@ class ObjectStoreHandlers(Handlers):
 
     # -- the original four ------------------------------------------------------------------------
 
-    async def object_put(self, message: pb.ObjectPutRequest) -> pb.ObjectPutResponse:
-        ns = await self.namespace(message)
+    async def object_put(self, call: Call, message: pb.ObjectPutRequest) -> pb.ObjectPutResponse:
+        ns = call.ns
         bucket = ns.object_bucket(message.bucket)
         check_object_name(message.object_name)
         _check_metadata(message.metadata)
@@ -102,17 +111,16 @@ class ObjectStoreHandlers(Handlers):
         return await self._put(bucket, message.object_name, _one(message.data), message.metadata)
 
     async def _stat(
-        self, message: pb.ObjectGetRequest
+        self, ns: Namespace, message: pb.ObjectGetRequest
     ) -> tuple[str, ObjectStoreClient, ObjectStat | None]:
         """The caller's bucket, the store, and the object's facts (None when it is missing)."""
-        ns = await self.namespace(message)
         bucket = ns.object_bucket(message.bucket)
         check_object_name(message.object_name)
         objects = self._objects()
         return bucket, objects, await objects.stat(bucket, message.object_name)
 
-    async def object_get(self, message: pb.ObjectGetRequest) -> pb.ObjectGetResponse:
-        bucket, objects, stat = await self._stat(message)
+    async def object_get(self, call: Call, message: pb.ObjectGetRequest) -> pb.ObjectGetResponse:
+        bucket, objects, stat = await self._stat(call.ns, message)
         if stat is None:
             return pb.ObjectGetResponse(found=False)
         limit = self.settings.max_message_size
@@ -128,16 +136,18 @@ class ObjectStoreHandlers(Handlers):
             data += chunk
         return pb.ObjectGetResponse(found=True, data=bytes(data), metadata=dict(stat.metadata))
 
-    async def object_delete(self, message: pb.ObjectDeleteRequest) -> pb.ObjectDeleteResponse:
+    async def object_delete(
+        self, call: Call, message: pb.ObjectDeleteRequest
+    ) -> pb.ObjectDeleteResponse:
         """Idempotent: success once the object is gone (also when there was none)."""
-        ns = await self.namespace(message)
+        ns = call.ns
         bucket = ns.object_bucket(message.bucket)
         check_object_name(message.object_name)
         await self._objects().delete(bucket, message.object_name)
         return pb.ObjectDeleteResponse(success=True)
 
-    async def object_list(self, message: pb.ObjectListRequest) -> pb.ObjectListResponse:
-        ns = await self.namespace(message)
+    async def object_list(self, call: Call, message: pb.ObjectListRequest) -> pb.ObjectListResponse:
+        ns = call.ns
         bucket = ns.object_bucket(message.bucket)
         stats = await self._objects().list(bucket)
         return pb.ObjectListResponse(objects=[_info(s) for s in stats])
@@ -145,15 +155,18 @@ class ObjectStoreHandlers(Handlers):
     # -- streaming --------------------------------------------------------------------------------
 
     async def object_put_stream(
-        self, messages: AsyncIterator[pb.ObjectPutStreamRequest]
+        self,
+        call: Call,
+        first: pb.ObjectPutStreamRequest,
+        messages: AsyncIterator[pb.ObjectPutStreamRequest],
     ) -> pb.ObjectPutResponse:
-        first = await anext(messages, None)
-        if first is None or first.header is None:
+        """``first`` carries the header (the pipeline checked it is there); chunks follow."""
+        header = first.header
+        if header is None:
             raise InvalidArgument(
                 "header", "the first ObjectPutStream message must carry the header"
             )
-        header = first.header
-        ns = await self.namespace(header)
+        ns = call.ns
         bucket = ns.object_bucket(header.bucket, "header.bucket")
         check_object_name(header.object_name, "header.object_name")
         _check_metadata(header.metadata, "header.metadata")
@@ -173,9 +186,9 @@ class ObjectStoreHandlers(Handlers):
         return await self._put(bucket, header.object_name, content(), header.metadata, expected)
 
     async def object_get_stream(
-        self, message: pb.ObjectGetRequest
-    ) -> AsyncIterator[pb.ObjectGetStreamResponse]:
-        bucket, objects, stat = await self._stat(message)
+        self, call: Call, message: pb.ObjectGetRequest
+    ) -> AsyncGenerator[pb.ObjectGetStreamResponse, None]:
+        bucket, objects, stat = await self._stat(call.ns, message)
         if stat is None:
             yield pb.ObjectGetStreamResponse(found=False)
             return

@@ -18,9 +18,12 @@ import datetime
 import structlog
 
 from natsgw._generated.isa import nats as pb
+from natsgw.adapter.jetstream import JetStreamAdapter
+from natsgw.config import Settings
 from natsgw.errors import GatewayError
-from natsgw.service.jetstream import JetStreamHandlers
-from natsgw.service.jetstream_wire import tenant_errors
+from natsgw.ops.monitoring import NatsMonitor
+from natsgw.pipeline.call import Call
+from natsgw.service.jetstream import own_streams
 
 log = structlog.get_logger("natsgw.service.stats")
 
@@ -32,16 +35,23 @@ def _int(value: object) -> int:
         return 0
 
 
-class StatisticsHandlers(JetStreamHandlers):
-    """Statistics of JetStream streams: shares the JetStream handlers' adapter and listing."""
+class StatisticsService:
+    """Statistics of the caller's JetStream streams (same JetStream adapter as the JetStream
+    service), plus the server's counters from the monitoring endpoint."""
 
-    @tenant_errors
-    async def get_statistics(self, message: pb.GetStatisticsRequest) -> pb.GetStatisticsResponse:
-        ns = await self.namespace(message)
-        own = await self.own_streams(ns)
+    def __init__(self, settings: Settings, js: JetStreamAdapter, monitor: NatsMonitor) -> None:
+        self.settings = settings
+        self.js = js
+        self.monitor = monitor
+
+    async def get_statistics(
+        self, call: Call, message: pb.GetStatisticsRequest
+    ) -> pb.GetStatisticsResponse:
+        ns = call.ns
+        own = await own_streams(self.js, ns)
         varz: dict[str, object] = {}
         try:
-            varz = await self.deps.monitor.varz()
+            varz = await self.monitor.varz()
         except GatewayError as exc:
             log.warning("nats_monitor_unavailable", error=exc.message)
         return pb.GetStatisticsResponse(
@@ -56,13 +66,11 @@ class StatisticsHandlers(JetStreamHandlers):
             out_bytes=_int(varz.get("out_bytes")),
         )
 
-    @tenant_errors
     async def get_stream_stats(
-        self, message: pb.GetStreamStatsRequest
+        self, call: Call, message: pb.GetStreamStatsRequest
     ) -> pb.GetStreamStatsResponse:
-        ns = await self.namespace(message)
-        name = ns.stream(message.stream_name)
-        js = self.jetstream_parts.js
+        name = call.ns.stream(message.stream_name)
+        js = self.js
         details = await js.stream_info(name)
         state = details.state
         window = self.settings.stream_stats_window

@@ -20,6 +20,7 @@ from natsgw.tenancy.namespace import (
     tenant_key,
     unescape_id,
 )
+from natsgw.tenancy.redact import public_text
 
 __all__ = [
     "MAX_NAME_BYTES",
@@ -33,6 +34,7 @@ __all__ = [
     "check_subject",
     "escape_id",
     "kv_watch_pattern",
+    "public_text",
     "tenant_key",
     "unescape_id",
 ]

@@ -39,7 +39,10 @@ async def test_allowed_and_refused_calls_reach_loki_as_structured_events(
     await loki.start()
     try:
         gw = await make_gateway(
-            loki_url=loki.url, loki_flush_interval=0.05, service_hostname="gw-audit-1"
+            loki_url=loki.url,
+            loki_flush_interval=0.05,
+            service_hostname="gw-audit-1",
+            audit_data_plane=True,  # successful publishes are audited only when asked for
         )
         channel = Channel("127.0.0.1", gw.port)
         stub = pb.NatsServiceStub(channel)
@@ -117,6 +120,7 @@ async def test_acting_for_another_user_is_recorded(
             loki_flush_interval=0.05,
             auth_mode=AuthMode.TOKEN,
             auth_tokens_file=path,
+            audit_data_plane=True,
         )
         channel = Channel("127.0.0.1", gw.port)
         stub = pb.NatsServiceStub(channel)
@@ -140,7 +144,7 @@ async def test_loki_failures_are_retried_with_backoff(make_gateway: GatewayFacto
     loki = FakeLoki(fail_first=2)
     await loki.start()
     try:
-        gw = await make_gateway(loki_url=loki.url, loki_flush_interval=0.05)
+        gw = await make_gateway(loki_url=loki.url, loki_flush_interval=0.05, audit_data_plane=True)
         channel = Channel("127.0.0.1", gw.port)
         stub = pb.NatsServiceStub(channel)
         await stub.publish(
@@ -157,7 +161,9 @@ async def test_loki_failures_are_retried_with_backoff(make_gateway: GatewayFacto
 
 async def test_a_dead_loki_never_slows_or_fails_calls(make_gateway: GatewayFactory) -> None:
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    gw = await make_gateway(loki_url=dead, audit_queue_size=5, loki_flush_interval=0.05)
+    gw = await make_gateway(
+        loki_url=dead, audit_queue_size=5, loki_flush_interval=0.05, audit_data_plane=True
+    )
     channel = Channel("127.0.0.1", gw.port)
     stub = pb.NatsServiceStub(channel)
     user = tenant()
@@ -177,6 +183,34 @@ async def test_a_dead_loki_never_slows_or_fails_calls(make_gateway: GatewayFacto
     assert shipper is not None
     assert audit.dropped + audit.queue_depth + shipper._in_flight == audit.recorded
     assert audit.dropped >= 40 - 2 * 5
+
+
+async def test_by_default_the_data_plane_is_audited_only_when_refused(
+    make_gateway: GatewayFactory,
+) -> None:
+    """Successful publishes cost no audit event; control-plane changes and refusals always do."""
+    import structlog
+
+    gw = await make_gateway()
+    channel = Channel("127.0.0.1", gw.port)
+    stub = pb.NatsServiceStub(channel)
+    user = tenant("quiet")
+    try:
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(5):
+                assert (await stub.publish(pb.PublishRequest(user_id=user, subject="x"))).success
+            with pytest.raises(GRPCError):
+                await stub.publish(pb.PublishRequest(user_id=user, subject="bad subject"))
+            await stub.create_stream(
+                pb.CreateStreamRequest(
+                    user_id=user, config=pb.StreamConfig(name="audited", subjects=["a.>"])
+                )
+            )
+            await stub.delete_stream(pb.DeleteStreamRequest(user_id=user, stream_name="audited"))
+    finally:
+        channel.close()
+    events = [(e["rpc"], e["outcome"]) for e in logs if e["event"] == "audit"]
+    assert events == [("Publish", "refused"), ("CreateStream", "ok"), ("DeleteStream", "ok")]
 
 
 async def test_shipper_queue_is_bounded_and_counts_drops() -> None:
@@ -254,6 +288,7 @@ async def test_request_id_is_echoed_in_response_headers(make_gateway: GatewayFac
                 )
                 await stream.recv_initial_metadata()
                 assert (await stream.recv_message()).success
+                assert stream.initial_metadata is not None
                 echoed = stream.initial_metadata["x-request-id"]
             if sent:
                 assert echoed == sent

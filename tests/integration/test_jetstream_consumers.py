@@ -267,7 +267,7 @@ async def test_replay_original_keeps_the_original_pace(stub: pb.NatsServiceStub)
     loop = asyncio.get_running_loop()
 
     async def both(consumer: str) -> float:
-        started, got = loop.time(), []
+        started, got = loop.time(), list[bytes]()
         while len(got) < 2:
             got += [m.data for m in await pull(stub, user, "pace", consumer, batch=2, wait=2.0)]
         assert got == [b"one", b"two"]

@@ -9,7 +9,7 @@ from grpclib.client import Channel
 from grpclib.const import Status
 
 from natsgw._generated.isa import nats as pb
-from natsgw.auth.identity import Principal, Scope
+from natsgw.auth.identity import Metadata, Principal, Scope
 from natsgw.errors import PermissionDenied
 from natsgw.ops.embedded import EmbeddedNatsServer
 from natsgw.server import Gateway
@@ -24,7 +24,9 @@ class MembersAuthenticator:
     def __init__(self, members: dict[str, set[str]]) -> None:
         self.members = members
 
-    async def authenticate(self, user_id: str, organization_id: str, scope: Scope) -> Principal:
+    async def authenticate(
+        self, metadata: Metadata, user_id: str, organization_id: str, scope: Scope
+    ) -> Principal:
         if scope is Scope.ORGANIZATION:
             if user_id not in self.members.get(organization_id, set()):
                 raise PermissionDenied(f"{user_id} is not a member of {organization_id}")

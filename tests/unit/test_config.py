@@ -63,3 +63,9 @@ def test_secrets_never_appear_in_errors() -> None:
     with pytest.raises(ConfigError, match=r"NATSGW_ACK_TOKEN_SECRET=\*\*\*") as info:
         Settings.from_env({"NATSGW_ACK_TOKEN_SECRET": "short"})
     assert "short" not in str(info.value)
+
+
+def test_settings_defaults_are_the_environment_defaults() -> None:
+    """Settings() in code and an empty environment mean the same gateway (data_dir included)."""
+    assert Settings() == Settings.from_env({})
+    assert Settings().data_dir == Settings.from_env({}).data_dir != Path("natsgw-data")

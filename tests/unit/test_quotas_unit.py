@@ -1,4 +1,4 @@
-"""Pure parts of natsgw.pipeline.quotas: the token bucket, the call planner, the policy file."""
+"""Pure parts of natsgw.pipeline.quotas: the token bucket, RPC costs, the policy file."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from natsgw._generated.isa import nats as pb
 from natsgw.config import ConfigError, Settings
-from natsgw.pipeline.quotas import Kind, Limits, QuotaPolicy, TokenBucket, plan_for, words
+from natsgw.pipeline.policy import POLICIES, SERVICE
+from natsgw.pipeline.quotas import Cost, Kind, Limits, QuotaPolicy, TokenBucket
 from natsgw.tenancy import Tenant
 
 
@@ -43,33 +44,46 @@ def test_token_bucket_never_grants_more_than_burst_plus_rate_times_time(
     assert granted <= burst + rate * now + 1e-6
 
 
-def test_words_split_rpc_names() -> None:
-    assert words("KVCreateBucket") == ["KV", "Create", "Bucket"]
-    assert words("PublishToStreamBatch") == ["Publish", "To", "Stream", "Batch"]
-    assert words("ObjectPutStream") == ["Object", "Put", "Stream"]
+def cost(rpc: str) -> Cost:
+    row = POLICIES[SERVICE + rpc].cost
+    assert row is not None, f"{rpc} costs nothing"
+    return row
 
 
-def test_plan_for_known_and_new_rpcs() -> None:
+def test_costs_of_rpcs_come_from_their_policy_rows() -> None:
     create = pb.CreateStreamRequest(config=pb.StreamConfig(name="orders"))
-    assert plan_for("CreateStream", create).creates is Kind.STREAM
-    assert plan_for("CreateStream", create).max_bytes_at == "config"
+    c = cost("CreateStream")
+    assert (c.kind, c.creates, c.name(create)) == (Kind.STREAM, True, "orders")
+    assert c.max_bytes is not None and c.max_bytes(create) == 0
     consumer = pb.CreateConsumerRequest(
         stream_name="orders", config=pb.ConsumerConfig(durable_name="w")
     )
-    plan = plan_for("CreateConsumer", consumer)
-    assert (plan.creates, plan.name, plan.stream) == (Kind.CONSUMER, "w", "orders")
-    assert plan_for("KVPut", pb.KvPutRequest(bucket="b")).creates is Kind.KV_BUCKET
-    assert plan_for("KVGet", pb.KvGetRequest(bucket="b")).creates is None
-    bucket = plan_for("KVCreateBucket", pb.KvCreateBucketRequest(bucket="b"))
-    assert (bucket.creates, bucket.max_bytes_at) == (Kind.KV_BUCKET, "request")
+    c = cost("CreateConsumer")
+    assert (c.kind, c.name(consumer), c.stream(consumer)) == (Kind.CONSUMER, "w", "orders")
+    assert cost("KVPut").kind is Kind.KV_BUCKET and cost("KVPut").creates
+    assert POLICIES[SERVICE + "KVGet"].cost is None
+    bucket = cost("KVCreateBucket")
+    assert bucket.kind is Kind.KV_BUCKET and bucket.max_bytes_field == "max_bytes"
     streamed = pb.ObjectPutStreamRequest(header=pb.ObjectPutHeader(bucket="files"))
-    assert plan_for("ObjectPutStream", streamed).creates is Kind.OBJECT_BUCKET
+    assert cost("ObjectPutStream").kind is Kind.OBJECT_BUCKET
+    assert cost("ObjectPutStream").name(streamed) == "files"
     batch = pb.PublishBatchRequest(messages=[pb.NatsMessage(), pb.NatsMessage()])
-    assert plan_for("PublishBatch", batch).publishes == 2
-    assert plan_for("Request", pb.RequestRequest()).publishes == 1
-    assert plan_for("Subscribe", pb.SubscribeRequest()).publishes == 0
+    publishes = cost("PublishBatch").publishes
+    assert publishes is not None and publishes(batch) == 2
+    request_publishes = cost("Request").publishes
+    assert request_publishes is not None and request_publishes(pb.RequestRequest()) == 1
+    assert POLICIES[SERVICE + "Subscribe"].cost is None
     # Consume's max_bytes is flow control, not a stream size.
-    assert plan_for("Consume", pb.ConsumeRequest(max_bytes=5)).max_bytes_at == ""
+    assert POLICIES[SERVICE + "Consume"].cost is None
+
+
+def test_a_filled_in_byte_limit_is_a_copy() -> None:
+    c = cost("CreateStream")
+    assert c.with_max_bytes is not None
+    request = pb.CreateStreamRequest(config=pb.StreamConfig(name="orders"))
+    limited = c.with_max_bytes(request, 1024)
+    assert limited.config is not None and limited.config.max_bytes == 1024
+    assert request.config is not None and request.config.max_bytes == 0
 
 
 def test_policy_file_overrides_per_tenant() -> None:

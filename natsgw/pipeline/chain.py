@@ -1,0 +1,360 @@
+"""The call pipeline: what every RPC goes through, in order, installed once for all of them.
+
+:meth:`Pipeline.handler` turns a service object's method into grpclib's handler for one RPC path.
+Every call then takes these steps, each a small method below (read top to bottom)::
+
+    1. refuse while draining        UNAVAILABLE once shutdown began (before anything is counted)
+    2. in-flight + metrics start    counted so shutdown can wait; natsgw_rpc_in_flight
+    3. receive the request          the first message (for a streamed put: its header message)
+    4. identity                     authenticate ONCE from metadata + the request's ids
+                                    (skipped for public RPCs: HealthCheck)
+    5. namespace                    the principal's Namespace, handed to the handler in ``call.ns``
+    6. quotas                       the RPC's Cost (natsgw.pipeline.policy) against the tenant's
+                                    limits; may hand the handler an adjusted copy of the request
+    7. handler                      the service object's method: ``(call, request)``; streams are
+                                    async generators the pipeline OWNS and always ``aclose()``s,
+                                    so a cancelled or reset stream still runs its cleanup
+    8. deadline                     ``call.timeout()``/``call.time_left()`` bound every wait by the
+                                    client's deadline
+    9. error mapping                any exception -> one gRPC status (natsgw.errors), its text
+                                    rewritten so it names things the tenant's way (no NATS names)
+   10. finish                       quota ticket released, metrics recorded, audit event when the
+                                    RPC's audit rule asks for one, in-flight count released
+
+Nothing here allocates per call beyond one :class:`Call` (and the request id); no context
+variables, no proxies around grpclib's stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import re
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, cast
+
+import grpclib.server
+import structlog
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+from h2.exceptions import StreamClosedError
+
+from natsgw._generated.isa import nats as pb
+from natsgw.auth.identity import Authenticator, Scope
+from natsgw.errors import InvalidArgument, to_grpc_error
+from natsgw.ops.audit import AuditLog
+from natsgw.ops.metrics import Metrics
+from natsgw.pipeline.call import Call
+from natsgw.pipeline.policy import Audit, Policy
+from natsgw.pipeline.quotas import QuotaEnforcer, tenant_label
+from natsgw.tenancy import Namespace, Tenant, public_text
+
+log = structlog.get_logger("natsgw.pipeline")
+
+Stream = grpclib.server.Stream[Any, Any]
+Unary = Callable[[Call, Any], Awaitable[Any]]
+ServerStreaming = Callable[[Call, Any], AsyncGenerator[Any, None]]
+ClientStreaming = Callable[[Call, Any, AsyncIterator[Any]], Awaitable[Any]]
+Endpoint = Unary | ServerStreaming | ClientStreaming
+GrpcHandler = Callable[[Stream], Coroutine[Any, Any, None]]
+
+#: Statuses that mean the gateway refused the call (always audited).
+REFUSED = frozenset(
+    {
+        Status.UNAUTHENTICATED,
+        Status.PERMISSION_DENIED,
+        Status.RESOURCE_EXHAUSTED,
+        Status.INVALID_ARGUMENT,
+    }
+)
+#: Request fields that name what the tenant acts on, in the tenant's own terms.
+_RESOURCE_FIELDS = (
+    "stream_name", "consumer_name", "bucket", "key", "object_name", "subject", "queue_group",
+)  # fmt: skip
+_MAX_FIELD = 256
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class InFlight:
+    """Counts calls being served, so shutdown can wait for them to finish."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+@functools.lru_cache(maxsize=4096)
+def _namespace(tenant: Tenant, root: str) -> Namespace:
+    return Namespace(tenant, root)
+
+
+class Pipeline:
+    """The steps around every handler; one per gateway, configured once."""
+
+    def __init__(
+        self,
+        *,
+        authenticator: Authenticator,
+        metrics: Metrics,
+        audit: AuditLog,
+        quotas: QuotaEnforcer | None,
+        root: str,
+        audit_data_plane: bool = False,
+        in_flight: InFlight | None = None,
+    ) -> None:
+        self.authenticator = authenticator
+        self.metrics = metrics
+        self.audit = audit
+        self.quotas = quotas if quotas is not None and quotas.enabled else None
+        self.root = root
+        self.audit_data_plane = audit_data_plane
+        self.in_flight = in_flight or InFlight()
+        self.draining = False
+        self._public = functools.partial(public_text, root=root)
+
+    def handler(self, policy: Policy, cardinality: Cardinality, endpoint: Endpoint) -> GrpcHandler:
+        """grpclib's handler for one RPC: the steps above around ``endpoint``."""
+        audit_ok = policy.audit is Audit.ALWAYS or (
+            policy.audit is Audit.DATA_PLANE and self.audit_data_plane
+        )
+        if cardinality is Cardinality.UNARY_UNARY:
+            body = self._unary(cast(Unary, endpoint))
+        elif cardinality is Cardinality.UNARY_STREAM:
+            body = self._server_streaming(cast(ServerStreaming, endpoint))
+        elif cardinality is Cardinality.STREAM_UNARY:
+            body = self._client_streaming(cast(ClientStreaming, endpoint))
+        else:
+            raise ValueError(f"{policy.rpc}: bidirectional streams are not served")
+
+        async def serve(stream: Stream) -> None:
+            if self.draining:  # 1
+                raise GRPCError(Status.UNAVAILABLE, "the gateway is shutting down; retry elsewhere")
+            call = Call(policy, stream)  # 2
+            self.in_flight.enter()
+            self.metrics.started(policy.rpc)
+            started = time.perf_counter()
+            error: GRPCError | None = None
+            status = Status.OK
+            try:
+                call.request_id = _request_id(stream)
+                await body(call, stream)  # 3-8
+            except (asyncio.CancelledError, GeneratorExit):
+                status = Status.CANCELLED
+                raise
+            except (StreamClosedError, StreamTerminatedError):
+                # The client hung up while we were sending: a cancellation, not a failure.
+                status = Status.CANCELLED
+                raise asyncio.CancelledError from None
+            except Exception as exc:
+                error = self._map_error(policy, exc)  # 9
+                status = error.status
+                raise error from exc
+            finally:
+                self._finish(call, status, error, started, audit_ok)  # 10
+
+        return serve
+
+    # -- 3-7: receive, identity, namespace, quotas, handler -------------------------------------
+
+    def _unary(self, endpoint: Unary) -> Callable[[Call, Stream], Awaitable[None]]:
+        async def body(call: Call, stream: Stream) -> None:
+            request = await self._admit(call, await stream.recv_message())
+            reply = await endpoint(call, request)
+            if call.ticket is not None:
+                await call.ticket.created()
+            await self._send(call, stream, reply)
+
+        return body
+
+    def _server_streaming(
+        self, endpoint: ServerStreaming
+    ) -> Callable[[Call, Stream], Awaitable[None]]:
+        async def body(call: Call, stream: Stream) -> None:
+            request = await self._admit(call, await stream.recv_message())
+            replies = endpoint(call, request)
+            try:
+                async for reply in replies:
+                    await self._send(call, stream, reply)
+            finally:
+                # grpclib awaits its sends outside the handler's generator, so a cancelled or
+                # reset call would leave the generator suspended with its subscription open.
+                await replies.aclose()
+
+        return body
+
+    def _client_streaming(
+        self, endpoint: ClientStreaming
+    ) -> Callable[[Call, Stream], Awaitable[None]]:
+        async def body(call: Call, stream: Stream) -> None:
+            first = await self._admit(call, await stream.recv_message())
+            reply = await endpoint(call, first, _rest(stream))
+            if call.ticket is not None:
+                await call.ticket.created()
+            await self._send(call, stream, reply)
+
+        return body
+
+    async def _admit(self, call: Call, request: Any) -> Any:
+        """Steps 4-6: who calls, in which namespace, and whether quotas let it through."""
+        policy = call.policy
+        ids = request
+        if request is not None and policy.scope is not None:
+            ids = policy.scope(request)  # a streamed put: the ids are in its header
+        if ids is None:
+            if policy.scope is not None:
+                raise InvalidArgument(
+                    "header", f"the first {policy.rpc} message must carry the header"
+                )
+            raise InvalidArgument("request", f"{policy.rpc} needs a request message")
+        call.request = request
+        if policy.public:
+            return request
+        assert call.stream is not None
+        principal = await self.authenticator.authenticate(  # 4: the only authentication
+            call.stream.metadata or {},
+            ids.user_id,
+            ids.organization_id,
+            Scope.ORGANIZATION if ids.scope == pb.NamespaceScope.SCOPE_ORGANIZATION else Scope.USER,
+        )
+        call.principal = principal
+        ns = call.namespace = _namespace(principal.tenant, self.root)  # 5
+        if self.quotas is not None and policy.cost is not None:  # 6
+            admission = await self.quotas.admit(policy.cost, request, ns)
+            call.ticket = admission.ticket
+            return admission.request
+        return request
+
+    @staticmethod
+    async def _send(call: Call, stream: Stream, reply: Any) -> None:
+        if not call.headers_sent:
+            call.headers_sent = True
+            await stream.send_initial_metadata(metadata={"x-request-id": call.request_id})
+        await stream.send_message(reply)
+
+    # -- 9: error mapping -----------------------------------------------------------------------
+
+    def _map_error(self, policy: Policy, exc: Exception) -> GRPCError:
+        error = to_grpc_error(exc, self._public)
+        if error.status in (Status.INTERNAL, Status.UNKNOWN):
+            log.error("handler_failed", rpc=policy.rpc, exc_info=exc)
+        return error
+
+    # -- 10: finish: quota ticket, metrics, audit, in-flight ------------------------------------
+
+    def _finish(
+        self,
+        call: Call,
+        status: Status,
+        error: GRPCError | None,
+        started: float,
+        audit_ok: bool,
+    ) -> None:
+        try:
+            if call.ticket is not None:
+                call.ticket.release()
+            elapsed = time.perf_counter() - started
+            rpc = call.policy.rpc
+            failed = status is not Status.OK and status is not Status.CANCELLED
+            self.metrics.ended(rpc, status.name, elapsed, failed)
+            if status in REFUSED or (
+                audit_ok if status is Status.OK else call.policy.audit is not Audit.REFUSALS
+            ):
+                self._audit(call, status, error, elapsed)
+        finally:
+            self.in_flight.leave()
+
+    def _audit(self, call: Call, status: Status, error: GRPCError | None, elapsed: float) -> None:
+        principal = call.principal
+        if status is Status.OK:
+            outcome = "ok"
+        elif status in REFUSED:
+            outcome = "refused"
+        else:
+            outcome = "failed"
+        policy = call.policy
+        request = call.request
+        if request is not None and policy.scope is not None:
+            request = policy.scope(request)
+        event: dict[str, Any] = {
+            "rpc": policy.rpc,
+            "outcome": outcome,
+            "status": status.name,
+            "latency_ms": round(elapsed * 1000, 3),
+            "request_id": call.request_id,
+            "peer": _peer(call.stream.peer.addr()) if call.stream is not None else "",
+            "who": principal.authenticated_as if principal else "",
+            "auth": principal.method if principal else "",
+            "tenant": tenant_label(principal.tenant) if principal else "",
+            "resource": resource_of(request, call.request) if request is not None else {},
+        }
+        if principal is not None and principal.acting_as:
+            event["acting_as"] = True
+            event["on_behalf_of"] = principal.user_id
+        if error is not None and error.message:
+            event["reason"] = error.message[: _MAX_FIELD * 2]
+        self.audit.record(**event)
+
+
+def resource_of(target: Any, request: Any = None) -> dict[str, Any]:
+    """The names a request acts on, as the tenant sent them (never NATS names).
+
+    ``target`` is the part carrying the names (a streamed put's header), ``request`` the whole
+    message (for its batch size).
+    """
+    found: dict[str, Any] = {}
+    for name in _RESOURCE_FIELDS:
+        value = getattr(target, name, None)
+        if isinstance(value, str) and value:
+            found[name] = value[:_MAX_FIELD]
+    config = getattr(target, "config", None)
+    for name in ("name", "durable_name"):
+        value = getattr(config, name, None)
+        if isinstance(value, str) and value:
+            found[f"config.{name}"] = value[:_MAX_FIELD]
+    messages = getattr(request if request is not None else target, "messages", None)
+    if isinstance(messages, list):
+        found["messages"] = len(messages)
+    return found
+
+
+async def _rest(stream: Stream) -> AsyncIterator[Any]:
+    """The messages of a client stream after the first one."""
+    while (message := await stream.recv_message()) is not None:
+        yield message
+
+
+def _request_id(stream: Stream) -> str:
+    """The client's ``x-request-id`` when it is sane, else a new one (echoed in the headers)."""
+    given = stream.metadata.get("x-request-id") if stream.metadata else None
+    if isinstance(given, bytes):
+        given = given.decode("latin-1")
+    if given and _REQUEST_ID.fullmatch(given):
+        return given
+    return os.urandom(16).hex()
+
+
+def _peer(addr: object) -> str:
+    """``host:port`` of the caller (grpclib gives a socket address tuple)."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host = str(addr[0])
+        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+    return str(addr or "")
