@@ -37,3 +37,14 @@ def bench(session: nox.Session) -> None:
     """Throughput figures: unary Publish with 64 grpcio callers vs a bare grpclib echo."""
     session.install("-e", ".[test]")
     session.run("python", "scripts/bench_publish.py", *session.posargs)
+
+
+@nox.session(name="grpcio-stubs")
+def grpcio_stubs(session: nox.Session) -> None:
+    """grpcio stubs for your own code: nats_service_pb2(_grpc).py into examples/ (or posargs)."""
+    session.install("grpcio-tools==1.85.1")
+    out = session.posargs[0] if session.posargs else "examples"
+    session.run(
+        "python", "-m", "grpc_tools.protoc", "-Iapi", f"--python_out={out}",
+        f"--grpc_python_out={out}", "api/nats_service.proto",
+    )  # fmt: skip
