@@ -7,6 +7,7 @@ import asyncio
 import sys
 
 from natsgw import __version__
+from natsgw.client import cli as client_cli
 from natsgw.config import ConfigError, Settings
 from natsgw.ops.embedded import EmbeddedServerError
 from natsgw.ops.logs import configure
@@ -22,7 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the gateway until SIGTERM/SIGINT")
     sub.add_parser("check-config", help="parse the environment and print the settings")
+    client_cli.add_commands(sub)  # pub, sub, req, reply, stream, consume, kv, obj, smoke
     args = parser.parse_args(argv)
+    if getattr(args, "client_command", None) is not None:
+        return client_cli.run(args)
 
     try:
         settings = Settings.from_env()

@@ -179,6 +179,18 @@ class Client:
     ) -> None:
         self.close()
 
+    @property
+    def stub(self) -> pb.NatsServiceStub:
+        """The generated stub on this connection, for calls this class does not wrap.
+
+        Its requests need the identity fields: ``pb.XRequest(**client.identity(), ...)``.
+        """
+        return self._stub
+
+    def identity(self) -> dict[str, Any]:
+        """``user_id``, ``organization_id`` and ``scope`` as every request carries them."""
+        return self._identity.fields()
+
     def _ids(self) -> dict[str, Any]:
         return self._identity.fields()
 
@@ -255,7 +267,12 @@ class Client:
         Use ``async with client.subscribe(...) as sub`` to know the subscription is live before
         publishing, and to end it when the block ends.
         """
-        request = pb.SubscribeRequest(subject=subject, queue_group=queue_group, **self._ids())
+        if queue_group:  # NATS shares the messages among the group's subscribers
+            queued = pb.QueueSubscribeRequest(
+                subject=subject, queue_group=queue_group, **self._ids()
+            )
+            return self._stream("QueueSubscribe", queued, pb.MessageResponse, _msg, timeout=None)
+        request = pb.SubscribeRequest(subject=subject, **self._ids())
         return self._stream("Subscribe", request, pb.MessageResponse, _msg, timeout=None)
 
     async def unsubscribe(self, subject: str) -> bool:
