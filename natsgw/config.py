@@ -80,7 +80,7 @@ class Settings:
     slow_consumer_policy: SlowConsumerPolicy = SlowConsumerPolicy.CLOSE
     shutdown_grace: float = 10.0
     log_level: str = "info"
-    log_format: str = "json"
+    log_format: str = "auto"
     # JetStream (natsgw.service.jetstream, natsgw.tenancy.acks)
     #: HMAC key of ack tokens; empty: a random key per process, so only this replica can use them.
     ack_token_secret: str = ""
@@ -185,7 +185,7 @@ class Settings:
             ),
             shutdown_grace=e.get("NATSGW_SHUTDOWN_GRACE", _seconds, 10.0),
             log_level=e.get("NATSGW_LOG_LEVEL", _log_level, "info"),
-            log_format=e.get("NATSGW_LOG_FORMAT", _log_format, "json"),
+            log_format=e.get("NATSGW_LOG_FORMAT", _log_format, "auto"),
             ack_token_secret=e.get("NATSGW_ACK_TOKEN_SECRET", _secret, ""),
             delivery_memory_size=e.get("NATSGW_DELIVERY_MEMORY_SIZE", _positive, 100_000),
             delivery_memory_ttl=e.get("NATSGW_DELIVERY_MEMORY_TTL", _seconds, 3600.0),
@@ -470,6 +470,6 @@ def _secret(raw: str) -> str:
 
 def _log_format(raw: str) -> str:
     fmt = raw.lower()
-    if fmt not in ("json", "console"):
-        raise ValueError("expected json or console")
+    if fmt not in ("auto", "json", "console"):
+        raise ValueError("expected auto (console on a terminal, else json), json or console")
     return fmt
