@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+
+import structlog
 
 from natsgw import __version__
 from natsgw.client import cli as client_cli
-from natsgw.config import ConfigError, Settings
+from natsgw.config import ConfigError, Settings, describe, unknown_variables
 from natsgw.ops.embedded import EmbeddedServerError
 from natsgw.ops.logs import configure
 
@@ -34,13 +37,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"natsgw: configuration error: {exc}", file=sys.stderr)
         return 2
     configure(settings.log_level, settings.log_format)
+    for name, suggestion in unknown_variables(os.environ):  # most likely a typo
+        structlog.get_logger("natsgw.cli").warning(
+            "unknown_setting",
+            variable=name,
+            hint=f"did you mean {suggestion}?" if suggestion else "natsgw does not read it",
+        )
 
     if args.command == "check-config":
-        for name in settings.__slots__:
-            value = getattr(settings, name)
-            if value and name.endswith(("password", "token", "secret")):
-                value = "***"
-            print(f"{name} = {value!r}")
+        for variable, value in describe(settings):
+            print(f"{variable}={value}")
         return 0
 
     from natsgw.server import Gateway  # heavy imports only when serving

@@ -7,6 +7,7 @@ public interface; everything new is prefixed ``NATSGW_``. A malformed value rais
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -277,6 +278,67 @@ class Settings:
                 "accept that any client reaching the port can act as any user"
             )
         return self
+
+
+#: Settings read from the original service's variable names; every other one is NATSGW_<FIELD>.
+_SEED_VARIABLES = {
+    "nats_urls": "NATS_URLS",
+    "nats_username": "NATS_USERNAME",
+    "nats_password": "NATS_PASSWORD",
+    "nats_token": "NATS_TOKEN",
+    "nats_cluster_id": "NATS_CLUSTER_ID",
+    "jetstream_enabled": "NATS_JETSTREAM_ENABLED",
+    "jetstream_domain": "NATS_JETSTREAM_DOMAIN",
+    "grpc_host": "GRPC_HOST",
+    "grpc_port": "GRPC_PORT",
+    "service_name": "SERVICE_NAME",
+    "service_hostname": "SERVICE_HOSTNAME",
+    "loki_url": "LOKI_URL",
+    "consul_enabled": "CONSUL_ENABLED",
+    "consul_host": "CONSUL_HOST",
+    "consul_port": "CONSUL_PORT",
+}
+
+#: NATSGW_ variables read by natsgw's client commands (pub, sub, smoke ...), not by the gateway.
+CLIENT_VARIABLES = frozenset({"NATSGW_TARGET", "NATSGW_TOKEN", "NATSGW_USER_ID"})
+
+
+def variable_name(field: str) -> str:
+    """The environment variable that sets ``Settings.<field>``."""
+    return _SEED_VARIABLES.get(field) or f"NATSGW_{field.upper()}"
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """``NATSGW_*`` variables natsgw does not read (a likely typo), each with the closest name."""
+    known = {variable_name(f) for f in Settings.__slots__} | CLIENT_VARIABLES
+    return [
+        (name, next(iter(difflib.get_close_matches(name, known, n=1, cutoff=0.75)), None))
+        for name in sorted(env)
+        if name.startswith("NATSGW_") and name not in known
+    ]
+
+
+def describe(settings: Settings) -> list[tuple[str, str]]:
+    """Every setting as (variable, value as one would write it), secrets masked."""
+    return [
+        (variable_name(f), _plain(variable_name(f), getattr(settings, f)))
+        for f in Settings.__slots__
+    ]
+
+
+def _plain(name: str, value: object) -> str:
+    if value is None:
+        return ""
+    if _SECRET_NAME.search(name):
+        return "***" if value else ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(_plain(name, v) for v in value)
+    text = str(value)  # StrEnum: its value; Path: the path
+    return re.sub(r"//([^/@:]+):[^/@]*@", r"//\1:***@", text)  # passwords inside URLs
 
 
 class _Env:
