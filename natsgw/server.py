@@ -21,7 +21,6 @@ from grpclib.events import RecvRequest, SendInitialMetadata, listen
 from grpclib.exceptions import GRPCError
 from grpclib.health.check import ServiceCheck
 from grpclib.health.service import Health
-from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server
 
 from natsgw._generated import nats_service_pb2
@@ -44,6 +43,7 @@ from natsgw.service.base import Dependencies
 from natsgw.service.gateway import InFlight, NATSGateway
 from natsgw.wire import compression
 from natsgw.wire.codec import GatewayCodec, UpbBridge
+from natsgw.wire.reflection import DocumentedReflection
 
 log = structlog.get_logger("natsgw.server")
 
@@ -141,7 +141,7 @@ class Gateway:
             return adapter.connected
 
         health = Health({gateway: [ServiceCheck(nats_connected, check_ttl=2.0)]})
-        services = ServerReflection.extend([gateway, health])
+        services = DocumentedReflection.extend([gateway, health])
         self._server = Server(services, codec=build_codec(settings.max_message_size))
         listen(self._server, RecvRequest, self._on_request)
         listen(self._server, SendInitialMetadata, _echo_request_id)
