@@ -28,6 +28,7 @@ from natsgw.auth.identity import (
     current_call,
     current_record,
 )
+from natsgw.ops import tracing
 from natsgw.ops.audit import AuditLog
 from natsgw.ops.metrics import Metrics
 from natsgw.pipeline.quotas import QuotaEnforcer, Ticket, scoped, tenant_label, words
@@ -165,12 +166,14 @@ class _Call:
         self._record_token = current_record.set(self.record)
         self.request: Any = None
         self.ticket: Ticket | None = None
+        self.trace: tracing.CallTrace | None = None
         self.stream = _ObservedStream(stream, self)
         observer.metrics.started(self.rpc)
 
     async def admit(self, request: Any) -> None:
         """First request decoded: check credentials and quotas before the handler runs."""
         self.request = request
+        self.trace = tracing.on_request(self.rpc, request)  # traceparent -> NATS headers, span
         observer = self.observer
         auth = observer.authenticator
         if isinstance(auth, BearerAuthenticator) and self.rpc not in PUBLIC_RPCS:
@@ -198,6 +201,8 @@ class _Call:
             if self.ticket is not None:
                 self.ticket.release()
             status = Status.CANCELLED if cancelled else (error.status if error else Status.OK)
+            if self.trace is not None:
+                self.trace.end(status)
             elapsed = time.perf_counter() - self.started
             failed = status not in (Status.OK, Status.CANCELLED)
             self.observer.metrics.ended(self.rpc, status.name, elapsed, failed)
