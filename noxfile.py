@@ -20,8 +20,8 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff and mypy --strict on natsgw/."""
     session.install("-e", ".[dev]")
-    session.run("ruff", "check", "natsgw", "tests", "scripts", "noxfile.py")
-    session.run("ruff", "format", "--check", "natsgw", "tests", "scripts", "noxfile.py")
+    session.run("ruff", "check", "natsgw", "tests", "scripts", "examples", "noxfile.py")
+    session.run("ruff", "format", "--check", "natsgw", "tests", "scripts", "examples", "noxfile.py")
     session.run("mypy", "natsgw")
 
 
