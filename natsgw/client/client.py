@@ -730,9 +730,32 @@ class Client:
         return list(answer.objects)
 
 
-async def connect(target: str = f"127.0.0.1:{DEFAULT_PORT}", **options: Any) -> Client:
+async def connect(
+    target: str = f"127.0.0.1:{DEFAULT_PORT}",
+    *,
+    token: str = "",
+    user_id: str = "",
+    organization_id: str = "",
+    tls: ssl.SSLContext | bool = False,
+    ca_file: str | os.PathLike[str] | None = None,
+    cert_file: str | os.PathLike[str] | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+    timeout: float | None = 30.0,
+    metadata: Mapping[str, str] | None = None,
+) -> Client:
     """A :class:`Client` whose gateway has answered a health check (fails fast otherwise)."""
-    client = Client(target, **options)
+    client = Client(
+        target,
+        token=token,
+        user_id=user_id,
+        organization_id=organization_id,
+        tls=tls,
+        ca_file=ca_file,
+        cert_file=cert_file,
+        key_file=key_file,
+        timeout=timeout,
+        metadata=metadata,
+    )
     try:
         await client.health()
     except BaseException:

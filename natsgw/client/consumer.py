@@ -30,6 +30,8 @@ log = logging.getLogger("natsgw.client")
 
 #: NATS's ack_wait when the consumer sets none.
 DEFAULT_ACK_WAIT = 30.0
+#: Tokens per AckMessages call, so one call stays small however many messages are held.
+MAX_TOKENS_PER_CALL = 1000
 
 SendAcks = Callable[
     [list[str], AckAction, datetime.timedelta | None], Awaitable[pb.AckMessagesResponse]
@@ -96,6 +98,12 @@ class AckBatcher:
             await self._send_logged(tokens, action, delay)
 
     async def _send_logged(
+        self, tokens: list[str], action: AckAction, delay: datetime.timedelta | None
+    ) -> None:
+        for start in range(0, len(tokens), MAX_TOKENS_PER_CALL):
+            await self._send_some(tokens[start : start + MAX_TOKENS_PER_CALL], action, delay)
+
+    async def _send_some(
         self, tokens: list[str], action: AckAction, delay: datetime.timedelta | None
     ) -> None:
         try:
