@@ -10,7 +10,7 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.default_venv_backend = "venv"
 
 #: What ruff looks at (ruff's own config in pyproject.toml excludes the generated stubs).
-LINTED = ("natsgw", "tests", "scripts", "noxfile.py")
+LINTED = ("natsgw", "tests", "scripts", "examples", "noxfile.py")
 
 
 def _lint(session: nox.Session) -> None:
@@ -53,3 +53,14 @@ def bench(session: nox.Session) -> None:
     """
     session.install("-e", ".[test]")
     session.run("python", "-m", "scripts.bench", *session.posargs)
+
+
+@nox.session(name="grpcio-stubs")
+def grpcio_stubs(session: nox.Session) -> None:
+    """grpcio stubs for your own code: nats_service_pb2(_grpc).py into examples/ (or posargs)."""
+    session.install("grpcio-tools==1.85.1")
+    out = session.posargs[0] if session.posargs else "examples"
+    session.run(
+        "python", "-m", "grpc_tools.protoc", "-Iapi", f"--python_out={out}",
+        f"--grpc_python_out={out}", "api/nats_service.proto",
+    )  # fmt: skip

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
+import structlog
+
 from natsgw import __version__
-from natsgw.config import ConfigError, Settings
+from natsgw.client import cli as client_cli
+from natsgw.config import ConfigError, Settings, describe, unknown_variables
 from natsgw.ops.embedded import EmbeddedServerError
 from natsgw.ops.logs import configure
 
@@ -22,7 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the gateway until SIGTERM/SIGINT")
     sub.add_parser("check-config", help="parse the environment and print the settings")
+    client_cli.add_commands(sub)  # pub, sub, req, reply, stream, consume, kv, obj, smoke
     args = parser.parse_args(argv)
+    if getattr(args, "client_command", None) is not None:
+        return client_cli.run(args)
 
     try:
         settings = Settings.from_env()
@@ -30,13 +37,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"natsgw: configuration error: {exc}", file=sys.stderr)
         return 2
     configure(settings.log_level, settings.log_format)
+    for name, suggestion in unknown_variables(os.environ):  # most likely a typo
+        structlog.get_logger("natsgw.cli").warning(
+            "unknown_setting",
+            variable=name,
+            hint=f"did you mean {suggestion}?" if suggestion else "natsgw does not read it",
+        )
 
     if args.command == "check-config":
-        for name in settings.__slots__:
-            value = getattr(settings, name)
-            if value and name.endswith(("password", "token", "secret")):
-                value = "***"
-            print(f"{name} = {value!r}")
+        for variable, value in describe(settings):
+            print(f"{variable}={value}")
         return 0
 
     from natsgw.server import Gateway  # heavy imports only when serving

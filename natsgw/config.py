@@ -7,6 +7,7 @@ public interface; everything new is prefixed ``NATSGW_``. A malformed value rais
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -81,7 +82,7 @@ class Settings:
     slow_consumer_policy: SlowConsumerPolicy = SlowConsumerPolicy.CLOSE
     shutdown_grace: float = 10.0
     log_level: str = "info"
-    log_format: str = "json"
+    log_format: str = "auto"
     # JetStream (natsgw.service.jetstream, natsgw.tenancy.acks)
     #: HMAC key of ack tokens; empty: a random key per process, so only this replica can use them.
     ack_token_secret: str = ""
@@ -189,7 +190,7 @@ class Settings:
             ),
             shutdown_grace=e.get("NATSGW_SHUTDOWN_GRACE", _seconds, 10.0),
             log_level=e.get("NATSGW_LOG_LEVEL", _log_level, "info"),
-            log_format=e.get("NATSGW_LOG_FORMAT", _log_format, "json"),
+            log_format=e.get("NATSGW_LOG_FORMAT", _log_format, "auto"),
             ack_token_secret=e.get("NATSGW_ACK_TOKEN_SECRET", _secret, ""),
             delivery_memory_size=e.get("NATSGW_DELIVERY_MEMORY_SIZE", _positive, 100_000),
             delivery_memory_ttl=e.get("NATSGW_DELIVERY_MEMORY_TTL", _seconds, 3600.0),
@@ -282,6 +283,67 @@ class Settings:
                 "accept that any client reaching the port can act as any user"
             )
         return self
+
+
+#: Settings read from the original service's variable names; every other one is NATSGW_<FIELD>.
+_SEED_VARIABLES = {
+    "nats_urls": "NATS_URLS",
+    "nats_username": "NATS_USERNAME",
+    "nats_password": "NATS_PASSWORD",
+    "nats_token": "NATS_TOKEN",
+    "nats_cluster_id": "NATS_CLUSTER_ID",
+    "jetstream_enabled": "NATS_JETSTREAM_ENABLED",
+    "jetstream_domain": "NATS_JETSTREAM_DOMAIN",
+    "grpc_host": "GRPC_HOST",
+    "grpc_port": "GRPC_PORT",
+    "service_name": "SERVICE_NAME",
+    "service_hostname": "SERVICE_HOSTNAME",
+    "loki_url": "LOKI_URL",
+    "consul_enabled": "CONSUL_ENABLED",
+    "consul_host": "CONSUL_HOST",
+    "consul_port": "CONSUL_PORT",
+}
+
+#: NATSGW_ variables read by natsgw's client commands (pub, sub, smoke ...), not by the gateway.
+CLIENT_VARIABLES = frozenset({"NATSGW_TARGET", "NATSGW_TOKEN", "NATSGW_USER_ID"})
+
+
+def variable_name(field: str) -> str:
+    """The environment variable that sets ``Settings.<field>``."""
+    return _SEED_VARIABLES.get(field) or f"NATSGW_{field.upper()}"
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """``NATSGW_*`` variables natsgw does not read (a likely typo), each with the closest name."""
+    known = {variable_name(f) for f in Settings.__slots__} | CLIENT_VARIABLES
+    return [
+        (name, next(iter(difflib.get_close_matches(name, known, n=1, cutoff=0.75)), None))
+        for name in sorted(env)
+        if name.startswith("NATSGW_") and name not in known
+    ]
+
+
+def describe(settings: Settings) -> list[tuple[str, str]]:
+    """Every setting as (variable, value as one would write it), secrets masked."""
+    return [
+        (variable_name(f), _plain(variable_name(f), getattr(settings, f)))
+        for f in Settings.__slots__
+    ]
+
+
+def _plain(name: str, value: object) -> str:
+    if value is None:
+        return ""
+    if _SECRET_NAME.search(name):
+        return "***" if value else ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(_plain(name, v) for v in value)
+    text = str(value)  # StrEnum: its value; Path: the path
+    return re.sub(r"//([^/@:]+):[^/@]*@", r"//\1:***@", text)  # passwords inside URLs
 
 
 class _Env:
@@ -475,6 +537,6 @@ def _secret(raw: str) -> str:
 
 def _log_format(raw: str) -> str:
     fmt = raw.lower()
-    if fmt not in ("json", "console"):
-        raise ValueError("expected json or console")
+    if fmt not in ("auto", "json", "console"):
+        raise ValueError("expected auto (console on a terminal, else json), json or console")
     return fmt

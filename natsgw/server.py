@@ -17,7 +17,6 @@ import betterproto2
 import structlog
 from grpclib.health.check import ServiceCheck
 from grpclib.health.service import Health
-from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server
 
 from natsgw._generated import nats_service_pb2
@@ -40,6 +39,7 @@ from natsgw.pipeline.quotas import QuotaEnforcer, QuotaPolicy
 from natsgw.service.gateway import NATSGateway, Services
 from natsgw.wire import compression
 from natsgw.wire.codec import GatewayCodec, UpbBridge
+from natsgw.wire.reflection import DocumentedReflection
 
 log = structlog.get_logger("natsgw.server")
 
@@ -133,7 +133,7 @@ class Gateway:
 
         health = Health({gateway: [ServiceCheck(nats_connected, check_ttl=2.0)]})
         self._server = Server(
-            ServerReflection.extend([gateway, health]),
+            DocumentedReflection.extend([gateway, health]),
             codec=build_codec(settings.max_message_size),
         )
         sock = bind_tcp(settings.grpc_host, settings.grpc_port)

@@ -3,7 +3,7 @@
 Two generators, one source:
 - betterproto2 dataclasses with grpclib server bases and async client stubs (what handlers use);
 - Google's upb ``_pb2`` module (the fast codec for hot messages and the descriptors that server
-  reflection serves).
+  reflection serves), plus the file with its comments (``nats_service.binpb``) for reflection.
 
 ``--check DIR`` writes into DIR instead, so a test can compare the output with the committed files.
 """
@@ -44,6 +44,16 @@ def generate(out: Path) -> None:
     )
     subprocess.run(
         [*protoc, f"--python_out={out}", f"--pyi_out={out}", str(PROTO)],
+        check=True,
+    )
+    # The same file with its comments, for server reflection (natsgw.wire.reflection).
+    subprocess.run(
+        [
+            *protoc,
+            "--include_source_info",
+            f"--descriptor_set_out={out / 'nats_service.binpb'}",
+            str(PROTO),
+        ],
         check=True,
     )
 

@@ -16,6 +16,7 @@ from natsgw.tenancy import Namespace
 if TYPE_CHECKING:
     import grpclib.server
 
+    from natsgw.ops.tracing import CallTrace
     from natsgw.pipeline.policy import Policy
     from natsgw.pipeline.quotas import Ticket
 
@@ -35,6 +36,7 @@ class Call:
         "request_id",
         "stream",
         "ticket",
+        "trace",
     )
 
     def __init__(self, policy: Policy, stream: grpclib.server.Stream[Any, Any] | None) -> None:
@@ -45,6 +47,8 @@ class Call:
         self.principal: Principal | None = None
         self.ticket: Ticket | None = None
         self.headers_sent = False
+        #: The caller's trace context (W3C traceparent / OpenTelemetry span), when it sent one.
+        self.trace: CallTrace | None = None
         #: Set by the pipeline's namespace step; None for public RPCs.
         self.namespace: Namespace | None = None
 

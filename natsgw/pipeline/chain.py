@@ -5,7 +5,8 @@ Every call then takes these steps, each a small method below (read top to bottom
 
     1. refuse while draining        UNAVAILABLE once shutdown began (before anything is counted)
     2. in-flight + metrics start    counted so shutdown can wait; natsgw_rpc_in_flight
-    3. receive the request          the first message (for a streamed put: its header message)
+    3. receive the request          the first message (for a streamed put: its header message);
+                                    a W3C traceparent is stamped on what it publishes (ops.tracing)
     4. identity                     authenticate ONCE from metadata + the request's ids
                                     (skipped for public RPCs: HealthCheck)
     5. namespace                    the principal's Namespace, handed to the handler in ``call.ns``
@@ -44,6 +45,7 @@ from h2.exceptions import StreamClosedError
 from natsgw._generated.isa import nats as pb
 from natsgw.auth.identity import Authenticator, Scope
 from natsgw.errors import InvalidArgument, to_grpc_error
+from natsgw.ops import tracing
 from natsgw.ops.audit import AuditLog
 from natsgw.ops.metrics import Metrics
 from natsgw.pipeline.call import Call
@@ -226,11 +228,13 @@ class Pipeline:
                 )
             raise InvalidArgument("request", f"{policy.rpc} needs a request message")
         call.request = request
+        assert call.stream is not None
+        metadata: Any = call.stream.metadata or {}
+        call.trace = tracing.on_request(policy.rpc, request, metadata)
         if policy.public:
             return request
-        assert call.stream is not None
         principal = await self.authenticator.authenticate(  # 4: the only authentication
-            call.stream.metadata or {},
+            metadata,
             ids.user_id,
             ids.organization_id,
             Scope.ORGANIZATION if ids.scope == pb.NamespaceScope.SCOPE_ORGANIZATION else Scope.USER,
@@ -271,6 +275,8 @@ class Pipeline:
         try:
             if call.ticket is not None:
                 call.ticket.release()
+            if call.trace is not None:
+                call.trace.end(status)
             elapsed = time.perf_counter() - started
             rpc = call.policy.rpc
             failed = status is not Status.OK and status is not Status.CANCELLED

@@ -138,6 +138,10 @@ betterproto2.check_compiler_version(_COMPILER_VERSION)
 
 
 class AckAction(betterproto2.Enum):
+    """
+    How a delivery is settled.
+    """
+
     ACK = 0
 
     NAK = 1
@@ -172,6 +176,10 @@ class AckAction(betterproto2.Enum):
 
 
 class AckPolicy(betterproto2.Enum):
+    """
+    Which deliveries must be acknowledged.
+    """
+
     ACK_EXPLICIT = 0
 
     ACK_ALL = 1
@@ -208,6 +216,10 @@ class BucketStorage(betterproto2.Enum):
 
 
 class DeliveryPolicy(betterproto2.Enum):
+    """
+    Where a new consumer starts in the stream.
+    """
+
     DELIVERY_ALL = 0
 
     DELIVERY_LAST = 1
@@ -224,6 +236,8 @@ class DeliveryPolicy(betterproto2.Enum):
 class DiscardPolicy(betterproto2.Enum):
     """
     ---- natsgw: JetStream additions ----
+
+    What a stream does when a limit is reached.
     """
 
     DISCARD_OLD = 0
@@ -275,12 +289,20 @@ class NamespaceScope(betterproto2.Enum):
 
 
 class ReplayPolicy(betterproto2.Enum):
+    """
+    How fast stored messages are delivered: at once, or at their original pace.
+    """
+
     REPLAY_INSTANT = 0
 
     REPLAY_ORIGINAL = 1
 
 
 class RetentionPolicy(betterproto2.Enum):
+    """
+    When a stream removes messages.
+    """
+
     RETENTION_LIMITS = 0
 
     RETENTION_INTEREST = 1
@@ -289,6 +311,10 @@ class RetentionPolicy(betterproto2.Enum):
 
 
 class StorageType(betterproto2.Enum):
+    """
+    Where a stream keeps its messages.
+    """
+
     STORAGE_FILE = 0
 
     STORAGE_MEMORY = 1
@@ -296,15 +322,30 @@ class StorageType(betterproto2.Enum):
 
 @dataclass(eq=False, repr=False)
 class AckMessageRequest(betterproto2.Message):
+    """
+    AckMessage: settle one delivery, by ack_token (or, for old clients, by stream, consumer and
+    sequence).
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
     consumer_name: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
 
     sequence: "int" = betterproto2.field(5, betterproto2.TYPE_INT64)
+    """
+    Old clients: the stream sequence of a delivery this replica made recently.
+    """
 
     scope: "NamespaceScope" = betterproto2.field(
         6, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
@@ -331,6 +372,10 @@ default_message_pool.register_message("isa.nats", "AckMessageRequest", AckMessag
 
 @dataclass(eq=False, repr=False)
 class AckMessageResponse(betterproto2.Message):
+    """
+    success is true once NATS has the acknowledgement.
+    """
+
     success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
 
@@ -339,15 +384,32 @@ default_message_pool.register_message("isa.nats", "AckMessageResponse", AckMessa
 
 @dataclass(eq=False, repr=False)
 class AckMessagesRequest(betterproto2.Message):
+    """
+    AckMessages: one action for many deliveries.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     ack_tokens: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    """
+    JetStreamMessage.ack_token of each delivery.
+    """
 
     action: "AckAction" = betterproto2.field(
         4, betterproto2.TYPE_ENUM, default_factory=lambda: AckAction(0)
     )
+    """
+    What to do with every delivery (default: ack).
+    """
 
     nak_delay: "datetime.timedelta | None" = betterproto2.field(
         5, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
@@ -359,6 +421,9 @@ class AckMessagesRequest(betterproto2.Message):
     scope: "NamespaceScope" = betterproto2.field(
         6, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
     )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "AckMessagesRequest", AckMessagesRequest)
@@ -366,6 +431,10 @@ default_message_pool.register_message("isa.nats", "AckMessagesRequest", AckMessa
 
 @dataclass(eq=False, repr=False)
 class AckMessagesResponse(betterproto2.Message):
+    """
+    How many succeeded, and one result per token.
+    """
+
     succeeded: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
 
     results: "list[AckResult]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
@@ -379,11 +448,21 @@ default_message_pool.register_message("isa.nats", "AckMessagesResponse", AckMess
 
 @dataclass(eq=False, repr=False)
 class AckResult(betterproto2.Message):
+    """
+    The result for one ack token.
+    """
+
     success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
     error: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Why this token was not settled (empty on success).
+    """
 
     status_code: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+    """
+    gRPC status code of the error (0 on success).
+    """
 
 
 default_message_pool.register_message("isa.nats", "AckResult", AckResult)
@@ -391,11 +470,24 @@ default_message_pool.register_message("isa.nats", "AckResult", AckResult)
 
 @dataclass(eq=False, repr=False)
 class ConsumerConfig(betterproto2.Message):
+    """
+    A pull consumer's configuration.
+    """
+
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Name of a non-durable consumer (removed after inactive_threshold).
+    """
 
     durable_name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Name of a durable consumer (kept until deleted).
+    """
 
     filter_subject: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Only messages on this subject (caller's view; wildcards allowed).
+    """
 
     delivery_policy: "DeliveryPolicy" = betterproto2.field(
         4, betterproto2.TYPE_ENUM, default_factory=lambda: DeliveryPolicy(0)
@@ -408,18 +500,30 @@ class ConsumerConfig(betterproto2.Message):
     ack_wait: "datetime.timedelta | None" = betterproto2.field(
         6, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
     )
+    """
+    How long a delivery may stay unacknowledged before redelivery (unset: 30 s).
+    """
 
     max_deliver: "int" = betterproto2.field(7, betterproto2.TYPE_INT32)
+    """
+    Most deliveries of one message (0: unlimited).
+    """
 
     replay_policy: "ReplayPolicy" = betterproto2.field(
         8, betterproto2.TYPE_ENUM, default_factory=lambda: ReplayPolicy(0)
     )
 
     opt_start_seq: "int" = betterproto2.field(9, betterproto2.TYPE_INT64)
+    """
+    For DELIVERY_BY_START_SEQUENCE: the first stream sequence.
+    """
 
     opt_start_time: "datetime.datetime | None" = betterproto2.field(
         10, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
+    """
+    For DELIVERY_BY_START_TIME: the first message's time.
+    """
 
     max_ack_pending: "int" = betterproto2.field(11, betterproto2.TYPE_INT32)
     """
@@ -439,9 +543,20 @@ default_message_pool.register_message("isa.nats", "ConsumerConfig", ConsumerConf
 
 @dataclass(eq=False, repr=False)
 class ConsumeRequest(betterproto2.Message):
+    """
+    Consume: the consumer to read and the flow-control window.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -469,6 +584,9 @@ class ConsumeRequest(betterproto2.Message):
     scope: "NamespaceScope" = betterproto2.field(
         8, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
     )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "ConsumeRequest", ConsumeRequest)
@@ -476,6 +594,10 @@ default_message_pool.register_message("isa.nats", "ConsumeRequest", ConsumeReque
 
 @dataclass(eq=False, repr=False)
 class ConsumeResponse(betterproto2.Message):
+    """
+    A delivery or a heartbeat, with the window after it.
+    """
+
     message: "JetStreamMessage | None" = betterproto2.field(
         1, betterproto2.TYPE_MESSAGE, optional=True
     )
@@ -484,6 +606,9 @@ class ConsumeResponse(betterproto2.Message):
     """
 
     heartbeat: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    True on a heartbeat (no message).
+    """
 
     outstanding_messages: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
     """
@@ -491,6 +616,9 @@ class ConsumeResponse(betterproto2.Message):
     """
 
     outstanding_bytes: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+    """
+    Their bytes, counted as NATS counts a delivery.
+    """
 
 
 default_message_pool.register_message("isa.nats", "ConsumeResponse", ConsumeResponse)
@@ -498,6 +626,10 @@ default_message_pool.register_message("isa.nats", "ConsumeResponse", ConsumeResp
 
 @dataclass(eq=False, repr=False)
 class ConsumerInfo(betterproto2.Message):
+    """
+    A consumer as it is now.
+    """
+
     stream_name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
@@ -518,13 +650,29 @@ default_message_pool.register_message("isa.nats", "ConsumerInfo", ConsumerInfo)
 
 @dataclass(eq=False, repr=False)
 class ConsumerState(betterproto2.Message):
+    """
+    A consumer's progress; sequences are stream sequences.
+    """
+
     delivered_seq: "int" = betterproto2.field(1, betterproto2.TYPE_INT64)
+    """
+    Stream sequence of the last delivered message.
+    """
 
     ack_floor_seq: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+    """
+    Stream sequence below which every message is acknowledged.
+    """
 
     num_pending: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
+    """
+    Messages not yet delivered.
+    """
 
     num_redelivered: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+    """
+    Deliveries that were redeliveries.
+    """
 
 
 default_message_pool.register_message("isa.nats", "ConsumerState", ConsumerState)
@@ -532,9 +680,20 @@ default_message_pool.register_message("isa.nats", "ConsumerState", ConsumerState
 
 @dataclass(eq=False, repr=False)
 class CreateConsumerRequest(betterproto2.Message):
+    """
+    CreateConsumer: a pull consumer on one of the caller's streams.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -555,6 +714,10 @@ default_message_pool.register_message("isa.nats", "CreateConsumerRequest", Creat
 
 @dataclass(eq=False, repr=False)
 class CreateConsumerResponse(betterproto2.Message):
+    """
+    The consumer as created.
+    """
+
     success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
     consumer: "ConsumerInfo | None" = betterproto2.field(
@@ -562,6 +725,9 @@ class CreateConsumerResponse(betterproto2.Message):
     )
 
     message: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Informational text.
+    """
 
 
 default_message_pool.register_message("isa.nats", "CreateConsumerResponse", CreateConsumerResponse)
@@ -569,9 +735,20 @@ default_message_pool.register_message("isa.nats", "CreateConsumerResponse", Crea
 
 @dataclass(eq=False, repr=False)
 class CreateStreamRequest(betterproto2.Message):
+    """
+    CreateStream: config.name and at least one subject are required.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     config: "StreamConfig | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
 
@@ -588,11 +765,18 @@ default_message_pool.register_message("isa.nats", "CreateStreamRequest", CreateS
 
 @dataclass(eq=False, repr=False)
 class CreateStreamResponse(betterproto2.Message):
+    """
+    The stream as created (or as it already was, for an identical config).
+    """
+
     success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
     stream: "StreamInfo | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
     message: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Informational text.
+    """
 
 
 default_message_pool.register_message("isa.nats", "CreateStreamResponse", CreateStreamResponse)
@@ -600,9 +784,20 @@ default_message_pool.register_message("isa.nats", "CreateStreamResponse", Create
 
 @dataclass(eq=False, repr=False)
 class DeleteConsumerRequest(betterproto2.Message):
+    """
+    DeleteConsumer: the consumer to delete.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -621,6 +816,10 @@ default_message_pool.register_message("isa.nats", "DeleteConsumerRequest", Delet
 
 @dataclass(eq=False, repr=False)
 class DeleteConsumerResponse(betterproto2.Message):
+    """
+    success is true once the consumer is gone.
+    """
+
     success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
 
@@ -629,9 +828,20 @@ default_message_pool.register_message("isa.nats", "DeleteConsumerResponse", Dele
 
 @dataclass(eq=False, repr=False)
 class DeleteStreamRequest(betterproto2.Message):
+    """
+    DeleteStream: the stream to delete.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -648,6 +858,10 @@ default_message_pool.register_message("isa.nats", "DeleteStreamRequest", DeleteS
 
 @dataclass(eq=False, repr=False)
 class DeleteStreamResponse(betterproto2.Message):
+    """
+    success is true once the stream is gone.
+    """
+
     success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
 
@@ -656,9 +870,20 @@ default_message_pool.register_message("isa.nats", "DeleteStreamResponse", Delete
 
 @dataclass(eq=False, repr=False)
 class GetConsumerInfoRequest(betterproto2.Message):
+    """
+    GetConsumerInfo: the consumer to describe.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -677,6 +902,10 @@ default_message_pool.register_message("isa.nats", "GetConsumerInfoRequest", GetC
 
 @dataclass(eq=False, repr=False)
 class GetConsumerInfoResponse(betterproto2.Message):
+    """
+    The consumer's config and state.
+    """
+
     consumer: "ConsumerInfo | None" = betterproto2.field(
         1, betterproto2.TYPE_MESSAGE, optional=True
     )
@@ -689,9 +918,20 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class GetStatisticsRequest(betterproto2.Message):
+    """
+    GetStatistics: totals over the caller's namespace.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     scope: "NamespaceScope" = betterproto2.field(
         3, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
@@ -706,6 +946,10 @@ default_message_pool.register_message("isa.nats", "GetStatisticsRequest", GetSta
 
 @dataclass(eq=False, repr=False)
 class GetStatisticsResponse(betterproto2.Message):
+    """
+    Totals over the caller's streams, and the NATS server's counters.
+    """
+
     total_streams: "int" = betterproto2.field(1, betterproto2.TYPE_INT64)
 
     total_consumers: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
@@ -715,8 +959,14 @@ class GetStatisticsResponse(betterproto2.Message):
     total_bytes: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
 
     connections: "int" = betterproto2.field(5, betterproto2.TYPE_INT32)
+    """
+    The NATS server's client connections.
+    """
 
     in_msgs: "int" = betterproto2.field(6, betterproto2.TYPE_INT64)
+    """
+    NATS server-wide traffic counters (in_msgs..out_bytes), from its monitoring endpoint.
+    """
 
     out_msgs: "int" = betterproto2.field(7, betterproto2.TYPE_INT64)
 
@@ -730,9 +980,20 @@ default_message_pool.register_message("isa.nats", "GetStatisticsResponse", GetSt
 
 @dataclass(eq=False, repr=False)
 class GetStreamInfoRequest(betterproto2.Message):
+    """
+    GetStreamInfo: the stream to describe.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -749,6 +1010,10 @@ default_message_pool.register_message("isa.nats", "GetStreamInfoRequest", GetStr
 
 @dataclass(eq=False, repr=False)
 class GetStreamInfoResponse(betterproto2.Message):
+    """
+    The stream's config and state.
+    """
+
     stream: "StreamInfo | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
 
 
@@ -757,9 +1022,20 @@ default_message_pool.register_message("isa.nats", "GetStreamInfoResponse", GetSt
 
 @dataclass(eq=False, repr=False)
 class GetStreamStatsRequest(betterproto2.Message):
+    """
+    GetStreamStats: one stream's figures.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -776,6 +1052,10 @@ default_message_pool.register_message("isa.nats", "GetStreamStatsRequest", GetSt
 
 @dataclass(eq=False, repr=False)
 class GetStreamStatsResponse(betterproto2.Message):
+    """
+    One stream's size and rates.
+    """
+
     stream_name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     messages: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
@@ -785,8 +1065,14 @@ class GetStreamStatsResponse(betterproto2.Message):
     consumer_count: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
 
     message_rate: "float" = betterproto2.field(5, betterproto2.TYPE_DOUBLE)
+    """
+    Messages stored per second over the gateway's stats window.
+    """
 
     byte_rate: "float" = betterproto2.field(6, betterproto2.TYPE_DOUBLE)
+    """
+    Bytes stored per second over the gateway's stats window.
+    """
 
 
 default_message_pool.register_message("isa.nats", "GetStreamStatsResponse", GetStreamStatsResponse)
@@ -794,7 +1080,14 @@ default_message_pool.register_message("isa.nats", "GetStreamStatsResponse", GetS
 
 @dataclass(eq=False, repr=False)
 class JetStreamMessage(betterproto2.Message):
+    """
+    One JetStream delivery.
+    """
+
     subject: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The message's subject, as the caller names it.
+    """
 
     data: "bytes" = betterproto2.field(2, betterproto2.TYPE_BYTES)
 
@@ -805,12 +1098,21 @@ class JetStreamMessage(betterproto2.Message):
     )
 
     sequence: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+    """
+    The message's stream sequence.
+    """
 
     timestamp: "datetime.datetime | None" = betterproto2.field(
         5, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
+    """
+    When the stream stored it.
+    """
 
     num_delivered: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+    """
+    1 on first delivery, more on redeliveries.
+    """
 
     ack_token: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
     """
@@ -835,17 +1137,30 @@ default_message_pool.register_message("isa.nats", "JetStreamMessage", JetStreamM
 
 @dataclass(eq=False, repr=False)
 class KvBucketInfo(betterproto2.Message):
+    """
+    A Key-Value bucket's settings and size.
+    """
+
     bucket: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     values: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+    """
+    Entries stored, history included.
+    """
 
     bytes: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
 
     history: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+    """
+    Revisions kept per key.
+    """
 
     ttl: "datetime.timedelta | None" = betterproto2.field(
         5, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
     )
+    """
+    How long values are kept (unset: forever).
+    """
 
     max_bytes: "int" = betterproto2.field(6, betterproto2.TYPE_INT64)
 
@@ -865,15 +1180,29 @@ default_message_pool.register_message("isa.nats", "KVBucketInfo", KvBucketInfo)
 
 @dataclass(eq=False, repr=False)
 class KvBucketStatusRequest(betterproto2.Message):
+    """
+    KVBucketStatus: the bucket to describe.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
     scope: "NamespaceScope" = betterproto2.field(
         4, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
     )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "KVBucketStatusRequest", KvBucketStatusRequest)
@@ -881,6 +1210,10 @@ default_message_pool.register_message("isa.nats", "KVBucketStatusRequest", KvBuc
 
 @dataclass(eq=False, repr=False)
 class KvBucketStatusResponse(betterproto2.Message):
+    """
+    The bucket's settings and size.
+    """
+
     bucket: "KvBucketInfo | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
 
 
@@ -894,12 +1227,22 @@ class KvCreateBucketRequest(betterproto2.Message):
     """
 
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
     history: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+    """
+    Revisions kept per key, 1 to 64 (0: the gateway's default).
+    """
 
     ttl: "datetime.timedelta | None" = betterproto2.field(
         5, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
@@ -916,6 +1259,9 @@ class KvCreateBucketRequest(betterproto2.Message):
     scope: "NamespaceScope" = betterproto2.field(
         9, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
     )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "KVCreateBucketRequest", KvCreateBucketRequest)
@@ -923,6 +1269,10 @@ default_message_pool.register_message("isa.nats", "KVCreateBucketRequest", KvCre
 
 @dataclass(eq=False, repr=False)
 class KvCreateBucketResponse(betterproto2.Message):
+    """
+    The bucket as created.
+    """
+
     success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
     bucket: "KvBucketInfo | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
@@ -938,8 +1288,15 @@ class KvCreateRequest(betterproto2.Message):
     """
 
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -950,6 +1307,9 @@ class KvCreateRequest(betterproto2.Message):
     scope: "NamespaceScope" = betterproto2.field(
         6, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
     )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "KVCreateRequest", KvCreateRequest)
@@ -957,6 +1317,10 @@ default_message_pool.register_message("isa.nats", "KVCreateRequest", KvCreateReq
 
 @dataclass(eq=False, repr=False)
 class KvCreateResponse(betterproto2.Message):
+    """
+    The revision the value was stored at.
+    """
+
     success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
     revision: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
@@ -967,15 +1331,29 @@ default_message_pool.register_message("isa.nats", "KVCreateResponse", KvCreateRe
 
 @dataclass(eq=False, repr=False)
 class KvDeleteBucketRequest(betterproto2.Message):
+    """
+    KVDeleteBucket: the bucket to delete, with every key in it.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
     scope: "NamespaceScope" = betterproto2.field(
         4, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
     )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "KVDeleteBucketRequest", KvDeleteBucketRequest)
@@ -983,6 +1361,10 @@ default_message_pool.register_message("isa.nats", "KVDeleteBucketRequest", KvDel
 
 @dataclass(eq=False, repr=False)
 class KvDeleteBucketResponse(betterproto2.Message):
+    """
+    success is true once the bucket is gone.
+    """
+
     success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
 
@@ -991,9 +1373,20 @@ default_message_pool.register_message("isa.nats", "KVDeleteBucketResponse", KvDe
 
 @dataclass(eq=False, repr=False)
 class KvDeleteRequest(betterproto2.Message):
+    """
+    KVDelete: delete a key.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -1022,6 +1415,10 @@ default_message_pool.register_message("isa.nats", "KVDeleteRequest", KvDeleteReq
 
 @dataclass(eq=False, repr=False)
 class KvDeleteResponse(betterproto2.Message):
+    """
+    success is true, also when there was nothing to delete.
+    """
+
     success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
 
@@ -1047,6 +1444,9 @@ class KvEntry(betterproto2.Message):
     operation: "KvOperation" = betterproto2.field(
         5, betterproto2.TYPE_ENUM, default_factory=lambda: KvOperation(0)
     )
+    """
+    PUT, or DELETE / PURGE for a delete marker (value empty).
+    """
 
 
 default_message_pool.register_message("isa.nats", "KVEntry", KvEntry)
@@ -1054,9 +1454,20 @@ default_message_pool.register_message("isa.nats", "KVEntry", KvEntry)
 
 @dataclass(eq=False, repr=False)
 class KvGetRequest(betterproto2.Message):
+    """
+    KVGet: read a key.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -1080,15 +1491,25 @@ default_message_pool.register_message("isa.nats", "KVGetRequest", KvGetRequest)
 
 @dataclass(eq=False, repr=False)
 class KvGetResponse(betterproto2.Message):
+    """
+    A key's value; found=false when the key or bucket is missing (or the key deleted).
+    """
+
     found: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
     value: "bytes" = betterproto2.field(2, betterproto2.TYPE_BYTES)
 
     revision: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
+    """
+    The entry's revision.
+    """
 
     created: "datetime.datetime | None" = betterproto2.field(
         4, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
+    """
+    When this revision was stored.
+    """
 
 
 default_message_pool.register_message("isa.nats", "KVGetResponse", KvGetResponse)
@@ -1096,9 +1517,20 @@ default_message_pool.register_message("isa.nats", "KVGetResponse", KvGetResponse
 
 @dataclass(eq=False, repr=False)
 class KvHistoryRequest(betterproto2.Message):
+    """
+    KVHistory: every stored revision of one key.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -1107,6 +1539,9 @@ class KvHistoryRequest(betterproto2.Message):
     scope: "NamespaceScope" = betterproto2.field(
         5, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
     )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "KVHistoryRequest", KvHistoryRequest)
@@ -1114,6 +1549,10 @@ default_message_pool.register_message("isa.nats", "KVHistoryRequest", KvHistoryR
 
 @dataclass(eq=False, repr=False)
 class KvHistoryResponse(betterproto2.Message):
+    """
+    Every stored revision of the key.
+    """
+
     entries: "list[KvEntry]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
     """
     Oldest first; deletes and purges included (see KVEntry.operation).
@@ -1125,9 +1564,20 @@ default_message_pool.register_message("isa.nats", "KVHistoryResponse", KvHistory
 
 @dataclass(eq=False, repr=False)
 class KvKeysRequest(betterproto2.Message):
+    """
+    KVKeys: list a bucket's keys.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -1144,6 +1594,10 @@ default_message_pool.register_message("isa.nats", "KVKeysRequest", KvKeysRequest
 
 @dataclass(eq=False, repr=False)
 class KvKeysResponse(betterproto2.Message):
+    """
+    The live keys, sorted.
+    """
+
     keys: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
 
 
@@ -1152,13 +1606,27 @@ default_message_pool.register_message("isa.nats", "KVKeysResponse", KvKeysRespon
 
 @dataclass(eq=False, repr=False)
 class KvListBucketsRequest(betterproto2.Message):
+    """
+    KVListBuckets: the caller's buckets.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     scope: "NamespaceScope" = betterproto2.field(
         3, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
     )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "KVListBucketsRequest", KvListBucketsRequest)
@@ -1166,6 +1634,10 @@ default_message_pool.register_message("isa.nats", "KVListBucketsRequest", KvList
 
 @dataclass(eq=False, repr=False)
 class KvListBucketsResponse(betterproto2.Message):
+    """
+    Every Key-Value bucket of the caller's namespace.
+    """
+
     buckets: "list[KvBucketInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
 
 
@@ -1174,13 +1646,30 @@ default_message_pool.register_message("isa.nats", "KVListBucketsResponse", KvLis
 
 @dataclass(eq=False, repr=False)
 class KvPutRequest(betterproto2.Message):
+    """
+    KVPut: store a value under a key.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    The caller's bucket; created on first put with the gateway's defaults.
+    """
 
     key: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    NATS key rules: [-/_=.a-zA-Z0-9]+, no leading/trailing '.'.
+    """
 
     value: "bytes" = betterproto2.field(5, betterproto2.TYPE_BYTES)
 
@@ -1197,6 +1686,10 @@ default_message_pool.register_message("isa.nats", "KVPutRequest", KvPutRequest)
 
 @dataclass(eq=False, repr=False)
 class KvPutResponse(betterproto2.Message):
+    """
+    The revision the value was stored at.
+    """
+
     success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
     revision: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
@@ -1212,8 +1705,15 @@ class KvUpdateRequest(betterproto2.Message):
     """
 
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -1226,6 +1726,9 @@ class KvUpdateRequest(betterproto2.Message):
     scope: "NamespaceScope" = betterproto2.field(
         7, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
     )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "KVUpdateRequest", KvUpdateRequest)
@@ -1233,6 +1736,10 @@ default_message_pool.register_message("isa.nats", "KVUpdateRequest", KvUpdateReq
 
 @dataclass(eq=False, repr=False)
 class KvUpdateResponse(betterproto2.Message):
+    """
+    The new revision.
+    """
+
     success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
     revision: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
@@ -1243,9 +1750,20 @@ default_message_pool.register_message("isa.nats", "KVUpdateResponse", KvUpdateRe
 
 @dataclass(eq=False, repr=False)
 class KvWatchRequest(betterproto2.Message):
+    """
+    KVWatch: what to watch and from where.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -1268,6 +1786,9 @@ class KvWatchRequest(betterproto2.Message):
     scope: "NamespaceScope" = betterproto2.field(
         7, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
     )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message("isa.nats", "KVWatchRequest", KvWatchRequest)
@@ -1275,9 +1796,20 @@ default_message_pool.register_message("isa.nats", "KVWatchRequest", KvWatchReque
 
 @dataclass(eq=False, repr=False)
 class ListConsumersRequest(betterproto2.Message):
+    """
+    ListConsumers: the consumers of one stream.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -1294,6 +1826,10 @@ default_message_pool.register_message("isa.nats", "ListConsumersRequest", ListCo
 
 @dataclass(eq=False, repr=False)
 class ListConsumersResponse(betterproto2.Message):
+    """
+    Every consumer of the stream.
+    """
+
     consumers: "list[ConsumerInfo]" = betterproto2.field(
         1, betterproto2.TYPE_MESSAGE, repeated=True
     )
@@ -1304,9 +1840,20 @@ default_message_pool.register_message("isa.nats", "ListConsumersResponse", ListC
 
 @dataclass(eq=False, repr=False)
 class ListStreamsRequest(betterproto2.Message):
+    """
+    ListStreams: the caller's streams.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     scope: "NamespaceScope" = betterproto2.field(
         3, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
@@ -1321,6 +1868,10 @@ default_message_pool.register_message("isa.nats", "ListStreamsRequest", ListStre
 
 @dataclass(eq=False, repr=False)
 class ListStreamsResponse(betterproto2.Message):
+    """
+    Every stream of the caller's namespace.
+    """
+
     streams: "list[StreamInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
 
 
@@ -1329,7 +1880,14 @@ default_message_pool.register_message("isa.nats", "ListStreamsResponse", ListStr
 
 @dataclass(eq=False, repr=False)
 class MessageResponse(betterproto2.Message):
+    """
+    One message delivered by Subscribe or QueueSubscribe.
+    """
+
     subject: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The message's real subject, as the caller names it.
+    """
 
     data: "bytes" = betterproto2.field(2, betterproto2.TYPE_BYTES)
 
@@ -1340,12 +1898,22 @@ class MessageResponse(betterproto2.Message):
     )
 
     reply_to: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    Where to answer (Publish to it); empty when outside the caller's namespace.
+    """
 
     timestamp: "datetime.datetime | None" = betterproto2.field(
         5, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
+    """
+    When the gateway received it from NATS (core NATS has no server timestamp).
+    """
 
     sequence: "int" = betterproto2.field(6, betterproto2.TYPE_INT64)
+    """
+    Counts every message NATS delivered to this subscription, dropped ones included: a gap shows a
+    loss.
+    """
 
 
 default_message_pool.register_message("isa.nats", "MessageResponse", MessageResponse)
@@ -1353,19 +1921,36 @@ default_message_pool.register_message("isa.nats", "MessageResponse", MessageResp
 
 @dataclass(eq=False, repr=False)
 class NakMessageRequest(betterproto2.Message):
+    """
+    NakMessage: ask for one delivery to be redelivered.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
     consumer_name: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
 
     sequence: "int" = betterproto2.field(5, betterproto2.TYPE_INT64)
+    """
+    Old clients: the stream sequence of a delivery this replica made recently.
+    """
 
     delay: "datetime.timedelta | None" = betterproto2.field(
         6, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
     )
+    """
+    Redeliver no earlier than this (unset: at once).
+    """
 
     scope: "NamespaceScope" = betterproto2.field(
         7, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
@@ -1385,6 +1970,10 @@ default_message_pool.register_message("isa.nats", "NakMessageRequest", NakMessag
 
 @dataclass(eq=False, repr=False)
 class NakMessageResponse(betterproto2.Message):
+    """
+    success is true once NATS has the negative acknowledgement.
+    """
+
     success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
 
@@ -1393,7 +1982,14 @@ default_message_pool.register_message("isa.nats", "NakMessageResponse", NakMessa
 
 @dataclass(eq=False, repr=False)
 class NatsHealthCheckRequest(betterproto2.Message):
+    """
+    HealthCheck: needs no identity.
+    """
+
     deep_check: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+    """
+    Also measure a round trip to NATS and query JetStream.
+    """
 
 
 default_message_pool.register_message("isa.nats", "NATSHealthCheckRequest", NatsHealthCheckRequest)
@@ -1401,19 +1997,32 @@ default_message_pool.register_message("isa.nats", "NATSHealthCheckRequest", Nats
 
 @dataclass(eq=False, repr=False)
 class NatsHealthCheckResponse(betterproto2.Message):
+    """
+    The gateway's view of its NATS connection.
+    """
+
     healthy: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
     nats_status: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    CONNECTED, RECONNECTING, DISCONNECTED, ...
+    """
 
     jetstream_enabled: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
 
     connections: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+    """
+    The NATS server's client connections.
+    """
 
     checked_at: "datetime.datetime | None" = betterproto2.field(
         5, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
 
     message: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    The NATS URL, server version and max_payload (or what is wrong).
+    """
 
 
 default_message_pool.register_message(
@@ -1423,6 +2032,10 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class NatsMessage(betterproto2.Message):
+    """
+    One message of a PublishBatch.
+    """
+
     subject: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     data: "bytes" = betterproto2.field(2, betterproto2.TYPE_BYTES)
@@ -1434,10 +2047,16 @@ class NatsMessage(betterproto2.Message):
     )
 
     reply_to: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    Subject for replies, in the caller's namespace.
+    """
 
     timestamp: "datetime.datetime | None" = betterproto2.field(
         5, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
+    """
+    Ignored by PublishBatch (NATS core messages carry no timestamp).
+    """
 
 
 default_message_pool.register_message("isa.nats", "NATSMessage", NatsMessage)
@@ -1445,9 +2064,20 @@ default_message_pool.register_message("isa.nats", "NATSMessage", NatsMessage)
 
 @dataclass(eq=False, repr=False)
 class ObjectDeleteRequest(betterproto2.Message):
+    """
+    ObjectDelete: the object to delete.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -1466,6 +2096,10 @@ default_message_pool.register_message("isa.nats", "ObjectDeleteRequest", ObjectD
 
 @dataclass(eq=False, repr=False)
 class ObjectDeleteResponse(betterproto2.Message):
+    """
+    success is true, also when there was nothing to delete.
+    """
+
     success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
 
@@ -1474,9 +2108,20 @@ default_message_pool.register_message("isa.nats", "ObjectDeleteResponse", Object
 
 @dataclass(eq=False, repr=False)
 class ObjectGetRequest(betterproto2.Message):
+    """
+    ObjectGet / ObjectGetStream: the object to read.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -1495,6 +2140,10 @@ default_message_pool.register_message("isa.nats", "ObjectGetRequest", ObjectGetR
 
 @dataclass(eq=False, repr=False)
 class ObjectGetResponse(betterproto2.Message):
+    """
+    A whole object; found=false when the object or bucket is missing.
+    """
+
     found: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
     data: "bytes" = betterproto2.field(2, betterproto2.TYPE_BYTES)
@@ -1530,6 +2179,10 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class ObjectInfo(betterproto2.Message):
+    """
+    An object's description.
+    """
+
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     size: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
@@ -1537,6 +2190,9 @@ class ObjectInfo(betterproto2.Message):
     modified: "datetime.datetime | None" = betterproto2.field(
         3, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
+    """
+    When this version was stored.
+    """
 
     metadata: "dict[str, str]" = betterproto2.field(
         4,
@@ -1560,9 +2216,20 @@ default_message_pool.register_message("isa.nats", "ObjectInfo", ObjectInfo)
 
 @dataclass(eq=False, repr=False)
 class ObjectListRequest(betterproto2.Message):
+    """
+    ObjectList: list a bucket's objects.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -1579,6 +2246,10 @@ default_message_pool.register_message("isa.nats", "ObjectListRequest", ObjectLis
 
 @dataclass(eq=False, repr=False)
 class ObjectListResponse(betterproto2.Message):
+    """
+    The live objects, sorted by name.
+    """
+
     objects: "list[ObjectInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
 
 
@@ -1594,8 +2265,15 @@ class ObjectPutHeader(betterproto2.Message):
     """
 
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -1610,6 +2288,9 @@ class ObjectPutHeader(betterproto2.Message):
     scope: "NamespaceScope" = betterproto2.field(
         6, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
     )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
     sha256: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
     """
@@ -1622,9 +2303,20 @@ default_message_pool.register_message("isa.nats", "ObjectPutHeader", ObjectPutHe
 
 @dataclass(eq=False, repr=False)
 class ObjectPutRequest(betterproto2.Message):
+    """
+    ObjectPut: store a whole object in one message.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     bucket: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -1651,9 +2343,16 @@ default_message_pool.register_message("isa.nats", "ObjectPutRequest", ObjectPutR
 
 @dataclass(eq=False, repr=False)
 class ObjectPutResponse(betterproto2.Message):
+    """
+    What was stored.
+    """
+
     success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
     object_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    NATS's id of this version of the object.
+    """
 
     info: "ObjectInfo | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
     """
@@ -1683,9 +2382,20 @@ default_message_pool.register_message("isa.nats", "ObjectPutStreamRequest", Obje
 
 @dataclass(eq=False, repr=False)
 class PublishBatchRequest(betterproto2.Message):
+    """
+    PublishBatch: many messages, each to its own subject.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     messages: "list[NatsMessage]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
 
@@ -1702,11 +2412,21 @@ default_message_pool.register_message("isa.nats", "PublishBatchRequest", Publish
 
 @dataclass(eq=False, repr=False)
 class PublishBatchResponse(betterproto2.Message):
+    """
+    What PublishBatch did: published_count is exact, errors name each refused message.
+    """
+
     success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+    """
+    False when any message was refused (the rest were published).
+    """
 
     published_count: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
 
     errors: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    """
+    One entry per refused message: 'messages[i]...: reason'.
+    """
 
 
 default_message_pool.register_message("isa.nats", "PublishBatchResponse", PublishBatchResponse)
@@ -1714,11 +2434,25 @@ default_message_pool.register_message("isa.nats", "PublishBatchResponse", Publis
 
 @dataclass(eq=False, repr=False)
 class PublishRequest(betterproto2.Message):
+    """
+    Publish: one message to a subject in the caller's namespace.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     subject: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Where to publish, in the caller's namespace; no wildcards.
+    """
 
     data: "bytes" = betterproto2.field(4, betterproto2.TYPE_BYTES)
 
@@ -1729,6 +2463,9 @@ class PublishRequest(betterproto2.Message):
     )
 
     reply_to: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    Subject for replies, in the caller's namespace (optional).
+    """
 
     scope: "NamespaceScope" = betterproto2.field(
         7, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
@@ -1743,9 +2480,16 @@ default_message_pool.register_message("isa.nats", "PublishRequest", PublishReque
 
 @dataclass(eq=False, repr=False)
 class PublishResponse(betterproto2.Message):
+    """
+    success is true once the NATS server has the message.
+    """
+
     success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
     message: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Informational text.
+    """
 
 
 default_message_pool.register_message("isa.nats", "PublishResponse", PublishResponse)
@@ -1753,9 +2497,20 @@ default_message_pool.register_message("isa.nats", "PublishResponse", PublishResp
 
 @dataclass(eq=False, repr=False)
 class PublishToStreamBatchRequest(betterproto2.Message):
+    """
+    PublishToStreamBatch: many messages into one stream.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -1766,6 +2521,9 @@ class PublishToStreamBatchRequest(betterproto2.Message):
     scope: "NamespaceScope" = betterproto2.field(
         5, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
     )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
 
 
 default_message_pool.register_message(
@@ -1775,6 +2533,10 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class PublishToStreamBatchResponse(betterproto2.Message):
+    """
+    How many were stored, and one result per message.
+    """
+
     published_count: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
 
     results: "list[StreamPublishResult]" = betterproto2.field(
@@ -1792,11 +2554,25 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class PublishToStreamRequest(betterproto2.Message):
+    """
+    PublishToStream: store one message in a stream.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    The stream that must capture subject; empty: the caller's stream that does.
+    """
 
     subject: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
 
@@ -1821,15 +2597,28 @@ default_message_pool.register_message("isa.nats", "PublishToStreamRequest", Publ
 
 @dataclass(eq=False, repr=False)
 class PublishToStreamResponse(betterproto2.Message):
+    """
+    JetStream's receipt for the stored message.
+    """
+
     success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
     sequence: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+    """
+    The message's stream sequence.
+    """
 
     timestamp: "datetime.datetime | None" = betterproto2.field(
         3, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
+    """
+    When the stream stored it.
+    """
 
     message: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    Informational text.
+    """
 
     duplicate: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
     """
@@ -1844,19 +2633,36 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class PullMessagesRequest(betterproto2.Message):
+    """
+    PullMessages: fetch a batch from a pull consumer.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
     consumer_name: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
 
     batch_size: "int" = betterproto2.field(5, betterproto2.TYPE_INT32)
+    """
+    Most messages to return (0 means 1; at most 10000).
+    """
 
     max_wait: "datetime.timedelta | None" = betterproto2.field(
         6, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
     )
+    """
+    How long to wait for the first message (unset: 5 s).
+    """
 
     scope: "NamespaceScope" = betterproto2.field(
         7, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
@@ -1871,6 +2677,10 @@ default_message_pool.register_message("isa.nats", "PullMessagesRequest", PullMes
 
 @dataclass(eq=False, repr=False)
 class PullMessagesResponse(betterproto2.Message):
+    """
+    The deliveries, possibly none.
+    """
+
     messages: "list[JetStreamMessage]" = betterproto2.field(
         1, betterproto2.TYPE_MESSAGE, repeated=True
     )
@@ -1881,13 +2691,27 @@ default_message_pool.register_message("isa.nats", "PullMessagesResponse", PullMe
 
 @dataclass(eq=False, repr=False)
 class PurgeStreamRequest(betterproto2.Message):
+    """
+    PurgeStream: remove messages from a stream.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
     subject: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    Only messages on this subject (wildcards allowed); empty purges all.
+    """
 
     scope: "NamespaceScope" = betterproto2.field(
         5, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
@@ -1902,6 +2726,10 @@ default_message_pool.register_message("isa.nats", "PurgeStreamRequest", PurgeStr
 
 @dataclass(eq=False, repr=False)
 class PurgeStreamResponse(betterproto2.Message):
+    """
+    How many messages were removed.
+    """
+
     success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
     purged_count: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
@@ -1912,13 +2740,27 @@ default_message_pool.register_message("isa.nats", "PurgeStreamResponse", PurgeSt
 
 @dataclass(eq=False, repr=False)
 class QueueSubscribeRequest(betterproto2.Message):
+    """
+    QueueSubscribe: the subject and the queue group to join.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     subject: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
     queue_group: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    The queue group to join (required).
+    """
 
     scope: "NamespaceScope" = betterproto2.field(
         5, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
@@ -1933,9 +2775,20 @@ default_message_pool.register_message("isa.nats", "QueueSubscribeRequest", Queue
 
 @dataclass(eq=False, repr=False)
 class RequestRequest(betterproto2.Message):
+    """
+    Request: send data and wait for one reply.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     subject: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -1944,6 +2797,9 @@ class RequestRequest(betterproto2.Message):
     timeout: "datetime.timedelta | None" = betterproto2.field(
         5, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
     )
+    """
+    How long to wait for the reply (unset: the gateway's default, 5 s; at most 300 s).
+    """
 
     headers: "dict[str, str]" = betterproto2.field(
         6,
@@ -1967,11 +2823,18 @@ default_message_pool.register_message("isa.nats", "RequestRequest", RequestReque
 
 @dataclass(eq=False, repr=False)
 class RequestResponse(betterproto2.Message):
+    """
+    The reply to a Request.
+    """
+
     success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
     data: "bytes" = betterproto2.field(2, betterproto2.TYPE_BYTES)
 
     error_message: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Unused by natsgw: failures are status codes.
+    """
 
     headers: "dict[str, str]" = betterproto2.field(
         4,
@@ -1988,27 +2851,55 @@ default_message_pool.register_message("isa.nats", "RequestResponse", RequestResp
 
 @dataclass(eq=False, repr=False)
 class StreamConfig(betterproto2.Message):
+    """
+    A JetStream stream's configuration; 0 / empty means unlimited or NATS's default.
+    """
+
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The stream's name as the caller sees it (the gateway prefixes it).
+    """
 
     subjects: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    """
+    Subjects captured, as the caller names them; '*' and '>' allowed.
+    """
 
     storage: "StorageType" = betterproto2.field(
         3, betterproto2.TYPE_ENUM, default_factory=lambda: StorageType(0)
     )
 
     max_msgs: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+    """
+    Most messages kept (0: unlimited).
+    """
 
     max_bytes: "int" = betterproto2.field(5, betterproto2.TYPE_INT64)
+    """
+    Most bytes kept (0: unlimited, or the tenant's quota).
+    """
 
     max_age: "datetime.timedelta | None" = betterproto2.field(
         6, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
     )
+    """
+    Messages older than this are removed (unset: kept forever).
+    """
 
     max_msg_size: "int" = betterproto2.field(7, betterproto2.TYPE_INT32)
+    """
+    Largest message accepted (0: the server's limit).
+    """
 
     replicas: "int" = betterproto2.field(8, betterproto2.TYPE_INT32)
+    """
+    Copies in a cluster (0 means 1).
+    """
 
     discard_new_per_subject: "bool" = betterproto2.field(9, betterproto2.TYPE_BOOL)
+    """
+    Refuse new messages on a subject at max_msgs_per_subject (implies DISCARD_NEW).
+    """
 
     max_msgs_per_subject: "int" = betterproto2.field(10, betterproto2.TYPE_INT64)
     """
@@ -2042,6 +2933,10 @@ default_message_pool.register_message("isa.nats", "StreamConfig", StreamConfig)
 
 @dataclass(eq=False, repr=False)
 class StreamInfo(betterproto2.Message):
+    """
+    A stream as it is now, named and configured as the caller sees it.
+    """
+
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     config: "StreamConfig | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
@@ -2058,6 +2953,10 @@ default_message_pool.register_message("isa.nats", "StreamInfo", StreamInfo)
 
 @dataclass(eq=False, repr=False)
 class StreamMessage(betterproto2.Message):
+    """
+    One message of a PublishToStreamBatch.
+    """
+
     subject: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     data: "bytes" = betterproto2.field(2, betterproto2.TYPE_BYTES)
@@ -2079,11 +2978,21 @@ default_message_pool.register_message("isa.nats", "StreamMessage", StreamMessage
 
 @dataclass(eq=False, repr=False)
 class StreamPublishResult(betterproto2.Message):
+    """
+    The result of one message of a PublishToStreamBatch.
+    """
+
     success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
     sequence: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+    """
+    The message's stream sequence (the original's, for a duplicate).
+    """
 
     duplicate: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    NATS dropped it as a repeat of an earlier msg_id.
+    """
 
     error: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
     """
@@ -2101,13 +3010,23 @@ default_message_pool.register_message("isa.nats", "StreamPublishResult", StreamP
 
 @dataclass(eq=False, repr=False)
 class StreamState(betterproto2.Message):
+    """
+    What a stream holds.
+    """
+
     messages: "int" = betterproto2.field(1, betterproto2.TYPE_INT64)
 
     bytes: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
 
     first_seq: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
+    """
+    Sequence of the oldest message kept.
+    """
 
     last_seq: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+    """
+    Sequence of the newest message stored.
+    """
 
     first_ts: "datetime.datetime | None" = betterproto2.field(
         5, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
@@ -2118,6 +3037,9 @@ class StreamState(betterproto2.Message):
     )
 
     num_subjects: "int" = betterproto2.field(7, betterproto2.TYPE_INT32)
+    """
+    How many distinct subjects the stream holds.
+    """
 
     consumer_count: "int" = betterproto2.field(8, betterproto2.TYPE_INT32)
 
@@ -2127,13 +3049,30 @@ default_message_pool.register_message("isa.nats", "StreamState", StreamState)
 
 @dataclass(eq=False, repr=False)
 class SubscribeRequest(betterproto2.Message):
+    """
+    Subscribe: the subject (or pattern) to receive.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     subject: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Subject or pattern ('*' one token, '>' the rest) in the caller's namespace.
+    """
 
     queue_group: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    Optional: join this queue group (each message goes to one member).
+    """
 
     scope: "NamespaceScope" = betterproto2.field(
         5, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
@@ -2148,9 +3087,20 @@ default_message_pool.register_message("isa.nats", "SubscribeRequest", SubscribeR
 
 @dataclass(eq=False, repr=False)
 class UnsubscribeRequest(betterproto2.Message):
+    """
+    Unsubscribe: end the caller's streams on exactly this subject.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     subject: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -2167,6 +3117,10 @@ default_message_pool.register_message("isa.nats", "UnsubscribeRequest", Unsubscr
 
 @dataclass(eq=False, repr=False)
 class UnsubscribeResponse(betterproto2.Message):
+    """
+    success is false when no stream was open on the subject.
+    """
+
     success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
 
@@ -2175,9 +3129,20 @@ default_message_pool.register_message("isa.nats", "UnsubscribeResponse", Unsubsc
 
 @dataclass(eq=False, repr=False)
 class UpdateStreamRequest(betterproto2.Message):
+    """
+    UpdateStream: the stream and its new config.
+    """
+
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
 
     organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
 
     stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -2196,6 +3161,10 @@ default_message_pool.register_message("isa.nats", "UpdateStreamRequest", UpdateS
 
 @dataclass(eq=False, repr=False)
 class UpdateStreamResponse(betterproto2.Message):
+    """
+    The stream as updated.
+    """
+
     success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
     stream: "StreamInfo | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
@@ -2205,6 +3174,23 @@ default_message_pool.register_message("isa.nats", "UpdateStreamResponse", Update
 
 
 class NatsServiceStub(betterproto2_grpclib.ServiceStub):
+    """
+    The NATS gateway: NATS core messaging, JetStream, Key-Value and Object Store over gRPC, each
+    caller confined to its own tenant namespace.
+
+    Identity: in trusted mode a request's user_id names the caller; in token and jwt modes the
+    caller sends "authorization: Bearer <token>" metadata and user_id is empty (or names whom to act
+    for, with the act-as role). Subjects, streams, consumers and buckets are always named as the
+    tenant sees them; the gateway maps them into the tenant's namespace.
+
+    Failures are gRPC status codes with an actionable message (INVALID_ARGUMENT, NOT_FOUND,
+    ALREADY_EXISTS, PERMISSION_DENIED, UNAUTHENTICATED, FAILED_PRECONDITION, RESOURCE_EXHAUSTED,
+    UNAVAILABLE, DEADLINE_EXCEEDED, DATA_LOSS), never success=false, except where false is an answer
+    (found=false, Unsubscribe with nothing open, per-item results of the batch calls).
+
+    ---- Core NATS ----
+    """
+
     async def publish(
         self,
         message: "PublishRequest",
@@ -2214,7 +3200,8 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "PublishResponse":
         """
-        Basic pub/sub
+        Publishes one message. Returns once the NATS server has confirmed receipt, so a success is
+        never a message still sitting in a buffer. UNAVAILABLE while NATS is disconnected.
         """
 
         return await self._unary_unary(
@@ -2234,6 +3221,10 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "PublishBatchResponse":
+        """
+        Publishes many messages under one confirmation. Valid messages are published; each refused one
+        is named in errors ("messages[i]...: reason") and success is false.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/PublishBatch",
@@ -2252,6 +3243,11 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "AsyncIterator[MessageResponse]":
+        """
+        Streams the messages on a subject ('*' and '>' allowed) until the call is cancelled. Response
+        headers are sent once the NATS subscription exists: wait for them before publishing. A reader
+        that falls behind gets RESOURCE_EXHAUSTED (or gaps in sequence, per the gateway's policy).
+        """
 
         async for response in self._unary_stream(
             "/isa.nats.NATSService/Subscribe",
@@ -2271,6 +3267,10 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "UnsubscribeResponse":
+        """
+        Ends this tenant's Subscribe/QueueSubscribe streams on exactly this subject on this gateway
+        replica (they complete with OK). success=false when none was open.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/Unsubscribe",
@@ -2290,7 +3290,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "RequestResponse":
         """
-        Request / response
+        Request/reply with a reply inbox inside the caller's namespace. No responder: UNAVAILABLE; no
+        reply in time: DEADLINE_EXCEEDED. A gateway client responds by publishing to the reply_to it
+        received through Subscribe.
         """
 
         return await self._unary_unary(
@@ -2311,7 +3313,7 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "AsyncIterator[MessageResponse]":
         """
-        Queue groups
+        Like Subscribe, in a queue group: NATS gives each message to one member of the group.
         """
 
         async for response in self._unary_stream(
@@ -2333,7 +3335,10 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "CreateStreamResponse":
         """
-        JetStream streams
+        ---- JetStream streams ----
+
+        Creates a stream capturing the given subjects. The same config again succeeds; a different
+        one is ALREADY_EXISTS.
         """
 
         return await self._unary_unary(
@@ -2353,6 +3358,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "DeleteStreamResponse":
+        """
+        Deletes a stream and its messages and consumers. NOT_FOUND when missing.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/DeleteStream",
@@ -2371,6 +3379,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "GetStreamInfoResponse":
+        """
+        The stream's config (in the caller's subjects), state and creation time.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/GetStreamInfo",
@@ -2389,6 +3400,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "ListStreamsResponse":
+        """
+        Exactly the caller's streams (never another tenant's, never the streams behind buckets).
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/ListStreams",
@@ -2407,6 +3421,10 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "UpdateStreamResponse":
+        """
+        Changes a stream's config; empty subjects keep the current ones. Changes NATS refuses
+        (storage type, rename) are INVALID_ARGUMENT.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/UpdateStream",
@@ -2425,6 +3443,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "PurgeStreamResponse":
+        """
+        Removes a stream's messages, or only those on subject; purged_count is exact.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/PurgeStream",
@@ -2444,7 +3465,10 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "CreateConsumerResponse":
         """
-        JetStream consumers
+        ---- JetStream consumers ----
+
+        Creates a pull consumer: durable with durable_name, otherwise named and removed after
+        inactive_threshold. A different config for an existing consumer is ALREADY_EXISTS.
         """
 
         return await self._unary_unary(
@@ -2464,6 +3488,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "DeleteConsumerResponse":
+        """
+        Deletes a consumer. NOT_FOUND when missing.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/DeleteConsumer",
@@ -2482,6 +3509,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "GetConsumerInfoResponse":
+        """
+        The consumer's config and live state (delivered and ack floor as stream sequences).
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/GetConsumerInfo",
@@ -2500,6 +3530,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "ListConsumersResponse":
+        """
+        The consumers of one of the caller's streams.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/ListConsumers",
@@ -2519,7 +3552,11 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "PublishToStreamResponse":
         """
-        JetStream messages
+        ---- JetStream messages ----
+
+        Stores one message in a stream and returns its sequence. A Nats-Msg-Id header de-duplicates
+        within the stream's duplicate_window (duplicate=true); a failed Nats-Expected-Last-* header is
+        FAILED_PRECONDITION.
         """
 
         return await self._unary_unary(
@@ -2539,6 +3576,10 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "PullMessagesResponse":
+        """
+        Up to batch_size messages from a pull consumer, as soon as any are there, or none after
+        max_wait. Acknowledge each by its ack_token.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/PullMessages",
@@ -2557,6 +3598,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "AckMessageResponse":
+        """
+        Acknowledges one delivery (or naks, extends or terminates it, per action).
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/AckMessage",
@@ -2575,6 +3619,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "NakMessageResponse":
+        """
+        Asks for one delivery to be redelivered, no earlier than delay.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/NakMessage",
@@ -2594,7 +3641,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "KvPutResponse":
         """
-        Key-Value store
+        ---- Key-Value store ----
+
+        Stores a value and returns its revision; the bucket is created on first put.
         """
 
         return await self._unary_unary(
@@ -2614,6 +3663,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "KvGetResponse":
+        """
+        The latest (or a given) revision of a key; found=false for a missing key or bucket.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/KVGet",
@@ -2632,6 +3684,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "KvDeleteResponse":
+        """
+        Deletes a key (a delete marker, or its whole history with purge); optionally conditional.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/KVDelete",
@@ -2650,6 +3705,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "KvKeysResponse":
+        """
+        The live keys of a bucket, sorted; empty for a missing bucket.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/KVKeys",
@@ -2669,7 +3727,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "ObjectPutResponse":
         """
-        Object store
+        ---- Object store ----
+
+        Stores a whole object of up to the gateway's message size (ObjectPutStream for larger ones).
         """
 
         return await self._unary_unary(
@@ -2689,6 +3749,10 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "ObjectGetResponse":
+        """
+        Reads a whole object; found=false when missing. RESOURCE_EXHAUSTED beyond the message size
+        (use ObjectGetStream); DATA_LOSS when the content does not match its digest.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/ObjectGet",
@@ -2707,6 +3771,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "ObjectDeleteResponse":
+        """
+        Deletes an object; succeeds when there was nothing to delete.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/ObjectDelete",
@@ -2725,6 +3792,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "ObjectListResponse":
+        """
+        The live objects of a bucket, sorted by name; empty for a missing bucket.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/ObjectList",
@@ -2744,7 +3814,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "GetStatisticsResponse":
         """
-        Statistics and monitoring
+        ---- Statistics and monitoring ----
+
+        Totals over the caller's streams, plus the NATS server's connection and traffic counters.
         """
 
         return await self._unary_unary(
@@ -2764,6 +3836,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "GetStreamStatsResponse":
+        """
+        One stream's size and its message and byte rates over the gateway's stats window.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/GetStreamStats",
@@ -2783,7 +3858,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "NatsHealthCheckResponse":
         """
-        Health
+        ---- Health ----
+
+        The gateway's NATS connection state; needs no identity. deep_check adds a round trip.
         """
 
         return await self._unary_unary(
@@ -2804,7 +3881,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "KvCreateResponse":
         """
-        natsgw: Key-Value beyond the original four calls
+        ---- natsgw: Key-Value beyond the original four calls ----
+
+        Puts only if the key has no live value; ALREADY_EXISTS otherwise.
         """
 
         return await self._unary_unary(
@@ -2824,6 +3903,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "KvUpdateResponse":
+        """
+        Compare-and-set: puts only if the key is at expected_revision; FAILED_PRECONDITION otherwise.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/KVUpdate",
@@ -2842,6 +3924,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "KvHistoryResponse":
+        """
+        Every stored revision of a key, oldest first, deletes and purges included.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/KVHistory",
@@ -2860,6 +3945,10 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "AsyncIterator[KvEntry]":
+        """
+        Streams a key's (or a pattern's) current values, then every change. At gateway shutdown it
+        ends with UNAVAILABLE naming the from_revision to resume with.
+        """
 
         async for response in self._unary_stream(
             "/isa.nats.NATSService/KVWatch",
@@ -2879,6 +3968,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "KvCreateBucketResponse":
+        """
+        Creates a bucket; zero values take the gateway's defaults. ALREADY_EXISTS when it exists.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/KVCreateBucket",
@@ -2897,6 +3989,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "KvDeleteBucketResponse":
+        """
+        Deletes a bucket and every key in it. NOT_FOUND when missing.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/KVDeleteBucket",
@@ -2915,6 +4010,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "KvListBucketsResponse":
+        """
+        The caller's buckets.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/KVListBuckets",
@@ -2933,6 +4031,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "KvBucketStatusResponse":
+        """
+        One bucket's settings and size. NOT_FOUND when missing.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/KVBucketStatus",
@@ -2952,7 +4053,10 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "ObjectPutResponse":
         """
-        natsgw: objects of any size, streamed in chunks
+        ---- natsgw: objects of any size, streamed in chunks ----
+
+        Uploads an object in chunks: a header first, then data. Nothing is visible until every chunk
+        is stored; a failed or cancelled upload leaves nothing behind.
         """
 
         return await self._stream_unary(
@@ -2973,6 +4077,10 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "AsyncIterator[ObjectGetStreamResponse]":
+        """
+        Downloads an object: a first message saying whether it exists and describing it, then its
+        content in order. Ends with DATA_LOSS if the content does not match its digest.
+        """
 
         async for response in self._unary_stream(
             "/isa.nats.NATSService/ObjectGetStream",
@@ -2993,7 +4101,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "PublishToStreamBatchResponse":
         """
-        natsgw: JetStream at speed: batched stream publish, batched acks, continuous consumption
+        ---- natsgw: JetStream at speed ----
+
+        Stores many messages with many publishes in flight; one result per message, in order.
         """
 
         return await self._unary_unary(
@@ -3013,6 +4123,9 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "AckMessagesResponse":
+        """
+        One action for many ack tokens; one result per token, in order.
+        """
 
         return await self._unary_unary(
             "/isa.nats.NATSService/AckMessages",
@@ -3031,6 +4144,11 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
     ) -> "AsyncIterator[ConsumeResponse]":
+        """
+        Streams a pull consumer's messages as they arrive, while fewer than max_messages and
+        max_bytes are delivered and not yet settled (flow control); heartbeats during silence.
+        Settle deliveries with AckMessages / AckMessage by ack_token.
+        """
 
         async for response in self._unary_stream(
             "/isa.nats.NATSService/Consume",
@@ -3047,29 +4165,62 @@ from ...google import protobuf as __google__protobuf__
 
 
 class NatsServiceBase(betterproto2_grpclib.ServiceBase):
+    """
+    The NATS gateway: NATS core messaging, JetStream, Key-Value and Object Store over gRPC, each
+    caller confined to its own tenant namespace.
+
+    Identity: in trusted mode a request's user_id names the caller; in token and jwt modes the
+    caller sends "authorization: Bearer <token>" metadata and user_id is empty (or names whom to act
+    for, with the act-as role). Subjects, streams, consumers and buckets are always named as the
+    tenant sees them; the gateway maps them into the tenant's namespace.
+
+    Failures are gRPC status codes with an actionable message (INVALID_ARGUMENT, NOT_FOUND,
+    ALREADY_EXISTS, PERMISSION_DENIED, UNAUTHENTICATED, FAILED_PRECONDITION, RESOURCE_EXHAUSTED,
+    UNAVAILABLE, DEADLINE_EXCEEDED, DATA_LOSS), never success=false, except where false is an answer
+    (found=false, Unsubscribe with nothing open, per-item results of the batch calls).
+
+    ---- Core NATS ----
+    """
+
     async def publish(self, message: "PublishRequest") -> "PublishResponse":
         """
-        Basic pub/sub
+        Publishes one message. Returns once the NATS server has confirmed receipt, so a success is
+        never a message still sitting in a buffer. UNAVAILABLE while NATS is disconnected.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def publish_batch(self, message: "PublishBatchRequest") -> "PublishBatchResponse":
+        """
+        Publishes many messages under one confirmation. Valid messages are published; each refused one
+        is named in errors ("messages[i]...: reason") and success is false.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def subscribe(self, message: "SubscribeRequest") -> "AsyncIterator[MessageResponse]":
+        """
+        Streams the messages on a subject ('*' and '>' allowed) until the call is cancelled. Response
+        headers are sent once the NATS subscription exists: wait for them before publishing. A reader
+        that falls behind gets RESOURCE_EXHAUSTED (or gaps in sequence, per the gateway's policy).
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield MessageResponse()
 
     async def unsubscribe(self, message: "UnsubscribeRequest") -> "UnsubscribeResponse":
+        """
+        Ends this tenant's Subscribe/QueueSubscribe streams on exactly this subject on this gateway
+        replica (they complete with OK). success=false when none was open.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def request(self, message: "RequestRequest") -> "RequestResponse":
         """
-        Request / response
+        Request/reply with a reply inbox inside the caller's namespace. No responder: UNAVAILABLE; no
+        reply in time: DEADLINE_EXCEEDED. A gateway client responds by publishing to the reply_to it
+        received through Subscribe.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
@@ -3078,7 +4229,7 @@ class NatsServiceBase(betterproto2_grpclib.ServiceBase):
         self, message: "QueueSubscribeRequest"
     ) -> "AsyncIterator[MessageResponse]":
         """
-        Queue groups
+        Like Subscribe, in a queue group: NATS gives each message to one member of the group.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
@@ -3086,49 +4237,80 @@ class NatsServiceBase(betterproto2_grpclib.ServiceBase):
 
     async def create_stream(self, message: "CreateStreamRequest") -> "CreateStreamResponse":
         """
-        JetStream streams
+        ---- JetStream streams ----
+
+        Creates a stream capturing the given subjects. The same config again succeeds; a different
+        one is ALREADY_EXISTS.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def delete_stream(self, message: "DeleteStreamRequest") -> "DeleteStreamResponse":
+        """
+        Deletes a stream and its messages and consumers. NOT_FOUND when missing.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def get_stream_info(self, message: "GetStreamInfoRequest") -> "GetStreamInfoResponse":
+        """
+        The stream's config (in the caller's subjects), state and creation time.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def list_streams(self, message: "ListStreamsRequest") -> "ListStreamsResponse":
+        """
+        Exactly the caller's streams (never another tenant's, never the streams behind buckets).
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def update_stream(self, message: "UpdateStreamRequest") -> "UpdateStreamResponse":
+        """
+        Changes a stream's config; empty subjects keep the current ones. Changes NATS refuses
+        (storage type, rename) are INVALID_ARGUMENT.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def purge_stream(self, message: "PurgeStreamRequest") -> "PurgeStreamResponse":
+        """
+        Removes a stream's messages, or only those on subject; purged_count is exact.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def create_consumer(self, message: "CreateConsumerRequest") -> "CreateConsumerResponse":
         """
-        JetStream consumers
+        ---- JetStream consumers ----
+
+        Creates a pull consumer: durable with durable_name, otherwise named and removed after
+        inactive_threshold. A different config for an existing consumer is ALREADY_EXISTS.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def delete_consumer(self, message: "DeleteConsumerRequest") -> "DeleteConsumerResponse":
+        """
+        Deletes a consumer. NOT_FOUND when missing.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def get_consumer_info(
         self, message: "GetConsumerInfoRequest"
     ) -> "GetConsumerInfoResponse":
+        """
+        The consumer's config and live state (delivered and ack floor as stream sequences).
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def list_consumers(self, message: "ListConsumersRequest") -> "ListConsumersResponse":
+        """
+        The consumers of one of the caller's streams.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -3136,112 +4318,180 @@ class NatsServiceBase(betterproto2_grpclib.ServiceBase):
         self, message: "PublishToStreamRequest"
     ) -> "PublishToStreamResponse":
         """
-        JetStream messages
+        ---- JetStream messages ----
+
+        Stores one message in a stream and returns its sequence. A Nats-Msg-Id header de-duplicates
+        within the stream's duplicate_window (duplicate=true); a failed Nats-Expected-Last-* header is
+        FAILED_PRECONDITION.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def pull_messages(self, message: "PullMessagesRequest") -> "PullMessagesResponse":
+        """
+        Up to batch_size messages from a pull consumer, as soon as any are there, or none after
+        max_wait. Acknowledge each by its ack_token.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def ack_message(self, message: "AckMessageRequest") -> "AckMessageResponse":
+        """
+        Acknowledges one delivery (or naks, extends or terminates it, per action).
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def nak_message(self, message: "NakMessageRequest") -> "NakMessageResponse":
+        """
+        Asks for one delivery to be redelivered, no earlier than delay.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def kv_put(self, message: "KvPutRequest") -> "KvPutResponse":
         """
-        Key-Value store
+        ---- Key-Value store ----
+
+        Stores a value and returns its revision; the bucket is created on first put.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def kv_get(self, message: "KvGetRequest") -> "KvGetResponse":
+        """
+        The latest (or a given) revision of a key; found=false for a missing key or bucket.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def kv_delete(self, message: "KvDeleteRequest") -> "KvDeleteResponse":
+        """
+        Deletes a key (a delete marker, or its whole history with purge); optionally conditional.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def kv_keys(self, message: "KvKeysRequest") -> "KvKeysResponse":
+        """
+        The live keys of a bucket, sorted; empty for a missing bucket.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def object_put(self, message: "ObjectPutRequest") -> "ObjectPutResponse":
         """
-        Object store
+        ---- Object store ----
+
+        Stores a whole object of up to the gateway's message size (ObjectPutStream for larger ones).
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def object_get(self, message: "ObjectGetRequest") -> "ObjectGetResponse":
+        """
+        Reads a whole object; found=false when missing. RESOURCE_EXHAUSTED beyond the message size
+        (use ObjectGetStream); DATA_LOSS when the content does not match its digest.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def object_delete(self, message: "ObjectDeleteRequest") -> "ObjectDeleteResponse":
+        """
+        Deletes an object; succeeds when there was nothing to delete.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def object_list(self, message: "ObjectListRequest") -> "ObjectListResponse":
+        """
+        The live objects of a bucket, sorted by name; empty for a missing bucket.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def get_statistics(self, message: "GetStatisticsRequest") -> "GetStatisticsResponse":
         """
-        Statistics and monitoring
+        ---- Statistics and monitoring ----
+
+        Totals over the caller's streams, plus the NATS server's connection and traffic counters.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def get_stream_stats(self, message: "GetStreamStatsRequest") -> "GetStreamStatsResponse":
+        """
+        One stream's size and its message and byte rates over the gateway's stats window.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def health_check(self, message: "NatsHealthCheckRequest") -> "NatsHealthCheckResponse":
         """
-        Health
+        ---- Health ----
+
+        The gateway's NATS connection state; needs no identity. deep_check adds a round trip.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def kv_create(self, message: "KvCreateRequest") -> "KvCreateResponse":
         """
-        natsgw: Key-Value beyond the original four calls
+        ---- natsgw: Key-Value beyond the original four calls ----
+
+        Puts only if the key has no live value; ALREADY_EXISTS otherwise.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def kv_update(self, message: "KvUpdateRequest") -> "KvUpdateResponse":
+        """
+        Compare-and-set: puts only if the key is at expected_revision; FAILED_PRECONDITION otherwise.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def kv_history(self, message: "KvHistoryRequest") -> "KvHistoryResponse":
+        """
+        Every stored revision of a key, oldest first, deletes and purges included.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def kv_watch(self, message: "KvWatchRequest") -> "AsyncIterator[KvEntry]":
+        """
+        Streams a key's (or a pattern's) current values, then every change. At gateway shutdown it
+        ends with UNAVAILABLE naming the from_revision to resume with.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield KvEntry()
 
     async def kv_create_bucket(self, message: "KvCreateBucketRequest") -> "KvCreateBucketResponse":
+        """
+        Creates a bucket; zero values take the gateway's defaults. ALREADY_EXISTS when it exists.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def kv_delete_bucket(self, message: "KvDeleteBucketRequest") -> "KvDeleteBucketResponse":
+        """
+        Deletes a bucket and every key in it. NOT_FOUND when missing.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def kv_list_buckets(self, message: "KvListBucketsRequest") -> "KvListBucketsResponse":
+        """
+        The caller's buckets.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def kv_bucket_status(self, message: "KvBucketStatusRequest") -> "KvBucketStatusResponse":
+        """
+        One bucket's settings and size. NOT_FOUND when missing.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -3249,7 +4499,10 @@ class NatsServiceBase(betterproto2_grpclib.ServiceBase):
         self, messages: "AsyncIterator[ObjectPutStreamRequest]"
     ) -> "ObjectPutResponse":
         """
-        natsgw: objects of any size, streamed in chunks
+        ---- natsgw: objects of any size, streamed in chunks ----
+
+        Uploads an object in chunks: a header first, then data. Nothing is visible until every chunk
+        is stored; a failed or cancelled upload leaves nothing behind.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
@@ -3257,6 +4510,10 @@ class NatsServiceBase(betterproto2_grpclib.ServiceBase):
     async def object_get_stream(
         self, message: "ObjectGetRequest"
     ) -> "AsyncIterator[ObjectGetStreamResponse]":
+        """
+        Downloads an object: a first message saying whether it exists and describing it, then its
+        content in order. Ends with DATA_LOSS if the content does not match its digest.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield ObjectGetStreamResponse()
@@ -3265,16 +4522,26 @@ class NatsServiceBase(betterproto2_grpclib.ServiceBase):
         self, message: "PublishToStreamBatchRequest"
     ) -> "PublishToStreamBatchResponse":
         """
-        natsgw: JetStream at speed: batched stream publish, batched acks, continuous consumption
+        ---- natsgw: JetStream at speed ----
+
+        Stores many messages with many publishes in flight; one result per message, in order.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def ack_messages(self, message: "AckMessagesRequest") -> "AckMessagesResponse":
+        """
+        One action for many ack tokens; one result per token, in order.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def consume(self, message: "ConsumeRequest") -> "AsyncIterator[ConsumeResponse]":
+        """
+        Streams a pull consumer's messages as they arrive, while fewer than max_messages and
+        max_bytes are delivered and not yet settled (flow control); heartbeats during silence.
+        Settle deliveries with AckMessages / AckMessage by ack_token.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield ConsumeResponse()

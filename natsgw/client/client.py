@@ -1,0 +1,767 @@
+"""The natsgw client: one connection, typed calls, typed errors.
+
+It speaks grpclib with the generated dataclasses and the gateway's own upb codec, and imports
+nothing of the server (no nats-py): ``pip install 'natsgw[client]'`` is enough.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import ssl
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from grpclib.client import Channel
+from grpclib.const import Cardinality
+
+from natsgw._generated.isa import nats as pb
+from natsgw.client._codec import build_codec
+from natsgw.client._streams import ServerStream
+from natsgw.client.consumer import DEFAULT_ACK_WAIT, AckBatcher, Consumer
+from natsgw.client.errors import InvalidArgument, NotFound, translated
+from natsgw.client.objects import ObjectDownload, ObjectSource, chunks_of
+from natsgw.client.types import (
+    AckAction,
+    BatchResult,
+    ConsumerConfig,
+    ConsumerInfo,
+    JsMsg,
+    KvBucketInfo,
+    KvEntry,
+    Msg,
+    ObjectInfo,
+    PubAck,
+    Reply,
+    StreamConfig,
+    StreamInfo,
+)
+
+_SERVICE = "/isa.nats.NATSService/"
+DEFAULT_PORT = 50056
+DEFAULT_CHUNK = 128 * 1024
+
+
+def tls_context(
+    ca_file: str | os.PathLike[str] | None = None,
+    cert_file: str | os.PathLike[str] | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+) -> ssl.SSLContext:
+    """A client TLS context for HTTP/2: trusts ``ca_file`` (else the system CAs) and presents
+    ``cert_file``/``key_file`` when the gateway asks for a client certificate (mutual TLS)."""
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if cert_file:
+        context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+def parse_target(target: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``host`` (port 50056)."""
+    host, sep, port = target.rpartition(":")
+    if not sep or "]" in port:
+        return target.strip("[]"), DEFAULT_PORT
+    if not port.isdigit():
+        raise InvalidArgument(f"target {target!r}: expected host:port")
+    return host.strip("[]"), int(port)
+
+
+def _msg(m: pb.MessageResponse) -> Msg:
+    return Msg(m.subject, m.data, dict(m.headers), m.reply_to, m.sequence, m.timestamp)
+
+
+def _js_msg(m: pb.JetStreamMessage) -> JsMsg:
+    return JsMsg(
+        subject=m.subject,
+        data=m.data,
+        headers=dict(m.headers),
+        sequence=m.sequence,
+        consumer_sequence=m.consumer_sequence,
+        num_delivered=m.num_delivered,
+        num_pending=m.num_pending,
+        timestamp=m.timestamp,
+        ack_token=m.ack_token,
+    )
+
+
+def _seconds(value: float | datetime.timedelta | None) -> datetime.timedelta | None:
+    if value is None or isinstance(value, datetime.timedelta):
+        return value
+    return datetime.timedelta(seconds=value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    user_id: str
+    organization_id: str
+
+    def fields(self) -> dict[str, Any]:
+        scope = (
+            pb.NamespaceScope.SCOPE_ORGANIZATION
+            if self.organization_id
+            else pb.NamespaceScope.SCOPE_USER
+        )
+        return {"user_id": self.user_id, "organization_id": self.organization_id, "scope": scope}
+
+
+class Client:
+    """A connection to one gateway. Use ``async with await connect(...)`` or call ``close()``.
+
+    Credentials: ``token`` is sent as ``authorization: Bearer`` (an API token or a JWT);
+    ``user_id`` names the caller in trusted mode (or whom to act for, with the act-as role);
+    ``organization_id`` makes every call work in that organization's namespace (see
+    :meth:`in_organization` for one client serving both).
+    """
+
+    def __init__(
+        self,
+        target: str = f"127.0.0.1:{DEFAULT_PORT}",
+        *,
+        token: str = "",
+        user_id: str = "",
+        organization_id: str = "",
+        tls: ssl.SSLContext | bool = False,
+        ca_file: str | os.PathLike[str] | None = None,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        timeout: float | None = 30.0,
+        metadata: Mapping[str, str] | None = None,
+        _channel: Channel | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._identity = _Identity(user_id, organization_id)
+        self._metadata = dict(metadata or {})
+        if token:
+            self._metadata["authorization"] = f"Bearer {token}"
+        if _channel is None:
+            host, port = parse_target(target)
+            context: ssl.SSLContext | None = None
+            if isinstance(tls, ssl.SSLContext):
+                context = tls
+            elif tls or ca_file or cert_file:
+                context = tls_context(ca_file, cert_file, key_file)
+            _channel = Channel(host, port, ssl=context, codec=build_codec())
+            self._owns_channel = True
+        else:
+            self._owns_channel = False
+        self._channel = _channel
+        self._stub = pb.NatsServiceStub(_channel, timeout=timeout, metadata=self._metadata)
+
+    def in_organization(self, organization_id: str) -> Client:
+        """The same connection, working in ``organization_id``'s namespace ("" for your own)."""
+        other = Client(
+            self.target,
+            user_id=self._identity.user_id,
+            organization_id=organization_id,
+            timeout=self.timeout,
+            metadata=self._metadata,
+            _channel=self._channel,
+        )
+        return other
+
+    def close(self) -> None:
+        if self._owns_channel:
+            self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def stub(self) -> pb.NatsServiceStub:
+        """The generated stub on this connection, for calls this class does not wrap.
+
+        Its requests need the identity fields: ``pb.XRequest(**client.identity(), ...)``.
+        """
+        return self._stub
+
+    def identity(self) -> dict[str, Any]:
+        """``user_id``, ``organization_id`` and ``scope`` as every request carries them."""
+        return self._identity.fields()
+
+    def _ids(self) -> dict[str, Any]:
+        return self._identity.fields()
+
+    def _stream(
+        self,
+        method: str,
+        request: Any,
+        response_type: type[Any],
+        convert: Any,
+        timeout: float | None = None,
+    ) -> ServerStream[Any, Any, Any]:
+        return ServerStream(
+            self._channel,
+            _SERVICE + method,
+            request,
+            response_type,
+            convert,
+            self._metadata,
+            timeout,
+        )
+
+    # ---- health --------------------------------------------------------------------------
+
+    async def health(self, deep: bool = False) -> pb.NatsHealthCheckResponse:
+        async with translated():
+            return await self._stub.health_check(pb.NatsHealthCheckRequest(deep_check=deep))
+
+    async def statistics(self) -> pb.GetStatisticsResponse:
+        async with translated():
+            return await self._stub.get_statistics(pb.GetStatisticsRequest(**self._ids()))
+
+    # ---- core messaging ------------------------------------------------------------------
+
+    async def publish(
+        self,
+        subject: str,
+        data: bytes = b"",
+        *,
+        headers: Mapping[str, str] | None = None,
+        reply_to: str = "",
+    ) -> None:
+        """Returns once the NATS server has the message (the gateway confirms it)."""
+        async with translated():
+            await self._stub.publish(
+                pb.PublishRequest(
+                    subject=subject,
+                    data=data,
+                    headers=dict(headers or {}),
+                    reply_to=reply_to,
+                    **self._ids(),
+                )
+            )
+
+    async def publish_batch(
+        self, messages: Iterable[tuple[str, bytes] | tuple[str, bytes, Mapping[str, str]]]
+    ) -> BatchResult:
+        """Publish many in one call: ``(subject, data)`` or ``(subject, data, headers)`` each.
+
+        Refused messages are reported in ``errors`` (the rest are published), not raised.
+        """
+        batch = [
+            pb.NatsMessage(subject=m[0], data=m[1], headers=dict(m[2]) if len(m) > 2 else {})
+            for m in messages
+        ]
+        async with translated():
+            answer = await self._stub.publish_batch(
+                pb.PublishBatchRequest(messages=batch, **self._ids())
+            )
+        return BatchResult(answer.published_count, tuple(answer.errors))
+
+    def subscribe(self, subject: str, *, queue_group: str = "") -> ServerStream[Any, Any, Msg]:
+        """``async for msg in client.subscribe("orders.*")``.
+
+        Use ``async with client.subscribe(...) as sub`` to know the subscription is live before
+        publishing, and to end it when the block ends.
+        """
+        if queue_group:  # NATS shares the messages among the group's subscribers
+            queued = pb.QueueSubscribeRequest(
+                subject=subject, queue_group=queue_group, **self._ids()
+            )
+            return self._stream("QueueSubscribe", queued, pb.MessageResponse, _msg, timeout=None)
+        request = pb.SubscribeRequest(subject=subject, **self._ids())
+        return self._stream("Subscribe", request, pb.MessageResponse, _msg, timeout=None)
+
+    async def unsubscribe(self, subject: str) -> bool:
+        """End this tenant's subscriptions on ``subject`` on the gateway; False if none was open."""
+        async with translated():
+            answer = await self._stub.unsubscribe(
+                pb.UnsubscribeRequest(subject=subject, **self._ids())
+            )
+        return answer.success
+
+    async def request(
+        self,
+        subject: str,
+        data: bytes = b"",
+        *,
+        timeout: float = 5.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> Reply:
+        """Request/reply; Unavailable if nobody listens, DeadlineExceeded if no answer in time."""
+        async with translated():
+            answer = await self._stub.request(
+                pb.RequestRequest(
+                    subject=subject,
+                    data=data,
+                    timeout=datetime.timedelta(seconds=timeout),
+                    headers=dict(headers or {}),
+                    **self._ids(),
+                ),
+                timeout=timeout + 5.0,
+            )
+        return Reply(answer.data, dict(answer.headers))
+
+    # ---- JetStream streams and consumers -------------------------------------------------
+
+    async def create_stream(
+        self,
+        name: str,
+        subjects: Sequence[str] = (),
+        *,
+        config: StreamConfig | None = None,
+    ) -> StreamInfo:
+        """Create (or confirm, if identical) a stream; ``config`` gives every other option."""
+        cfg = config or StreamConfig()
+        cfg.name = name
+        if subjects:
+            cfg.subjects = list(subjects)
+        async with translated():
+            answer = await self._stub.create_stream(
+                pb.CreateStreamRequest(config=cfg, **self._ids())
+            )
+        assert answer.stream is not None
+        return answer.stream
+
+    async def update_stream(self, name: str, config: StreamConfig) -> StreamInfo:
+        config.name = name
+        async with translated():
+            answer = await self._stub.update_stream(
+                pb.UpdateStreamRequest(stream_name=name, config=config, **self._ids())
+            )
+        assert answer.stream is not None
+        return answer.stream
+
+    async def delete_stream(self, name: str) -> None:
+        async with translated():
+            await self._stub.delete_stream(pb.DeleteStreamRequest(stream_name=name, **self._ids()))
+
+    async def stream_info(self, name: str) -> StreamInfo:
+        async with translated():
+            answer = await self._stub.get_stream_info(
+                pb.GetStreamInfoRequest(stream_name=name, **self._ids())
+            )
+        assert answer.stream is not None
+        return answer.stream
+
+    async def streams(self) -> list[StreamInfo]:
+        async with translated():
+            answer = await self._stub.list_streams(pb.ListStreamsRequest(**self._ids()))
+        return list(answer.streams)
+
+    async def purge_stream(self, name: str, subject: str = "") -> int:
+        """Remove messages (only those on ``subject`` if given); returns how many."""
+        async with translated():
+            answer = await self._stub.purge_stream(
+                pb.PurgeStreamRequest(stream_name=name, subject=subject, **self._ids())
+            )
+        return answer.purged_count
+
+    async def stream_stats(self, name: str) -> pb.GetStreamStatsResponse:
+        async with translated():
+            return await self._stub.get_stream_stats(
+                pb.GetStreamStatsRequest(stream_name=name, **self._ids())
+            )
+
+    async def create_consumer(
+        self, stream: str, durable_name: str = "", *, config: ConsumerConfig | None = None
+    ) -> ConsumerInfo:
+        """A pull consumer: durable with ``durable_name``, else as ``config`` says."""
+        cfg = config or ConsumerConfig()
+        if durable_name:
+            cfg.durable_name = durable_name
+        async with translated():
+            answer = await self._stub.create_consumer(
+                pb.CreateConsumerRequest(stream_name=stream, config=cfg, **self._ids())
+            )
+        assert answer.consumer is not None
+        return answer.consumer
+
+    async def delete_consumer(self, stream: str, consumer: str) -> None:
+        async with translated():
+            await self._stub.delete_consumer(
+                pb.DeleteConsumerRequest(stream_name=stream, consumer_name=consumer, **self._ids())
+            )
+
+    async def consumer_info(self, stream: str, consumer: str) -> ConsumerInfo:
+        async with translated():
+            answer = await self._stub.get_consumer_info(
+                pb.GetConsumerInfoRequest(stream_name=stream, consumer_name=consumer, **self._ids())
+            )
+        assert answer.consumer is not None
+        return answer.consumer
+
+    async def consumers(self, stream: str) -> list[ConsumerInfo]:
+        async with translated():
+            answer = await self._stub.list_consumers(
+                pb.ListConsumersRequest(stream_name=stream, **self._ids())
+            )
+        return list(answer.consumers)
+
+    # ---- JetStream messages --------------------------------------------------------------
+
+    async def publish_to_stream(
+        self,
+        subject: str,
+        data: bytes = b"",
+        *,
+        stream: str = "",
+        headers: Mapping[str, str] | None = None,
+        msg_id: str = "",
+    ) -> PubAck:
+        """Store a message; ``msg_id`` de-duplicates retries within the stream's window."""
+        hdrs = dict(headers or {})
+        if msg_id:
+            hdrs["Nats-Msg-Id"] = msg_id
+        async with translated():
+            answer = await self._stub.publish_to_stream(
+                pb.PublishToStreamRequest(
+                    stream_name=stream, subject=subject, data=data, headers=hdrs, **self._ids()
+                )
+            )
+        return PubAck(answer.sequence, answer.duplicate, answer.timestamp)
+
+    async def publish_to_stream_batch(
+        self, stream: str, messages: Iterable[pb.StreamMessage | tuple[str, bytes]]
+    ) -> list[PubAck]:
+        """Many stores in one call; one result per message, in order (``error`` when refused)."""
+        batch = [
+            m if isinstance(m, pb.StreamMessage) else pb.StreamMessage(subject=m[0], data=m[1])
+            for m in messages
+        ]
+        async with translated():
+            answer = await self._stub.publish_to_stream_batch(
+                pb.PublishToStreamBatchRequest(stream_name=stream, messages=batch, **self._ids())
+            )
+        return [PubAck(r.sequence, r.duplicate, None, r.error) for r in answer.results]
+
+    async def pull(
+        self, stream: str, consumer: str, batch: int = 1, *, max_wait: float = 5.0
+    ) -> list[JsMsg]:
+        """Up to ``batch`` messages, as soon as any are there (empty after ``max_wait``).
+
+        Acknowledge them with :meth:`ack`; :meth:`consume` does that for you, batched.
+        """
+        async with translated():
+            answer = await self._stub.pull_messages(
+                pb.PullMessagesRequest(
+                    stream_name=stream,
+                    consumer_name=consumer,
+                    batch_size=batch,
+                    max_wait=datetime.timedelta(seconds=max_wait),
+                    **self._ids(),
+                ),
+                timeout=max_wait + 10.0,
+            )
+        return [_js_msg(m) for m in answer.messages]
+
+    async def ack(
+        self,
+        *messages: JsMsg,
+        action: AckAction = AckAction.ACK,
+        nak_delay: float | datetime.timedelta | None = None,
+    ) -> int:
+        """Settle pulled messages in one call; returns how many the gateway accepted."""
+        answer = await self._ack_tokens(
+            [m.ack_token for m in messages], action, _seconds(nak_delay)
+        )
+        return answer.succeeded
+
+    async def _ack_tokens(
+        self, tokens: list[str], action: AckAction, delay: datetime.timedelta | None
+    ) -> pb.AckMessagesResponse:
+        async with translated():
+            return await self._stub.ack_messages(
+                pb.AckMessagesRequest(
+                    ack_tokens=tokens, action=action, nak_delay=delay, **self._ids()
+                )
+            )
+
+    def consume(
+        self,
+        stream: str,
+        consumer: str,
+        *,
+        max_messages: int = 100,
+        max_bytes: int = 0,
+        heartbeat: float = 5.0,
+        ack_batch: int = 256,
+        ack_interval: float = 0.05,
+        max_lease: float = 3600.0,
+    ) -> Consumer:
+        """``async with client.consume(s, c) as messages: async for msg in messages: msg.ack()``.
+
+        At most ``max_messages`` (and ``max_bytes``) are outstanding; acks are batched and unsettled
+        messages have their ack deadline extended for up to ``max_lease`` seconds (see
+        :mod:`natsgw.client.consumer`).
+        """
+        request = pb.ConsumeRequest(
+            stream_name=stream,
+            consumer_name=consumer,
+            max_messages=max_messages,
+            max_bytes=max_bytes,
+            heartbeat=datetime.timedelta(seconds=heartbeat),
+            **self._ids(),
+        )
+
+        async def ack_wait() -> float:
+            info = await self.consumer_info(stream, consumer)
+            wait = info.config.ack_wait if info.config is not None else None
+            return wait.total_seconds() if wait else DEFAULT_ACK_WAIT
+
+        def batcher(wait: float) -> AckBatcher:
+            return AckBatcher(
+                self._ack_tokens,
+                ack_batch=min(ack_batch, max(1, max_messages // 2)),
+                ack_interval=ack_interval,
+                ack_wait=wait,
+                max_lease=max_lease,
+            )
+
+        stream_call = self._stream("Consume", request, pb.ConsumeResponse, lambda r: r)
+        return Consumer(stream_call, ack_wait, batcher)
+
+    # ---- Key-Value -----------------------------------------------------------------------
+
+    async def kv_get(self, bucket: str, key: str, *, revision: int = 0) -> KvEntry | None:
+        """The key's latest value (or ``revision``); None when the key or bucket is missing."""
+        async with translated():
+            answer = await self._stub.kv_get(
+                pb.KvGetRequest(bucket=bucket, key=key, revision=revision, **self._ids())
+            )
+        if not answer.found:
+            return None
+        return KvEntry(
+            key=key, value=answer.value, revision=answer.revision, created=answer.created
+        )
+
+    async def kv_put(self, bucket: str, key: str, value: bytes) -> int:
+        """Store ``value`` (the bucket is made on first put); returns the new revision."""
+        async with translated():
+            answer = await self._stub.kv_put(
+                pb.KvPutRequest(bucket=bucket, key=key, value=value, **self._ids())
+            )
+        return answer.revision
+
+    async def kv_create(self, bucket: str, key: str, value: bytes) -> int:
+        """Put only if the key does not exist; AlreadyExists otherwise."""
+        async with translated():
+            answer = await self._stub.kv_create(
+                pb.KvCreateRequest(bucket=bucket, key=key, value=value, **self._ids())
+            )
+        return answer.revision
+
+    async def kv_update(self, bucket: str, key: str, value: bytes, revision: int) -> int:
+        """Compare-and-set: put only if the key is at ``revision``; FailedPrecondition otherwise."""
+        async with translated():
+            answer = await self._stub.kv_update(
+                pb.KvUpdateRequest(
+                    bucket=bucket, key=key, value=value, expected_revision=revision, **self._ids()
+                )
+            )
+        return answer.revision
+
+    async def kv_delete(
+        self, bucket: str, key: str, *, revision: int = 0, purge: bool = False
+    ) -> None:
+        async with translated():
+            await self._stub.kv_delete(
+                pb.KvDeleteRequest(
+                    bucket=bucket, key=key, expected_revision=revision, purge=purge, **self._ids()
+                )
+            )
+
+    async def kv_keys(self, bucket: str) -> list[str]:
+        async with translated():
+            answer = await self._stub.kv_keys(pb.KvKeysRequest(bucket=bucket, **self._ids()))
+        return list(answer.keys)
+
+    async def kv_history(self, bucket: str, key: str) -> list[KvEntry]:
+        async with translated():
+            answer = await self._stub.kv_history(
+                pb.KvHistoryRequest(bucket=bucket, key=key, **self._ids())
+            )
+        return list(answer.entries)
+
+    def kv_watch(
+        self, bucket: str, key: str = "", *, from_revision: int = 0, updates_only: bool = False
+    ) -> ServerStream[Any, Any, KvEntry]:
+        """``async for entry in client.kv_watch("cfg", "app.*")``: current values, then changes."""
+        request = pb.KvWatchRequest(
+            bucket=bucket,
+            key=key,
+            from_revision=from_revision,
+            updates_only=updates_only,
+            **self._ids(),
+        )
+        return self._stream("KVWatch", request, pb.KvEntry, lambda e: e)
+
+    async def kv_create_bucket(
+        self,
+        bucket: str,
+        *,
+        history: int = 0,
+        ttl: float = 0.0,
+        max_bytes: int = 0,
+    ) -> KvBucketInfo:
+        async with translated():
+            answer = await self._stub.kv_create_bucket(
+                pb.KvCreateBucketRequest(
+                    bucket=bucket,
+                    history=history,
+                    ttl=datetime.timedelta(seconds=ttl) if ttl else None,
+                    max_bytes=max_bytes,
+                    **self._ids(),
+                )
+            )
+        assert answer.bucket is not None
+        return answer.bucket
+
+    async def kv_delete_bucket(self, bucket: str) -> None:
+        async with translated():
+            await self._stub.kv_delete_bucket(
+                pb.KvDeleteBucketRequest(bucket=bucket, **self._ids())
+            )
+
+    async def kv_buckets(self) -> list[KvBucketInfo]:
+        async with translated():
+            answer = await self._stub.kv_list_buckets(pb.KvListBucketsRequest(**self._ids()))
+        return list(answer.buckets)
+
+    async def kv_bucket_status(self, bucket: str) -> KvBucketInfo:
+        async with translated():
+            answer = await self._stub.kv_bucket_status(
+                pb.KvBucketStatusRequest(bucket=bucket, **self._ids())
+            )
+        assert answer.bucket is not None
+        return answer.bucket
+
+    # ---- Object store --------------------------------------------------------------------
+
+    async def put_object(
+        self,
+        bucket: str,
+        name: str,
+        source: ObjectSource,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        sha256: str = "",
+        chunk_size: int = DEFAULT_CHUNK,
+    ) -> ObjectInfo:
+        """Upload from bytes, a file path, a binary file or an (async) iterable of chunks.
+
+        Streamed through ``ObjectPutStream`` in ``chunk_size`` pieces, so memory stays flat
+        whatever the size. With ``sha256`` (64 hex digits) the gateway stores nothing unless
+        the content matches (DataLoss).
+        """
+        header = pb.ObjectPutHeader(
+            bucket=bucket,
+            object_name=name,
+            metadata=dict(metadata or {}),
+            sha256=sha256,
+            **self._ids(),
+        )
+        async with (
+            translated(),
+            self._channel.request(
+                _SERVICE + "ObjectPutStream",
+                Cardinality.STREAM_UNARY,
+                pb.ObjectPutStreamRequest,
+                pb.ObjectPutResponse,
+                timeout=None,
+                metadata=self._metadata,
+            ) as call,
+        ):
+            first: pb.ObjectPutStreamRequest | None = pb.ObjectPutStreamRequest(header=header)
+            async for chunk in chunks_of(source, chunk_size):
+                if first is not None:
+                    first.chunk = chunk
+                    await call.send_message(first)
+                    first = None
+                else:
+                    await call.send_message(pb.ObjectPutStreamRequest(chunk=chunk))
+            if first is not None:  # empty object: the header alone
+                await call.send_message(first)
+            await call.end()
+            answer: pb.ObjectPutResponse | None = await call.recv_message()
+        assert answer is not None and answer.info is not None
+        return answer.info
+
+    @asynccontextmanager
+    async def get_object(self, bucket: str, name: str) -> AsyncIterator[ObjectDownload]:
+        """``async with client.get_object(b, n) as obj: obj.info; async for chunk in obj``.
+
+        NotFound when the object (or bucket) is missing.
+        """
+        request = pb.ObjectGetRequest(bucket=bucket, object_name=name, **self._ids())
+        stream: ServerStream[Any, pb.ObjectGetStreamResponse, Any] = self._stream(
+            "ObjectGetStream", request, pb.ObjectGetStreamResponse, lambda r: r, timeout=None
+        )
+        async with stream:
+            head = await stream.next_response()
+            if head is None or not head.found or head.info is None:
+                raise NotFound(f"object {name!r} not found in bucket {bucket!r}")
+            yield ObjectDownload(head.info, head.chunk, stream)
+
+    async def get_object_bytes(self, bucket: str, name: str) -> bytes:
+        async with self.get_object(bucket, name) as obj:
+            return b"".join([chunk async for chunk in obj])
+
+    async def download(self, bucket: str, name: str, path: str | os.PathLike[str]) -> ObjectInfo:
+        """Write the object to ``path`` (via a temporary file, renamed once complete)."""
+        async with self.get_object(bucket, name) as obj:
+            await obj.save(Path(path))
+            return obj.info
+
+    async def delete_object(self, bucket: str, name: str) -> None:
+        async with translated():
+            await self._stub.object_delete(
+                pb.ObjectDeleteRequest(bucket=bucket, object_name=name, **self._ids())
+            )
+
+    async def objects(self, bucket: str) -> list[ObjectInfo]:
+        async with translated():
+            answer = await self._stub.object_list(
+                pb.ObjectListRequest(bucket=bucket, **self._ids())
+            )
+        return list(answer.objects)
+
+
+async def connect(
+    target: str = f"127.0.0.1:{DEFAULT_PORT}",
+    *,
+    token: str = "",
+    user_id: str = "",
+    organization_id: str = "",
+    tls: ssl.SSLContext | bool = False,
+    ca_file: str | os.PathLike[str] | None = None,
+    cert_file: str | os.PathLike[str] | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+    timeout: float | None = 30.0,
+    metadata: Mapping[str, str] | None = None,
+) -> Client:
+    """A :class:`Client` whose gateway has answered a health check (fails fast otherwise)."""
+    client = Client(
+        target,
+        token=token,
+        user_id=user_id,
+        organization_id=organization_id,
+        tls=tls,
+        ca_file=ca_file,
+        cert_file=cert_file,
+        key_file=key_file,
+        timeout=timeout,
+        metadata=metadata,
+    )
+    try:
+        await client.health()
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+__all__ = ["Client", "connect", "parse_target", "tls_context"]
