@@ -2,7 +2,8 @@
 
 Nothing else reaches across modules. Start-up and shutdown happen in a known order::
 
-    start: [embedded nats-server] -> NATS connection -> gRPC listener
+    start: [data-dir lock -> embedded nats-server] -> NATS connection -> gRPC listener
+           (a step that fails undoes the ones before it: no child process or lock is left)
     stop:  refuse new calls -> end subscription streams -> wait for calls in flight (grace)
            -> close gRPC -> drain NATS -> stop embedded nats-server
 """
@@ -33,6 +34,7 @@ from natsgw.auth.identity import Authenticator, CallInfo, current_call, current_
 from natsgw.config import AuthMode, Settings, is_loopback
 from natsgw.ops.audit import AuditLog, LokiShipper
 from natsgw.ops.consul import ConsulRegistration
+from natsgw.ops.datadir import DataDirLock
 from natsgw.ops.embedded import EmbeddedNatsServer
 from natsgw.ops.http import HttpSide
 from natsgw.ops.metrics import MeteredSubscriptionRegistry, Metrics
@@ -46,6 +48,14 @@ from natsgw.wire import compression
 from natsgw.wire.codec import GatewayCodec, UpbBridge
 
 log = structlog.get_logger("natsgw.server")
+
+
+class StartupError(RuntimeError):
+    """The gateway could not start (a port in use, ...); the message says what and where."""
+
+
+class GatewayFailed(RuntimeError):
+    """The gateway stopped because it could no longer serve (its nats-server kept failing)."""
 
 
 def build_codec(max_message_size: int) -> GatewayCodec:
@@ -79,8 +89,24 @@ class Gateway:
         self._server: Server | None = None
         self._draining = False
         self.port = 0
+        self.lock: DataDirLock | None = None
+        #: Why the gateway cannot serve any more (empty while healthy); set by supervision.
+        self.failure = ""
+        self._failed = asyncio.Event()
 
     async def start(self) -> None:
+        """Start everything; if a step fails, stop what the earlier steps started, then raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._release()
+            raise
+
+    def _give_up(self, reason: str) -> None:
+        self.failure = reason
+        self._failed.set()
+
+    async def _start(self) -> None:
         settings = self.settings
         tls = server_context(settings)  # bad files fail here, before anything starts
         _announce_auth(settings)
@@ -88,11 +114,16 @@ class Gateway:
         servers = list(settings.nats_urls)
         monitor_url = settings.nats_monitor_url
         if settings.embedded:
+            self.lock = DataDirLock(settings.data_dir)
+            self.lock.acquire()  # before the store is touched: one owner per data directory
             self.embedded = EmbeddedNatsServer(
                 settings.data_dir,
                 port=settings.embedded_nats_port,
                 max_payload=settings.max_message_size,
                 jetstream=settings.jetstream_enabled,
+                supervise=True,
+                on_give_up=self._give_up,
+                inherit_fds=[self.lock.fd] if self.lock.fd is not None else [],
             )
             await self.embedded.start()
             servers = [self.embedded.url]
@@ -110,6 +141,13 @@ class Gateway:
         # Wait briefly for the first connection; if NATS is down we still serve (UNAVAILABLE)
         # and keep retrying in the background.
         await self.adapter.start(wait=5.0)
+        if not self.adapter.connected:
+            log.warning(
+                "nats_unreachable_at_start",
+                servers=servers,
+                detail="serving anyway: calls answer UNAVAILABLE and /readyz 503 until the "
+                "connection succeeds; natsgw keeps retrying with backoff",
+            )
         self.monitor = NatsMonitor(monitor_url)
         self.audit.start()
         if self.quota_policy.enabled:
@@ -145,14 +183,33 @@ class Gateway:
         self._server = Server(services, codec=build_codec(settings.max_message_size))
         listen(self._server, RecvRequest, self._on_request)
         listen(self._server, SendInitialMetadata, _echo_request_id)
-        await self._server.start(settings.grpc_host, settings.grpc_port, ssl=tls)
+        try:
+            await self._server.start(settings.grpc_host, settings.grpc_port, ssl=tls)
+        except OSError as exc:
+            self._server = None  # never started: nothing to close
+            raise StartupError(
+                f"cannot listen for gRPC on {settings.grpc_host}:{settings.grpc_port} "
+                f"(GRPC_HOST/GRPC_PORT): {exc.strerror or exc}"
+            ) from None
         listener = cast(asyncio.Server | None, self._server._server)
         sockets = listener.sockets if listener is not None else ()
         self.port = int(sockets[0].getsockname()[1]) if sockets else settings.grpc_port
         self.metrics.bind(self.adapter, self.subscriptions, self.audit)
         if settings.http_port is not None:
-            self.http = HttpSide(self.metrics, self.adapter, jetstream=settings.jetstream_enabled)
-            await self.http.start(settings.http_host or settings.grpc_host, settings.http_port)
+            self.http = HttpSide(
+                self.metrics,
+                self.adapter,
+                jetstream=settings.jetstream_enabled,
+                failure=lambda: self.failure,
+            )
+            http_host = settings.http_host or settings.grpc_host
+            try:
+                await self.http.start(http_host, settings.http_port)
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen for HTTP on {http_host}:{settings.http_port} "
+                    f"(NATSGW_HTTP_HOST/NATSGW_HTTP_PORT): {exc.strerror or exc}"
+                ) from None
             self.http_port = self.http.port
         if settings.consul_enabled:
             self.consul = ConsulRegistration(settings, self.port, tls=tls is not None)
@@ -191,6 +248,14 @@ class Gateway:
         log.info(
             "natsgw_stopping", streams_ended=ended, calls_cut=0 if idle else self.in_flight.count
         )
+        await self._release()
+        log.info("natsgw_stopped", audit_dropped=self.audit.dropped)
+
+    async def _release(self) -> None:
+        """Close, stop and release whatever was started, in reverse order; safe to repeat."""
+        if self.consul is not None:
+            await self.consul.stop()
+            self.consul = None
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -204,25 +269,40 @@ class Gateway:
             await self.monitor.close()
         if self.embedded is not None:
             await self.embedded.stop()
+        if self.lock is not None:  # after the store's server is gone
+            self.lock.release()
+            self.lock = None
         await self.audit.close()
         close = getattr(self.authenticator, "close", None)
         if close is not None:
             await close()
-        log.info("natsgw_stopped", audit_dropped=self.audit.dropped)
 
     async def run(self) -> None:
-        """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+        """Serve until SIGTERM or SIGINT, then shut down gracefully.
+
+        Raises :class:`GatewayFailed` (after shutting down) when supervision gave up.
+        """
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await self.start()
         try:
-            await stop.wait()
+            await self.start()
+            waiters = {
+                asyncio.create_task(stop.wait()),
+                asyncio.create_task(self._failed.wait()),
+            }
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+                await self.stop()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-            await self.stop()
+        if self.failure:
+            raise GatewayFailed(self.failure)
 
 
 def _loki_shipper(settings: Settings) -> LokiShipper | None:
