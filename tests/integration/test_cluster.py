@@ -18,7 +18,9 @@ from collections import Counter
 from pathlib import Path
 
 import nats
+import pytest
 from grpclib.client import Channel
+from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from structlog.testing import capture_logs
 
@@ -302,3 +304,19 @@ async def test_client_of_a_killed_replica_resumes_on_the_other_and_gets_every_un
         ch1.close()
         ch2.close()
         await other.stop()
+
+
+async def test_publish_to_a_deleted_stream_is_not_found_without_retrying(
+    stub: pb.NatsServiceStub, nc: nats.NATS
+) -> None:
+    """The election retry must not turn a stream that is really gone into a long wait."""
+    user = tenant()
+    await make_stream(stub, user, "gone", ["gone.>"])
+    await publish(stub, user, "gone", "gone.x", b"1")  # natsgw now knows the stream's subjects
+    await nc.jetstream().delete_stream(ns_of(user).stream("gone"))  # behind natsgw's back
+    with capture_logs() as logs, pytest.raises(GRPCError) as info:
+        await publish(stub, user, "gone", "gone.x", b"2")
+    assert info.value.status is Status.NOT_FOUND
+    assert "gone" in (info.value.message or "")
+    assert ns_of(user).stream("gone") not in (info.value.message or "")  # no NATS names
+    assert not [e for e in logs if e["event"].startswith("stream_publish_")]
