@@ -269,3 +269,9 @@ async def nats_cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
     cluster = await start_cluster(tmp_path / "cluster")
     yield cluster
     await asyncio.gather(*(node.stop() for node in cluster.nodes))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "soak: bounded mixed-traffic leak check (NATSGW_SOAK_SECONDS, default 30)"
+    )
