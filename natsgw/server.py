@@ -50,6 +50,10 @@ from natsgw.wire.codec import GatewayCodec, UpbBridge
 log = structlog.get_logger("natsgw.server")
 
 
+#: After the grace period, how long cut-off calls get to send their status before the server closes.
+_TRAILERS_WAIT = 2.0
+
+
 class StartupError(RuntimeError):
     """The gateway could not start (a port in use, ...); the message says what and where."""
 
@@ -245,11 +249,36 @@ class Gateway:
         self._draining = True
         ended = self.subscriptions.end_all()
         idle = await self.in_flight.wait_idle(grace)
-        log.info(
-            "natsgw_stopping", streams_ended=ended, calls_cut=0 if idle else self.in_flight.count
-        )
+        cut = 0
+        if not idle:
+            cut = self._end_calls_in_flight()
+            await self.in_flight.wait_idle(_TRAILERS_WAIT)
+        log.info("natsgw_stopping", streams_ended=ended, calls_cut=cut)
         await self._release()
         log.info("natsgw_stopped", audit_dropped=self.audit.dropped)
+
+    def _end_calls_in_flight(self) -> int:
+        """After the grace period, end each call still running with UNAVAILABLE.
+
+        Closing the server would cancel them and drop their connections: a client would see
+        "connection lost" and not know what happened. grpclib's per-call wrapper instead raises
+        a GRPCError inside the handler, which unwinds it (an object upload removes its chunks)
+        and sends the status. grpclib is pinned; its handler/stream attributes are read only here.
+        """
+        count = 0
+        for handler in list(getattr(self._server, "_handlers", ())):
+            for stream in list(getattr(handler, "_tasks", {})):
+                wrapper = getattr(stream, "wrapper", None)
+                if wrapper is not None:
+                    wrapper.cancel(
+                        GRPCError(
+                            Status.UNAVAILABLE,
+                            "the gateway is shutting down and this call did not finish within "
+                            "the grace period; retry elsewhere",
+                        )
+                    )
+                    count += 1
+        return count
 
     async def _release(self) -> None:
         """Close, stop and release whatever was started, in reverse order; safe to repeat."""
