@@ -6,7 +6,8 @@ itself (``-1``) and read back from its ports file, which avoids the race of prob
 port; a restart reuses them, so clients reconnect to the address they know.
 
 Everything it writes lives in the data directory: ``nats-server.conf``, ``nats-server.log`` (its
-output, appended across restarts) and the JetStream store. Warnings and errors nats-server prints
+output, appended across restarts, written by the server itself so natsgw never blocks it) and
+the JetStream store. Warnings and errors nats-server prints
 are also logged through natsgw's own logging (``nats_server_log``), so an operator reading
 natsgw's log sees, e.g., "Maximum payloads over 8.00 MB are generally discouraged".
 
@@ -40,6 +41,8 @@ _STOP_TIMEOUT = 10.0
 _RESTART_BASE = 0.2
 _RESTART_CAP = 5.0
 _TAIL_LINES = 30
+#: How often the server's log is read for new lines while it runs.
+_LOG_POLL = 0.2
 #: The log is rotated (one old generation kept) at start when it has grown beyond this.
 _LOG_ROTATE_BYTES = 16 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
@@ -198,23 +201,25 @@ class EmbeddedNatsServer:
         for stale in self.data_dir.glob("nats-server_*.ports"):
             stale.unlink(missing_ok=True)
         self._tail.clear()
-        proc = await asyncio.create_subprocess_exec(
-            find_nats_server(),
-            "-c",
-            str(conf),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            stdin=asyncio.subprocess.DEVNULL,
-            # Its own session: a Ctrl-C in the terminal reaches natsgw only, which drains
-            # its NATS connection before it stops the server itself.
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-            pass_fds=self.inherit_fds,
-        )
+        # Straight into the file, not through a pipe: a busy natsgw never blocks its logging.
+        with self.log_file.open("ab") as out:
+            start_offset = out.tell()
+            proc = await asyncio.create_subprocess_exec(
+                find_nats_server(),
+                "-c",
+                str(conf),
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+                # Its own session: a Ctrl-C in the terminal reaches natsgw only, which drains
+                # its NATS connection before it stops the server itself.
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+                pass_fds=self.inherit_fds,
+            )
         self._proc = proc
-        assert proc.stdout is not None
         self._pump = asyncio.create_task(
-            self._pump_output(proc.stdout, proc.pid), name="natsgw-nats-log"
+            self._follow_log(proc, start_offset), name="natsgw-nats-log"
         )
         ports_file = self.data_dir / f"nats-server_{proc.pid}.ports"
         loop = asyncio.get_running_loop()
@@ -238,18 +243,32 @@ class EmbeddedNatsServer:
             log_file=str(self.log_file),
         )
 
-    async def _pump_output(self, stream: asyncio.StreamReader, pid: int) -> None:
-        """Append the server's output to its log file; re-log its warnings and errors."""
-        with self.log_file.open("ab") as out:
-            while line := await stream.readline():
-                out.write(line)
-                out.flush()
-                text = line.decode(errors="replace").rstrip()
-                self._tail.append(text)
-                if "[WRN]" in text or "[ERR]" in text or "[FTL]" in text:
-                    level = "warning" if "[WRN]" in text else "error"
-                    message = text.split("] ", 2)[-1] if "] " in text else text
-                    getattr(log, level)("nats_server_log", line=message, pid=pid)
+    async def _follow_log(self, proc: asyncio.subprocess.Process, offset: int) -> None:
+        """Follow what this process appends to the log: keep its tail, re-log its warnings and
+        errors. Ends once the process has exited and everything it wrote was read."""
+        with self.log_file.open("rb") as log_file:
+            log_file.seek(offset)
+            partial = b""
+            while True:
+                exited = proc.returncode is not None
+                chunk = log_file.read()
+                if chunk:
+                    *lines, partial = (partial + chunk).split(b"\n")
+                    for line in lines:
+                        self._note(line.decode(errors="replace").rstrip(), proc.pid)
+                elif exited:
+                    if partial:
+                        self._note(partial.decode(errors="replace").rstrip(), proc.pid)
+                    return
+                else:
+                    await asyncio.sleep(_LOG_POLL)
+
+    def _note(self, text: str, pid: int) -> None:
+        self._tail.append(text)
+        if "[WRN]" in text or "[ERR]" in text or "[FTL]" in text:
+            level = "warning" if "[WRN]" in text else "error"
+            message = text.split("] ", 2)[-1] if "] " in text else text
+            getattr(log, level)("nats_server_log", line=message, pid=pid)
 
     async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()

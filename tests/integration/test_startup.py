@@ -18,6 +18,9 @@ from typing import Any
 import grpc
 import pytest
 
+from natsgw.config import Settings
+from natsgw.ops.datadir import DataDirLock
+from natsgw.server import Gateway, StartupError
 from tests.integration.test_cli import NATSGW, free_port, gone_within, run_env, start_serving
 
 
@@ -212,3 +215,38 @@ def test_unreachable_nats_urls_at_start_serves_unavailable_and_says_so(
         stderr = stop(proc)
     assert proc.returncode == 0, stderr
     assert not children_of(proc.pid)
+
+
+def test_embedded_nats_port_in_use_is_one_line_status_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        nats_port = taken.getsockname()[1]
+        result = serve_once(
+            tmp_path, GRPC_PORT=str(free_port()), NATSGW_EMBEDDED_NATS_PORT=str(nats_port)
+        )
+    assert result.returncode == 2, result.stderr
+    (line,) = error_lines(result.stderr)
+    assert line.startswith("natsgw: cannot start: nats-server did not start")
+    assert str(tmp_path / "data" / "nats-server.log") in line and "address already in use" in line
+    assert (tmp_path / "data" / "natsgw.lock").read_text() == ""
+    assert not list((tmp_path / "tmp").iterdir())
+
+
+async def test_failed_start_stops_what_it_started_and_frees_the_data_dir(tmp_path: Path) -> None:
+    """In process: the listener fails after the embedded server and the NATS connection are up."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = Settings(
+            data_dir=tmp_path / "data", grpc_port=taken.getsockname()[1], http_port=0
+        )
+        gw = Gateway(settings)
+        with pytest.raises(StartupError, match="cannot listen for gRPC"):
+            await gw.start()
+    assert gw.embedded is not None and not gw.embedded.running
+    assert gw.adapter is not None and not gw.adapter.connected
+    assert gw.lock is None
+    again = DataDirLock(tmp_path / "data")
+    again.acquire()  # a second flock would fail, even from this process, had it not been released
+    again.release()
