@@ -548,12 +548,34 @@ class JetStreamAdapter:
                 continue
             requests.append((subject, data, hdrs))
         replies = await self._request_many(requests, inflight, timeout, what)
-        return [
+        results = [
             reply
             if isinstance(reply, GatewayError)
             else _pub_ack(reply, subject=items[index][0], stream=stream)
             for index, reply in enumerate(replies)
         ]
+        await self._leaderless_unavailable(stream, replies, results)
+        return results
+
+    async def _leaderless_unavailable(
+        self,
+        stream: str,
+        replies: Sequence[Msg | GatewayError],
+        results: list[StreamPubAck | GatewayError],
+    ) -> None:
+        """Batch items that met "no responders" while the stream exists (a leader election)
+        become UNAVAILABLE, nothing stored and retryable, instead of NOT_FOUND."""
+        leaderless = [
+            index
+            for index, reply in enumerate(replies)
+            if not isinstance(reply, GatewayError) and _no_responders(reply)
+        ]
+        if leaderless and not await self._stream_gone(stream):
+            for index in leaderless:
+                results[index] = Unavailable(
+                    f"publish to stream {stream}: no server took it (the stream is electing a "
+                    "leader); nothing was stored, retry"
+                )
 
     async def ack_many(
         self, acks: Sequence[tuple[str, bytes]], *, inflight: int, timeout: float | None = None

@@ -127,6 +127,39 @@ async def publisher(
         out.times.append(time.monotonic())
 
 
+async def batch_publisher(
+    stub: pb.NatsServiceStub, user: str, out: PublishLog, stop: asyncio.Event
+) -> None:
+    """PublishToStreamBatch: each item is stored, or has a retryable status of its own."""
+    n = 0
+    while not stop.is_set():
+        batch = [f"b-{n}-{i}".encode() for i in range(10)]
+        n += 1
+        try:
+            response = await stub.publish_to_stream_batch(
+                pb.PublishToStreamBatchRequest(
+                    user_id=user,
+                    stream_name="events",
+                    messages=[pb.StreamMessage(subject="events.b", data=d) for d in batch],
+                ),
+                timeout=15,
+            )
+        except GRPCError as exc:
+            out.statuses[f"batch {exc.status.name}"] += 1
+            await asyncio.sleep(0.05)
+            continue
+        for data, result in zip(batch, response.results, strict=True):
+            if result.success:
+                out.acked[data] = result.sequence
+                out.times.append(time.monotonic())
+                out.statuses["batch item OK"] += 1
+            else:
+                out.statuses[f"batch item {Status(result.status_code).name}"] += 1
+                assert ns_of(user).stream("events") not in result.error  # no NATS names
+        if not all(result.success for result in response.results):
+            await asyncio.sleep(0.05)
+
+
 async def test_stream_leader_killed_while_publishing_loses_nothing_acknowledged(
     nats_cluster: NatsCluster,
 ) -> None:
@@ -143,6 +176,7 @@ async def test_stream_leader_killed_while_publishing_loses_nothing_acknowledged(
             tasks = [
                 asyncio.create_task(publisher(stub, user, f"p{n}", out, stop)) for n in range(4)
             ]
+            tasks.append(asyncio.create_task(batch_publisher(stub, user, out, stop)))
             await wait_for(lambda: len(out.acked) >= 40, 20)
             leader = nats_cluster.node(await nats_cluster.stream_leader(stream))
             before_kill = len(out.acked)
@@ -161,7 +195,8 @@ async def test_stream_leader_killed_while_publishing_loses_nothing_acknowledged(
             f"({sum(e['attempts'] for e in retried)} retries), {len(leaderless)} ran out of time"
         )
         # Never NOT_FOUND (the stream exists); only retryable answers while it elects.
-        assert set(out.statuses) <= {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}, out.statuses
+        retryable = {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
+        assert {status.rpartition(" ")[2] for status in out.statuses} <= retryable, out.statuses
         # The killed node comes back on its store and catches up.
         await leader.start()
         client = await nats.connect(list(nats_cluster.urls))
@@ -320,3 +355,72 @@ async def test_publish_to_a_deleted_stream_is_not_found_without_retrying(
     assert "gone" in (info.value.message or "")
     assert ns_of(user).stream("gone") not in (info.value.message or "")  # no NATS names
     assert not [e for e in logs if e["event"].startswith("stream_publish_")]
+
+
+async def test_stream_without_a_leader_is_unavailable_never_not_found(
+    nats_cluster: NatsCluster,
+) -> None:
+    """Deterministic election: the leader and one follower are down, so no leader can be
+    elected; the survivor has the stream but nothing takes its publishes. Unary and batch
+    publishes retry, then answer UNAVAILABLE; once quorum is back they are stored again."""
+    user = tenant()
+    stream = ns_of(user).stream("quorum")
+    setup = await started(cluster_settings(nats_cluster))
+    try:
+        async with Channel("127.0.0.1", setup.port) as channel:
+            await make_stream(pb.NatsServiceStub(channel), user, "quorum", ["q.>"], replicas=3)
+    finally:
+        await setup.stop()
+    leader = nats_cluster.node(await nats_cluster.stream_leader(stream))
+    follower, survivor = [n for n in nats_cluster.nodes if n is not leader]
+    gw = await started(
+        dataclasses.replace(
+            cluster_settings(nats_cluster), nats_urls=(survivor.url,), request_timeout=2.0
+        )
+    )
+    channel = Channel("127.0.0.1", gw.port)
+    stub = pb.NatsServiceStub(channel)
+    # One publish first: natsgw then knows the stream's subjects (it caches them briefly).
+    assert (await publish(stub, user, "quorum", "q.x", b"0")).sequence == 1
+    leader.kill()
+    follower.kill()
+    try:
+        with capture_logs() as logs, pytest.raises(GRPCError) as info:
+            await stub.publish_to_stream(
+                pb.PublishToStreamRequest(
+                    user_id=user, stream_name="quorum", subject="q.x", data=b"1"
+                )
+            )
+        assert info.value.status is Status.UNAVAILABLE, info.value
+        assert "retry" in (info.value.message or "") and stream not in (info.value.message or "")
+        (gave_up,) = [e for e in logs if e["event"] == "stream_publish_leaderless"]
+        assert gave_up["attempts"] >= 4  # every 250 ms within the 2 s budget
+        batch = await stub.publish_to_stream_batch(
+            pb.PublishToStreamBatchRequest(
+                user_id=user,
+                stream_name="quorum",
+                messages=[pb.StreamMessage(subject="q.x", data=b"%d" % i) for i in range(3)],
+            )
+        )
+        assert [r.status_code for r in batch.results] == [Status.UNAVAILABLE.value] * 3, batch
+        # Quorum back: a leader is elected and publishes are stored.
+        await asyncio.gather(leader.start(), follower.start())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        stored: pb.PublishToStreamResponse | None = None
+        meanwhile: list[Status] = []
+        while stored is None:
+            assert loop.time() < deadline, "no leader after quorum came back"
+            try:
+                stored = await stub.publish_to_stream(
+                    pb.PublishToStreamRequest(
+                        user_id=user, stream_name="quorum", subject="q.x", data=b"2"
+                    )
+                )
+            except GRPCError as exc:
+                meanwhile.append(exc.status)
+        assert set(meanwhile) <= {Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED}, meanwhile
+        assert stored.sequence == 2  # nothing from the refused attempts was stored
+    finally:
+        channel.close()
+        await gw.stop()
