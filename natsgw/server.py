@@ -5,7 +5,8 @@ Nothing else reaches across modules. Start-up and shutdown happen in a known ord
     start: [data-dir lock -> embedded nats-server] -> NATS connection -> gRPC listener
            (a step that fails undoes the ones before it: no child process or lock is left)
     stop:  refuse new calls -> end subscription streams -> wait for calls in flight (grace)
-           -> close gRPC -> drain NATS -> stop embedded nats-server
+           -> end the rest with UNAVAILABLE -> close gRPC -> drain NATS -> stop embedded
+           nats-server -> release the data-dir lock
 """
 
 from __future__ import annotations
