@@ -156,6 +156,7 @@ def soak_gateway(
     proc.wait(30)
 
 
+@pytest.mark.timeout(SECONDS + 120)  # the suite's 120 s per test would cut a long soak short
 async def test_soak_mixed_traffic_memory_and_fds_flat_everything_accounted(
     soak_gateway: tuple[subprocess.Popen[bytes], int],
 ) -> None:
