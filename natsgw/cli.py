@@ -12,6 +12,7 @@ import structlog
 from natsgw import __version__
 from natsgw.client import cli as client_cli
 from natsgw.config import ConfigError, Settings, describe, unknown_variables
+from natsgw.ops.datadir import DataDirInUse
 from natsgw.ops.embedded import EmbeddedServerError
 from natsgw.ops.logs import configure
 
@@ -49,17 +50,30 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{variable}={value}")
         return 0
 
-    from natsgw.server import Gateway  # heavy imports only when serving
+    return _serve(settings)
+
+
+def _serve(settings: Settings) -> int:
+    """Exit status: 0 after a clean stop; 2 when start-up failed (one line on stderr says why,
+    nothing started is left behind); 1 when the gateway stopped because it could not serve."""
+    from natsgw.server import Gateway, GatewayFailed, StartupError  # heavy imports: serve only
 
     try:
         asyncio.run(Gateway(settings).run())
     except ConfigError as exc:  # files named by settings (tokens, keys, quotas) are read at start
         print(f"natsgw: configuration error: {exc}", file=sys.stderr)
         return 2
-    except EmbeddedServerError as exc:
-        print(f"natsgw: {exc}", file=sys.stderr)
+    except (StartupError, DataDirInUse, EmbeddedServerError) as exc:
+        print(f"natsgw: cannot start: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except GatewayFailed as exc:
+        print(f"natsgw: stopped: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    return " | ".join(part.strip() for part in str(exc).splitlines() if part.strip())
 
 
 if __name__ == "__main__":

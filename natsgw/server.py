@@ -2,9 +2,11 @@
 
 Nothing else reaches across modules. Start-up and shutdown happen in a known order::
 
-    start: [embedded nats-server] -> NATS connection -> gRPC listener
+    start: [data-dir lock -> embedded nats-server] -> NATS connection -> gRPC listener
+           (a step that fails undoes the ones before it: no child process or lock is left)
     stop:  refuse new calls -> end subscription streams -> wait for calls in flight (grace)
-           -> close gRPC -> drain NATS -> stop embedded nats-server
+           -> end the rest with UNAVAILABLE -> close gRPC -> drain NATS -> stop embedded
+           nats-server -> release the data-dir lock
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import socket
 
 import betterproto2
 import structlog
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 from grpclib.health.check import ServiceCheck
 from grpclib.health.service import Health
 from grpclib.server import Server
@@ -25,9 +29,11 @@ from natsgw._generated.message_pool import default_message_pool
 from natsgw.adapter import NatsAdapter
 from natsgw.auth import build_authenticator
 from natsgw.auth.identity import Authenticator
+from natsgw.compat.grpclib import cancel_calls_in_flight
 from natsgw.config import AuthMode, Settings, is_loopback
 from natsgw.ops.audit import AuditLog, LokiShipper
 from natsgw.ops.consul import ConsulRegistration
+from natsgw.ops.datadir import DataDirLock
 from natsgw.ops.embedded import EmbeddedNatsServer
 from natsgw.ops.http import HttpSide
 from natsgw.ops.metrics import MeteredSubscriptionRegistry, Metrics
@@ -42,6 +48,18 @@ from natsgw.wire.codec import GatewayCodec, UpbBridge
 from natsgw.wire.reflection import DocumentedReflection
 
 log = structlog.get_logger("natsgw.server")
+
+
+#: After the grace period, how long cut-off calls get to send their status before the server closes.
+_TRAILERS_WAIT = 2.0
+
+
+class StartupError(RuntimeError):
+    """The gateway could not start (a port in use, ...); the message says what and where."""
+
+
+class GatewayFailed(RuntimeError):
+    """The gateway stopped because it could no longer serve (its nats-server kept failing)."""
 
 
 def build_codec(max_message_size: int) -> GatewayCodec:
@@ -75,8 +93,24 @@ class Gateway:
         self.pipeline: Pipeline | None = None
         self._server: Server | None = None
         self.port = 0
+        self.lock: DataDirLock | None = None
+        #: Why the gateway cannot serve any more (empty while healthy); set by supervision.
+        self.failure = ""
+        self._failed = asyncio.Event()
 
     async def start(self) -> None:
+        """Start everything; if a step fails, stop what the earlier steps started, then raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._release()
+            raise
+
+    def _give_up(self, reason: str) -> None:
+        self.failure = reason
+        self._failed.set()
+
+    async def _start(self) -> None:
         settings = self.settings
         tls = server_context(settings)  # bad files fail here, before anything starts
         _announce_auth(settings)
@@ -84,11 +118,16 @@ class Gateway:
         servers = list(settings.nats_urls)
         monitor_url = settings.nats_monitor_url
         if settings.embedded:
+            self.lock = DataDirLock(settings.data_dir)
+            self.lock.acquire()  # before the store is touched: one owner per data directory
             self.embedded = EmbeddedNatsServer(
                 settings.data_dir,
                 port=settings.embedded_nats_port,
                 max_payload=settings.max_message_size,
                 jetstream=settings.jetstream_enabled,
+                supervise=True,
+                on_give_up=self._give_up,
+                inherit_fds=[self.lock.fd] if self.lock.fd is not None else [],
             )
             await self.embedded.start()
             servers = [self.embedded.url]
@@ -106,6 +145,13 @@ class Gateway:
         # Wait briefly for the first connection; if NATS is down we still serve (UNAVAILABLE)
         # and keep retrying in the background.
         await self.adapter.start(wait=5.0)
+        if not self.adapter.connected:
+            log.warning(
+                "nats_unreachable_at_start",
+                servers=servers,
+                detail="serving anyway: calls answer UNAVAILABLE and /readyz 503 until the "
+                "connection succeeds; natsgw keeps retrying with backoff",
+            )
         self.monitor = NatsMonitor(monitor_url)
         self.audit.start()
         if self.quota_policy.enabled:
@@ -136,7 +182,14 @@ class Gateway:
             DocumentedReflection.extend([gateway, health]),
             codec=build_codec(settings.max_message_size),
         )
-        sock = bind_tcp(settings.grpc_host, settings.grpc_port)
+        try:
+            sock = bind_tcp(settings.grpc_host, settings.grpc_port)
+        except OSError as exc:
+            self._server = None  # never started: nothing to close
+            raise StartupError(
+                f"cannot listen for gRPC on {settings.grpc_host}:{settings.grpc_port} "
+                f"(GRPC_HOST/GRPC_PORT): {exc.strerror or exc}"
+            ) from None
         self.port = bound_port(sock)
         try:
             await self._server.start(sock=sock, ssl=tls)
@@ -145,8 +198,20 @@ class Gateway:
             raise
         self.metrics.bind(self.adapter, self.subscriptions, self.audit)
         if settings.http_port is not None:
-            self.http = HttpSide(self.metrics, self.adapter, jetstream=settings.jetstream_enabled)
-            await self.http.start(settings.http_host or settings.grpc_host, settings.http_port)
+            self.http = HttpSide(
+                self.metrics,
+                self.adapter,
+                jetstream=settings.jetstream_enabled,
+                failure=lambda: self.failure,
+            )
+            http_host = settings.http_host or settings.grpc_host
+            try:
+                await self.http.start(http_host, settings.http_port)
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen for HTTP on {http_host}:{settings.http_port} "
+                    f"(NATSGW_HTTP_HOST/NATSGW_HTTP_PORT): {exc.strerror or exc}"
+                ) from None
             self.http_port = self.http.port
         if settings.consul_enabled:
             self.consul = ConsulRegistration(settings, self.port, tls=tls is not None)
@@ -170,9 +235,38 @@ class Gateway:
             self.pipeline.draining = True
         ended = self.subscriptions.end_all()
         idle = await self.in_flight.wait_idle(grace)
-        log.info(
-            "natsgw_stopping", streams_ended=ended, calls_cut=0 if idle else self.in_flight.count
+        cut = 0
+        if not idle:
+            cut = self._end_calls_in_flight()
+            await self.in_flight.wait_idle(_TRAILERS_WAIT)
+        log.info("natsgw_stopping", streams_ended=ended, calls_cut=cut)
+        await self._release()
+        log.info("natsgw_stopped", audit_dropped=self.audit.dropped)
+
+    def _end_calls_in_flight(self) -> int:
+        """After the grace period, end each call still running with UNAVAILABLE.
+
+        Closing the server would cancel them and drop their connections: a client would see
+        "connection lost" and not know what happened. grpclib's per-call wrapper instead raises
+        a GRPCError inside the handler, which unwinds it (an object upload removes its chunks)
+        and sends the status (through natsgw.compat.grpclib).
+        """
+        if self._server is None:
+            return 0
+        return cancel_calls_in_flight(
+            self._server,
+            GRPCError(
+                Status.UNAVAILABLE,
+                "the gateway is shutting down and this call did not finish within the grace "
+                "period; retry elsewhere",
+            ),
         )
+
+    async def _release(self) -> None:
+        """Close, stop and release whatever was started, in reverse order; safe to repeat."""
+        if self.consul is not None:
+            await self.consul.stop()
+            self.consul = None
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -186,25 +280,40 @@ class Gateway:
             await self.monitor.close()
         if self.embedded is not None:
             await self.embedded.stop()
+        if self.lock is not None:  # after the store's server is gone
+            self.lock.release()
+            self.lock = None
         await self.audit.close()
         close = getattr(self.authenticator, "close", None)
         if close is not None:
             await close()
-        log.info("natsgw_stopped", audit_dropped=self.audit.dropped)
 
     async def run(self) -> None:
-        """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+        """Serve until SIGTERM or SIGINT, then shut down gracefully.
+
+        Raises :class:`GatewayFailed` (after shutting down) when supervision gave up.
+        """
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await self.start()
         try:
-            await stop.wait()
+            await self.start()
+            waiters = {
+                asyncio.create_task(stop.wait()),
+                asyncio.create_task(self._failed.wait()),
+            }
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+                await self.stop()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-            await self.stop()
+        if self.failure:
+            raise GatewayFailed(self.failure)
 
 
 def _loki_shipper(settings: Settings) -> LokiShipper | None:

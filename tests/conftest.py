@@ -24,7 +24,7 @@ from grpclib.client import Channel
 
 from natsgw._generated.isa import nats as pb
 from natsgw.config import Settings
-from natsgw.ops.embedded import EmbeddedNatsServer
+from natsgw.ops.embedded import ClusterSpec, EmbeddedNatsServer
 from natsgw.server import Gateway
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,3 +187,91 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+# -- a 3-node nats-server cluster (tests/integration/test_cluster*.py) ---------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclasses.dataclass
+class NatsCluster:
+    """Three nats-servers with routes between them and JetStream, each on its own store."""
+
+    nodes: list[EmbeddedNatsServer]
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return tuple(node.url for node in self.nodes)
+
+    def node(self, server_name: str) -> EmbeddedNatsServer:
+        (found,) = [n for n in self.nodes if n.server_name == server_name]
+        return found
+
+    async def ready(self, timeout: float = 30.0) -> None:
+        """Wait until JetStream answers on every running node (it has a meta leader)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        running = [n for n in self.nodes if n.running]
+        for node in running:
+            while True:
+                try:
+                    client = await nats.connect(node.url, allow_reconnect=False)
+                    try:
+                        info = await client.jetstream(timeout=2).account_info()
+                    finally:
+                        await client.close()
+                    if info is not None:
+                        break
+                except Exception:
+                    if loop.time() > deadline:
+                        raise
+                await asyncio.sleep(0.2)
+
+    async def stream_leader(self, stream: str) -> str:
+        """The server_name of ``stream``'s leader (NATS name of the stream)."""
+        client = await nats.connect(list(self.urls))
+        try:
+            info = await client.jetstream(timeout=5).stream_info(stream)
+        finally:
+            await client.close()
+        assert info.cluster is not None and info.cluster.leader
+        return str(info.cluster.leader)
+
+
+async def start_cluster(base: Path, size: int = 3) -> NatsCluster:
+    route_ports = [free_port() for _ in range(size)]
+    routes = [f"nats-route://127.0.0.1:{port}" for port in route_ports]
+    nodes = [
+        EmbeddedNatsServer(
+            base / f"n{i}",
+            server_name=f"n{i}",
+            cluster=ClusterSpec("natsgw-test", route_ports[i], routes),
+            max_payload=8 * 1024 * 1024,
+        )
+        for i in range(size)
+    ]
+    await asyncio.gather(*(node.start() for node in nodes))
+    cluster = NatsCluster(nodes)
+    await cluster.ready()
+    return cluster
+
+
+@pytest_asyncio.fixture
+async def nats_cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
+    """A fresh 3-node JetStream cluster on loopback for one test (nodes get killed in tests)."""
+    cluster = await start_cluster(tmp_path / "cluster")
+    yield cluster
+    await asyncio.gather(*(node.stop() for node in cluster.nodes))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "soak: bounded mixed-traffic leak check (NATSGW_SOAK_SECONDS, default 30)"
+    )

@@ -21,7 +21,7 @@ import contextlib
 import datetime
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -491,10 +491,12 @@ class JetStreamAdapter:
         return int(response.get("purged", 0))
 
     async def stored_time(self, stream: str, seq: int) -> datetime.datetime | None:
-        """When NATS stored message ``seq`` (None when it is gone already)."""
+        """When NATS stored message ``seq`` (None when it is gone already, or NATS cannot say
+        right now: the message is stored, and a failed look-up must not turn that into an error
+        that makes the client publish it again)."""
         try:
             response = await self._api("stored message", f"STREAM.MSG.GET.{stream}", {"seq": seq})
-        except NotFound:
+        except (NotFound, Unavailable, DeadlineExceeded):
             return None
         return parse_time((response.get("message") or {}).get("time"))
 
@@ -593,15 +595,22 @@ class JetStreamAdapter:
         self._core.check_payload(data, hdrs)
         hdrs["Nats-Expected-Stream"] = stream
         nc = self._nc()
+        budget = timeout or self._timeout
         with translated(f"publish to stream {stream}"):
             try:
-                msg = await nc.request(
-                    subject, data, timeout=timeout or self._timeout, headers=hdrs
+                msg = await request_while_leaderless(
+                    nc, subject, data, hdrs, budget, gone=lambda: self._stream_gone(stream)
                 )
             except NoRespondersError:
                 raise NotFound(
                     f"no stream captures subject {subject!r} (was stream {stream} deleted?)"
                 ) from None
+            if msg is None:
+                raise Unavailable(
+                    f"publish to stream {stream}: no server took it within {budget:g}s (the "
+                    "stream is electing a leader, or JetStream is unavailable); nothing was "
+                    "stored, retry"
+                )
             response = _json(msg, f"publish to stream {stream}")
             if "error" in response:
                 raise _publish_refused(response["error"], f"publish to stream {stream}")
@@ -610,6 +619,17 @@ class JetStreamAdapter:
             sequence=int(response.get("seq", 0)),
             duplicate=bool(response.get("duplicate", False)),
         )
+
+    async def _stream_gone(self, stream: str) -> bool:
+        """True only when JetStream says the stream does not exist; no answer proves nothing."""
+        try:
+            reply = await self._nc().request(
+                f"{self._core.api_prefix}.STREAM.INFO.{stream}", b"", timeout=1.0
+            )
+            error = json.loads(reply.data).get("error") or {}
+        except Exception:  # timeout, no responders, unreadable reply
+            return False
+        return bool(error.get("code") == 404)
 
     async def publish_many(
         self,
@@ -635,12 +655,34 @@ class JetStreamAdapter:
                 continue
             requests.append((subject, data, hdrs))
         replies = await self._request_many(requests, inflight, timeout, what)
-        return [
+        results = [
             reply
             if isinstance(reply, GatewayError)
             else _pub_ack(reply, subject=items[index][0], stream=stream)
             for index, reply in enumerate(replies)
         ]
+        await self._leaderless_unavailable(stream, replies, results)
+        return results
+
+    async def _leaderless_unavailable(
+        self,
+        stream: str,
+        replies: Sequence[Msg | GatewayError],
+        results: list[StreamPubAck | GatewayError],
+    ) -> None:
+        """Batch items that met "no responders" while the stream exists (a leader election)
+        become UNAVAILABLE, nothing stored and retryable, instead of NOT_FOUND."""
+        leaderless = [
+            index
+            for index, reply in enumerate(replies)
+            if not isinstance(reply, GatewayError) and no_responders(reply)
+        ]
+        if leaderless and not await self._stream_gone(stream):
+            for index in leaderless:
+                results[index] = Unavailable(
+                    f"publish to stream {stream}: no server took it (the stream is electing a "
+                    "leader); nothing was stored, retry"
+                )
 
     async def ack_many(
         self, acks: Sequence[tuple[str, bytes]], *, inflight: int, timeout: float | None = None
@@ -802,6 +844,53 @@ def _json(msg: Msg, what: str) -> Any:
         raise Unavailable(
             f"{what}: JetStream answered without a JSON body (status {status or 'none'}); retry"
         ) from None
+
+
+# -- stream publishes during a leader election ---------------------------------------------------
+
+#: Wait between attempts while nothing takes a stream publish (nats.go's js.Publish: 250 ms).
+LEADERLESS_RETRY_WAIT = 0.25
+
+
+async def request_while_leaderless(
+    nc: NatsClient,
+    subject: str,
+    data: bytes,
+    headers: Mapping[str, str],
+    budget: float,
+    *,
+    gone: Callable[[], Awaitable[bool]],
+) -> Msg | None:
+    """A stream publish request, repeated while NATS answers "no responders"; None when the
+    budget ran out that way. After the first "no responders" ``gone()`` is asked once: a deleted
+    stream is NOT_FOUND at once instead of after the whole budget.
+
+    While a replicated stream elects a leader (seconds, after its leader's server died) no server
+    listens on the stream's subjects, so a publish meets "no responders". That proves nothing was
+    stored, so sending it again is safe; nats.go's js.Publish does the same (every 250 ms), here
+    for as long as the call's budget allows rather than a fixed count. A timeout is not retried:
+    the message may have been stored.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget
+    attempts = 0
+    while True:
+        try:
+            msg = await nc.request(
+                subject, data, timeout=max(deadline - loop.time(), 0.001), headers=dict(headers)
+            )
+        except NoRespondersError:
+            if not attempts and await gone():
+                raise
+        else:
+            if attempts:
+                log.info("stream_publish_retried", attempts=attempts, subject=subject)
+            return msg
+        attempts += 1
+        if loop.time() + LEADERLESS_RETRY_WAIT >= deadline:
+            log.info("stream_publish_leaderless", attempts=attempts, subject=subject)
+            return None
+        await asyncio.sleep(LEADERLESS_RETRY_WAIT)
 
 
 def _nobody_acks() -> FailedPrecondition:

@@ -62,3 +62,22 @@ def add_response_header(name: str, value: str) -> None:
             delattr(inner, "send_headers")
 
     grpclib.server.Stream.send_initial_metadata = send_initial_metadata  # type: ignore[method-assign]
+
+
+def cancel_calls_in_flight(server: grpclib.server.Server, error: Exception) -> int:
+    """End every call the server is still serving by raising ``error`` inside its handler.
+
+    Why: at the end of the shutdown grace, closing the server would cancel the calls and drop
+    their connections (a client sees "connection lost"); grpclib's per-call wrapper can instead
+    raise a GRPCError in the handler, which unwinds it and sends that status. The server's
+    handlers, their tasks and each stream's wrapper are private (``_handlers``, ``_tasks``).
+    Upstream fix that removes it: a public "cancel calls with status" on ``Server.close()``.
+    """
+    count = 0
+    for handler in list(getattr(server, "_handlers", ())):
+        for stream in list(getattr(handler, "_tasks", {})):
+            wrapper = getattr(stream, "wrapper", None)
+            if wrapper is not None:
+                wrapper.cancel(error)
+                count += 1
+    return count

