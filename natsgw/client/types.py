@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from natsgw._generated.isa.nats import (
     AckAction,
@@ -31,8 +31,11 @@ from natsgw._generated.isa.nats import (
     StreamInfo,
 )
 
-if TYPE_CHECKING:
-    from natsgw.client.consumer import AckBatcher
+
+class _Settler(Protocol):
+    """What settles a consumed message (the consumer's ack batcher), seen from the message."""
+
+    def settle(self, msg: JsMsg, action: AckAction, delay: datetime.timedelta | None) -> None: ...
 
 __all__ = [
     "AckAction",
@@ -122,7 +125,7 @@ class JsMsg:
     num_pending: int
     timestamp: datetime.datetime | None
     ack_token: str
-    _batcher: AckBatcher | None = field(default=None, repr=False)
+    _batcher: _Settler | None = field(default=None, repr=False)
 
     def ack(self) -> None:
         """Done with it. Queued; the consumer sends it within its ack interval."""
