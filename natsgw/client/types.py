@@ -37,6 +37,7 @@ class _Settler(Protocol):
 
     def settle(self, msg: JsMsg, action: AckAction, delay: datetime.timedelta | None) -> None: ...
 
+
 __all__ = [
     "AckAction",
     "AckPolicy",
