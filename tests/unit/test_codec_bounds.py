@@ -1,0 +1,68 @@
+"""The codec's request bounds and its rate-limited log of undecodable requests (pure)."""
+
+from __future__ import annotations
+
+import pytest
+import structlog
+from hypothesis import given
+from hypothesis import strategies as st
+
+from natsgw._generated import nats_service_pb2 as upb
+from natsgw._generated.isa import nats as pb
+from natsgw.errors import InvalidArgument, UndecodableRequest
+from natsgw.server import build_codec
+from natsgw.wire.codec import RejectLog, RepeatedLimits, _top_level_fields
+
+codec = build_codec(1024 * 1024, RepeatedLimits(batch_messages=5, headers=2))
+
+
+@given(st.lists(st.text(max_size=5), max_size=20), st.text(max_size=5))
+def test_wire_scan_sees_what_upb_sees(tokens: list[str], user: str) -> None:
+    data = upb.AckMessagesRequest(user_id=user, ack_tokens=tokens).SerializeToString()
+    assert list(_top_level_fields(data)).count(3) == len(tokens)
+
+
+def test_wire_scan_stops_at_garbage() -> None:
+    assert list(_top_level_fields(b"\xff\xff\xff")) == []
+
+
+def test_large_batch_refused_by_prescan_and_small_one_after_parse() -> None:
+    big = upb.PublishBatchRequest(messages=[upb.NATSMessage(data=b"x" * 20_000)] * 6)
+    with pytest.raises(InvalidArgument, match="NATSGW_MAX_BATCH_MESSAGES"):
+        codec.decode(big.SerializeToString(), pb.PublishBatchRequest)
+    small = upb.PublishBatchRequest(messages=[upb.NATSMessage()] * 6)
+    with pytest.raises(InvalidArgument, match="6 items is above the limit of 5"):
+        codec.decode(small.SerializeToString(), pb.PublishBatchRequest)
+    legal = upb.PublishBatchRequest(messages=[upb.NATSMessage()] * 5)
+    assert len(codec.decode(legal.SerializeToString(), pb.PublishBatchRequest).messages) == 5
+
+
+def test_nested_maps_are_bounded() -> None:
+    request = upb.PublishBatchRequest(
+        messages=[upb.NATSMessage(headers={"a": "", "b": "", "c": ""})]
+    )
+    with pytest.raises(InvalidArgument, match=r"NATSMessage\.headers: 3 items"):
+        codec.decode(request.SerializeToString(), pb.PublishBatchRequest)
+
+
+def test_garbage_is_undecodable_request() -> None:
+    with pytest.raises(UndecodableRequest, match="request is not a valid PublishRequest"):
+        codec.decode(b"\xff\xff\xff\xff\x0f", pb.PublishRequest)
+
+
+def test_reject_log_once_per_host_and_interval() -> None:
+    now = [0.0]
+    peers = iter(["10.0.0.1:1", "10.0.0.1:2", "10.0.0.2:1", "10.0.0.1:3", "10.0.0.1:4"])
+    reject = RejectLog(lambda: next(peers), interval=60.0, clock=lambda: now[0])
+    with structlog.testing.capture_logs() as logs:
+        reject("PublishRequest")
+        reject("PublishRequest")  # same host, other port: suppressed
+        reject("PublishRequest")  # another host: logged
+        now[0] = 61.0
+        reject("PublishRequest")  # interval over: logged, with the count suppressed
+        reject("PublishRequest")
+    assert [(e["peer"], e["suppressed"]) for e in logs] == [
+        ("10.0.0.1", 0),
+        ("10.0.0.2", 0),
+        ("10.0.0.1", 1),
+    ]
