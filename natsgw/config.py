@@ -146,6 +146,12 @@ class Settings:
     quota_publish_rate: float = 0.0
     quota_publish_burst: int = 0
     quotas_file: Path | None = None
+    # Request bounds (natsgw.wire.codec): most items a repeated field of one request may carry,
+    # checked before the request is expanded; more is INVALID_ARGUMENT naming the variable.
+    max_batch_messages: int = 1000
+    max_ack_tokens: int = 1000
+    max_headers: int = 256
+    max_list_items: int = 1024
 
     @property
     def embedded(self) -> bool:
@@ -239,6 +245,10 @@ class Settings:
             quota_publish_rate=e.get("NATSGW_QUOTA_PUBLISH_RATE", _rate, 0.0),
             quota_publish_burst=e.get("NATSGW_QUOTA_PUBLISH_BURST", _count, 0),
             quotas_file=e.get("NATSGW_QUOTAS_FILE", Path, None),
+            max_batch_messages=e.get("NATSGW_MAX_BATCH_MESSAGES", _positive, 1000),
+            max_ack_tokens=e.get("NATSGW_MAX_ACK_TOKENS", _positive, 1000),
+            max_headers=e.get("NATSGW_MAX_HEADERS", _positive, 256),
+            max_list_items=e.get("NATSGW_MAX_LIST_ITEMS", _positive, 1024),
         ).validated()
 
     def validated(self) -> Settings:

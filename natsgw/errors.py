@@ -70,6 +70,18 @@ class Internal(GatewayError):
     status = Status.INTERNAL
 
 
+class UndecodableRequest(GRPCError):
+    """Request bytes that do not parse as the RPC's message: the client's fault, no traceback.
+
+    A GRPCError itself, because it is raised while grpclib decodes, also for services (health,
+    reflection) that no handler wrapper of ours maps.
+    """
+
+    def __init__(self, message_type: str) -> None:
+        super().__init__(Status.INVALID_ARGUMENT, f"request is not a valid {message_type}")
+        self.message_type = message_type
+
+
 def to_grpc_error(exc: BaseException) -> GRPCError:
     """Translate any exception escaping a handler into the status a client receives."""
     if isinstance(exc, GRPCError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+from collections.abc import Callable
 from typing import cast
 
 import betterproto2
@@ -43,19 +44,38 @@ from natsgw.pipeline.quotas import QuotaEnforcer, QuotaPolicy
 from natsgw.service.base import Dependencies
 from natsgw.service.gateway import InFlight, NATSGateway
 from natsgw.wire import compression
-from natsgw.wire.codec import GatewayCodec, UpbBridge
+from natsgw.wire.codec import GatewayCodec, RejectLog, RepeatedLimits, UpbBridge
 
 log = structlog.get_logger("natsgw.server")
 
 
-def build_codec(max_message_size: int) -> GatewayCodec:
+def build_codec(
+    max_message_size: int,
+    limits: RepeatedLimits | None = None,
+    on_undecodable: Callable[[str], None] | None = None,
+) -> GatewayCodec:
     """Every generated dataclass of isa.nats goes through the upb bridge (see wire.codec)."""
-    bridge = UpbBridge(nats_service_pb2, default_message_pool)
+    bridge = UpbBridge(nats_service_pb2, default_message_pool, limits)
     for name in pb.__all__:
         cls = getattr(pb, name)
         if isinstance(cls, type) and issubclass(cls, betterproto2.Message):
             bridge.register(cls)
-    return GatewayCodec(bridge, max_message_size)
+    return GatewayCodec(bridge, max_message_size, on_undecodable)
+
+
+def _gateway_codec(settings: Settings) -> GatewayCodec:
+    limits = RepeatedLimits(
+        batch_messages=settings.max_batch_messages,
+        ack_tokens=settings.max_ack_tokens,
+        headers=settings.max_headers,
+        list_items=settings.max_list_items,
+    )
+    return build_codec(settings.max_message_size, limits, RejectLog(_current_peer))
+
+
+def _current_peer() -> str:
+    info = current_call.get()
+    return info.peer if info is not None else ""
 
 
 class Gateway:
@@ -142,7 +162,7 @@ class Gateway:
 
         health = Health({gateway: [ServiceCheck(nats_connected, check_ttl=2.0)]})
         services = ServerReflection.extend([gateway, health])
-        self._server = Server(services, codec=build_codec(settings.max_message_size))
+        self._server = Server(services, codec=_gateway_codec(settings))
         listen(self._server, RecvRequest, self._on_request)
         listen(self._server, SendInitialMetadata, _echo_request_id)
         await self._server.start(settings.grpc_host, settings.grpc_port, ssl=tls)

@@ -28,6 +28,7 @@ from natsgw.auth.identity import (
     current_call,
     current_record,
 )
+from natsgw.errors import UndecodableRequest
 from natsgw.ops.audit import AuditLog
 from natsgw.ops.metrics import Metrics
 from natsgw.pipeline.quotas import QuotaEnforcer, Ticket, scoped, tenant_label, words
@@ -201,7 +202,9 @@ class _Call:
             elapsed = time.perf_counter() - self.started
             failed = status not in (Status.OK, Status.CANCELLED)
             self.observer.metrics.ended(self.rpc, status.name, elapsed, failed)
-            if status in REFUSED or is_state_changing(self.rpc):
+            # Undecodable bytes are logged (rate-limited) by the codec, not audited per call.
+            audited = not isinstance(error, UndecodableRequest)
+            if audited and (status in REFUSED or is_state_changing(self.rpc)):
                 self._audit(status, error, elapsed)
         finally:
             current_record.reset(self._record_token)

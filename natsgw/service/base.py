@@ -20,6 +20,10 @@ from natsgw.pipeline.calls import CallObserver, NoObserver
 from natsgw.service.subscriptions import SubscriptionRegistry
 from natsgw.tenancy import Namespace, Tenant
 
+#: Per-item loops (batches, acks) give the event loop back this often: a slice of this many items
+#: takes a few milliseconds, so one large call never stalls the other tenants' calls for long.
+YIELD_EVERY = 256
+
 #: Longest timeout a client may ask for in one call.
 MAX_TIMEOUT = 300.0
 

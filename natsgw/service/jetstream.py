@@ -37,7 +37,7 @@ from natsgw.errors import (
     InvalidArgument,
     PermissionDenied,
 )
-from natsgw.service.base import Handlers, current_stream
+from natsgw.service.base import YIELD_EVERY, Handlers, current_stream
 from natsgw.service.consume import ConsumeSession, stop_on_end
 from natsgw.service.deliveries import DeliveryMemory, FlowWindow, WindowRegistry
 from natsgw.service.jetstream_wire import (
@@ -296,6 +296,8 @@ class JetStreamHandlers(Handlers):
             )
 
         for index, item in enumerate(message.messages):
+            if index and index % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let other tenants' calls run between slices
             field = f"messages[{index}]"
             try:
                 subject = ns.subject(item.subject, f"{field}.subject")
@@ -454,6 +456,8 @@ class JetStreamHandlers(Handlers):
             return pb.AckResult(success=False, error=text, status_code=status_code_of(exc))
 
         for index, token in enumerate(message.ack_tokens):
+            if index and index % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let other tenants' calls run between slices
             try:
                 if not token:
                     raise InvalidArgument(f"ack_tokens[{index}]", "must not be empty")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Mapping
 
 from natsgw._generated.isa import nats as pb
 from natsgw.errors import GatewayError, InvalidArgument
-from natsgw.service.base import Handlers
+from natsgw.service.base import YIELD_EVERY, Handlers
 from natsgw.service.subscriptions import Mailbox
 from natsgw.tenancy import Namespace
+
+#: PublishBatch reports at most this many refused items one by one, then a count of the rest.
+MAX_REPORTED_ERRORS = 100
 
 
 def _check_queue_group(queue_group: str, required: bool) -> None:
@@ -52,8 +56,11 @@ class MessagingHandlers(Handlers):
         """Publish every valid message; report each refused one by index. Confirmed once."""
         ns = await self.namespace(message)
         errors: list[str] = []
+        refused = 0
         published = 0
         for index, item in enumerate(message.messages):
+            if index and index % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let other tenants' calls run between slices
             field = f"messages[{index}]"
             try:
                 subject = ns.subject(item.subject, f"{field}.subject")
@@ -62,10 +69,14 @@ class MessagingHandlers(Handlers):
                     subject, item.data, headers=item.headers, reply=reply, confirm=False
                 )
             except GatewayError as exc:
-                text = exc.message
-                errors.append(text if text.startswith(field) else f"{field}: {text}")
+                refused += 1
+                if len(errors) < MAX_REPORTED_ERRORS:
+                    text = exc.message
+                    errors.append(text if text.startswith(field) else f"{field}: {text}")
                 continue
             published += 1
+        if refused > len(errors):  # the answer stays small however many items were refused
+            errors.append(f"… and {refused - len(errors)} more refused messages")
         if published:
             await self.adapter.confirm()
         return pb.PublishBatchResponse(success=not errors, published_count=published, errors=errors)

@@ -10,20 +10,59 @@ nowhere else, so the codec can change without touching a handler:
   0.10's encoder does not.
 - Messages the bridge does not know (grpclib's own health and reflection services use upb
   classes directly) pass through :class:`grpclib.encoding.proto.ProtoCodec` unchanged.
+
+Requests are bounded here, before they are expanded: the upb parse is C and costs ~90 bytes per
+item for an instant, while the dataclasses it would become cost ~400 and live for the call. So
+every repeated and map field's length is checked on the upb message (:class:`RepeatedLimits`)
+before a single dataclass is built, and bytes that do not parse answer INVALID_ARGUMENT
+(:class:`~natsgw.errors.UndecodableRequest`), logged at most once per peer host and interval.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import betterproto2
+import structlog
+from google.protobuf.message import DecodeError
 from grpclib.encoding.proto import ProtoCodec
+
+from natsgw.errors import InvalidArgument, UndecodableRequest
+
+log = structlog.get_logger("natsgw.wire")
 
 _UTC = datetime.UTC
 _Converter = Callable[[Any], Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RepeatedLimits:
+    """Most items one request may carry in a repeated or map field (each names its setting)."""
+
+    batch_messages: int = 1000
+    ack_tokens: int = 1000
+    headers: int = 256
+    list_items: int = 1024
+
+    def of(self, field: str, is_map: bool) -> tuple[int, str]:
+        if is_map:  # headers, metadata
+            return self.headers, "NATSGW_MAX_HEADERS"
+        if field == "messages":  # PublishBatch, PublishToStreamBatch
+            return self.batch_messages, "NATSGW_MAX_BATCH_MESSAGES"
+        if field == "ack_tokens":
+            return self.ack_tokens, "NATSGW_MAX_ACK_TOKENS"
+        return self.list_items, "NATSGW_MAX_LIST_ITEMS"  # stream subjects, anything new
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Bound:
+    field: str
+    limit: int
+    setting: str
 
 
 @dataclasses.dataclass(slots=True)
@@ -38,11 +77,13 @@ class _FieldPlan:
 class UpbBridge:
     """Converts between betterproto2 dataclasses and upb messages of the same .proto."""
 
-    def __init__(self, upb_module: Any, pool: Any) -> None:
+    def __init__(self, upb_module: Any, pool: Any, limits: RepeatedLimits | None = None) -> None:
         self._upb_module = upb_module
         self._pool = pool
+        self._limits = limits
         self._pairs: dict[type[betterproto2.Message], type[Any]] = {}
         self._plans: dict[type[betterproto2.Message], list[_FieldPlan]] = {}
+        self._bounds: dict[type[betterproto2.Message], tuple[_Bound, ...]] = {}
 
     def register(self, cls: type[Any]) -> None:
         if cls in self._pairs:
@@ -56,6 +97,12 @@ class UpbBridge:
         self._pairs[cls] = upb_cls
         self._plans[cls] = []  # placeholder: breaks recursion for self-referencing messages
         self._plans[cls] = [self._plan(cls, f) for f in dataclasses.fields(cls)]
+        self._bounds[cls] = tuple(self._bound(f) for f in dataclasses.fields(cls) if _many(f))
+
+    def _bound(self, field: dataclasses.Field[Any]) -> _Bound:
+        limits = self._limits or RepeatedLimits(2**62, 2**62, 2**62, 2**62)
+        is_map = betterproto2.FieldMetadata.get(field).proto_type == betterproto2.TYPE_MAP
+        return _Bound(field.name, *limits.of(field.name, is_map))
 
     def knows(self, cls: type[Any]) -> bool:
         return cls in self._pairs
@@ -104,6 +151,14 @@ class UpbBridge:
         return _FieldPlan(name, lambda v: self.to_dataclass(sub_cls, v), self.to_upb, True, None)
 
     def to_dataclass(self, cls: type[Any], upb_msg: Any) -> Any:
+        for bound in self._bounds[cls]:  # before anything is expanded (nested: on the way down)
+            count = len(getattr(upb_msg, bound.field))
+            if count > bound.limit:
+                raise InvalidArgument(
+                    f"{upb_msg.DESCRIPTOR.name}.{bound.field}",
+                    f"{count} items is above the limit of {bound.limit} ({bound.setting}); "
+                    "send fewer per call",
+                )
         kwargs: dict[str, Any] = {}
         for plan in self._plans[cls]:
             if plan.presence and not upb_msg.HasField(plan.name):
@@ -131,15 +186,137 @@ class UpbBridge:
         return upb_msg
 
     def decode(self, data: bytes, cls: type[Any]) -> Any:
-        return self.to_dataclass(cls, self._pairs[cls].FromString(data))
+        upb_cls = self._pairs[cls]
+        if len(data) > PRESCAN_ABOVE and self._bounds[cls]:
+            self._prescan(cls, upb_cls, data)
+        try:
+            upb_msg = upb_cls.FromString(data)
+        except DecodeError:
+            raise UndecodableRequest(upb_cls.DESCRIPTOR.name) from None
+        try:
+            return self.to_dataclass(cls, upb_msg)
+        except (ValueError, OverflowError) as exc:  # e.g. a Timestamp beyond year 9999
+            if isinstance(exc, InvalidArgument):
+                raise
+            raise UndecodableRequest(upb_cls.DESCRIPTOR.name) from None
 
     def encode(self, message: Any) -> bytes:
         return bytes(self.to_upb(message).SerializeToString())
+
+    def _prescan(self, cls: type[Any], upb_cls: Any, data: bytes) -> None:
+        """Count the top-level repeated fields on the wire, stopping at the first one over its
+        limit: a million-item batch is refused after reading ``limit`` tags, before upb builds
+        a million messages (~90 bytes each)."""
+        numbers = upb_cls.DESCRIPTOR.fields_by_name
+        bounds = {numbers[b.field].number: b for b in self._bounds[cls]}
+        counts = dict.fromkeys(bounds, 0)
+        for number in _top_level_fields(data):
+            bound = bounds.get(number)
+            if bound is None:
+                continue
+            counts[number] += 1
+            if counts[number] > bound.limit:
+                raise InvalidArgument(
+                    f"{upb_cls.DESCRIPTOR.name}.{bound.field}",
+                    f"more than {bound.limit} items, above the limit of {bound.limit} "
+                    f"({bound.setting}); send fewer per call",
+                )
 
 
 #: Room a request needs beside its payload (ids, subject, headers), so that a payload of exactly
 #: NATSGW_MAX_MESSAGE_SIZE (the embedded server's max_payload) still fits in one gRPC message.
 ENVELOPE_ALLOWANCE = 64 * 1024
+
+
+#: Requests larger than this are pre-scanned on the wire before upb parses them (smaller ones
+#: cannot hold enough items for the parse to matter).
+PRESCAN_ABOVE = 64 * 1024
+
+
+def _top_level_fields(data: bytes) -> Iterator[int]:
+    """Field numbers of a serialized message's top-level fields, in order; stops quietly at
+    anything malformed (upb then says what is wrong)."""
+    pos, end = 0, len(data)
+    while pos < end:
+        key, pos = _varint(data, pos)
+        wire_type = key & 7
+        if wire_type == 0:
+            _, pos = _varint(data, pos)
+        elif wire_type == 2:
+            length, pos = _varint(data, pos)
+            pos += length
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        else:
+            return
+        if pos > end or key < 8:
+            return
+        yield key >> 3
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while pos < len(data):
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            break
+    return 0, len(data) + 1  # truncated or overlong: the caller stops
+
+
+def _many(field: dataclasses.Field[Any]) -> bool:
+    meta = betterproto2.FieldMetadata.get(field)
+    return bool(meta.repeated) or meta.proto_type == betterproto2.TYPE_MAP
+
+
+class RejectLog:
+    """Logs undecodable requests at most once per peer host and ``interval`` (no traceback).
+
+    A client sending garbage in a loop costs one log line a minute, not one per call.
+    """
+
+    def __init__(
+        self,
+        peer: Callable[[], str],
+        interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_peers: int = 10_000,
+    ) -> None:
+        self._peer = peer
+        self._interval = interval
+        self._clock = clock
+        self._max_peers = max_peers
+        self._seen: dict[str, list[float]] = {}  # host -> [last logged at, suppressed since]
+
+    def __call__(self, message_type: str) -> None:
+        host = _host(self._peer())
+        now = self._clock()
+        seen = self._seen.get(host)
+        if seen is not None and now - seen[0] < self._interval:
+            seen[1] += 1
+            return
+        if len(self._seen) >= self._max_peers:
+            self._seen.clear()
+        self._seen[host] = [now, 0]
+        log.warning(
+            "request_undecodable",
+            peer=host,
+            message_type=message_type,
+            suppressed=int(seen[1]) if seen is not None else 0,
+            interval=self._interval,
+        )
+
+
+def _host(peer: str) -> str:
+    """``"1.2.3.4:5678"`` -> ``"1.2.3.4"``, ``"[::1]:5678"`` -> ``"[::1]"``: one key per host."""
+    host, sep, port = peer.rpartition(":")
+    return host if sep and port.isdigit() else peer
 
 
 class GatewayCodec(ProtoCodec):
@@ -149,9 +326,15 @@ class GatewayCodec(ProtoCodec):
     natsgw.wire.compression when it receives a frame.
     """
 
-    def __init__(self, bridge: UpbBridge | None, max_payload: int) -> None:
+    def __init__(
+        self,
+        bridge: UpbBridge | None,
+        max_payload: int,
+        on_undecodable: Callable[[str], None] | None = None,
+    ) -> None:
         self.bridge = bridge
         self.max_message_size = max_payload + ENVELOPE_ALLOWANCE
+        self._on_undecodable = on_undecodable
 
     def encode(self, message: Any, message_type: Any) -> bytes:
         bridge = self.bridge
@@ -163,6 +346,14 @@ class GatewayCodec(ProtoCodec):
 
     def decode(self, data: bytes, message_type: Any) -> Any:
         bridge = self.bridge
-        if bridge is not None and bridge.knows(message_type):
-            return bridge.decode(data, message_type)
-        return super().decode(data, message_type)
+        try:
+            if bridge is not None and bridge.knows(message_type):
+                return bridge.decode(data, message_type)
+            try:
+                return super().decode(data, message_type)
+            except DecodeError:
+                raise UndecodableRequest(message_type.DESCRIPTOR.name) from None
+        except UndecodableRequest as exc:
+            if self._on_undecodable is not None:
+                self._on_undecodable(exc.message_type)
+            raise
