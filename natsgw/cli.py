@@ -10,6 +10,7 @@ from natsgw import __version__
 from natsgw.config import ConfigError, Settings
 from natsgw.ops.embedded import EmbeddedServerError
 from natsgw.ops.logs import configure
+from natsgw.ops.redact import shown_setting
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,10 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "check-config":
         for name in settings.__slots__:
-            value = getattr(settings, name)
-            if value and name.endswith(("password", "token", "secret")):
-                value = "***"
-            print(f"{name} = {value!r}")
+            print(f"{name} = {shown_setting(name, getattr(settings, name))!r}")
         return 0
 
     from natsgw.server import Gateway  # heavy imports only when serving

@@ -16,6 +16,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
+from natsgw.ops.redact import is_secret_name, mask_text, shown_setting
+
 T = TypeVar("T")
 
 MIB = 1024 * 1024
@@ -300,12 +302,8 @@ class _Env:
         try:
             return parse(raw.strip())
         except (ValueError, TypeError) as exc:
-            shown = "***" if _SECRET_NAME.search(name) else repr(raw)
+            shown = shown_setting(name, raw) if is_secret_name(name) else repr(mask_text(raw))
             raise ConfigError(f"{name}={shown} is invalid: {exc}") from None
-
-
-#: Variables whose values never appear in an error message.
-_SECRET_NAME = re.compile(r"PASSWORD|TOKEN$|SECRET")
 
 
 def is_loopback(host: str) -> bool:

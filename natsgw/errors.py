@@ -9,6 +9,8 @@ from __future__ import annotations
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from natsgw.ops.redact import mask_text
+
 
 class GatewayError(Exception):
     """Base of every error the gateway reports on purpose; carries its gRPC status."""
@@ -87,7 +89,7 @@ def to_grpc_error(exc: BaseException) -> GRPCError:
     if isinstance(exc, GRPCError):
         return exc
     if isinstance(exc, GatewayError):
-        return GRPCError(exc.status, exc.message)
+        return GRPCError(exc.status, mask_text(exc.message))  # never a URL's password
     if isinstance(exc, TimeoutError):
         return GRPCError(Status.DEADLINE_EXCEEDED, "the operation timed out")
     return GRPCError(Status.INTERNAL, f"internal error ({type(exc).__name__}); see gateway logs")

@@ -38,6 +38,7 @@ from natsgw.ops.embedded import EmbeddedNatsServer
 from natsgw.ops.http import HttpSide
 from natsgw.ops.metrics import MeteredSubscriptionRegistry, Metrics
 from natsgw.ops.monitoring import NatsMonitor
+from natsgw.ops.redact import mask_url
 from natsgw.ops.tls import server_context
 from natsgw.pipeline.calls import Observer
 from natsgw.pipeline.quotas import QuotaEnforcer, QuotaPolicy
@@ -183,7 +184,7 @@ class Gateway:
             tls="mutual" if settings.tls_client_ca_file else ("on" if tls else "off"),
             http=self.http_port or None,
             auth=settings.auth_mode.value,
-            nats=servers,
+            nats=[mask_url(url) for url in servers],
             embedded=settings.embedded,
         )
 

@@ -7,6 +7,8 @@ import sys
 
 import structlog
 
+from natsgw.ops.redact import redact_event
+
 
 def configure(level: str = "info", fmt: str = "json") -> None:
     renderer: structlog.types.Processor = (
@@ -21,6 +23,7 @@ def configure(level: str = "info", fmt: str = "json") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            redact_event,  # last before rendering: sees tracebacks too
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

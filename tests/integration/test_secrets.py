@@ -133,13 +133,13 @@ async def test_no_secret_is_printed_or_answered(
             metrics = await response.text()
         await asyncio.sleep(1.5)  # consul retries, Loki pushes
         proc.send_signal(signal.SIGTERM)
-        rest, _ = await asyncio.wait_for(proc.communicate(), 30)
+        _, rest = await asyncio.wait_for(proc.communicate(), 30)
         logs = "".join(logged) + rest.decode()
         print(f"\nscanned {len(logs)} bytes of logs, {len(shown)} of check-config, "
               f"{sum(map(len, answers))} of answers, {len(metrics)} of metrics")  # fmt: skip
         assert _leaks(logs) == [], logs
         assert _leaks("\n".join(answers)) == [], answers
         assert _leaks(metrics) == []
-        assert _leaks(str(loki.events())) == []
+        assert _leaks(str(loki.events)) == []
     finally:
         await loki.stop()
