@@ -16,8 +16,11 @@ How each is enforced, keyed on the RPC name and its decoded request (see :func:`
   are serialized within this process, so concurrent calls cannot overshoot here (several gateway
   replicas could, by at most one per replica).
 - ``max_bytes``: a stream or bucket configuration above the limit is refused; one without a limit
-  (0) is given the limit; and a stream or bucket the call created implicitly (first KV/Object put)
-  is capped right after the handler creates it, before the client hears of it.
+  (0, negative, or no config at all on UpdateStream) is given the limit; a bucket a call creates
+  implicitly (first KV/Object put) is created with it (:func:`capped_bytes`), so a first upload
+  can neither exceed it nor, by failing, leave an uncapped bucket behind; and an existing stream
+  or bucket found without it (made before the quota was set) is capped before the call runs.
+- consumers: one created without a name is always a new one, and counts like any other.
 - publishes (Publish, PublishBatch, Request, PublishToStream, PublishToStreamBatch, …) draw from a
   token bucket per tenant; a batch draws one token per message.
 """
@@ -30,12 +33,14 @@ import math
 import re
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, fields, replace
 from enum import Enum
 from typing import Any
 
 import structlog
 
+from natsgw._generated.isa import nats as pb
 from natsgw.adapter import NatsAdapter, inventory
 from natsgw.adapter.kv import stream_name as kv_stream_name
 from natsgw.adapter.objects import stream_name as object_stream_name
@@ -44,6 +49,21 @@ from natsgw.errors import ResourceExhausted
 from natsgw.tenancy import Namespace, Tenant, TenantKind
 
 log = structlog.get_logger("natsgw.pipeline.quotas")
+
+#: The byte cap a bucket the current call makes implicitly (first KV/Object put) must be created
+#: with; 0: none. Set by :meth:`QuotaEnforcer.admit`, read through :func:`capped_bytes` by the
+#: handlers that build bucket defaults, so the bucket never exists without it (a first upload
+#: that fails, or that is larger than the quota, cannot leave or fill an uncapped bucket).
+implicit_byte_cap: ContextVar[int] = ContextVar("natsgw_implicit_byte_cap", default=0)
+
+
+def capped_bytes(configured: int) -> int:
+    """``configured`` (0 or less: unlimited) lowered to the current call's quota cap, if any."""
+    cap = implicit_byte_cap.get()
+    if cap <= 0:
+        return configured
+    return cap if configured <= 0 else min(configured, cap)
+
 
 #: How long a stream or bucket seen to exist is assumed to still exist (skips a lookup per put).
 _EXISTS_TTL = 5.0
@@ -355,6 +375,9 @@ class QuotaEnforcer:
             return
         target = scoped(request)
         holder = getattr(target, "config", None) if plan.max_bytes_at == "config" else target
+        if holder is None and plan.max_bytes_at == "config" and hasattr(target, "config"):
+            # No config at all (UpdateStream) would reset the stream to "unlimited".
+            holder = target.config = pb.StreamConfig()
         if holder is None or not hasattr(holder, "max_bytes"):
             return
         field = "config.max_bytes" if plan.max_bytes_at == "config" else "max_bytes"
@@ -368,14 +391,20 @@ class QuotaEnforcer:
         if requested <= 0:
             holder.max_bytes = limit  # no limit asked for: the tenant's limit applies
 
-    async def _exists_now(self, nats_name: str) -> bool:
+    async def _exists_now(self, nats_name: str, max_bytes: int = 0) -> bool:
+        """Whether the stream exists; one that does is also given the byte cap if it lacks it
+        (made before the quota was set, or by a call that failed before it could be capped)."""
         seen = self._exists.get(nats_name)
         now = self._clock()
         if seen is not None and now - seen < _EXISTS_TTL:
             return True
-        if await inventory.stream_summary(self.adapter, nats_name) is None:
+        summary = await inventory.stream_summary(self.adapter, nats_name)
+        if summary is None:
             self._exists.pop(nats_name, None)
             return False
+        if max_bytes > 0 and not 0 < summary.max_bytes <= max_bytes:
+            await inventory.limit_stream_bytes(self.adapter, nats_name, max_bytes)
+            log.info("quota_max_bytes_applied", stream=nats_name, bytes=max_bytes)
         if len(self._exists) >= _MAX_BUCKETS:
             self._exists.clear()
         self._exists[nats_name] = now
@@ -400,7 +429,12 @@ class QuotaEnforcer:
             return None
         self._take_publish(ns, limits, plan.publishes)
         self._check_max_bytes(plan, request, limits.max_bytes)
-        if plan.creates is None or not plan.name:
+        if plan.creates is None:
+            return None
+        if plan.creates in (Kind.KV_BUCKET, Kind.OBJECT_BUCKET) and limits.max_bytes > 0:
+            implicit_byte_cap.set(limits.max_bytes)  # a bucket this call makes is made capped
+        # An unnamed consumer is always a new one; any other creation needs its name.
+        if not plan.name and plan.creates is not Kind.CONSUMER:
             return None
         limit: int = getattr(limits, plan.creates.value)
         if limit <= 0 and limits.max_bytes <= 0:
@@ -412,7 +446,10 @@ class QuotaEnforcer:
             lock = self._locks.setdefault(ns.key, asyncio.Lock())
             await lock.acquire()
             try:
-                if not await inventory.consumer_exists(self.adapter, stream, plan.name):
+                exists = bool(plan.name) and await inventory.consumer_exists(
+                    self.adapter, stream, plan.name
+                )
+                if not exists:
                     have = await self._count(ns, Kind.CONSUMER)
                     if have >= limit:
                         raise self._refuse(
@@ -424,12 +461,12 @@ class QuotaEnforcer:
                 raise
             return Ticket(self, lock)
         nats_name = nats_stream_name(ns, plan.creates, plan.name)
-        if await self._exists_now(nats_name):
+        if await self._exists_now(nats_name, limits.max_bytes):
             return None
         lock = self._locks.setdefault(ns.key, asyncio.Lock())
         await lock.acquire()
         try:
-            if limit > 0 and not await self._exists_now(nats_name):
+            if limit > 0 and not await self._exists_now(nats_name, limits.max_bytes):
                 have = await self._count(ns, plan.creates)
                 if have >= limit:
                     noun = plan.creates.value.replace("_", " ")

@@ -17,6 +17,7 @@ from natsgw.adapter.kv import KeyValueStore
 from natsgw.adapter.types import BucketDefaults, KVBucket, KVEntry
 from natsgw.config import SlowConsumerPolicy
 from natsgw.errors import InvalidArgument, NotFound, Unavailable
+from natsgw.pipeline.quotas import capped_bytes
 from natsgw.service.base import Handlers
 from natsgw.service.subscriptions import Mailbox
 from natsgw.tenancy import Namespace, check_kv_key, kv_watch_pattern
@@ -75,7 +76,7 @@ class KeyValueHandlers(Handlers):
         return BucketDefaults(
             history=s.kv_history,
             ttl=s.kv_ttl,
-            max_bytes=s.kv_max_bytes,
+            max_bytes=capped_bytes(s.kv_max_bytes),
             storage=str(s.kv_storage),
             replicas=s.kv_replicas,
         )

@@ -15,6 +15,7 @@ from natsgw._generated.isa import nats as pb
 from natsgw.adapter.objects import ObjectStoreClient
 from natsgw.adapter.types import BucketDefaults, ObjectStat
 from natsgw.errors import InvalidArgument, ResourceExhausted
+from natsgw.pipeline.quotas import capped_bytes
 from natsgw.service.base import Handlers
 from natsgw.tenancy import check_object_name
 
@@ -60,7 +61,7 @@ class ObjectStoreHandlers(Handlers):
         s = self.settings
         return BucketDefaults(
             ttl=s.object_ttl,
-            max_bytes=s.object_max_bytes,
+            max_bytes=capped_bytes(s.object_max_bytes),
             storage=str(s.object_storage),
             replicas=s.object_replicas,
         )
