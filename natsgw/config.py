@@ -154,6 +154,9 @@ class Settings:
     max_ack_tokens: int = 1000
     max_headers: int = 256
     max_list_items: int = 1024
+    #: Streams opened with a token or JWT re-verify it this often (and at a JWT's expiry);
+    #: the tokens file is re-read on the same rhythm (natsgw.auth.expiry).
+    auth_recheck_interval: float = 5.0
 
     @property
     def embedded(self) -> bool:
@@ -251,6 +254,7 @@ class Settings:
             max_ack_tokens=e.get("NATSGW_MAX_ACK_TOKENS", _positive, 1000),
             max_headers=e.get("NATSGW_MAX_HEADERS", _positive, 256),
             max_list_items=e.get("NATSGW_MAX_LIST_ITEMS", _positive, 1024),
+            auth_recheck_interval=e.get("NATSGW_AUTH_RECHECK_INTERVAL", _seconds, 5.0),
         ).validated()
 
     def validated(self) -> Settings:

@@ -146,6 +146,7 @@ class Gateway:
             audit=self.audit,
             quotas=self.quotas,
             root=settings.namespace_root,
+            credential_recheck=settings.auth_recheck_interval,
         )
         deps = Dependencies(
             settings=settings,

@@ -17,14 +17,17 @@ audit trail can say who did what without handlers passing it around.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from natsgw.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from natsgw.tenancy import Tenant
+
+if TYPE_CHECKING:
+    from natsgw.auth.expiry import CredentialWatch
 
 Metadata = Mapping[str, str | bytes]
 
@@ -59,6 +62,9 @@ class Identity:
     roles: frozenset[str] = frozenset()
     #: How it was proven: "trusted", "token" or "jwt".
     method: str = "trusted"
+    #: When the credential stops being valid (seconds since the epoch; a JWT's exp plus leeway);
+    #: None: until revoked. Long-lived calls are ended then (natsgw.auth.expiry).
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +187,17 @@ class BearerAuthenticator:
         identity = await self.verifier.verify(bearer_token(call.metadata))
         _verified.set(_Verified(call, identity))
         return identity
+
+    async def watch(self, end: Callable[[str], None], recheck: float) -> CredentialWatch | None:
+        """For a long-lived call: re-verify its credential until it ends (natsgw.auth.expiry);
+        ``end(reason)`` is called if it stops verifying. None without a verified credential."""
+        from natsgw.auth.expiry import CredentialWatch
+
+        call = current_call.get()
+        if call is None:
+            return None
+        identity = await self.identify()
+        return CredentialWatch(self.verifier, bearer_token(call.metadata), identity, end, recheck)
 
     async def close(self) -> None:
         close = getattr(self.verifier, "close", None)

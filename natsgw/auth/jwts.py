@@ -287,6 +287,7 @@ class JwtVerifier:
             ),
             roles=_string_set(_claim(claims, self.roles_claim), self.roles_claim),
             method="jwt",
+            expires_at=float(claims["exp"]) + self.leeway,
         )
 
     async def close(self) -> None:

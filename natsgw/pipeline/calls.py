@@ -19,6 +19,7 @@ import structlog
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from natsgw.auth.expiry import CredentialWatch, end_call
 from natsgw.auth.identity import (
     Authenticator,
     BearerAuthenticator,
@@ -166,6 +167,12 @@ class _Call:
         self._record_token = current_record.set(self.record)
         self.request: Any = None
         self.ticket: Ticket | None = None
+        self.raw_stream = stream
+        cardinality = getattr(stream, "_cardinality", None)
+        self.long_lived = cardinality is not None and (
+            cardinality.server_streaming or cardinality.client_streaming
+        )
+        self.watch: CredentialWatch | None = None
         self.stream = _ObservedStream(stream, self)
         observer.metrics.started(self.rpc)
 
@@ -176,6 +183,11 @@ class _Call:
         auth = observer.authenticator
         if isinstance(auth, BearerAuthenticator) and self.rpc not in PUBLIC_RPCS:
             await auth.identify()
+            if self.long_lived:  # re-verified until it ends (natsgw.auth.expiry)
+                raw = self.raw_stream
+                self.watch = await auth.watch(
+                    lambda reason: end_call(raw, reason), observer.credential_recheck
+                )
         quotas = observer.quotas
         if quotas is None or not quotas.enabled:
             return
@@ -196,6 +208,10 @@ class _Call:
 
     def finish(self, error: GRPCError | None, cancelled: bool = False) -> None:
         try:
+            if self.watch is not None:
+                self.watch.stop()
+                if self.watch.ended is not None:  # cancelled by the watch: say why
+                    error, cancelled = self.watch.ended, False
             if self.ticket is not None:
                 self.ticket.release()
             status = Status.CANCELLED if cancelled else (error.status if error else Status.OK)
@@ -248,8 +264,11 @@ class Observer:
         audit: AuditLog,
         quotas: QuotaEnforcer | None,
         root: str,
+        credential_recheck: float = 5.0,
     ) -> None:
         self.authenticator = authenticator
+        #: Streaming calls re-verify their credential this often (NATSGW_AUTH_RECHECK_INTERVAL).
+        self.credential_recheck = credential_recheck
         self.metrics = metrics
         self.audit = audit
         self.quotas = quotas

@@ -5,6 +5,7 @@ tokens file (within NATSGW_AUTH_RECHECK_INTERVAL)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -16,7 +17,8 @@ import jwt
 import pytest
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import GRPCError, ProtocolError
+from h2.exceptions import StreamClosedError
 
 from natsgw._generated.isa import nats as pb
 from natsgw.config import AuthMode
@@ -39,7 +41,11 @@ async def _open(
     ) as stream:
         await stream.send_message(request, end=True)
         await stream.recv_initial_metadata()
-        yield stream
+        try:
+            yield stream
+        finally:
+            with contextlib.suppress(ProtocolError, StreamClosedError):  # already over
+                await stream.cancel()  # a client hanging up
 
 
 async def _ended_unauthenticated(stream: Any, within: float) -> str:
