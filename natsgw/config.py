@@ -158,6 +158,11 @@ class Settings:
     #: the tokens file is re-read on the same rhythm (natsgw.auth.expiry).
     auth_recheck_interval: float = 5.0
 
+    def __repr__(self) -> str:
+        """Masked like ``check-config``: a Settings printed by accident shows no secret."""
+        shown = (f"{n}={shown_setting(n, getattr(self, n))!r}" for n in self.__slots__)
+        return f"Settings({', '.join(shown)})"
+
     @property
     def embedded(self) -> bool:
         """No NATS_URLS: natsgw runs its own nats-server."""

@@ -18,13 +18,11 @@ from pathlib import Path
 import aiohttp
 import grpc
 import jwt
-import pytest
 
+from natsgw.config import Settings
 from natsgw.ops.embedded import EmbeddedNatsServer
 from natsgw.ops.redact import mask_text, mask_url
 from tests.integration._security import FakeLoki, free_port, private_pem, rsa_key
-
-pytestmark = pytest.mark.asyncio
 
 SECRETS = {
     "NATS URL password": "natsUrlPw-7f3a9c",
@@ -49,6 +47,20 @@ def test_mask_url_and_text() -> None:
     assert mask_text("failed: GET http://a:b@c/d, then tls://t@e:1") == (
         "failed: GET http://a:***@c/d, then tls://***@e:1"
     )
+
+
+def test_settings_repr_shows_no_secret() -> None:
+    settings = Settings(
+        nats_urls=(f"nats://u:{SECRETS['NATS URL password']}@h:4222",),
+        nats_password=SECRETS["NATS_PASSWORD"],
+        nats_token=SECRETS["NATS_TOKEN"],
+        loki_url=f"http://l:{SECRETS['LOKI_URL password']}@h",
+        jwt_jwks_url=f"http://j:{SECRETS['JWKS URL password']}@h/k",
+        ack_token_secret=SECRETS["NATSGW_ACK_TOKEN_SECRET"],
+        consul_token=SECRETS["NATSGW_CONSUL_TOKEN"],
+    )
+    assert _leaks(repr(settings)) == [], repr(settings)
+    assert "nats://u:***@h:4222" in repr(settings)
 
 
 async def _run(*args: str, env: dict[str, str]) -> tuple[int, str]:
