@@ -14,7 +14,9 @@ nowhere else, so the codec can change without touching a handler:
 Requests are bounded here, before they are expanded: the upb parse is C and costs ~90 bytes per
 item for an instant, while the dataclasses it would become cost ~400 and live for the call. So
 every repeated and map field's length is checked on the upb message (:class:`RepeatedLimits`)
-before a single dataclass is built, and bytes that do not parse answer INVALID_ARGUMENT
+before that field is turned into dataclasses; requests above 64 KiB are first counted on the
+wire (top-level fields, stopping at the first one over its limit), so a million-item batch is
+refused before upb builds anything. Bytes that do not parse answer INVALID_ARGUMENT
 (:class:`~natsgw.errors.UndecodableRequest`), logged at most once per peer host and interval.
 """
 
@@ -23,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import betterproto2
@@ -72,6 +74,7 @@ class _FieldPlan:
     to_upb: _Converter | None  # dataclass value -> upb constructor argument
     presence: bool  # optional message field: absent reads as None
     post_set: Callable[[Any, Any], None] | None  # for Timestamp/Duration: set after construction
+    bound: _Bound | None = None  # repeated/map: most items a request may carry
 
 
 class UpbBridge:
@@ -96,8 +99,12 @@ class UpbBridge:
             upb_cls = getattr(upb_cls, part)
         self._pairs[cls] = upb_cls
         self._plans[cls] = []  # placeholder: breaks recursion for self-referencing messages
-        self._plans[cls] = [self._plan(cls, f) for f in dataclasses.fields(cls)]
-        self._bounds[cls] = tuple(self._bound(f) for f in dataclasses.fields(cls) if _many(f))
+        plans = [self._plan(cls, f) for f in dataclasses.fields(cls)]
+        for plan, field in zip(plans, dataclasses.fields(cls), strict=True):
+            if _many(field):
+                plan.bound = self._bound(field)
+        self._plans[cls] = plans
+        self._bounds[cls] = tuple(p.bound for p in plans if p.bound is not None)
 
     def _bound(self, field: dataclasses.Field[Any]) -> _Bound:
         limits = self._limits or RepeatedLimits(2**62, 2**62, 2**62, 2**62)
@@ -151,19 +158,18 @@ class UpbBridge:
         return _FieldPlan(name, lambda v: self.to_dataclass(sub_cls, v), self.to_upb, True, None)
 
     def to_dataclass(self, cls: type[Any], upb_msg: Any) -> Any:
-        for bound in self._bounds[cls]:  # before anything is expanded (nested: on the way down)
-            count = len(getattr(upb_msg, bound.field))
-            if count > bound.limit:
-                raise InvalidArgument(
-                    f"{upb_msg.DESCRIPTOR.name}.{bound.field}",
-                    f"{count} items is above the limit of {bound.limit} ({bound.setting}); "
-                    "send fewer per call",
-                )
         kwargs: dict[str, Any] = {}
         for plan in self._plans[cls]:
             if plan.presence and not upb_msg.HasField(plan.name):
                 continue
             value = getattr(upb_msg, plan.name)
+            bound = plan.bound  # every repeated field is counted before it is expanded
+            if bound is not None and len(value) > bound.limit:
+                raise InvalidArgument(
+                    f"{upb_msg.DESCRIPTOR.name}.{bound.field}",
+                    f"{len(value)} items is above the limit of {bound.limit} "
+                    f"({bound.setting}); send fewer per call",
+                )
             kwargs[plan.name] = value if plan.to_dc is None else plan.to_dc(value)
         return cls(**kwargs)
 
@@ -209,51 +215,60 @@ class UpbBridge:
         a million messages (~90 bytes each)."""
         numbers = upb_cls.DESCRIPTOR.fields_by_name
         bounds = {numbers[b.field].number: b for b in self._bounds[cls]}
-        counts = dict.fromkeys(bounds, 0)
-        for number in _top_level_fields(data):
-            bound = bounds.get(number)
-            if bound is None:
-                continue
-            counts[number] += 1
-            if counts[number] > bound.limit:
-                raise InvalidArgument(
-                    f"{upb_cls.DESCRIPTOR.name}.{bound.field}",
-                    f"more than {bound.limit} items, above the limit of {bound.limit} "
-                    f"({bound.setting}); send fewer per call",
-                )
+        over = _first_over_limit(data, {number: b.limit for number, b in bounds.items()})
+        if over is not None:
+            bound = bounds[over]
+            raise InvalidArgument(
+                f"{upb_cls.DESCRIPTOR.name}.{bound.field}",
+                f"more than {bound.limit} items, above the limit of {bound.limit} "
+                f"({bound.setting}); send fewer per call",
+            )
 
 
 #: Room a request needs beside its payload (ids, subject, headers), so that a payload of exactly
 #: NATSGW_MAX_MESSAGE_SIZE (the embedded server's max_payload) still fits in one gRPC message.
 ENVELOPE_ALLOWANCE = 64 * 1024
 
-
 #: Requests larger than this are pre-scanned on the wire before upb parses them (smaller ones
-#: cannot hold enough items for the parse to matter).
+#: cannot hold enough items for the parse to matter: at most ~3 MB for an instant).
 PRESCAN_ABOVE = 64 * 1024
 
 
-def _top_level_fields(data: bytes) -> Iterator[int]:
-    """Field numbers of a serialized message's top-level fields, in order; stops quietly at
-    anything malformed (upb then says what is wrong)."""
+def _first_over_limit(data: bytes, limits: dict[int, int]) -> int | None:
+    """The first top-level field number seen more often than its limit in a serialized message,
+    or None; stops quietly at anything malformed (upb then says what is wrong)."""
+    counts = dict.fromkeys(limits, 0)
     pos, end = 0, len(data)
     while pos < end:
-        key, pos = _varint(data, pos)
+        key = data[pos]
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _varint(data, pos)
         wire_type = key & 7
-        if wire_type == 0:
+        if wire_type == 2:
+            length = data[pos] if pos < end else 0x80
+            if length < 0x80:
+                pos += 1 + length
+            else:
+                length, pos = _varint(data, pos)
+                pos += length
+        elif wire_type == 0:
             _, pos = _varint(data, pos)
-        elif wire_type == 2:
-            length, pos = _varint(data, pos)
-            pos += length
         elif wire_type == 1:
             pos += 8
         elif wire_type == 5:
             pos += 4
         else:
-            return
+            return None
         if pos > end or key < 8:
-            return
-        yield key >> 3
+            return None
+        number = key >> 3
+        if number in counts:
+            counts[number] += 1
+            if counts[number] > limits[number]:
+                return number
+    return None
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:

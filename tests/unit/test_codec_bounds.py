@@ -11,19 +11,29 @@ from natsgw._generated import nats_service_pb2 as upb
 from natsgw._generated.isa import nats as pb
 from natsgw.errors import InvalidArgument, UndecodableRequest
 from natsgw.server import build_codec
-from natsgw.wire.codec import RejectLog, RepeatedLimits, _top_level_fields
+from natsgw.wire.codec import RejectLog, RepeatedLimits, _first_over_limit
 
 codec = build_codec(1024 * 1024, RepeatedLimits(batch_messages=5, headers=2))
 
 
-@given(st.lists(st.text(max_size=5), max_size=20), st.text(max_size=5))
-def test_wire_scan_sees_what_upb_sees(tokens: list[str], user: str) -> None:
-    data = upb.AckMessagesRequest(user_id=user, ack_tokens=tokens).SerializeToString()
-    assert list(_top_level_fields(data)).count(3) == len(tokens)
+@given(
+    st.lists(st.text(max_size=200), max_size=20),
+    st.text(max_size=5),
+    st.integers(0, 21),
+    st.integers(0, 2**63 - 1),
+)
+def test_wire_scan_counts_what_upb_sees(
+    tokens: list[str], user: str, limit: int, delay_ns: int
+) -> None:
+    request = upb.AckMessagesRequest(user_id=user, ack_tokens=tokens)
+    request.nak_delay.FromNanoseconds(delay_ns)  # a nested message among the counted fields
+    over = _first_over_limit(request.SerializeToString(), {3: limit})
+    assert over == (3 if len(tokens) > limit else None)
 
 
 def test_wire_scan_stops_at_garbage() -> None:
-    assert list(_top_level_fields(b"\xff\xff\xff")) == []
+    assert _first_over_limit(b"\xff\xff\xff", {1: 0}) is None
+    assert _first_over_limit(b"\x1a\x05ab", {3: 0}) is None  # truncated: upb will say so
 
 
 def test_large_batch_refused_by_prescan_and_small_one_after_parse() -> None:
