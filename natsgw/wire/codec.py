@@ -234,12 +234,25 @@ ENVELOPE_ALLOWANCE = 64 * 1024
 PRESCAN_ABOVE = 64 * 1024
 
 
+#: Fields beside the counted ones the pre-scan reads before leaving a message to upb.
+_SINGULAR_FIELDS_ALLOWANCE = 1024
+
+
 def _first_over_limit(data: bytes, limits: dict[int, int]) -> int | None:
     """The first top-level field number seen more often than its limit in a serialized message,
-    or None; stops quietly at anything malformed (upb then says what is wrong)."""
+    or None; stops quietly at anything malformed (upb then says what is wrong).
+
+    The walk itself is bounded: a legal message has at most the limits' sum plus its singular
+    fields, so after that many fields it stops and leaves the rest to upb (which overwrites a
+    repeated singular field rather than expanding it) instead of walking millions in Python.
+    """
     counts = dict.fromkeys(limits, 0)
+    budget = sum(limits.values()) + _SINGULAR_FIELDS_ALLOWANCE
     pos, end = 0, len(data)
     while pos < end:
+        budget -= 1
+        if budget < 0:
+            return None
         key = data[pos]
         if key < 0x80:
             pos += 1

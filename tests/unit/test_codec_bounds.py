@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import structlog
 from hypothesis import given
@@ -29,6 +31,18 @@ def test_wire_scan_counts_what_upb_sees(
     request.nak_delay.FromNanoseconds(delay_ns)  # a nested message among the counted fields
     over = _first_over_limit(request.SerializeToString(), {3: limit})
     assert over == (3 if len(tokens) > limit else None)
+
+
+def test_wire_scan_walks_a_bounded_number_of_fields() -> None:
+    """Millions of repetitions of a singular field are not walked one by one in Python: the scan
+    gives up after its budget, upb overwrites the field, and the count is checked after it."""
+    bomb = b"\x0a\x00" * 2_000_000 + b"\x1a\x00" * 10  # user_id 2M times, then 10 tokens
+    started = time.perf_counter()
+    assert _first_over_limit(bomb, {3: 5}) is None
+    tight = build_codec(8 * 1024 * 1024, RepeatedLimits(ack_tokens=5))
+    with pytest.raises(InvalidArgument, match="10 items is above the limit of 5"):
+        tight.decode(bomb, pb.AckMessagesRequest)
+    assert time.perf_counter() - started < 0.5
 
 
 def test_wire_scan_stops_at_garbage() -> None:
