@@ -18,6 +18,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from natsgw.ops.secrets import redact_event
+
 #: The audit fields worth a person's attention on a terminal.
 _CONSOLE_AUDIT_FIELDS = ("rpc", "status", "reason", "tenant", "resource", "latency_ms")
 
@@ -55,6 +57,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
+        redact_event,  # after the traceback is text, before rendering: masks it too
     ]
     if chosen == "json":
         processors.append(structlog.processors.JSONRenderer())
