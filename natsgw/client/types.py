@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from natsgw._generated.isa.nats import (
     AckAction,
@@ -30,9 +30,6 @@ from natsgw._generated.isa.nats import (
     StreamConfig,
     StreamInfo,
 )
-
-if TYPE_CHECKING:
-    from natsgw.client.consumer import AckBatcher
 
 __all__ = [
     "AckAction",
@@ -108,6 +105,13 @@ class PubAck:
     error: str = ""
 
 
+class Settler(Protocol):
+    """What settles a consumed message: natsgw.client.consumer's AckBatcher (a protocol here, so
+    that this module does not import the consumer that imports it)."""
+
+    def settle(self, msg: JsMsg, action: AckAction, delay: datetime.timedelta | None) -> None: ...
+
+
 @dataclass(slots=True, eq=False)
 class JsMsg:
     """A JetStream delivery. From ``consume`` its ack methods only queue: acks go out batched."""
@@ -122,7 +126,7 @@ class JsMsg:
     num_pending: int
     timestamp: datetime.datetime | None
     ack_token: str
-    _batcher: AckBatcher | None = field(default=None, repr=False)
+    _batcher: Settler | None = field(default=None, repr=False)
 
     def ack(self) -> None:
         """Done with it. Queued; the consumer sends it within its ack interval."""
