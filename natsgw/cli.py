@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     if args.command == "check-config":
-        for variable, value in describe(settings):
+        for variable, value in describe(settings):  # secrets masked (natsgw.ops.secrets)
             print(f"{variable}={value}")
         return 0
 

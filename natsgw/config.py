@@ -17,6 +17,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
+from natsgw.ops.secrets import MASK, is_secret_name, mask_text, shown_setting
+
 T = TypeVar("T")
 
 MIB = 1024 * 1024
@@ -151,6 +153,20 @@ class Settings:
     quota_publish_rate: float = 0.0
     quota_publish_burst: int = 0
     quotas_file: Path | None = None
+    # Request bounds (natsgw.wire.codec): most items a repeated field of one request may carry,
+    # checked before the request is expanded; more is INVALID_ARGUMENT naming the variable.
+    max_batch_messages: int = 1000
+    max_ack_tokens: int = 1000
+    max_headers: int = 256
+    max_list_items: int = 1024
+    #: Streams opened with a token or JWT re-verify it this often (and at a JWT's expiry);
+    #: the tokens file is re-read on the same rhythm (natsgw.auth.expiry).
+    auth_recheck_interval: float = 5.0
+
+    def __repr__(self) -> str:
+        """Masked like ``check-config``: a Settings printed by accident shows no secret."""
+        shown = (f"{n}={shown_setting(n, getattr(self, n))!r}" for n in self.__slots__)
+        return f"Settings({', '.join(shown)})"
 
     @property
     def embedded(self) -> bool:
@@ -245,6 +261,11 @@ class Settings:
             quota_publish_rate=e.get("NATSGW_QUOTA_PUBLISH_RATE", _rate, 0.0),
             quota_publish_burst=e.get("NATSGW_QUOTA_PUBLISH_BURST", _count, 0),
             quotas_file=e.get("NATSGW_QUOTAS_FILE", Path, None),
+            max_batch_messages=e.get("NATSGW_MAX_BATCH_MESSAGES", _positive, 1000),
+            max_ack_tokens=e.get("NATSGW_MAX_ACK_TOKENS", _positive, 1000),
+            max_headers=e.get("NATSGW_MAX_HEADERS", _positive, 256),
+            max_list_items=e.get("NATSGW_MAX_LIST_ITEMS", _positive, 1024),
+            auth_recheck_interval=e.get("NATSGW_AUTH_RECHECK_INTERVAL", _seconds, 5.0),
         ).validated()
 
     def validated(self) -> Settings:
@@ -334,16 +355,15 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
 def _plain(name: str, value: object) -> str:
     if value is None:
         return ""
-    if _SECRET_NAME.search(name):
-        return "***" if value else ""
+    if is_secret_name(name):
+        return MASK if value else ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, tuple):
         return ",".join(_plain(name, v) for v in value)
-    text = str(value)  # StrEnum: its value; Path: the path
-    return re.sub(r"//([^/@:]+):[^/@]*@", r"//\1:***@", text)  # passwords inside URLs
+    return mask_text(str(value))  # StrEnum: its value; Path: the path; URLs: no password
 
 
 class _Env:
@@ -357,12 +377,8 @@ class _Env:
         try:
             return parse(raw.strip())
         except (ValueError, TypeError) as exc:
-            shown = "***" if _SECRET_NAME.search(name) else repr(raw)
+            shown = shown_setting(name, raw) if is_secret_name(name) else repr(mask_text(raw))
             raise ConfigError(f"{name}={shown} is invalid: {exc}") from None
-
-
-#: Variables whose values never appear in an error message.
-_SECRET_NAME = re.compile(r"PASSWORD|TOKEN$|SECRET")
 
 
 def is_loopback(host: str) -> bool:

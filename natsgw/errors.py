@@ -11,6 +11,8 @@ from collections.abc import Callable
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from natsgw.ops.secrets import mask_text
+
 
 class GatewayError(Exception):
     """Base of every error the gateway reports on purpose; carries its gRPC status."""
@@ -72,6 +74,18 @@ class Internal(GatewayError):
     status = Status.INTERNAL
 
 
+class UndecodableRequest(GRPCError):
+    """Request bytes that do not parse as the RPC's message: the client's fault, no traceback.
+
+    A GRPCError itself, because it is raised while grpclib decodes, also for services (health,
+    reflection) that no pipeline of ours maps.
+    """
+
+    def __init__(self, message_type: str) -> None:
+        super().__init__(Status.INVALID_ARGUMENT, f"request is not a valid {message_type}")
+        self.message_type = message_type
+
+
 def _same(text: str) -> str:
     return text
 
@@ -79,15 +93,18 @@ def _same(text: str) -> str:
 def to_grpc_error(exc: BaseException, public: Callable[[str], str] = _same) -> GRPCError:
     """Translate any exception escaping a handler into the status a client receives.
 
-    ``public`` rewrites the message into what the caller may read (the call pipeline passes the
+    Its text is masked twice: secrets out (URL passwords and tokens, :mod:`natsgw.ops.secrets`),
+    then ``public`` rewrites it into what the caller may read (the call pipeline passes the
     tenancy layer's rewriting of NATS names, see :func:`natsgw.tenancy.public_text`).
     """
     if isinstance(exc, GRPCError):
-        if exc.message and public is not _same:
-            return GRPCError(exc.status, public(exc.message), exc.details)
+        if exc.message:
+            text = public(mask_text(exc.message))
+            if text != exc.message:
+                return GRPCError(exc.status, text, exc.details)
         return exc
     if isinstance(exc, GatewayError):
-        return GRPCError(exc.status, public(exc.message))
+        return GRPCError(exc.status, public(mask_text(exc.message)))
     if isinstance(exc, TimeoutError):
         return GRPCError(Status.DEADLINE_EXCEEDED, "the operation timed out")
     return GRPCError(Status.INTERNAL, f"internal error ({type(exc).__name__}); see gateway logs")

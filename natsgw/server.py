@@ -38,13 +38,15 @@ from natsgw.ops.embedded import EmbeddedNatsServer
 from natsgw.ops.http import HttpSide
 from natsgw.ops.metrics import MeteredSubscriptionRegistry, Metrics
 from natsgw.ops.monitoring import NatsMonitor
+from natsgw.ops.secrets import mask_url
 from natsgw.ops.sockets import bind_tcp, bound_port
 from natsgw.ops.tls import server_context
 from natsgw.pipeline.chain import InFlight, Pipeline
 from natsgw.pipeline.quotas import QuotaEnforcer, QuotaPolicy
+from natsgw.pipeline.rejects import RejectLog
 from natsgw.service.gateway import NATSGateway, Services
 from natsgw.wire import compression
-from natsgw.wire.codec import GatewayCodec, UpbBridge
+from natsgw.wire.codec import GatewayCodec, RepeatedLimits, UpbBridge
 from natsgw.wire.reflection import DocumentedReflection
 
 log = structlog.get_logger("natsgw.server")
@@ -62,14 +64,24 @@ class GatewayFailed(RuntimeError):
     """The gateway stopped because it could no longer serve (its nats-server kept failing)."""
 
 
-def build_codec(max_message_size: int) -> GatewayCodec:
-    """Every generated dataclass of isa.nats goes through the upb bridge (see wire.codec)."""
-    bridge = UpbBridge(nats_service_pb2, default_message_pool)
+def build_codec(max_message_size: int, limits: RepeatedLimits | None = None) -> GatewayCodec:
+    """Every generated dataclass of isa.nats goes through the upb bridge (see wire.codec), each
+    repeated/map field bounded by ``limits`` before it is expanded (None: unbounded)."""
+    bridge = UpbBridge(nats_service_pb2, default_message_pool, limits)
     for name in pb.__all__:
         cls = getattr(pb, name)
         if isinstance(cls, type) and issubclass(cls, betterproto2.Message):
             bridge.register(cls)
     return GatewayCodec(bridge, max_message_size)
+
+
+def request_limits(settings: Settings) -> RepeatedLimits:
+    return RepeatedLimits(
+        batch_messages=settings.max_batch_messages,
+        ack_tokens=settings.max_ack_tokens,
+        headers=settings.max_headers,
+        list_items=settings.max_list_items,
+    )
 
 
 class Gateway:
@@ -169,8 +181,12 @@ class Gateway:
             root=settings.namespace_root,
             audit_data_plane=settings.audit_data_plane,
             in_flight=self.in_flight,
+            credential_recheck=settings.auth_recheck_interval,
+            on_undecodable=RejectLog(),
         )
-        services = Services.build(settings, self.adapter, self.subscriptions, self.monitor)
+        services = Services.build(
+            settings, self.adapter, self.subscriptions, self.monitor, self.authenticator
+        )
         gateway = NATSGateway(services, self.pipeline)
         adapter = self.adapter
 
@@ -180,7 +196,7 @@ class Gateway:
         health = Health({gateway: [ServiceCheck(nats_connected, check_ttl=2.0)]})
         self._server = Server(
             DocumentedReflection.extend([gateway, health]),
-            codec=build_codec(settings.max_message_size),
+            codec=build_codec(settings.max_message_size, request_limits(settings)),
         )
         try:
             sock = bind_tcp(settings.grpc_host, settings.grpc_port)
@@ -222,7 +238,7 @@ class Gateway:
             tls="mutual" if settings.tls_client_ca_file else ("on" if tls else "off"),
             http=self.http_port or None,
             auth=settings.auth_mode.value,
-            nats=servers,
+            nats=[mask_url(url) for url in servers],
             embedded=settings.embedded,
         )
 

@@ -13,7 +13,8 @@ def build_authenticator(settings: Settings) -> Authenticator:
 
         assert settings.auth_tokens_file is not None  # Settings.validated()
         return BearerAuthenticator(
-            TokenFile(settings.auth_tokens_file), act_as_role=settings.auth_act_as_role
+            TokenFile(settings.auth_tokens_file, settings.auth_recheck_interval),
+            act_as_role=settings.auth_act_as_role,
         )
     if settings.auth_mode is AuthMode.JWT:
         from natsgw.auth.jwts import JwtVerifier

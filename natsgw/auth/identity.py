@@ -44,6 +44,9 @@ class Identity:
     roles: frozenset[str] = frozenset()
     #: How it was proven: "trusted", "token" or "jwt".
     method: str = "trusted"
+    #: When the credential stops being valid (seconds since the epoch; a JWT's exp plus leeway);
+    #: None: until revoked. Long-lived calls are ended then (natsgw.auth.expiry).
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,8 @@ class Principal:
     #: True when an act-as role let the caller work in another user's or organization's namespace.
     acting_as: bool = False
     method: str = "trusted"
+    #: When the credential that proved it stops being valid (``Identity.expires_at``).
+    expires_at: float | None = None
 
 
 class Authenticator(Protocol):
@@ -173,4 +178,5 @@ class BearerAuthenticator:
             roles=identity.roles,
             acting_as=acting,
             method=identity.method,
+            expires_at=identity.expires_at,
         )

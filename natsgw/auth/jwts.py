@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from natsgw.auth.identity import Identity
 from natsgw.config import ConfigError, Settings
 from natsgw.errors import Unauthenticated, Unavailable
+from natsgw.ops.secrets import mask_url
 
 log = structlog.get_logger("natsgw.auth")
 
@@ -119,11 +120,11 @@ class JwksCache:
             keys = _keys_from_jwks(doc if isinstance(doc, dict) else {})
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             self.last_error = str(exc) or type(exc).__name__
-            log.warning("jwks_fetch_failed", url=self.url, error=self.last_error)
+            log.warning("jwks_fetch_failed", url=mask_url(self.url), error=self.last_error)
             return
         self.last_error = ""
         self._keys = keys
-        log.info("jwks_fetched", url=self.url, keys=len(keys))
+        log.info("jwks_fetched", url=mask_url(self.url), keys=len(keys))
 
     async def keys(self, kid: str | None) -> list[_Key]:
         async with self._lock:
@@ -228,7 +229,7 @@ class JwtVerifier:
             if self._jwks is not None and not keys and self._jwks.last_error:
                 # The identity provider is unreachable: not the caller's fault, and retryable.
                 raise Unavailable(
-                    f"cannot verify tokens right now: the JWKS at {self._jwks.url} is "
+                    f"cannot verify tokens right now: the JWKS at {mask_url(self._jwks.url)} is "
                     f"unreachable ({self._jwks.last_error}); retry shortly"
                 )
             if self._jwks is not None and kid is not None:
@@ -286,6 +287,7 @@ class JwtVerifier:
             ),
             roles=_string_set(_claim(claims, self.roles_claim), self.roles_claim),
             method="jwt",
+            expires_at=float(claims["exp"]) + self.leeway,
         )
 
     async def close(self) -> None:

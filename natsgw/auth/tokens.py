@@ -11,8 +11,9 @@ The file maps tokens to identities::
 
 Only SHA-256 digests are kept in memory; a presented token is hashed and the digest looked up,
 so no comparison ever runs over the secret itself. The file is re-read when it changes (checked
-at most every few seconds), so tokens can be rotated without a restart; a broken edit keeps the
-previous tokens and logs why.
+at most every ``NATSGW_AUTH_RECHECK_INTERVAL`` seconds), so tokens can be rotated without a
+restart, and a removed token also ends the streams it opened (natsgw.auth.expiry); a broken edit
+keeps the previous tokens and logs why.
 """
 
 from __future__ import annotations
@@ -91,8 +92,9 @@ def parse_tokens(text: str, source: str = "tokens file") -> dict[str, Identity]:
 class TokenFile:
     """A :class:`natsgw.auth.identity.TokenVerifier` over the tokens file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, recheck: float = _RECHECK_SECONDS) -> None:
         self.path = path
+        self._recheck = recheck
         self._stamp: tuple[float, int] | None = None
         self._checked = 0.0
         try:
@@ -108,7 +110,7 @@ class TokenFile:
 
     def _maybe_reload(self) -> None:
         now = time.monotonic()
-        if now - self._checked < _RECHECK_SECONDS:
+        if now - self._checked < self._recheck:
             return
         self._checked = now
         try:

@@ -81,3 +81,19 @@ def cancel_calls_in_flight(server: grpclib.server.Server, error: Exception) -> i
                 wrapper.cancel(error)
                 count += 1
     return count
+
+
+def end_call(stream: grpclib.server.Stream[Any, Any], error: Exception) -> bool:
+    """End a server call from outside its task with ``error`` as its status; False if it cannot.
+
+    Why: a streaming call whose credential stops verifying must end UNAUTHENTICATED while its
+    handler waits for the next message; grpclib ends calls that way only for deadlines and client
+    resets, through the per-call ``Wrapper`` it keeps on the private h2 ``Stream._stream``
+    (``wrapper.cancel(error)`` cancels the handler's task and sends ``error``'s status).
+    Upstream fix that removes it: a public ``Stream.cancel(error)`` on grpclib's server stream.
+    """
+    wrapper = getattr(stream._stream, "wrapper", None)
+    if wrapper is None:
+        return False
+    wrapper.cancel(error)
+    return True

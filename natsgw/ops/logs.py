@@ -22,6 +22,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from natsgw.ops.secrets import redact_event
+
 #: The audit fields worth a person's attention on a terminal.
 _CONSOLE_AUDIT_FIELDS = ("rpc", "status", "reason", "tenant", "resource", "latency_ms")
 
@@ -69,7 +71,8 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
     numeric = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        processors=[*_SHARED, structlog.processors.format_exc_info, *tail, renderer],
+        # Secrets are masked after the traceback is text, before either renderer sees the event.
+        processors=[*_SHARED, structlog.processors.format_exc_info, redact_event, *tail, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=True,
@@ -91,6 +94,7 @@ def _route_stdlib_logging(renderer: structlog.types.Processor, level: int, out: 
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                redact_event,
                 renderer,
             ],
         )

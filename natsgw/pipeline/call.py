@@ -16,6 +16,7 @@ from natsgw.tenancy import Namespace
 if TYPE_CHECKING:
     import grpclib.server
 
+    from natsgw.auth.expiry import CredentialWatch
     from natsgw.ops.tracing import CallTrace
     from natsgw.pipeline.policy import Policy
     from natsgw.pipeline.quotas import Ticket
@@ -28,6 +29,7 @@ class Call:
     """Per-call state; one small object, no context variables."""
 
     __slots__ = (
+        "byte_cap",
         "headers_sent",
         "namespace",
         "policy",
@@ -37,6 +39,7 @@ class Call:
         "stream",
         "ticket",
         "trace",
+        "watch",
     )
 
     def __init__(self, policy: Policy, stream: grpclib.server.Stream[Any, Any] | None) -> None:
@@ -51,6 +54,11 @@ class Call:
         self.trace: CallTrace | None = None
         #: Set by the pipeline's namespace step; None for public RPCs.
         self.namespace: Namespace | None = None
+        #: A streaming call's credential watch (natsgw.auth.expiry), stopped when it finishes.
+        self.watch: CredentialWatch | None = None
+        #: The tenant's byte quota a bucket this call makes implicitly must be made with (set by
+        #: the pipeline's quotas step; 0: none). See :meth:`capped_bytes`.
+        self.byte_cap = 0
 
     @property
     def ns(self) -> Namespace:
@@ -58,6 +66,17 @@ class Call:
         if self.namespace is None:
             raise Internal(f"{self.policy.rpc} is public: it has no namespace")
         return self.namespace
+
+    def capped_bytes(self, configured: int) -> int:
+        """``configured`` (0 or less: unlimited) lowered to this call's byte quota, if any.
+
+        A bucket a first KV/Object put creates is created with it, so that a first upload can
+        neither exceed the quota nor, by failing, leave an uncapped bucket behind.
+        """
+        cap = self.byte_cap
+        if cap <= 0:
+            return configured
+        return cap if configured <= 0 else min(configured, cap)
 
     def time_left(self) -> float | None:
         """Seconds until the client's deadline (None without one)."""

@@ -8,7 +8,10 @@ Every call then takes these steps, each a small method below (read top to bottom
     3. receive the request          the first message (for a streamed put: its header message);
                                     a W3C traceparent is stamped on what it publishes (ops.tracing)
     4. identity                     authenticate ONCE from metadata + the request's ids
-                                    (skipped for public RPCs: HealthCheck)
+                                    (skipped for public RPCs: HealthCheck); a streaming call's
+                                    bearer credential is then watched while it runs
+                                    (natsgw.auth.expiry) and the call ends UNAUTHENTICATED when
+                                    it stops verifying
     5. namespace                    the principal's Namespace, handed to the handler in ``call.ns``
     6. quotas                       the RPC's Cost (natsgw.pipeline.policy) against the tenant's
                                     limits; may hand the handler an adjusted copy of the request
@@ -19,11 +22,14 @@ Every call then takes these steps, each a small method below (read top to bottom
                                     client's deadline
     9. error mapping                any exception -> one gRPC status (natsgw.errors), its text
                                     rewritten so it names things the tenant's way (no NATS names)
-   10. finish                       quota ticket released, metrics recorded, audit event when the
-                                    RPC's audit rule asks for one, in-flight count released
+   10. finish                       credential watch stopped, quota ticket released, metrics
+                                    recorded, audit event when the RPC's audit rule asks for one
+                                    (never for undecodable bytes: those are logged rate-limited
+                                    per peer), in-flight count released
 
-Nothing here allocates per call beyond one :class:`Call` (and the request id); no context
-variables, no proxies around grpclib's stream.
+Nothing here allocates per call beyond one :class:`Call` (and the request id; a streaming call
+with a bearer credential also its watch); no context variables, no proxies around grpclib's
+stream.
 """
 
 from __future__ import annotations
@@ -43,8 +49,10 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from h2.exceptions import StreamClosedError
 
 from natsgw._generated.isa import nats as pb
-from natsgw.auth.identity import Authenticator, Scope
-from natsgw.errors import InvalidArgument, to_grpc_error
+from natsgw.auth import expiry
+from natsgw.auth.identity import Authenticator, BearerAuthenticator, Scope
+from natsgw.compat import grpclib as grpclib_compat
+from natsgw.errors import InvalidArgument, UndecodableRequest, to_grpc_error
 from natsgw.ops import tracing
 from natsgw.ops.audit import AuditLog
 from natsgw.ops.metrics import Metrics
@@ -122,6 +130,8 @@ class Pipeline:
         root: str,
         audit_data_plane: bool = False,
         in_flight: InFlight | None = None,
+        credential_recheck: float = 5.0,
+        on_undecodable: Callable[[str, str], None] | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.metrics = metrics
@@ -131,6 +141,10 @@ class Pipeline:
         self.audit_data_plane = audit_data_plane
         self.in_flight = in_flight or InFlight()
         self.draining = False
+        #: Streaming calls re-verify their credential this often (NATSGW_AUTH_RECHECK_INTERVAL).
+        self.credential_recheck = credential_recheck
+        #: Told ``(message type, peer)`` of each undecodable request (natsgw.pipeline.rejects).
+        self.on_undecodable = on_undecodable
         self._public = functools.partial(public_text, root=root)
 
     def handler(self, policy: Policy, cardinality: Cardinality, endpoint: Endpoint) -> GrpcHandler:
@@ -156,6 +170,7 @@ class Pipeline:
             started = time.perf_counter()
             error: GRPCError | None = None
             status = Status.OK
+            undecodable = False
             try:
                 call.request_id = _request_id(stream)
                 await body(call, stream)  # 3-8
@@ -167,11 +182,17 @@ class Pipeline:
                 status = Status.CANCELLED
                 raise asyncio.CancelledError from None
             except Exception as exc:
+                undecodable = isinstance(exc, UndecodableRequest)
+                if undecodable:
+                    self._undecodable(call, cast(UndecodableRequest, exc))
                 error = self._map_error(policy, exc)  # 9
                 status = error.status
+                if error is exc:  # a GRPCError already fit to be read (e.g. undecodable bytes)
+                    raise
                 raise error from exc
             finally:
-                self._finish(call, status, error, started, audit_ok)  # 10
+                # Undecodable bytes are logged (rate-limited, per peer), not audited per call.
+                self._finish(call, status, error, started, audit_ok, not undecodable)  # 10
 
         return serve
 
@@ -191,7 +212,7 @@ class Pipeline:
         self, endpoint: ServerStreaming
     ) -> Callable[[Call, Stream], Awaitable[None]]:
         async def body(call: Call, stream: Stream) -> None:
-            request = await self._admit(call, await stream.recv_message())
+            request = await self._admit(call, await stream.recv_message(), long_lived=True)
             replies = endpoint(call, request)
             try:
                 async for reply in replies:
@@ -207,7 +228,7 @@ class Pipeline:
         self, endpoint: ClientStreaming
     ) -> Callable[[Call, Stream], Awaitable[None]]:
         async def body(call: Call, stream: Stream) -> None:
-            first = await self._admit(call, await stream.recv_message())
+            first = await self._admit(call, await stream.recv_message(), long_lived=True)
             reply = await endpoint(call, first, _rest(stream))
             if call.ticket is not None:
                 await call.ticket.created()
@@ -215,8 +236,12 @@ class Pipeline:
 
         return body
 
-    async def _admit(self, call: Call, request: Any) -> Any:
-        """Steps 4-6: who calls, in which namespace, and whether quotas let it through."""
+    async def _admit(self, call: Call, request: Any, long_lived: bool = False) -> Any:
+        """Steps 4-6: who calls, in which namespace, and whether quotas let it through.
+
+        A ``long_lived`` (streaming) call may outlive its credential: it is watched from here
+        until :meth:`_finish` (the one place a watch starts and stops).
+        """
         policy = call.policy
         ids = request
         if request is not None and policy.scope is not None:
@@ -240,12 +265,28 @@ class Pipeline:
             Scope.ORGANIZATION if ids.scope == pb.NamespaceScope.SCOPE_ORGANIZATION else Scope.USER,
         )
         call.principal = principal
+        if long_lived and isinstance(self.authenticator, BearerAuthenticator):
+            stream = call.stream
+            call.watch = expiry.watch(
+                self.authenticator,
+                metadata,
+                principal,
+                lambda reason: self._end(stream, reason),
+                self.credential_recheck,
+            )
         ns = call.namespace = _namespace(principal.tenant, self.root)  # 5
         if self.quotas is not None and policy.cost is not None:  # 6
             admission = await self.quotas.admit(policy.cost, request, ns)
             call.ticket = admission.ticket
+            call.byte_cap = admission.byte_cap
             return admission.request
         return request
+
+    @staticmethod
+    def _end(stream: Stream, reason: str) -> None:
+        """End a call whose credential stopped verifying (from the watch's task)."""
+        if not grpclib_compat.end_call(stream, expiry.end_error(reason)):
+            log.warning("stream_not_ended", reason=reason)
 
     @staticmethod
     async def _send(call: Call, stream: Stream, reply: Any) -> None:
@@ -255,6 +296,11 @@ class Pipeline:
         await stream.send_message(reply)
 
     # -- 9: error mapping -----------------------------------------------------------------------
+
+    def _undecodable(self, call: Call, exc: UndecodableRequest) -> None:
+        if self.on_undecodable is not None:
+            stream = call.stream
+            self.on_undecodable(exc.message_type, _peer(stream.peer.addr()) if stream else "")
 
     def _map_error(self, policy: Policy, exc: Exception) -> GRPCError:
         error = to_grpc_error(exc, self._public)
@@ -271,8 +317,14 @@ class Pipeline:
         error: GRPCError | None,
         started: float,
         audit_ok: bool,
+        audited: bool = True,
     ) -> None:
         try:
+            watch = call.watch
+            if watch is not None:
+                watch.stop()
+                if watch.ended is not None:  # cancelled by the watch: say why
+                    error, status = watch.ended, watch.ended.status
             if call.ticket is not None:
                 call.ticket.release()
             if call.trace is not None:
@@ -281,8 +333,9 @@ class Pipeline:
             rpc = call.policy.rpc
             failed = status is not Status.OK and status is not Status.CANCELLED
             self.metrics.ended(rpc, status.name, elapsed, failed)
-            if status in REFUSED or (
-                audit_ok if status is Status.OK else call.policy.audit is not Audit.REFUSALS
+            if audited and (
+                status in REFUSED
+                or (audit_ok if status is Status.OK else call.policy.audit is not Audit.REFUSALS)
             ):
                 self._audit(call, status, error, elapsed)
         finally:

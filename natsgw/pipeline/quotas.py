@@ -17,8 +17,12 @@ decoded request (which is never changed; a filled-in byte limit goes to the hand
   are serialized within this process, so concurrent calls cannot overshoot here (several gateway
   replicas could, by at most one per replica).
 - ``max_bytes``: a stream or bucket configuration above the limit is refused; one without a limit
-  (0) is given the limit; and a stream or bucket the call created implicitly (first KV/Object put)
-  is capped right after the handler creates it, before the client hears of it.
+  (0, negative, or no config at all on UpdateStream) is given the limit; a bucket a call creates
+  implicitly (first KV/Object put) is created with it (the admission's ``byte_cap``, which the
+  handler reads through :meth:`natsgw.pipeline.call.Call.capped_bytes`), so a first upload
+  can neither exceed it nor, by failing, leave an uncapped bucket behind; and an existing stream
+  or bucket found without it (made before the quota was set) is capped before the call runs.
+- consumers: one created without a name is always a new one, and counts like any other.
 - publishes (Publish, PublishBatch, Request, PublishToStream, PublishToStreamBatch, …) draw from a
   token bucket per tenant; a batch draws one token per message.
 """
@@ -320,7 +324,8 @@ class QuotaEnforcer:
         )
 
     def _max_bytes(self, cost: Cost, request: Any, limit: int) -> Any:
-        """The request the handler gets: refused above the limit, given the limit when unlimited."""
+        """The request the handler gets: refused above the limit, given the limit when unlimited
+        (0, negative, or no config at all: an UpdateStream without one gets a config with it)."""
         if cost.max_bytes is None or cost.with_max_bytes is None or limit <= 0:
             return request
         requested = cost.max_bytes(request)
@@ -334,14 +339,20 @@ class QuotaEnforcer:
             return cost.with_max_bytes(request, limit)
         return request
 
-    async def _exists_now(self, nats_name: str) -> bool:
+    async def _exists_now(self, nats_name: str, max_bytes: int = 0) -> bool:
+        """Whether the stream exists; one that does is also given the byte cap if it lacks it
+        (made before the quota was set, or by a call that failed before it could be capped)."""
         seen = self._exists.get(nats_name)
         now = self._clock()
         if seen is not None and now - seen < _EXISTS_TTL:
             return True
-        if await self.jetstream.stream_summary(nats_name) is None:
+        summary = await self.jetstream.stream_summary(nats_name)
+        if summary is None:
             self._exists.pop(nats_name, None)
             return False
+        uncapped = max_bytes > 0 and not 0 < summary.max_bytes <= max_bytes
+        if uncapped and await self.jetstream.limit_stream_bytes(nats_name, max_bytes):
+            log.info("quota_max_bytes_applied", stream=nats_name, bytes=max_bytes)
         if len(self._exists) >= _MAX_BUCKETS:
             self._exists.clear()
         self._exists[nats_name] = now
@@ -371,12 +382,17 @@ class QuotaEnforcer:
             self._take_publish(ns, limits, cost.publishes(request))
         request = self._max_bytes(cost, request, limits.max_bytes)
         kind = cost.kind
-        name = cost.name(request)
-        if kind is None or not cost.creates or not name:
+        if kind is None or not cost.creates:
             return Admission(request)
+        # A bucket this call makes (a first KV/Object put, KVCreateBucket) is made capped.
+        cap = limits.max_bytes if kind in (Kind.KV_BUCKET, Kind.OBJECT_BUCKET) else 0
+        name = cost.name(request)
+        # An unnamed consumer is always a new one; any other creation needs its name.
+        if not name and kind is not Kind.CONSUMER:
+            return Admission(request, byte_cap=cap)
         limit: int = getattr(limits, kind.value)
         if limit <= 0 and limits.max_bytes <= 0:
-            return Admission(request)
+            return Admission(request, byte_cap=cap)
         if kind is Kind.CONSUMER:
             stream_name = cost.stream(request)
             if limit <= 0 or not stream_name:
@@ -385,7 +401,8 @@ class QuotaEnforcer:
             lock = self._locks.setdefault(ns.key, asyncio.Lock())
             await lock.acquire()
             try:
-                if not await self.jetstream.consumer_exists(stream, name):
+                exists = bool(name) and await self.jetstream.consumer_exists(stream, name)
+                if not exists:
                     have = await self._count(ns, Kind.CONSUMER)
                     if have >= limit:
                         raise self._refuse(
@@ -397,12 +414,12 @@ class QuotaEnforcer:
                 raise
             return Admission(request, Ticket(self, lock))
         nats_name = nats_stream_name(ns, kind, name, cost.name_field)
-        if await self._exists_now(nats_name):
-            return Admission(request)
+        if await self._exists_now(nats_name, limits.max_bytes):
+            return Admission(request, byte_cap=cap)
         lock = self._locks.setdefault(ns.key, asyncio.Lock())
         await lock.acquire()
         try:
-            if limit > 0 and not await self._exists_now(nats_name):
+            if limit > 0 and not await self._exists_now(nats_name, limits.max_bytes):
                 have = await self._count(ns, kind)
                 if have >= limit:
                     noun = kind.value.replace("_", " ")
@@ -413,13 +430,17 @@ class QuotaEnforcer:
             lock.release()
             raise
         return Admission(
-            request, Ticket(self, lock, cap_stream=nats_name, cap_bytes=limits.max_bytes)
+            request,
+            Ticket(self, lock, cap_stream=nats_name, cap_bytes=limits.max_bytes),
+            byte_cap=cap,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """What quotas let through: the request to serve, and the ticket to finish (if any)."""
+    """What quotas let through: the request to serve, the ticket to finish (if any), and the byte
+    cap a bucket the call makes must be made with (0: none)."""
 
     request: Any
     ticket: Ticket | None = None
+    byte_cap: int = 0

@@ -15,6 +15,7 @@ import grpclib.const
 from natsgw._generated.isa import nats as pb
 from natsgw.adapter import NatsAdapter
 from natsgw.adapter.jetstream import JetStreamAdapter
+from natsgw.auth.identity import Authenticator
 from natsgw.config import Settings
 from natsgw.ops.monitoring import NatsMonitor
 from natsgw.pipeline.chain import Endpoint, Pipeline
@@ -46,6 +47,7 @@ class Services:
         adapter: NatsAdapter,
         subscriptions: SubscriptionRegistry,
         monitor: NatsMonitor,
+        authenticator: Authenticator,
     ) -> Services:
         js = JetStreamAdapter(adapter, settings.request_timeout)
         return cls(
@@ -54,7 +56,7 @@ class Services:
             kv=KeyValueService(settings, adapter, subscriptions),
             objects=ObjectStoreService(settings, adapter),
             statistics=StatisticsService(settings, js, monitor),
-            health=HealthService(settings, adapter, monitor),
+            health=HealthService(settings, adapter, monitor, authenticator),
         )
 
 

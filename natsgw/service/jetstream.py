@@ -54,6 +54,7 @@ from natsgw.service.jetstream_wire import (
     tenant_view,
     wire_enum,
 )
+from natsgw.service.pacing import YIELD_EVERY
 from natsgw.service.subscriptions import Mailbox, SubscriptionRegistry
 from natsgw.tenancy import Namespace
 from natsgw.tenancy.acks import AckSubject, AckTokens, parse_ack_subject
@@ -300,6 +301,8 @@ class JetStreamService:
             )
 
         for index, item in enumerate(message.messages):
+            if index and index % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let other tenants' calls run between slices
             field = f"messages[{index}]"
             try:
                 subject = ns.subject(item.subject, f"{field}.subject")
@@ -458,6 +461,8 @@ class JetStreamService:
             return pb.AckResult(success=False, error=text, status_code=status_code_of(exc))
 
         for index, token in enumerate(message.ack_tokens):
+            if index and index % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let other tenants' calls run between slices
             try:
                 if not token:
                     raise InvalidArgument(f"ack_tokens[{index}]", "must not be empty")

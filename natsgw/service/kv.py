@@ -81,12 +81,13 @@ class KeyValueService:
     def _kv(self) -> KeyValueStore:
         return self.store
 
-    def _defaults(self) -> BucketDefaults:
+    def _defaults(self, call: Call) -> BucketDefaults:
+        """What a bucket this call makes is made with (capped by the tenant's byte quota)."""
         s = self.settings
         return BucketDefaults(
             history=s.kv_history,
             ttl=s.kv_ttl,
-            max_bytes=s.kv_max_bytes,
+            max_bytes=call.capped_bytes(s.kv_max_bytes),
             storage=str(s.kv_storage),
             replicas=s.kv_replicas,
         )
@@ -104,7 +105,7 @@ class KeyValueService:
     async def kv_put(self, call: Call, message: pb.KvPutRequest) -> pb.KvPutResponse:
         _, bucket, key = self._bucket_and_key(call.ns, message)
         self.adapter.check_payload(message.value, {})
-        revision = await self._kv().put(bucket, key, message.value, self._defaults())
+        revision = await self._kv().put(bucket, key, message.value, self._defaults(call))
         return pb.KvPutResponse(success=True, revision=revision)
 
     async def kv_get(self, call: Call, message: pb.KvGetRequest) -> pb.KvGetResponse:
@@ -136,7 +137,7 @@ class KeyValueService:
         bucket = ns.kv_bucket(message.bucket)
         check_kv_key(message.key)
         self.adapter.check_payload(message.value, {})
-        revision = await self._kv().create(bucket, message.key, message.value, self._defaults())
+        revision = await self._kv().create(bucket, message.key, message.value, self._defaults(call))
         return pb.KvCreateResponse(success=True, revision=revision)
 
     async def kv_update(self, call: Call, message: pb.KvUpdateRequest) -> pb.KvUpdateResponse:
@@ -209,7 +210,7 @@ class KeyValueService:
     ) -> pb.KvCreateBucketResponse:
         ns = call.ns
         bucket = ns.kv_bucket(message.bucket)
-        defaults = self._defaults()
+        defaults = self._defaults(call)
         history = message.history or defaults.history
         if not 1 <= history <= 64:
             raise InvalidArgument("history", f"must be from 1 to 64 (got {history})")

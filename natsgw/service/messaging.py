@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncGenerator, Mapping
 
@@ -10,8 +11,12 @@ from natsgw.adapter import NatsAdapter
 from natsgw.config import Settings
 from natsgw.errors import GatewayError, InvalidArgument
 from natsgw.pipeline.call import Call
+from natsgw.service.pacing import YIELD_EVERY
 from natsgw.service.subscriptions import Mailbox, SubscriptionRegistry
 from natsgw.tenancy import Namespace, public_text
+
+#: PublishBatch reports at most this many refused items one by one, then a count of the rest.
+MAX_REPORTED_ERRORS = 100
 
 
 def _check_queue_group(queue_group: str, required: bool) -> None:
@@ -65,8 +70,11 @@ class MessagingService:
         """Publish every valid message; report each refused one by index. Confirmed once."""
         ns = call.ns
         errors: list[str] = []
+        refused = 0
         published = 0
         for index, item in enumerate(message.messages):
+            if index and index % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let other tenants' calls run between slices
             field = f"messages[{index}]"
             try:
                 subject = ns.subject(item.subject, f"{field}.subject")
@@ -75,10 +83,14 @@ class MessagingService:
                     subject, item.data, headers=item.headers, reply=reply, confirm=False
                 )
             except GatewayError as exc:
-                text = public_text(exc.message, ns.root)
-                errors.append(text if text.startswith(field) else f"{field}: {text}")
+                refused += 1
+                if len(errors) < MAX_REPORTED_ERRORS:
+                    text = public_text(exc.message, ns.root)
+                    errors.append(text if text.startswith(field) else f"{field}: {text}")
                 continue
             published += 1
+        if refused > len(errors):  # the answer stays small however many items were refused
+            errors.append(f"… and {refused - len(errors)} more refused messages")
         if published:
             await self.adapter.confirm()
         return pb.PublishBatchResponse(success=not errors, published_count=published, errors=errors)

@@ -65,17 +65,19 @@ class ObjectStoreService:
     def _objects(self) -> ObjectStoreClient:
         return self.store
 
-    def _object_defaults(self) -> BucketDefaults:
+    def _object_defaults(self, call: Call) -> BucketDefaults:
+        """What a bucket this call makes is made with (capped by the tenant's byte quota)."""
         s = self.settings
         return BucketDefaults(
             ttl=s.object_ttl,
-            max_bytes=s.object_max_bytes,
+            max_bytes=call.capped_bytes(s.object_max_bytes),
             storage=str(s.object_storage),
             replicas=s.object_replicas,
         )
 
     async def _put(
         self,
+        call: Call,
         bucket: str,
         name: str,
         content: AsyncIterator[bytes],
@@ -87,7 +89,7 @@ class ObjectStoreService:
             name,
             content,
             metadata=metadata,
-            defaults=self._object_defaults(),
+            defaults=self._object_defaults(call),
             chunk_size=self.settings.object_chunk_size,
             expected_sha256=expected_sha256,
         )
@@ -108,7 +110,9 @@ class ObjectStoreService:
                 f"takes in one message ({limit} bytes, NATSGW_MAX_MESSAGE_SIZE); "
                 "use ObjectPutStream"
             )
-        return await self._put(bucket, message.object_name, _one(message.data), message.metadata)
+        return await self._put(
+            call, bucket, message.object_name, _one(message.data), message.metadata
+        )
 
     async def _stat(
         self, ns: Namespace, message: pb.ObjectGetRequest
@@ -183,7 +187,9 @@ class ObjectStoreService:
                 yield message.chunk
                 index += 1
 
-        return await self._put(bucket, header.object_name, content(), header.metadata, expected)
+        return await self._put(
+            call, bucket, header.object_name, content(), header.metadata, expected
+        )
 
     async def object_get_stream(
         self, call: Call, message: pb.ObjectGetRequest

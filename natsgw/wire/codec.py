@@ -10,6 +10,15 @@ nowhere else, so the codec can change without touching a handler:
   0.10's encoder does not.
 - Messages the bridge does not know (grpclib's own health and reflection services use upb
   classes directly) pass through :class:`grpclib.encoding.proto.ProtoCodec` unchanged.
+
+Requests are bounded here, before they are expanded: the upb parse is C and costs ~90 bytes per
+item for an instant, while the dataclasses it would become cost ~400 and live for the call. So
+every repeated and map field's length is checked on the upb message (:class:`RepeatedLimits`)
+before that field is turned into dataclasses; requests above 64 KiB are first counted on the
+wire (top-level fields, stopping at the first one over its limit), so a million-item batch is
+refused before upb builds anything. Bytes that do not parse answer INVALID_ARGUMENT
+(:class:`~natsgw.errors.UndecodableRequest`); the call pipeline, which knows the peer, logs them
+through :class:`natsgw.pipeline.rejects.RejectLog` at most once per peer host and interval.
 """
 
 from __future__ import annotations
@@ -20,12 +29,40 @@ from collections.abc import Callable
 from typing import Any
 
 import betterproto2
+from google.protobuf.message import DecodeError
 from grpclib.encoding.proto import ProtoCodec
 
 from natsgw.compat.betterproto2 import field_classes
+from natsgw.errors import InvalidArgument, UndecodableRequest
 
 _UTC = datetime.UTC
 _Converter = Callable[[Any], Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RepeatedLimits:
+    """Most items one request may carry in a repeated or map field (each names its setting)."""
+
+    batch_messages: int = 1000
+    ack_tokens: int = 1000
+    headers: int = 256
+    list_items: int = 1024
+
+    def of(self, field: str, is_map: bool) -> tuple[int, str]:
+        if is_map:  # headers, metadata
+            return self.headers, "NATSGW_MAX_HEADERS"
+        if field == "messages":  # PublishBatch, PublishToStreamBatch
+            return self.batch_messages, "NATSGW_MAX_BATCH_MESSAGES"
+        if field == "ack_tokens":
+            return self.ack_tokens, "NATSGW_MAX_ACK_TOKENS"
+        return self.list_items, "NATSGW_MAX_LIST_ITEMS"  # stream subjects, anything new
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Bound:
+    field: str
+    limit: int
+    setting: str
 
 
 @dataclasses.dataclass(slots=True)
@@ -35,16 +72,19 @@ class _FieldPlan:
     to_upb: _Converter | None  # dataclass value -> upb constructor argument
     presence: bool  # optional message field: absent reads as None
     post_set: Callable[[Any, Any], None] | None  # for Timestamp/Duration: set after construction
+    bound: _Bound | None = None  # repeated/map: most items a request may carry
 
 
 class UpbBridge:
     """Converts between betterproto2 dataclasses and upb messages of the same .proto."""
 
-    def __init__(self, upb_module: Any, pool: Any) -> None:
+    def __init__(self, upb_module: Any, pool: Any, limits: RepeatedLimits | None = None) -> None:
         self._upb_module = upb_module
         self._pool = pool
+        self._limits = limits
         self._pairs: dict[type[betterproto2.Message], type[Any]] = {}
         self._plans: dict[type[betterproto2.Message], list[_FieldPlan]] = {}
+        self._bounds: dict[type[betterproto2.Message], tuple[_Bound, ...]] = {}
 
     def register(self, cls: type[Any]) -> None:
         if cls in self._pairs:
@@ -57,7 +97,17 @@ class UpbBridge:
             upb_cls = getattr(upb_cls, part)
         self._pairs[cls] = upb_cls
         self._plans[cls] = []  # placeholder: breaks recursion for self-referencing messages
-        self._plans[cls] = [self._plan(cls, f) for f in dataclasses.fields(cls)]
+        plans = [self._plan(cls, f) for f in dataclasses.fields(cls)]
+        for plan, field in zip(plans, dataclasses.fields(cls), strict=True):
+            if _many(field):
+                plan.bound = self._bound(field)
+        self._plans[cls] = plans
+        self._bounds[cls] = tuple(p.bound for p in plans if p.bound is not None)
+
+    def _bound(self, field: dataclasses.Field[Any]) -> _Bound:
+        limits = self._limits or RepeatedLimits(2**62, 2**62, 2**62, 2**62)
+        is_map = betterproto2.FieldMetadata.get(field).proto_type == betterproto2.TYPE_MAP
+        return _Bound(field.name, *limits.of(field.name, is_map))
 
     def knows(self, cls: type[Any]) -> bool:
         return cls in self._pairs
@@ -111,6 +161,13 @@ class UpbBridge:
             if plan.presence and not upb_msg.HasField(plan.name):
                 continue
             value = getattr(upb_msg, plan.name)
+            bound = plan.bound  # every repeated field is counted before it is expanded
+            if bound is not None and len(value) > bound.limit:
+                raise InvalidArgument(
+                    f"{upb_msg.DESCRIPTOR.name}.{bound.field}",
+                    f"{len(value)} items is above the limit of {bound.limit} "
+                    f"({bound.setting}); send fewer per call",
+                )
             kwargs[plan.name] = value if plan.to_dc is None else plan.to_dc(value)
         return cls(**kwargs)
 
@@ -133,15 +190,115 @@ class UpbBridge:
         return upb_msg
 
     def decode(self, data: bytes, cls: type[Any]) -> Any:
-        return self.to_dataclass(cls, self._pairs[cls].FromString(data))
+        upb_cls = self._pairs[cls]
+        if len(data) > PRESCAN_ABOVE and self._bounds[cls]:
+            self._prescan(cls, upb_cls, data)
+        try:
+            upb_msg = upb_cls.FromString(data)
+        except DecodeError:
+            raise UndecodableRequest(upb_cls.DESCRIPTOR.name) from None
+        try:
+            return self.to_dataclass(cls, upb_msg)
+        except (ValueError, OverflowError) as exc:  # e.g. a Timestamp beyond year 9999
+            if isinstance(exc, InvalidArgument):
+                raise
+            raise UndecodableRequest(upb_cls.DESCRIPTOR.name) from None
 
     def encode(self, message: Any) -> bytes:
         return bytes(self.to_upb(message).SerializeToString())
+
+    def _prescan(self, cls: type[Any], upb_cls: Any, data: bytes) -> None:
+        """Count the top-level repeated fields on the wire, stopping at the first one over its
+        limit: a million-item batch is refused after reading ``limit`` tags, before upb builds
+        a million messages (~90 bytes each)."""
+        numbers = upb_cls.DESCRIPTOR.fields_by_name
+        bounds = {numbers[b.field].number: b for b in self._bounds[cls]}
+        over = _first_over_limit(data, {number: b.limit for number, b in bounds.items()})
+        if over is not None:
+            bound = bounds[over]
+            raise InvalidArgument(
+                f"{upb_cls.DESCRIPTOR.name}.{bound.field}",
+                f"more than {bound.limit} items, above the limit of {bound.limit} "
+                f"({bound.setting}); send fewer per call",
+            )
 
 
 #: Room a request needs beside its payload (ids, subject, headers), so that a payload of exactly
 #: NATSGW_MAX_MESSAGE_SIZE (the embedded server's max_payload) still fits in one gRPC message.
 ENVELOPE_ALLOWANCE = 64 * 1024
+
+#: Requests larger than this are pre-scanned on the wire before upb parses them (smaller ones
+#: cannot hold enough items for the parse to matter: at most ~3 MB for an instant).
+PRESCAN_ABOVE = 64 * 1024
+
+
+#: Fields beside the counted ones the pre-scan reads before leaving a message to upb.
+_SINGULAR_FIELDS_ALLOWANCE = 1024
+
+
+def _first_over_limit(data: bytes, limits: dict[int, int]) -> int | None:
+    """The first top-level field number seen more often than its limit in a serialized message,
+    or None; stops quietly at anything malformed (upb then says what is wrong).
+
+    The walk itself is bounded: a legal message has at most the limits' sum plus its singular
+    fields, so after that many fields it stops and leaves the rest to upb (which overwrites a
+    repeated singular field rather than expanding it) instead of walking millions in Python.
+    """
+    counts = dict.fromkeys(limits, 0)
+    budget = sum(limits.values()) + _SINGULAR_FIELDS_ALLOWANCE
+    pos, end = 0, len(data)
+    while pos < end:
+        budget -= 1
+        if budget < 0:
+            return None
+        key = data[pos]
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _varint(data, pos)
+        wire_type = key & 7
+        if wire_type == 2:
+            length = data[pos] if pos < end else 0x80
+            if length < 0x80:
+                pos += 1 + length
+            else:
+                length, pos = _varint(data, pos)
+                pos += length
+        elif wire_type == 0:
+            _, pos = _varint(data, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        else:
+            return None
+        if pos > end or key < 8:
+            return None
+        number = key >> 3
+        if number in counts:
+            counts[number] += 1
+            if counts[number] > limits[number]:
+                return number
+    return None
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while pos < len(data):
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            break
+    return 0, len(data) + 1  # truncated or overlong: the caller stops
+
+
+def _many(field: dataclasses.Field[Any]) -> bool:
+    meta = betterproto2.FieldMetadata.get(field)
+    return bool(meta.repeated) or meta.proto_type == betterproto2.TYPE_MAP
 
 
 class GatewayCodec(ProtoCodec):
@@ -167,4 +324,7 @@ class GatewayCodec(ProtoCodec):
         bridge = self.bridge
         if bridge is not None and bridge.knows(message_type):
             return bridge.decode(data, message_type)
-        return super().decode(data, message_type)
+        try:
+            return super().decode(data, message_type)
+        except DecodeError:
+            raise UndecodableRequest(message_type.DESCRIPTOR.name) from None

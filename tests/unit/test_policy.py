@@ -26,7 +26,9 @@ def generated_paths() -> set[str]:
 def services() -> Services:
     settings = Settings()
     adapter = NatsAdapter(["nats://127.0.0.1:4222"])  # never started: nothing connects
-    return Services.build(settings, adapter, SubscriptionRegistry(), NatsMonitor(""))
+    return Services.build(
+        settings, adapter, SubscriptionRegistry(), NatsMonitor(""), TrustedAuthenticator()
+    )
 
 
 def test_every_generated_rpc_has_a_policy_row() -> None:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from natsgw._generated.isa import nats as pb
 from natsgw.config import ConfigError, Settings
+from natsgw.pipeline.call import bare_call
 from natsgw.pipeline.policy import POLICIES, SERVICE
 from natsgw.pipeline.quotas import Cost, Kind, Limits, QuotaPolicy, TokenBucket
 from natsgw.tenancy import Tenant
@@ -84,6 +85,29 @@ def test_a_filled_in_byte_limit_is_a_copy() -> None:
     limited = c.with_max_bytes(request, 1024)
     assert limited.config is not None and limited.config.max_bytes == 1024
     assert request.config is not None and request.config.max_bytes == 0
+
+
+def test_update_stream_without_config_gets_one_with_the_limit() -> None:
+    c = cost("UpdateStream")
+    assert c.max_bytes is not None and c.with_max_bytes is not None
+    request = pb.UpdateStreamRequest(stream_name="orders")
+    assert c.max_bytes(request) == 0
+    limited = c.with_max_bytes(request, 1024)
+    assert limited.config is not None and limited.config.max_bytes == 1024
+    assert request.config is None
+
+
+@given(st.integers(-5, 10_000), st.integers(0, 10_000))
+def test_a_call_makes_buckets_within_its_byte_quota(configured: int, cap: int) -> None:
+    call = bare_call(POLICIES[SERVICE + "KVPut"])
+    assert call.capped_bytes(configured) == configured  # no quota: the setting as it is
+    call.byte_cap = cap
+    capped = call.capped_bytes(configured)
+    if cap == 0:
+        assert capped == configured
+    else:
+        assert 0 < capped <= cap
+        assert capped == (cap if configured <= 0 else min(configured, cap))
 
 
 def test_policy_file_overrides_per_tenant() -> None:
