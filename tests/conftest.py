@@ -24,7 +24,7 @@ from grpclib.client import Channel
 
 from natsgw._generated.isa import nats as pb
 from natsgw.config import Settings
-from natsgw.ops.embedded import ClusterSpec, EmbeddedNatsServer
+from natsgw.ops.embedded import ClusterSpec, EmbeddedNatsServer, EmbeddedServerError
 from natsgw.server import Gateway
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -245,7 +245,32 @@ class NatsCluster:
         return str(info.cluster.leader)
 
 
-async def start_cluster(base: Path, size: int = 3) -> NatsCluster:
+async def restart_node(node: EmbeddedNatsServer, attempts: int = 20) -> None:
+    """Start a killed node again on its own ports. Its route port was free while it ran, but a
+    client socket elsewhere on the machine may take it as an ephemeral port meanwhile: wait for
+    it to be released rather than fail the test on a port clash."""
+    for attempt in range(attempts):
+        try:
+            await node.start()
+            return
+        except EmbeddedServerError as exc:
+            if "address already in use" not in str(exc) or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def start_cluster(base: Path, size: int = 3, attempts: int = 3) -> NatsCluster:
+    """Start ``size`` routed nodes; ports are picked again when one was taken meanwhile."""
+    for attempt in range(attempts):
+        try:
+            return await _start_cluster(base / f"try{attempt}", size)
+        except EmbeddedServerError as exc:
+            if "address already in use" not in str(exc) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _start_cluster(base: Path, size: int) -> NatsCluster:
     route_ports = [free_port() for _ in range(size)]
     routes = [f"nats-route://127.0.0.1:{port}" for port in route_ports]
     nodes = [
@@ -257,7 +282,11 @@ async def start_cluster(base: Path, size: int = 3) -> NatsCluster:
         )
         for i in range(size)
     ]
-    await asyncio.gather(*(node.start() for node in nodes))
+    try:
+        await asyncio.gather(*(node.start() for node in nodes))
+    except BaseException:
+        await asyncio.gather(*(node.stop() for node in nodes), return_exceptions=True)
+        raise
     cluster = NatsCluster(nodes)
     await cluster.ready()
     return cluster

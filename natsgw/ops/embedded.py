@@ -31,6 +31,7 @@ import sysconfig
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -224,7 +225,7 @@ class EmbeddedNatsServer:
         ports_file = self.data_dir / f"nats-server_{proc.pid}.ports"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _START_TIMEOUT
-        while not ports_file.exists():
+        while (ports := _read_ports(ports_file)) is None:
             if proc.returncode is not None or loop.time() > deadline:
                 await self._terminate()
                 last = [line for line in self._tail if line.strip()][-3:]
@@ -232,7 +233,6 @@ class EmbeddedNatsServer:
                     f"nats-server did not start (its log: {self.log_file}):\n" + "\n".join(last)
                 )
             await asyncio.sleep(0.02)
-        ports = json.loads(ports_file.read_text())
         self.port = int(ports["nats"][0].rsplit(":", 1)[1])
         self.monitor_port = int(ports["monitoring"][0].rsplit(":", 1)[1])
         log.info(
@@ -349,3 +349,16 @@ def _rotate(path: Path) -> None:
     with contextlib.suppress(OSError):
         if path.stat().st_size > _LOG_ROTATE_BYTES:
             path.replace(path.with_name(path.name + ".1"))
+
+
+def _read_ports(path: Path) -> dict[str, Any] | None:
+    """The ports file's contents once nats-server has written it whole (None until then).
+
+    nats-server creates the file and writes it in two steps, so under load a reader can see it
+    empty or half written.
+    """
+    try:
+        ports = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return ports if isinstance(ports, dict) and ports.get("nats") else None

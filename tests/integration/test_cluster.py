@@ -27,7 +27,7 @@ from structlog.testing import capture_logs
 from natsgw._generated.isa import nats as pb
 from natsgw.config import Settings
 from natsgw.server import Gateway
-from tests.conftest import NatsCluster, free_port, tenant, wait_for
+from tests.conftest import NatsCluster, free_port, restart_node, tenant, wait_for
 from tests.integration._jetstream import make_consumer, make_stream, ns_of, publish
 from tests.integration.test_cli import NATSGW, run_env
 from tests.integration.test_jetstream_consume import consuming
@@ -198,7 +198,7 @@ async def test_stream_leader_killed_while_publishing_loses_nothing_acknowledged(
         retryable = {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
         assert {status.rpartition(" ")[2] for status in out.statuses} <= retryable, out.statuses
         # The killed node comes back on its store and catches up.
-        await leader.start()
+        await restart_node(leader)
         client = await nats.connect(list(nats_cluster.urls))
         try:
             js = client.jetstream(timeout=5)
@@ -404,7 +404,7 @@ async def test_stream_without_a_leader_is_unavailable_never_not_found(
         )
         assert [r.status_code for r in batch.results] == [Status.UNAVAILABLE.value] * 3, batch
         # Quorum back: a leader is elected and publishes are stored.
-        await asyncio.gather(leader.start(), follower.start())
+        await asyncio.gather(restart_node(leader), restart_node(follower))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
         stored: pb.PublishToStreamResponse | None = None
