@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{variable}={value}")
         return 0
 
+    if settings.workers > 1:  # N serving processes under a supervisor (natsgw.ops.workers)
+        from natsgw.ops.workers import supervise
+
+        return supervise(settings)
     return _serve(settings)
 
 

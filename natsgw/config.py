@@ -83,6 +83,8 @@ class Settings:
     subscription_buffer_bytes: int = 8 * MIB
     slow_consumer_policy: SlowConsumerPolicy = SlowConsumerPolicy.CLOSE
     shutdown_grace: float = 10.0
+    #: Serving processes on the one gRPC port (SO_REUSEPORT); 1: this process serves itself.
+    workers: int = 1
     log_level: str = "info"
     log_format: str = "auto"
     # JetStream (natsgw.service.jetstream, natsgw.tenancy.acks)
@@ -205,6 +207,7 @@ class Settings:
                 "NATSGW_SLOW_CONSUMER_POLICY", SlowConsumerPolicy, SlowConsumerPolicy.CLOSE
             ),
             shutdown_grace=e.get("NATSGW_SHUTDOWN_GRACE", _seconds, 10.0),
+            workers=e.get("NATSGW_WORKERS", _workers, 1),
             log_level=e.get("NATSGW_LOG_LEVEL", _log_level, "info"),
             log_format=e.get("NATSGW_LOG_FORMAT", _log_format, "auto"),
             ack_token_secret=e.get("NATSGW_ACK_TOKEN_SECRET", _secret, ""),
@@ -454,6 +457,10 @@ def _jwt_algorithms(raw: str) -> tuple[str, ...]:
     if not algs:
         raise ValueError("name at least one algorithm")
     return algs
+
+
+def _workers(raw: str) -> int:
+    return _int(raw, 1, 64)
 
 
 def _positive(raw: str) -> int:

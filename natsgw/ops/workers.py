@@ -1,0 +1,406 @@
+"""``NATSGW_WORKERS=N``: N serving processes on one gRPC port, supervised by the process started.
+
+One Python process serves on one core. With N > 1 ``natsgw serve`` becomes a supervisor that
+serves nothing itself::
+
+    supervisor: [embedded nats-server] -> hold the gRPC port -> N workers -> [HTTP side, Consul]
+    worker i:   ``python -m natsgw.ops.workers`` = an ordinary Gateway, listening with SO_REUSEPORT
+    stop:       Consul off -> SIGTERM every worker (each drains as a single gateway does)
+                -> HTTP side off -> embedded nats-server last
+
+What the workers share, and how:
+
+- the port: the supervisor binds it (SO_REUSEPORT, not listening: it takes no connections) and
+  keeps it while workers come and go; each worker listens on it with SO_REUSEPORT, and the kernel
+  spreads *connections* (not calls) over the listeners. One client connection = one worker.
+- NATS: the embedded nats-server (started here when NATS_URLS is empty) is handed to every worker
+  as NATS_URLS, so workers are plain gateways in front of one server; JetStream state, and so the
+  quotas that count it, is shared by construction.
+- the ack-token secret: NATSGW_ACK_TOKEN_SECRET, or a random one drawn here, goes to each worker
+  through a pipe (never the environment or a log), so a token issued by one worker verifies on
+  every other.
+
+Supervision: a worker that dies is restarted after a jittered backoff; one that keeps dying soon
+after start (or exits with a configuration error before it ever served) stops the whole gateway
+with a non-zero exit, rather than flapping forever. Workers run in their own session (a terminal's
+Ctrl-C reaches the supervisor only, which forwards SIGTERM) and die with it (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import json
+import os
+import secrets
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+
+import structlog
+
+from natsgw.backoff import Backoff
+from natsgw.config import ConfigError, SecretStr, Settings
+from natsgw.ops.consul import ConsulRegistration
+from natsgw.ops.embedded import EmbeddedNatsServer, EmbeddedServerError
+from natsgw.ops.sockets import bind_tcp, bound_port
+from natsgw.ops.workers_http import WorkersHttp
+
+log = structlog.get_logger("natsgw.ops.workers")
+
+#: Environment of a worker: its index, the supervisor's pid, and the two pipe ends it inherits.
+ENV_INDEX = "NATSGW_WORKER_INDEX"
+ENV_PARENT = "NATSGW_WORKER_PARENT"
+ENV_SECRET_FD = "NATSGW_WORKER_SECRET_FD"
+ENV_STATUS_FD = "NATSGW_WORKER_STATUS_FD"
+
+_RESTART = Backoff(base=0.5, cap=10.0)
+#: A worker that served this long before dying starts its slot's failure count afresh.
+_STABLE = 30.0
+#: Deaths in a row, each within _STABLE of its start, after which the supervisor gives up.
+_MAX_FAILURES = 5
+#: Beyond NATSGW_SHUTDOWN_GRACE: how long a worker may take to close NATS and exit.
+_EXIT_MARGIN = 10.0
+_CONFIG_ERROR = 2
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclasses.dataclass
+class Worker:
+    """One worker slot: the process currently in it and what it reported once serving."""
+
+    index: int
+    proc: asyncio.subprocess.Process | None = None
+    started_at: float = 0.0
+    http_port: int = 0
+    restarts: int = 0
+    serving: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else 0
+
+
+class Supervisor:
+    """Owns the embedded nats-server, the held port and the worker processes."""
+
+    def __init__(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self.env = dict(os.environ if env is None else env)
+        self.workers = [Worker(i) for i in range(settings.workers)]
+        self.embedded: EmbeddedNatsServer | None = None
+        self.port = 0
+        self.failed = False
+        self._secret = settings.ack_token_secret or secrets.token_urlsafe(32)
+        self._hold: socket.socket | None = None
+        self._nats_env: dict[str, str] = {}
+        self._keepers: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._stop = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self.http: WorkersHttp | None = None
+        self._consul: ConsulRegistration | None = None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def start(self) -> None:
+        settings = self.settings
+        if settings.embedded:
+            self.embedded = EmbeddedNatsServer(
+                settings.data_dir,
+                port=settings.embedded_nats_port,
+                max_payload=settings.max_message_size,
+                jetstream=settings.jetstream_enabled,
+            )
+            await self.embedded.start()
+            self._nats_env["NATS_URLS"] = self.embedded.url
+            if not settings.nats_monitor_url:
+                self._nats_env["NATSGW_NATS_MONITOR_URL"] = self.embedded.monitor_url
+        self._hold = bind_tcp(settings.grpc_host, settings.grpc_port, reuse_port=True, listen=False)
+        self.port = bound_port(self._hold)
+        self._keepers = [asyncio.create_task(self._keep(w)) for w in self.workers]
+        if settings.http_port is not None:
+            self.http = WorkersHttp(self.workers)
+            await self.http.start(settings.http_host or settings.grpc_host, settings.http_port)
+
+    async def wait_serving(self) -> bool:
+        """True once every worker serves; False if a stop came first."""
+        every = asyncio.ensure_future(asyncio.gather(*(w.serving.wait() for w in self.workers)))
+        stop = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait((every, stop), return_when=asyncio.FIRST_COMPLETED)
+        every.cancel()
+        stop.cancel()
+        return not self._stop.is_set()
+
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (or workers keep dying); the exit status."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.start()
+            if await self.wait_serving():
+                await self._announce()
+            await self._stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.remove_signal_handler(sig)
+            await self.stop()
+        return 1 if self.failed else 0
+
+    async def _announce(self) -> None:
+        settings = self.settings
+        if settings.consul_enabled:
+            self._consul = ConsulRegistration(
+                settings, self.port, tls=settings.tls_cert_file is not None
+            )
+            self._consul.start()
+        log.info(
+            "natsgw_started",
+            grpc=f"{settings.grpc_host}:{self.port}",
+            workers=[w.pid for w in self.workers],
+            http=self.http.port if self.http is not None else None,
+            nats=list(settings.nats_urls) or [self._nats_env["NATS_URLS"]],
+            embedded=settings.embedded,
+        )
+
+    async def stop(self) -> None:
+        """Workers drain and exit first (each as a single gateway stops); the server goes last."""
+        self._stopping = True
+        self._stop.set()
+        if self._consul is not None:
+            await self._consul.stop()
+            self._consul = None
+        for worker in self.workers:
+            _signal(worker.proc, signal.SIGTERM)
+        if self._keepers:
+            _, late = await asyncio.wait(
+                self._keepers, timeout=self.settings.shutdown_grace + _EXIT_MARGIN
+            )
+            for worker in self.workers:
+                _signal(worker.proc, signal.SIGKILL)
+            if late:
+                log.error("workers_killed", workers=[w.pid for w in self.workers if w.proc])
+                await asyncio.wait(late)
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
+        if self._hold is not None:
+            self._hold.close()
+            self._hold = None
+        if self.embedded is not None:
+            await self.embedded.stop()
+            self.embedded = None
+        log.info("natsgw_stopped", restarts=sum(w.restarts for w in self.workers))
+
+    # -- one slot ---------------------------------------------------------------------------
+
+    async def _keep(self, worker: Worker) -> None:
+        """Run a worker in this slot until stopping; restart it with backoff when it dies."""
+        failures = 0
+        while not self._stopping:
+            served = await self._run_once(worker)
+            if self._stopping:
+                return
+            proc = worker.proc
+            code = proc.returncode if proc is not None else None
+            lived = self._loop.time() - worker.started_at
+            failures = 0 if lived >= _STABLE else failures + 1
+            log.error(
+                "worker_died",
+                worker=worker.index,
+                pid=worker.pid,
+                exit=_describe(code),
+                lived=round(lived, 1),
+                failures=failures,
+            )
+            if (code == _CONFIG_ERROR and not served) or failures >= _MAX_FAILURES:
+                log.error(
+                    "workers_failing",
+                    worker=worker.index,
+                    detail="configuration error" if code == _CONFIG_ERROR else "keeps dying",
+                )
+                self.failed = True
+                self._stop.set()
+                return
+            worker.restarts += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), _RESTART.delay(failures))
+
+    async def _run_once(self, worker: Worker) -> bool:
+        """Start a worker process and wait for it to exit; True if it served meanwhile."""
+        secret_r, secret_w = os.pipe()
+        status_r, status_w = os.pipe()
+        try:
+            os.write(secret_w, self._secret.encode())  # far below a pipe's buffer
+        finally:
+            os.close(secret_w)
+        env = self._worker_env(worker.index, secret_r, status_w)
+        try:
+            worker.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "natsgw.ops.workers",
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                pass_fds=(secret_r, status_w),
+                start_new_session=True,
+            )
+        finally:
+            os.close(secret_r)
+            os.close(status_w)
+        worker.started_at = self._loop.time()
+        if self._stopping:  # stop() came while it was being started
+            _signal(worker.proc, signal.SIGTERM)
+        log.info("worker_started", worker=worker.index, pid=worker.proc.pid)
+        status = await _read_status(status_r)
+        served = status is not None
+        if status is not None:
+            worker.http_port = int(status.get("http_port") or 0)
+            worker.serving.set()
+        await worker.proc.wait()
+        worker.serving.clear()
+        worker.http_port = 0
+        return served
+
+    def _worker_env(self, index: int, secret_fd: int, status_fd: int) -> dict[str, str]:
+        env = dict(self.env)
+        env.pop("NATSGW_ACK_TOKEN_SECRET", None)  # it comes through the pipe
+        env.update(self._nats_env)
+        env.update(
+            {
+                ENV_INDEX: str(index),
+                ENV_PARENT: str(os.getpid()),
+                ENV_SECRET_FD: str(secret_fd),
+                ENV_STATUS_FD: str(status_fd),
+                "GRPC_PORT": str(self.port),
+                "NATSGW_WORKERS": str(self.settings.workers),
+                "CONSUL_ENABLED": "false",  # the supervisor registers the one port
+            }
+        )
+        if self.settings.http_port is not None:  # private: the supervisor serves the real one
+            env.update(NATSGW_HTTP_HOST="127.0.0.1", NATSGW_HTTP_PORT="0")
+        else:
+            env.pop("NATSGW_HTTP_PORT", None)
+        return env
+
+
+def _signal(proc: asyncio.subprocess.Process | None, sig: signal.Signals) -> None:
+    if proc is not None and proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+
+
+def _describe(code: int | None) -> str:
+    if code is None:
+        return "unknown"
+    if code < 0:
+        return signal.Signals(-code).name
+    return f"status {code}"
+
+
+async def _read_status(fd: int) -> dict[str, int] | None:
+    """The line a worker writes once it serves; None if it exits first (end of pipe)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+    )
+    try:
+        line = await reader.readline()
+    finally:
+        transport.close()
+    if not line:
+        return None
+    status = json.loads(line)
+    return status if isinstance(status, dict) else None
+
+
+def supervise(settings: Settings) -> int:
+    """``natsgw serve`` with NATSGW_WORKERS > 1; the process exit status."""
+
+    async def main() -> int:
+        return await Supervisor(settings).run()
+
+    try:
+        return asyncio.run(main())
+    except EmbeddedServerError as exc:
+        print(f"natsgw: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the port is taken, or the host is not an address here
+        print(
+            f"natsgw: cannot listen on {settings.grpc_host}:{settings.grpc_port}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+
+
+# -- the worker side ------------------------------------------------------------------------
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM this worker (graceful drain) if the supervisor dies without stopping it."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request above was in place
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _read_secret(fd: int) -> str:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks).decode()
+
+
+async def _serve(settings: Settings, status_fd: int) -> None:
+    from natsgw.server import Gateway  # heavy imports only in workers
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    gateway = Gateway(settings)
+    try:
+        await gateway.start()
+        status = {"pid": os.getpid(), "grpc_port": gateway.port, "http_port": gateway.http_port}
+        os.write(status_fd, json.dumps(status).encode() + b"\n")
+        os.close(status_fd)
+        await stop.wait()
+    finally:
+        await gateway.stop()
+
+
+def worker_main() -> int:
+    """Entry of ``python -m natsgw.ops.workers``, started by :class:`Supervisor` only."""
+    from natsgw.ops.logs import configure
+
+    try:
+        index = int(os.environ[ENV_INDEX])
+        _die_with_parent(int(os.environ[ENV_PARENT]))
+        secret = _read_secret(int(os.environ.pop(ENV_SECRET_FD)))
+        status_fd = int(os.environ.pop(ENV_STATUS_FD))
+    except (KeyError, ValueError, OSError):
+        print("natsgw.ops.workers: started by natsgw serve (NATSGW_WORKERS) only", file=sys.stderr)
+        return _CONFIG_ERROR
+    try:
+        settings = dataclasses.replace(Settings.from_env(), ack_token_secret=SecretStr(secret))
+    except ConfigError as exc:
+        print(f"natsgw: configuration error: {exc}", file=sys.stderr)
+        return _CONFIG_ERROR
+    configure(settings.log_level, settings.log_format)
+    structlog.contextvars.bind_contextvars(worker=index)
+    try:
+        asyncio.run(_serve(settings, status_fd))
+    except ConfigError as exc:
+        print(f"natsgw: configuration error: {exc}", file=sys.stderr)
+        return _CONFIG_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())
