@@ -68,6 +68,10 @@ _CONFIG_ERROR = 2
 _PR_SET_PDEATHSIG = 1
 
 
+class SupervisorError(RuntimeError):
+    """The supervisor cannot start (the port is taken, ...); the message says why."""
+
+
 @dataclasses.dataclass
 class Worker:
     """One worker slot: the process currently in it and what it reported once serving."""
@@ -120,7 +124,13 @@ class Supervisor:
             self._nats_env["NATS_URLS"] = self.embedded.url
             if not settings.nats_monitor_url:
                 self._nats_env["NATSGW_NATS_MONITOR_URL"] = self.embedded.monitor_url
-        self._hold = bind_tcp(settings.grpc_host, settings.grpc_port, reuse_port=True, listen=False)
+        try:
+            self._hold = bind_tcp(
+                settings.grpc_host, settings.grpc_port, reuse_port=True, listen=False
+            )
+        except OSError as exc:  # taken (by a process not sharing it), or not an address here
+            where = f"{settings.grpc_host}:{settings.grpc_port}"
+            raise SupervisorError(f"cannot listen on {where}: {exc}") from None
         self.port = bound_port(self._hold)
         self._keepers = [asyncio.create_task(self._keep(w)) for w in self.workers]
         if settings.http_port is not None:
@@ -202,7 +212,11 @@ class Supervisor:
         """Run a worker in this slot until stopping; restart it with backoff when it dies."""
         failures = 0
         while not self._stopping:
-            served = await self._run_once(worker)
+            try:
+                served = await self._run_once(worker)
+            except OSError as exc:  # could not start it at all (fork, pipes): as if it died
+                log.error("worker_not_started", worker=worker.index, error=str(exc))
+                worker.proc, served = None, False
             if self._stopping:
                 return
             proc = worker.proc
@@ -327,14 +341,8 @@ def supervise(settings: Settings) -> int:
 
     try:
         return asyncio.run(main())
-    except EmbeddedServerError as exc:
+    except (EmbeddedServerError, SupervisorError) as exc:
         print(f"natsgw: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # the port is taken, or the host is not an address here
-        print(
-            f"natsgw: cannot listen on {settings.grpc_host}:{settings.grpc_port}: {exc}",
-            file=sys.stderr,
-        )
         return 1
 
 

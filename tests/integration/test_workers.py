@@ -324,3 +324,18 @@ def test_the_generated_ack_secret_is_never_printed(two_workers: Supervised) -> N
         environ = Path(f"/proc/{pid}/environ").read_bytes()
         assert b"NATSGW_ACK_TOKEN_SECRET" not in environ
     assert "secret" not in "".join(two_workers.lines).lower()
+
+
+def test_a_port_taken_by_another_process_is_refused_at_start(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        served = Supervised(tmp_path, GRPC_PORT=str(taken.getsockname()[1]))
+        try:
+            code = served.proc.wait(START_TIMEOUT)
+        finally:
+            served.stop()
+    assert code == 1
+    assert "cannot listen on 127.0.0.1:" in "".join(served.lines)
+    assert not [e for e in served.events if e["event"] == "worker_started"]
+    assert not alive(served.nats_pid), "the embedded nats-server outlived the supervisor"
