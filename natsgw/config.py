@@ -88,7 +88,8 @@ class Settings:
     log_level: str = "info"
     log_format: str = "auto"
     # JetStream (natsgw.service.jetstream, natsgw.tenancy.acks)
-    #: HMAC key of ack tokens; empty: a random key per process, so only this replica can use them.
+    #: HMAC key of ack tokens; empty: a random key per process (with NATSGW_WORKERS, one drawn by
+    #: the supervisor and shared by its workers), so only this replica can use them.
     ack_token_secret: str = ""
     #: Deliveries remembered for ack/nak by (stream, consumer, sequence), and for how long.
     delivery_memory_size: int = 100_000

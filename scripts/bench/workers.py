@@ -4,7 +4,7 @@ The main suite talks to the gateway over one connection, which SO_REUSEPORT give
 so it cannot show what more workers do. Here each worker count gets its own ``natsgw serve`` as
 deployed by default (its own embedded nats-server, supervisor and workers), optionally pinned
 with ``taskset`` (children inherit it); load comes from ``--clients`` load-generator processes,
-pinned to the same cores (on a 2-core machine nothing else is possible: say so when reporting),
+pinnable too (on a 2-core machine they share the gateway's cores: say so when reporting),
 each spreading its callers over its share of ``--connections`` separate TCP connections.
 Rounds alternate between the gateways, so a swing of the shared machine hits all alike. Printed:
 throughput, and the CPU seconds per second the gateway's processes and the load generators used.
@@ -179,8 +179,8 @@ async def measure(gw: Gateway, kind: str, args: argparse.Namespace) -> tuple[flo
     per_client = max(1, args.connections // args.clients)
     callers = max(1, CALLERS // args.clients)
     command = [
-        *_taskset(args.cpus), sys.executable, "-m", "scripts.bench.workers", "--client", kind,
-        str(gw.port), str(args.seconds), str(per_client), str(callers),
+        *_taskset(args.client_cpus), sys.executable, "-m", "scripts.bench.workers",
+        "--client", kind, str(gw.port), str(args.seconds), str(per_client), str(callers),
     ]  # fmt: skip
     procs = [
         await asyncio.create_subprocess_exec(*command, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
@@ -203,7 +203,9 @@ async def measure(gw: Gateway, kind: str, args: argparse.Namespace) -> tuple[flo
 
 async def run(args: argparse.Namespace) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        gateways = [await stack.enter_async_context(gateway(w, args.cpus)) for w in args.workers]
+        gateways = [
+            await stack.enter_async_context(gateway(w, args.gateway_cpus)) for w in args.workers
+        ]
         for kind in args.kinds:
             totals: dict[int, list[float]] = {gw.workers: [0.0, 0.0, 0.0] for gw in gateways}
             for _ in range(args.rounds):
@@ -233,7 +235,8 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(prog="python -m scripts.bench.workers", description=__doc__)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--cpus", default="", help="taskset -c list for everything, e.g. 0-1")
+    parser.add_argument("--gateway-cpus", default="", help="taskset -c list, e.g. 0-1")
+    parser.add_argument("--client-cpus", default="", help="taskset -c list of the load")
     parser.add_argument("--seconds", type=float, default=5.0, help="per measured round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--connections", type=int, default=8)
@@ -243,7 +246,9 @@ def main() -> int:
     )
     args = parser.parse_args()
     print(
-        f"{os.cpu_count()} cores; pinned to {args.cpus or 'nothing'}; load average "
+        f"{os.cpu_count()} cores; gateway (supervisor, workers, nats-server) pinned to "
+        f"{args.gateway_cpus or 'nothing'}, load generators to {args.client_cpus or 'nothing'}; "
+        "load average "
         f"{os.getloadavg()[0]:.1f} at start (other work shares the machine)"
     )
     asyncio.run(run(args))
