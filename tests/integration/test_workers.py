@@ -83,7 +83,8 @@ class Supervised:
         self.events: list[dict[str, Any]] = []
         self.lines: list[str] = []
         self._changed = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
@@ -150,6 +151,8 @@ class Supervised:
             self.proc.kill()
             self.proc.wait()
             raise
+        finally:
+            self._reader.join(10)  # every line it wrote is in self.events
 
 
 @pytest.fixture(scope="module")
@@ -338,4 +341,28 @@ def test_a_port_taken_by_another_process_is_refused_at_start(tmp_path: Path) -> 
     assert code == 1
     assert "cannot listen on 127.0.0.1:" in "".join(served.lines)
     assert not [e for e in served.events if e["event"] == "worker_started"]
+    assert not alive(served.nats_pid), "the embedded nats-server outlived the supervisor"
+
+
+def test_a_worker_that_keeps_dying_stops_the_gateway_non_zero(tmp_path: Path) -> None:
+    served = Supervised(tmp_path)
+    try:
+        killed: list[int] = []
+        for _ in range(5):  # each replacement dies at once: five deaths in a row, none stable
+            started = served.event(
+                lambda e: e["event"] == "worker_started" and e["worker"] == 0
+                and e["pid"] not in killed
+            )  # fmt: skip
+            os.kill(started["pid"], signal.SIGKILL)
+            killed.append(started["pid"])
+        code = served.proc.wait(START_TIMEOUT)
+    finally:
+        served.stop()
+    assert code == 1
+    failing = served.event(lambda e: e["event"] == "workers_failing")
+    assert failing["detail"] == "keeps dying"
+    deaths = [e for e in served.events if e["event"] == "worker_died" and e["worker"] == 0]
+    assert [e["failures"] for e in deaths] == [1, 2, 3, 4, 5]
+    others = [e["pid"] for e in served.events if e["event"] == "worker_started"]
+    assert not [pid for pid in others if alive(pid)], "a worker outlived the supervisor"
     assert not alive(served.nats_pid), "the embedded nats-server outlived the supervisor"
