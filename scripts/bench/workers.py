@@ -55,6 +55,7 @@ async def client(kind: str, port: int, seconds: float, connections: int, callers
         for _ in range(connections)
     ]
     request: Any
+    reply: Any
     if kind == "unary":
         method, reply, items, per = "Publish", pb2.PublishResponse, 1, callers
         request = pb2.PublishRequest(user_id=USER, subject="b.u", data=PAYLOAD)
@@ -117,9 +118,9 @@ def tree_cpu(pid: int) -> float:
     total, todo = 0.0, [pid]
     while todo:
         current = todo.pop()
-        fields = stats.get(current)
-        if fields is not None:
-            total += (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+        stat = stats.get(current)
+        if stat is not None:
+            total += (int(stat[11]) + int(stat[12])) / _TICKS  # utime, stime
         todo += children.get(current, [])
     return total
 
