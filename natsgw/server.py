@@ -199,9 +199,7 @@ class Gateway:
             codec=build_codec(settings.max_message_size, request_limits(settings)),
         )
         try:
-            sock = bind_tcp(
-                settings.grpc_host, settings.grpc_port, reuse_port=settings.workers > 1
-            )
+            sock = bind_tcp(settings.grpc_host, settings.grpc_port, reuse_port=settings.workers > 1)
         except OSError as exc:
             self._server = None  # never started: nothing to close
             raise StartupError(

@@ -21,9 +21,10 @@ What the workers share, and how:
   every other.
 
 Supervision: a worker that dies is restarted after a jittered backoff; one that keeps dying soon
-after start (or exits with a configuration error before it ever served) stops the whole gateway
-with a non-zero exit, rather than flapping forever. Workers run in their own session (a terminal's
-Ctrl-C reaches the supervisor only, which forwards SIGTERM) and die with it (PR_SET_PDEATHSIG).
+after start (or cannot start at all: a configuration error) stops the whole gateway with a
+non-zero exit rather than flapping forever; so does an embedded nats-server that keeps failing.
+Workers run in their own session (a terminal's Ctrl-C reaches the supervisor only, which
+forwards SIGTERM) and die with it (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import structlog
 from natsgw.backoff import Backoff
 from natsgw.config import ConfigError, SecretStr, Settings
 from natsgw.ops.consul import ConsulRegistration
+from natsgw.ops.datadir import DataDirInUse, DataDirLock
 from natsgw.ops.embedded import EmbeddedNatsServer, EmbeddedServerError
 from natsgw.ops.sockets import bind_tcp, bound_port
 from natsgw.ops.workers_http import WorkersHttp
@@ -96,8 +98,11 @@ class Supervisor:
         self.env = dict(os.environ if env is None else env)
         self.workers = [Worker(i) for i in range(settings.workers)]
         self.embedded: EmbeddedNatsServer | None = None
+        self.lock: DataDirLock | None = None
         self.port = 0
-        self.failed = False
+        #: Why the gateway stopped serving on its own (empty after a requested stop).
+        self.failure = ""
+        self._status = 0
         self._secret = settings.ack_token_secret or secrets.token_urlsafe(32)
         self._hold: socket.socket | None = None
         self._nats_env: dict[str, str] = {}
@@ -111,14 +116,24 @@ class Supervisor:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def _give_up(self, reason: str, status: int = 1) -> None:
+        if not self.failure:
+            self.failure, self._status = reason, status
+        self._stop.set()
+
     async def start(self) -> None:
         settings = self.settings
-        if settings.embedded:
+        if settings.embedded:  # as natsgw.server does for a single gateway
+            self.lock = DataDirLock(settings.data_dir)
+            self.lock.acquire()
             self.embedded = EmbeddedNatsServer(
                 settings.data_dir,
                 port=settings.embedded_nats_port,
                 max_payload=settings.max_message_size,
                 jetstream=settings.jetstream_enabled,
+                supervise=True,
+                on_give_up=self._give_up,
+                inherit_fds=[self.lock.fd] if self.lock.fd is not None else [],
             )
             await self.embedded.start()
             self._nats_env["NATS_URLS"] = self.embedded.url
@@ -147,7 +162,7 @@ class Supervisor:
         return not self._stop.is_set()
 
     async def run(self) -> int:
-        """Serve until SIGTERM/SIGINT (or workers keep dying); the exit status."""
+        """Serve until SIGTERM/SIGINT; the exit status (see :func:`supervise`)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.request_stop)
         try:
@@ -159,7 +174,10 @@ class Supervisor:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.remove_signal_handler(sig)
             await self.stop()
-        return 1 if self.failed else 0
+        if self.failure:
+            stopped = "natsgw: " if self._status == _CONFIG_ERROR else "natsgw: stopped: "
+            print(stopped + self.failure, file=sys.stderr)
+        return self._status
 
     async def _announce(self) -> None:
         settings = self.settings
@@ -204,6 +222,9 @@ class Supervisor:
         if self.embedded is not None:
             await self.embedded.stop()
             self.embedded = None
+        if self.lock is not None:  # after the store's server is gone
+            self.lock.release()
+            self.lock = None
         log.info("natsgw_stopped", restarts=sum(w.restarts for w in self.workers))
 
     # -- one slot ---------------------------------------------------------------------------
@@ -231,14 +252,20 @@ class Supervisor:
                 lived=round(lived, 1),
                 failures=failures,
             )
-            if (code == _CONFIG_ERROR and not served) or failures >= _MAX_FAILURES:
-                log.error(
-                    "workers_failing",
-                    worker=worker.index,
-                    detail="configuration error" if code == _CONFIG_ERROR else "keeps dying",
+            if code == _CONFIG_ERROR and not served:
+                log.error("workers_failing", worker=worker.index, detail="cannot start")
+                self._give_up(
+                    f"cannot start: worker {worker.index} exited with status {code} before "
+                    "serving (its message is above)",
+                    status=_CONFIG_ERROR,
                 )
-                self.failed = True
-                self._stop.set()
+                return
+            if failures >= _MAX_FAILURES:
+                log.error("workers_failing", worker=worker.index, detail="keeps dying")
+                self._give_up(
+                    f"worker {worker.index} died {failures} times in a row within {_STABLE:g} s "
+                    f"of starting (last: {_describe(code)})"
+                )
                 return
             worker.restarts += 1
             with contextlib.suppress(TimeoutError):
@@ -334,16 +361,20 @@ async def _read_status(fd: int) -> dict[str, int] | None:
 
 
 def supervise(settings: Settings) -> int:
-    """``natsgw serve`` with NATSGW_WORKERS > 1; the process exit status."""
+    """``natsgw serve`` with NATSGW_WORKERS > 1. Exit status as a single gateway's: 0 after a
+    clean stop; 2 when start-up failed (the data directory or port is taken, the nats-server or
+    the workers cannot start for a configuration error); 1 when it stopped because it could no
+    longer serve (workers keep dying, the embedded nats-server kept failing)."""
 
     async def main() -> int:
         return await Supervisor(settings).run()
 
     try:
         return asyncio.run(main())
-    except (EmbeddedServerError, SupervisorError) as exc:
-        print(f"natsgw: {exc}", file=sys.stderr)
-        return 1
+    except (EmbeddedServerError, SupervisorError, DataDirInUse) as exc:
+        line = " | ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+        print(f"natsgw: cannot start: {line}", file=sys.stderr)
+        return _CONFIG_ERROR
 
 
 # -- the worker side ------------------------------------------------------------------------
@@ -402,10 +433,15 @@ def worker_main() -> int:
         return _CONFIG_ERROR
     configure(settings.log_level, settings.log_format)
     structlog.contextvars.bind_contextvars(worker=index)
+    from natsgw.server import StartupError
+
     try:
         asyncio.run(_serve(settings, status_fd))
     except ConfigError as exc:
         print(f"natsgw: configuration error: {exc}", file=sys.stderr)
+        return _CONFIG_ERROR
+    except StartupError as exc:
+        print(f"natsgw: cannot start: {exc}", file=sys.stderr)
         return _CONFIG_ERROR
     return 0
 

@@ -61,6 +61,7 @@ class Supervised:
     def __init__(self, tmp_path: Path, workers: int = 2, **env: str) -> None:
         self.port = free_port()
         self.http_port = free_port()
+        self.data_dir = tmp_path / "data"
         base = {
             k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "NATSGW_", "GRPC_"))
         }
@@ -68,7 +69,7 @@ class Supervised:
             [sys.executable, "-m", "natsgw", "serve"],
             env=base
             | {
-                "NATSGW_DATA_DIR": str(tmp_path / "data"),
+                "NATSGW_DATA_DIR": str(self.data_dir),
                 "NATSGW_LOG_FORMAT": "json",
                 "NATSGW_WORKERS": str(workers),
                 "GRPC_PORT": str(self.port),
@@ -303,7 +304,8 @@ async def test_a_killed_worker_is_replaced_and_sigterm_stops_everything(tmp_path
     assert sorted(e["worker"] for e in drained) == [0, 1]  # each worker drained, none was cut
 
 
-def test_workers_that_cannot_start_stop_the_gateway_non_zero(tmp_path: Path) -> None:
+def test_workers_that_cannot_start_stop_the_gateway_with_status_2(tmp_path: Path) -> None:
+    """As a single gateway: a start-up failure is status 2, with one line saying why."""
     served = Supervised(
         tmp_path,
         NATSGW_AUTH_MODE="token",
@@ -313,9 +315,11 @@ def test_workers_that_cannot_start_stop_the_gateway_non_zero(tmp_path: Path) -> 
         code = served.proc.wait(START_TIMEOUT)
     finally:
         served.stop()
-    assert code == 1
+    assert code == 2
     served.event(lambda e: e["event"] == "workers_failing")
-    assert "configuration error" in "".join(served.lines)
+    log = "".join(served.lines)
+    assert "natsgw: configuration error: " in log  # the worker's own message
+    assert "natsgw: cannot start: worker " in log  # the supervisor's
     nats_pid = served.nats_pid
     assert not alive(nats_pid), "the embedded nats-server outlived the supervisor"
 
@@ -338,8 +342,8 @@ def test_a_port_taken_by_another_process_is_refused_at_start(tmp_path: Path) -> 
             code = served.proc.wait(START_TIMEOUT)
         finally:
             served.stop()
-    assert code == 1
-    assert "cannot listen on 127.0.0.1:" in "".join(served.lines)
+    assert code == 2
+    assert "natsgw: cannot start: cannot listen on 127.0.0.1:" in "".join(served.lines)
     assert not [e for e in served.events if e["event"] == "worker_started"]
     assert not alive(served.nats_pid), "the embedded nats-server outlived the supervisor"
 
@@ -361,8 +365,24 @@ def test_a_worker_that_keeps_dying_stops_the_gateway_non_zero(tmp_path: Path) ->
     assert code == 1
     failing = served.event(lambda e: e["event"] == "workers_failing")
     assert failing["detail"] == "keeps dying"
+    assert "natsgw: stopped: worker 0 died 5 times in a row" in "".join(served.lines)
     deaths = [e for e in served.events if e["event"] == "worker_died" and e["worker"] == 0]
     assert [e["failures"] for e in deaths] == [1, 2, 3, 4, 5]
     others = [e["pid"] for e in served.events if e["event"] == "worker_started"]
     assert not [pid for pid in others if alive(pid)], "a worker outlived the supervisor"
     assert not alive(served.nats_pid), "the embedded nats-server outlived the supervisor"
+
+
+def test_the_supervisor_holds_the_data_directory(two_workers: Supervised) -> None:
+    """One owner per JetStream store, as for a single gateway: a second serve is refused."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "NATSGW_", "GRPC_"))}
+    second = subprocess.run(
+        [sys.executable, "-m", "natsgw", "serve"],
+        env=env | {"NATSGW_DATA_DIR": str(two_workers.data_dir), "GRPC_PORT": str(free_port())},
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+    )
+    assert second.returncode == 2, second.stderr
+    assert "natsgw: cannot start:" in second.stderr
+    assert str(two_workers.proc.pid) in second.stderr  # the holder is named
