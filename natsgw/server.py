@@ -31,6 +31,7 @@ from natsgw.ops.audit import AuditLog, LokiShipper
 from natsgw.ops.consul import ConsulRegistration
 from natsgw.ops.embedded import EmbeddedNatsServer
 from natsgw.ops.http import HttpSide
+from natsgw.ops.memory import return_large_buffers
 from natsgw.ops.metrics import MeteredSubscriptionRegistry, Metrics
 from natsgw.ops.monitoring import NatsMonitor
 from natsgw.ops.sockets import bind_tcp, bound_port
@@ -81,6 +82,7 @@ class Gateway:
         tls = server_context(settings)  # bad files fail here, before anything starts
         _announce_auth(settings)
         compression.install()
+        return_large_buffers()
         servers = list(settings.nats_urls)
         monitor_url = settings.nats_monitor_url
         if settings.embedded:
