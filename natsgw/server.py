@@ -39,7 +39,7 @@ from natsgw.ops.tls import server_context
 from natsgw.pipeline.chain import InFlight, Pipeline
 from natsgw.pipeline.quotas import QuotaEnforcer, QuotaPolicy
 from natsgw.service.gateway import NATSGateway, Services
-from natsgw.wire import compression
+from natsgw.wire import compression, frames
 from natsgw.wire.codec import GatewayCodec, UpbBridge
 
 log = structlog.get_logger("natsgw.server")
@@ -82,6 +82,7 @@ class Gateway:
         tls = server_context(settings)  # bad files fail here, before anything starts
         _announce_auth(settings)
         compression.install()
+        frames.install()
         return_large_buffers()
         servers = list(settings.nats_urls)
         monitor_url = settings.nats_monitor_url
