@@ -43,3 +43,20 @@ def test_outbound_frames_are_capped_whatever_the_peer_allows() -> None:
     assert connection.max_outbound_frame_size == 16384  # HTTP/2's default until SETTINGS
     connection.max_outbound_frame_size = 16 * 1024 * 1024  # what grpc-core clients allow
     assert connection.max_outbound_frame_size == frames.MAX_FRAME
+
+
+@pytest.mark.parametrize("size", [0, 1, 10, 11, 16384])
+def test_frame_reprs_read_the_same_after_the_patch(size: int) -> None:
+    import hyperframe.frame
+
+    from natsgw.compat import hyperframe as hyperframe_compat
+
+    frame = hyperframe.frame.DataFrame(1, data=bytes(range(256)) * 64)
+    frame.data = frame.data[:size]
+    original = hyperframe.frame._raw_data_repr
+    try:
+        before = repr(frame)
+        hyperframe_compat.short_frame_reprs()
+        assert repr(frame) == before
+    finally:
+        hyperframe.frame._raw_data_repr = original
