@@ -657,6 +657,7 @@ class JetStreamAdapter:
         one answer: no future, timer or error-translation frame of its own.
         """
         nc = self._nc()
+        loop = asyncio.get_running_loop()
         wait = timeout or self._timeout
         step = max(inflight, 1)
         what = "acknowledge"
@@ -680,7 +681,6 @@ class JetStreamAdapter:
         try:
             for start in range(0, len(acks), step):
                 stop = min(start + step, len(acks))
-                all_in.clear()
                 index = start
                 try:
                     with translated(what):
@@ -692,9 +692,13 @@ class JetStreamAdapter:
                     for unsent in range(index, stop):
                         outstanding.discard(unsent)
                         results[unsent] = exc
-                if outstanding:
+                # A publish may yield (nats-py flushing a full buffer) and answers come in
+                # meanwhile, so the event may be set already: wait until nothing is outstanding.
+                deadline = loop.time() + wait
+                while outstanding and loop.time() < deadline:
+                    all_in.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(all_in.wait(), wait)
+                        await asyncio.wait_for(all_in.wait(), deadline - loop.time())
                 for late in outstanding:
                     results[late] = DeadlineExceeded(
                         f"{what}: no answer within {wait:g}s; it may or may not have happened"
