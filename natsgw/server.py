@@ -36,6 +36,7 @@ from natsgw.ops.consul import ConsulRegistration
 from natsgw.ops.datadir import DataDirLock
 from natsgw.ops.embedded import EmbeddedNatsServer
 from natsgw.ops.http import HttpSide
+from natsgw.ops.memory import return_large_buffers
 from natsgw.ops.metrics import MeteredSubscriptionRegistry, Metrics
 from natsgw.ops.monitoring import NatsMonitor
 from natsgw.ops.secrets import mask_url
@@ -45,7 +46,7 @@ from natsgw.pipeline.chain import InFlight, Pipeline
 from natsgw.pipeline.quotas import QuotaEnforcer, QuotaPolicy
 from natsgw.pipeline.rejects import RejectLog
 from natsgw.service.gateway import NATSGateway, Services
-from natsgw.wire import compression
+from natsgw.wire import compression, frames
 from natsgw.wire.codec import GatewayCodec, RepeatedLimits, UpbBridge
 from natsgw.wire.reflection import DocumentedReflection
 
@@ -127,6 +128,8 @@ class Gateway:
         tls = server_context(settings)  # bad files fail here, before anything starts
         _announce_auth(settings)
         compression.install()
+        frames.install()
+        return_large_buffers()
         servers = list(settings.nats_urls)
         monitor_url = settings.nats_monitor_url
         if settings.embedded:

@@ -365,11 +365,15 @@ class PullPipe:
     async def next(self, timeout: float) -> PullOutcome | None:
         """The next delivery or outcome of the current request; None when nothing came within
         ``timeout`` (or :meth:`interrupt` was called)."""
+        queue = self._queue
         while True:
-            try:
-                msg = await asyncio.wait_for(self._queue.get(), max(timeout, 0.0))
-            except TimeoutError:
-                return None
+            if not queue.empty():  # the usual case mid-batch: no wait_for task and timer
+                msg = queue.get_nowait()
+            else:
+                try:
+                    msg = await asyncio.wait_for(queue.get(), max(timeout, 0.0))
+                except TimeoutError:
+                    return None
             if msg is None:
                 return None
             status = _status(msg)
@@ -687,17 +691,67 @@ class JetStreamAdapter:
     async def ack_many(
         self, acks: Sequence[tuple[str, bytes]], *, inflight: int, timeout: float | None = None
     ) -> list[GatewayError | None]:
-        """Send many ack/nak/progress/term and wait until the server processed each one."""
-        requests: list[tuple[str, bytes, dict[str, str]] | GatewayError] = [
-            (reply, payload, {}) for reply, payload in acks
-        ]
-        replies = await self._request_many(requests, inflight, timeout, "acknowledge")
-        return [
-            reply
-            if isinstance(reply, GatewayError)
-            else (_nobody_acks() if no_responders(reply) else None)
-            for reply in replies
-        ]
+        """Send many ack/nak/progress/term and wait until the server processed each one.
+
+        Acks go out ``inflight`` at a time as plain PUBs (nats-py buffers them into few socket
+        writes), each with its own reply subject ``<inbox>.<index>`` on one subscription; an ack
+        counts as done only once the server's answer to it arrived. Per ack that is one PUB and
+        one answer: no future, timer or error-translation frame of its own.
+        """
+        nc = self._nc()
+        loop = asyncio.get_running_loop()
+        wait = timeout or self._timeout
+        step = max(inflight, 1)
+        what = "acknowledge"
+        results: list[GatewayError | None] = [None] * len(acks)
+        answers: dict[int, Msg] = {}
+        outstanding: set[int] = set()
+        all_in = asyncio.Event()
+        inbox = ReplyInbox(nc, f"{what} (replies)")
+        prefix = inbox.subject("")
+
+        def on_answer(msg: Msg) -> None:
+            token = msg.subject[len(prefix) :]
+            index = int(token) if token.isdigit() else -1
+            if index in outstanding:
+                outstanding.discard(index)
+                answers[index] = msg
+                if not outstanding:
+                    all_in.set()
+
+        await inbox.open(on_answer)
+        try:
+            for start in range(0, len(acks), step):
+                stop = min(start + step, len(acks))
+                index = start
+                try:
+                    with translated(what):
+                        for index in range(start, stop):
+                            subject, payload = acks[index]
+                            outstanding.add(index)
+                            await nc.publish(subject, payload, reply=inbox.subject(index))
+                except GatewayError as exc:  # this one and the rest of the window never left
+                    for unsent in range(index, stop):
+                        outstanding.discard(unsent)
+                        results[unsent] = exc
+                # A publish may yield (nats-py flushing a full buffer) and answers come in
+                # meanwhile, so the event may be set already: wait until nothing is outstanding.
+                deadline = loop.time() + wait
+                while outstanding and loop.time() < deadline:
+                    all_in.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(all_in.wait(), deadline - loop.time())
+                for late in outstanding:
+                    results[late] = DeadlineExceeded(
+                        f"{what}: no answer within {wait:g}s; it may or may not have happened"
+                    )
+                outstanding.clear()
+        finally:
+            await inbox.close()
+        for index, msg in answers.items():
+            if no_responders(msg):
+                results[index] = _nobody_acks()
+        return results
 
     async def _request_many(
         self,

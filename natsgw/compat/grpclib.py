@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import grpclib.protocol
 import grpclib.server
 
 from natsgw.compat import require
@@ -97,3 +98,42 @@ def end_call(stream: grpclib.server.Stream[Any, Any], error: Exception) -> bool:
         return False
     wrapper.cancel(error)
     return True
+
+
+#: ``send_message(stream, codec, message, message_type, *, end=False)``, as grpclib calls it.
+MessageSender = Callable[..., Awaitable[None]]
+
+
+def replace_message_sender(sender: MessageSender) -> None:
+    """Make grpclib's server send response messages with ``sender``.
+
+    Why: grpclib 0.4.9 frames a message as ``prefix + encoded`` (a copy of the whole message) and
+    its server module calls that module function directly, with no hook.
+    Upstream fix that removes it: sending the 5-byte prefix and the message without joining them.
+    """
+    grpclib.server.send_message = sender  # type: ignore[attr-defined,assignment]
+
+
+def cap_outbound_frames(max_frame: int) -> None:
+    """Send HTTP/2 DATA frames of at most ``max_frame`` bytes, whatever the peer allows.
+
+    Why: grpc-core clients allow frames of up to 16 MiB, and grpclib sends as large a frame as the
+    peer and the flow-control window allow; each frame is copied several times on the way out
+    (``BytesIO.read``, hyperframe's serialisation, h2's outbound buffer, the transport's buffer),
+    so an 8 MiB response briefly cost four more 8 MiB copies. grpclib reads the limit from the
+    h2 connection's ``max_outbound_frame_size`` attribute, which h2 sets from the peer's SETTINGS:
+    the h2 connection class grpclib's protocol module instantiates is replaced by one that caps it.
+    Upstream fix that removes it: a maximum outbound frame size option in grpclib's Configuration.
+    """
+    base: type[Any] = getattr(grpclib.protocol, "H2Connection")  # noqa: B009 - not exported
+
+    class CappedH2Connection(base):  # type: ignore[misc]
+        @property
+        def max_outbound_frame_size(self) -> int:
+            return int(self._natsgw_max_outbound)
+
+        @max_outbound_frame_size.setter
+        def max_outbound_frame_size(self, value: int) -> None:
+            self._natsgw_max_outbound = min(value, max_frame)
+
+    setattr(grpclib.protocol, "H2Connection", CappedH2Connection)  # noqa: B010 - not exported

@@ -389,9 +389,7 @@ class JetStreamService:
     ) -> AckSubject:
         parts = self
         if token:
-            ack = parts.tokens.verify(token, ns.key, field)
-            if ns.from_name(ack.stream) is None:
-                raise PermissionDenied(f"{field}: names a stream outside your namespace")
+            ack = self._from_token(ns, token, field, {})
             if stream_name and ns.stream(stream_name) != ack.stream:
                 raise InvalidArgument("stream_name", "does not match the ack token's stream")
             if consumer_name and consumer_name != ack.consumer:
@@ -413,6 +411,22 @@ class JetStreamService:
                 "ack_token, which any replica accepts."
             )
         return _ack_subject(reply)
+
+    def _from_token(
+        self, ns: Namespace, token: str, field: str, owned: dict[str, bool]
+    ) -> AckSubject:
+        """The delivery a token names, checked against the caller's namespace.
+
+        ``owned`` remembers, per NATS stream name, whether it is the caller's: a batch of acks
+        usually names one stream, so the namespace check runs once per stream, not per token.
+        """
+        ack = self.tokens.verify(token, ns.key, field)
+        mine = owned.get(ack.stream)
+        if mine is None:
+            mine = owned[ack.stream] = ns.from_name(ack.stream) is not None
+        if not mine:
+            raise PermissionDenied(f"{field}: names a stream outside your namespace")
+        return ack
 
     async def _act(self, ack: AckSubject, action: pb.AckAction, delay: float = 0.0) -> None:
         await self.js.ack(ack.subject, _ack_payload(action, delay))
@@ -455,6 +469,7 @@ class JetStreamService:
         results: list[pb.AckResult | None] = [None] * len(message.ack_tokens)
         resolved: list[AckSubject] = []
         positions: list[int] = []
+        owned: dict[str, bool] = {}
 
         def refused(exc: GatewayError) -> pb.AckResult:
             text = tenant_view(exc, root).message
@@ -466,7 +481,7 @@ class JetStreamService:
             try:
                 if not token:
                     raise InvalidArgument(f"ack_tokens[{index}]", "must not be empty")
-                resolved.append(self._resolve(ns, token, "", "", 0, f"ack_tokens[{index}]"))
+                resolved.append(self._from_token(ns, token, f"ack_tokens[{index}]", owned))
                 positions.append(index)
             except GatewayError as exc:
                 results[index] = refused(exc)

@@ -3,11 +3,17 @@
 A JetStream delivery is acknowledged by publishing to its reply subject
 (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``, or the
 longer form with domain and account hash). The gateway hands that subject to the client inside
-an opaque token, signed with HMAC-SHA256 over the tenant key and the subject, so that
+an opaque token, signed over the tenant key and the subject, so that
 
 - the client cannot forge or alter it (any change breaks the signature),
 - a token belongs to exactly one tenant: presented by another, it is refused,
 - any replica sharing ``NATSGW_ACK_TOKEN_SECRET`` can verify it without shared state.
+
+Tokens are issued and verified on every delivery and every ack, so the format is built for that:
+version 2 (``2~<base64url(mac || tenant \0 subject)>``) signs with keyed BLAKE2b (a MAC by its
+design, one C call, ~4x cheaper than HMAC-SHA256) under a key derived from the secret. Version 1
+tokens (``1~<payload>~<HMAC-SHA256>``, issued before the change) are still accepted, so nothing
+handed out before an upgrade is refused; a replica not yet upgraded refuses version 2 tokens.
 
 Without that setting every process draws a random secret at import: tokens then work only on the
 replica (process) that issued them. Pure module: no I/O, no NATS client.
@@ -15,29 +21,31 @@ replica (process) that issued them. Pure module: no I/O, no NATS client.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from natsgw.errors import InvalidArgument, PermissionDenied
 
-_VERSION = b"1"
-_SEP = "~"
-_MAC_BYTES = 16  # 128-bit truncated HMAC-SHA256: ample against forgery
+_V1 = "1"
+_V2_PREFIX = "2~"
+_MAC_BYTES = 16  # 128-bit MAC: ample against forgery
+_PERSON = b"natsgw-ack-v2"  # BLAKE2b personalisation: these MACs mean nothing elsewhere
 _PROCESS_SECRET = secrets.token_bytes(32)
 #: Tokens longer than this are refused before any work (a NATS subject is at most a few KiB).
 MAX_TOKEN_CHARS = 4096
 
 _V1_TOKENS = 9
 _V2_MIN_TOKENS = 11
+#: base64url without padding, both ways (binascii + translate: the stdlib wrappers cost more).
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
-@dataclass(frozen=True, slots=True)
-class AckSubject:
-    """What a JetStream ack reply subject says about its delivery."""
+class AckSubject(NamedTuple):
+    """What a JetStream ack reply subject says about its delivery (a tuple: cheap to build)."""
 
     subject: str
     stream: str
@@ -52,20 +60,24 @@ class AckSubject:
 def parse_ack_subject(subject: str) -> AckSubject | None:
     """Parse a ``$JS.ACK`` reply subject; None when it is not one."""
     tokens = subject.split(".")
-    if len(tokens) < _V1_TOKENS or tokens[0] != "$JS" or tokens[1] != "ACK":
+    count = len(tokens)
+    if count == _V1_TOKENS:
+        first = 2
+    elif count >= _V2_MIN_TOKENS:
+        # $JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>
+        #   .<pending>[.<random>...]
+        first = 4
+    else:
         return None
+    if tokens[0] != "$JS" or tokens[1] != "ACK":
+        return None
+    stream, consumer = tokens[first], tokens[first + 1]
     try:
-        if len(tokens) == _V1_TOKENS:
-            stream, consumer = tokens[2], tokens[3]
-            numbers = tokens[4:9]
-        elif len(tokens) >= _V2_MIN_TOKENS:
-            # $JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>
-            #   .<pending>[.<random>...]
-            stream, consumer = tokens[4], tokens[5]
-            numbers = tokens[6:11]
-        else:
-            return None
-        delivered, sseq, cseq, ts, pending = (int(t) for t in numbers)
+        delivered = int(tokens[first + 2])
+        sseq = int(tokens[first + 3])
+        cseq = int(tokens[first + 4])
+        ts = int(tokens[first + 5])
+        pending = int(tokens[first + 6])
     except ValueError:
         return None
     if not stream or not consumer or min(delivered, sseq, cseq, ts, pending) < 0:
@@ -74,11 +86,17 @@ def parse_ack_subject(subject: str) -> AckSubject | None:
 
 
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return binascii.b2a_base64(data, newline=False).translate(_TO_URLSAFE).rstrip(b"=").decode()
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict base64url (no padding expected); binascii.Error on anything else."""
+    raw = text.encode("ascii").translate(_FROM_URLSAFE)
+    return binascii.a2b_base64(raw + b"=" * (-len(raw) % 4), strict_mode=True)
+
+
+def _not_ours(field: str) -> InvalidArgument:
+    return InvalidArgument(field, "is not an ack token issued by this gateway")
 
 
 class AckTokens:
@@ -88,43 +106,72 @@ class AckTokens:
         if isinstance(secret, str):
             secret = secret.encode("utf-8")
         self._key = secret or _PROCESS_SECRET
+        # BLAKE2b takes keys up to 64 bytes: derive one from a secret of any length.
+        self._key2 = hashlib.blake2b(self._key, digest_size=32, person=b"natsgw-ack-key").digest()
         #: True when the secret is this process's random one (tokens are replica-local).
         self.process_local = not secret
 
-    def _mac(self, tenant_key: str, subject: str) -> bytes:
-        msg = _VERSION + b"\0" + tenant_key.encode() + b"\0" + subject.encode()
+    def _mac(self, body: bytes) -> bytes:
+        return hashlib.blake2b(
+            body, key=self._key2, digest_size=_MAC_BYTES, person=_PERSON
+        ).digest()
+
+    def _mac_v1(self, tenant_key: str, subject: str) -> bytes:
+        msg = _V1.encode() + b"\0" + tenant_key.encode() + b"\0" + subject.encode()
         return hmac.new(self._key, msg, hashlib.sha256).digest()[:_MAC_BYTES]
 
     def issue(self, tenant_key: str, ack_subject: str) -> str:
         """A token for ``ack_subject``, usable only by the tenant with ``tenant_key``."""
-        payload = _b64(tenant_key.encode() + b"\0" + ack_subject.encode())
-        return _SEP.join((_VERSION.decode(), payload, _b64(self._mac(tenant_key, ack_subject))))
+        body = tenant_key.encode() + b"\0" + ack_subject.encode()
+        return _V2_PREFIX + _b64(self._mac(body) + body)
 
     def verify(self, token: str, tenant_key: str, field: str = "ack_token") -> AckSubject:
         """The delivery ``token`` stands for; refuses forged, foreign or malformed tokens."""
         if len(token) > MAX_TOKEN_CHARS:
             raise InvalidArgument(field, f"is longer than {MAX_TOKEN_CHARS} characters")
-        parts = token.split(_SEP)
-        if len(parts) != 3 or parts[0] != _VERSION.decode():
-            raise InvalidArgument(field, "is not an ack token issued by this gateway")
-        try:
-            owner_raw, _, subject_raw = _unb64(parts[1]).partition(b"\0")
-            owner, subject = owner_raw.decode(), subject_raw.decode()
-            mac = _unb64(parts[2])
-        except (binascii.Error, ValueError, UnicodeDecodeError):
-            raise InvalidArgument(field, "is not an ack token issued by this gateway") from None
-        if not hmac.compare_digest(mac, self._mac(owner, subject)):
-            hint = (
-                " (this gateway signs tokens with a per-process key: only the replica that "
-                "delivered the message can act on them; set NATSGW_ACK_TOKEN_SECRET on every "
-                "replica to share them)"
-                if self.process_local
-                else " (or it was signed with a different NATSGW_ACK_TOKEN_SECRET)"
-            )
-            raise InvalidArgument(field, "signature does not match: altered or forged" + hint)
-        if not hmac.compare_digest(owner.encode(), tenant_key.encode()):
+        if token.startswith(_V2_PREFIX):
+            try:
+                raw = _unb64(token[2:])
+            except (binascii.Error, ValueError):
+                raise _not_ours(field) from None
+            body = raw[_MAC_BYTES:]
+            if len(raw) <= _MAC_BYTES or not hmac.compare_digest(raw[:_MAC_BYTES], self._mac(body)):
+                raise self._forged(field)
+            owner, _, subject_raw = body.partition(b"\0")
+            try:
+                subject = subject_raw.decode()
+            except UnicodeDecodeError:  # signed by us, so never; refuse rather than guess
+                raise _not_ours(field) from None
+        else:
+            owner, subject = self._verify_v1(token, field)
+        if not hmac.compare_digest(owner, tenant_key.encode()):
             raise PermissionDenied(f"{field}: this ack token belongs to another namespace")
         parsed = parse_ack_subject(subject)
         if parsed is None:  # cannot happen for tokens we issued; refuse rather than publish
             raise InvalidArgument(field, "does not name a JetStream delivery")
         return parsed
+
+    def _verify_v1(self, token: str, field: str) -> tuple[bytes, str]:
+        """A version 1 token's owner and subject (tokens handed out before version 2)."""
+        parts = token.split("~")
+        if len(parts) != 3 or parts[0] != _V1:
+            raise _not_ours(field)
+        try:
+            owner_raw, _, subject_raw = _unb64(parts[1]).partition(b"\0")
+            owner, subject = owner_raw.decode(), subject_raw.decode()
+            mac = _unb64(parts[2])
+        except (binascii.Error, ValueError, UnicodeDecodeError):
+            raise _not_ours(field) from None
+        if not hmac.compare_digest(mac, self._mac_v1(owner, subject)):
+            raise self._forged(field)
+        return owner_raw, subject
+
+    def _forged(self, field: str) -> InvalidArgument:
+        hint = (
+            " (this gateway signs tokens with a per-process key: only the replica that "
+            "delivered the message can act on them; set NATSGW_ACK_TOKEN_SECRET on every "
+            "replica to share them)"
+            if self.process_local
+            else " (or it was signed with a different NATSGW_ACK_TOKEN_SECRET)"
+        )
+        return InvalidArgument(field, "signature does not match: altered or forged" + hint)

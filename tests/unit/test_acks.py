@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -94,3 +98,37 @@ def test_any_single_byte_change_breaks_the_token(position: int, replacement: int
 def test_oversized_token_refused_early() -> None:
     with pytest.raises(InvalidArgument, match="longer"):
         AckTokens("s" * 32).verify("1~" + "A" * MAX_TOKEN_CHARS, "uAlice")
+
+
+def _v1_token(secret: bytes, tenant_key: str, subject: str) -> str:
+    """A token in the format gateways issued before version 2 (HMAC-SHA256), built by hand."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    payload = tenant_key.encode() + b"\0" + subject.encode()
+    mac = hmac.new(secret, b"1\0" + payload, hashlib.sha256).digest()[:16]
+    return f"1~{b64(payload)}~{b64(mac)}"
+
+
+def test_tokens_issued_before_version_2_are_still_accepted() -> None:
+    tokens = AckTokens("s" * 32)
+    old = _v1_token(b"s" * 32, "uAlice", V1)
+    assert tokens.verify(old, "uAlice").subject == V1
+    assert tokens.issue("uAlice", V1).startswith("2~")
+    with pytest.raises(PermissionDenied):
+        tokens.verify(old, "uBob")
+    with pytest.raises(InvalidArgument, match="signature"):
+        AckTokens("another-secret-value").verify(old, "uAlice")
+    forged = old[:-2] + ("AA" if not old.endswith("AA") else "BB")
+    with pytest.raises(InvalidArgument):
+        tokens.verify(forged, "uAlice")
+
+
+def test_a_version_2_token_cannot_be_relabelled_for_another_tenant() -> None:
+    tokens = AckTokens("s" * 32)
+    raw = base64.urlsafe_b64decode(tokens.issue("uAlice", V1)[2:] + "==")
+    swapped = raw[:16] + raw[16:].replace(b"uAlice", b"uBobby", 1)
+    token = "2~" + base64.urlsafe_b64encode(swapped).rstrip(b"=").decode()
+    with pytest.raises(InvalidArgument, match="signature"):
+        tokens.verify(token, "uBobby")

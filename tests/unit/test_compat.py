@@ -11,6 +11,7 @@ import pytest
 from natsgw import compat
 from natsgw.compat import betterproto2 as betterproto2_compat
 from natsgw.compat import grpclib as grpclib_compat
+from natsgw.compat import hyperframe as hyperframe_compat
 from natsgw.compat import nats as nats_compat
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
@@ -30,6 +31,7 @@ def pinned(distribution: str) -> str:
     [
         ("nats-py", nats_compat),
         ("grpclib", grpclib_compat),
+        ("hyperframe", hyperframe_compat),
         ("betterproto2", betterproto2_compat),
     ],
 )
