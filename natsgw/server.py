@@ -135,15 +135,7 @@ class Gateway:
         if settings.embedded:
             self.lock = DataDirLock(settings.data_dir)
             self.lock.acquire()  # before the store is touched: one owner per data directory
-            self.embedded = EmbeddedNatsServer(
-                settings.data_dir,
-                port=settings.embedded_nats_port,
-                max_payload=settings.max_message_size,
-                jetstream=settings.jetstream_enabled,
-                supervise=True,
-                on_give_up=self._give_up,
-                inherit_fds=[self.lock.fd] if self.lock.fd is not None else [],
-            )
+            self.embedded = EmbeddedNatsServer.owning(settings, self.lock, self._give_up)
             await self.embedded.start()
             servers = [self.embedded.url]
             monitor_url = monitor_url or self.embedded.monitor_url

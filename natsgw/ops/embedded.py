@@ -31,9 +31,13 @@ import sysconfig
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
+
+if TYPE_CHECKING:
+    from natsgw.config import Settings
+    from natsgw.ops.datadir import DataDirLock
 
 log = structlog.get_logger("natsgw.ops.embedded")
 
@@ -135,6 +139,25 @@ class EmbeddedNatsServer:
         self._supervisor: asyncio.Task[None] | None = None
         self._tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
         self._stopping = False
+
+    @classmethod
+    def owning(
+        cls, settings: Settings, lock: DataDirLock, on_give_up: Callable[[str], None]
+    ) -> EmbeddedNatsServer:
+        """The supervised server of natsgw's zero-configuration default on ``settings``' store.
+
+        It inherits the held data-directory ``lock``, so the store stays locked until both natsgw
+        and this nats-server are gone (one gateway, or the workers' supervisor, owns it).
+        """
+        return cls(
+            settings.data_dir,
+            port=settings.embedded_nats_port,
+            max_payload=settings.max_message_size,
+            jetstream=settings.jetstream_enabled,
+            supervise=True,
+            on_give_up=on_give_up,
+            inherit_fds=[lock.fd] if lock.fd is not None else [],
+        )
 
     @property
     def url(self) -> str:

@@ -72,17 +72,27 @@ class HttpSide:
         return web.json_response({"ready": True})
 
     async def start(self, host: str, port: int) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        sock = bind_tcp(host, port)
-        self.port = bound_port(sock)
-        try:
-            await web.SockSite(self._runner, sock).start()
-        except BaseException:
-            sock.close()
-            raise
+        self._runner, self.port = await serve_app(self.app(), host, port)
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+async def serve_app(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on ``host:port`` (0: any free port); the runner to clean up, and the port.
+
+    The socket is bound first and handed to aiohttp, so the port is known without reading
+    aiohttp's private server objects.
+    """
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock = bind_tcp(host, port)
+    try:
+        await web.SockSite(runner, sock).start()
+    except BaseException:
+        sock.close()
+        await runner.cleanup()
+        raise
+    return runner, bound_port(sock)

@@ -126,15 +126,7 @@ class Supervisor:
         if settings.embedded:  # as natsgw.server does for a single gateway
             self.lock = DataDirLock(settings.data_dir)
             self.lock.acquire()
-            self.embedded = EmbeddedNatsServer(
-                settings.data_dir,
-                port=settings.embedded_nats_port,
-                max_payload=settings.max_message_size,
-                jetstream=settings.jetstream_enabled,
-                supervise=True,
-                on_give_up=self._give_up,
-                inherit_fds=[self.lock.fd] if self.lock.fd is not None else [],
-            )
+            self.embedded = EmbeddedNatsServer.owning(settings, self.lock, self._give_up)
             await self.embedded.start()
             self._nats_env["NATS_URLS"] = self.embedded.url
             if not settings.nats_monitor_url:

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample
 
-from natsgw.ops.sockets import bind_tcp, bound_port
+from natsgw.ops.http import serve_app
 
 _TIMEOUT = aiohttp.ClientTimeout(total=3.0)
 
@@ -122,15 +122,7 @@ class WorkersHttp:
 
     async def start(self, host: str, port: int) -> None:
         self._client = aiohttp.ClientSession(timeout=_TIMEOUT)
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        sock = bind_tcp(host, port)
-        self.port = bound_port(sock)
-        try:
-            await web.SockSite(self._runner, sock).start()
-        except BaseException:
-            sock.close()
-            raise
+        self._runner, self.port = await serve_app(self.app(), host, port)
 
     async def stop(self) -> None:
         if self._runner is not None:
