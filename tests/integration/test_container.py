@@ -79,3 +79,26 @@ def test_serves_when_told_and_the_health_check_follows_the_http_port(tmp_path: P
 def test_dockerignore_keeps_local_environments_out() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".nox", ".git"} <= set(ignored)
+
+
+def _published_ports(compose: str) -> list[str]:
+    """Every "host:container" port mapping in a compose file (both list styles)."""
+    found = re.findall(r'^\s+- "([^"]+)"\s*$', compose, re.MULTILINE)
+    for inline in re.findall(r"^\s+ports: \[(.+)\]\s*$", compose, re.MULTILINE):
+        found += re.findall(r'"([^"]+)"', inline)
+    return found
+
+
+def test_compose_files_keep_trusted_ports_on_loopback_and_jetstream_data_in_volumes() -> (
+    None
+):
+    """Both compose files run natsgw in trusted mode: a port published on every interface would
+    let any machine act as any user. NATS's JetStream store must survive the container."""
+    for name in ("compose.yaml", "compose-cluster.yaml"):
+        compose = (ROOT / "docker" / name).read_text()
+        assert 'NATSGW_TRUSTED_ALLOW_REMOTE: "true"' in compose, name
+        ports = _published_ports(compose)
+        assert ports, f"{name}: no published port found"
+        assert all(p.startswith("127.0.0.1:") for p in ports), (name, ports)
+        assert re.search(r"^volumes:\n(\s+\S+-data:\n?)+", compose, re.MULTILINE), name
+        assert ":/data" in compose, name
