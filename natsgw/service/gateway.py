@@ -8,7 +8,7 @@ a gRPC status by :func:`natsgw.errors.to_grpc_error`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import grpclib.const
@@ -26,6 +26,7 @@ from natsgw.service.kv import KeyValueHandlers
 from natsgw.service.messaging import MessagingHandlers
 from natsgw.service.objects import ObjectStoreHandlers
 from natsgw.service.stats import StatisticsHandlers
+from natsgw.service.streaming import serve_stream
 
 log = structlog.get_logger("natsgw.service")
 
@@ -68,6 +69,15 @@ class NATSGateway(
     def __init__(self, deps: Dependencies, in_flight: InFlight | None = None) -> None:
         super().__init__(deps)
         self.in_flight = in_flight or InFlight()
+
+    async def _call_rpc_handler_server_stream(
+        self,
+        handler: Callable[[Any], AsyncIterator[Any]],
+        stream: grpclib.server.Stream[Any, Any],
+        request: Any,
+    ) -> None:
+        """Replaces betterproto2's loop, which never closes the handler on cancellation."""
+        await serve_stream(handler(request), stream)
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         return {

@@ -522,11 +522,12 @@ class JetStreamHandlers(Handlers):
             async for response in session.run():
                 yield response
         finally:
+            # Synchronous releases first: a second cancellation cannot skip them.
             watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
             self.deps.subscriptions.remove(ns.key, registry_key, shutdown)
             parts.windows.remove(stream, consumer, window)
             await pipe.close()
+            await asyncio.gather(watcher, return_exceptions=True)
 
 
 def _ack_payload(action: pb.AckAction, delay: float) -> bytes:
