@@ -91,7 +91,7 @@ class MessagingHandlers(Handlers):
         settings = self.settings
         mailbox = Mailbox(
             settings.subscription_buffer_msgs,
-            settings.subscription_buffer_bytes,
+            settings.stream_buffer_bytes,
             settings.slow_consumer_policy,
         )
         sub = await self.adapter.subscribe(
@@ -102,7 +102,7 @@ class MessagingHandlers(Handlers):
             # The client library's own queue only bridges to the mailbox; twice its size keeps
             # bursts from being dropped there while the total stays bounded.
             pending_msgs=2 * settings.subscription_buffer_msgs,
-            pending_bytes=2 * settings.subscription_buffer_bytes,
+            pending_bytes=2 * settings.stream_buffer_bytes,
         )
         registry = self.deps.subscriptions
         registry.add(ns.key, subject, mailbox)

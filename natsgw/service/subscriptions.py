@@ -58,7 +58,11 @@ class Mailbox:
             self.dropped += 1
             return
         size = len(message.data)
-        if len(self._queue) >= self.max_msgs or self._bytes + size > self.max_bytes:
+        # An empty mailbox takes any message, so one larger than the byte budget still goes
+        # (alone) to a subscriber that keeps up.
+        if self._queue and (
+            len(self._queue) >= self.max_msgs or self._bytes + size > self.max_bytes
+        ):
             self.overflow()
             return
         self._queue.append(Delivery(message, self.received, datetime.datetime.now(datetime.UTC)))

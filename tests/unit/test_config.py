@@ -63,3 +63,16 @@ def test_secrets_never_appear_in_errors() -> None:
     with pytest.raises(ConfigError, match=r"NATSGW_ACK_TOKEN_SECRET=\*\*\*") as info:
         Settings.from_env({"NATSGW_ACK_TOKEN_SECRET": "short"})
     assert "short" not in str(info.value)
+
+
+def test_stream_buffer_is_never_smaller_than_the_largest_message() -> None:
+    """Issue 9.5: a message the gateway accepts must fit a stream's buffer."""
+    auto = Settings.from_env({"NATSGW_MAX_MESSAGE_SIZE": "20MiB"})
+    assert auto.stream_buffer_bytes >= 20 * 1024 * 1024
+    assert Settings.from_env({}).stream_buffer_bytes >= Settings().max_message_size
+    with pytest.raises(
+        ConfigError, match=r"NATSGW_SUBSCRIPTION_BUFFER_BYTES.*NATSGW_MAX_MESSAGE_SIZE"
+    ):
+        Settings.from_env(
+            {"NATSGW_MAX_MESSAGE_SIZE": "10MiB", "NATSGW_SUBSCRIPTION_BUFFER_BYTES": "8MiB"}
+        )
