@@ -43,7 +43,8 @@ class AuthMode(StrEnum):
 class SlowConsumerPolicy(StrEnum):
     #: End the subscription stream with RESOURCE_EXHAUSTED: the client learns it fell behind.
     CLOSE = "close"
-    #: Drop new messages while the buffer is full; gaps show in ``MessageResponse.sequence``.
+    #: NATS's own convention (the default): drop new messages while the buffer is full; gaps
+    #: show in ``MessageResponse.sequence`` and the count in ``MessageResponse.dropped``.
     DROP = "drop"
 
 
@@ -79,7 +80,7 @@ class Settings:
     subscription_buffer_msgs: int = 1024
     #: 0: twice max_message_size. Never below max_message_size (checked in validated()).
     subscription_buffer_bytes: int = 0
-    slow_consumer_policy: SlowConsumerPolicy = SlowConsumerPolicy.CLOSE
+    slow_consumer_policy: SlowConsumerPolicy = SlowConsumerPolicy.DROP
     shutdown_grace: float = 10.0
     log_level: str = "info"
     log_format: str = "json"
@@ -188,7 +189,7 @@ class Settings:
             subscription_buffer_msgs=e.get("NATSGW_SUBSCRIPTION_BUFFER_MSGS", _positive, 1024),
             subscription_buffer_bytes=e.get("NATSGW_SUBSCRIPTION_BUFFER_BYTES", _size, 0),
             slow_consumer_policy=e.get(
-                "NATSGW_SLOW_CONSUMER_POLICY", SlowConsumerPolicy, SlowConsumerPolicy.CLOSE
+                "NATSGW_SLOW_CONSUMER_POLICY", SlowConsumerPolicy, SlowConsumerPolicy.DROP
             ),
             shutdown_grace=e.get("NATSGW_SHUTDOWN_GRACE", _seconds, 10.0),
             log_level=e.get("NATSGW_LOG_LEVEL", _log_level, "info"),

@@ -308,7 +308,7 @@ class SubscribeRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ..., queue_group: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class MessageResponse(_message.Message):
-    __slots__ = ("subject", "data", "headers", "reply_to", "timestamp", "sequence")
+    __slots__ = ("subject", "data", "headers", "reply_to", "timestamp", "sequence", "dropped")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -322,13 +322,15 @@ class MessageResponse(_message.Message):
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
     subject: str
     data: bytes
     headers: _containers.ScalarMap[str, str]
     reply_to: str
     timestamp: _timestamp_pb2.Timestamp
     sequence: int
-    def __init__(self, subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., reply_to: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ...) -> None: ...
+    dropped: int
+    def __init__(self, subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., reply_to: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
 
 class UnsubscribeRequest(_message.Message):
     __slots__ = ("user_id", "organization_id", "subject", "scope")

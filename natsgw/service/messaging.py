@@ -119,6 +119,7 @@ class MessagingHandlers(Handlers):
                     reply_to=(ns.from_subject(msg.reply) or "") if msg.reply else "",
                     timestamp=delivery.received_at,
                     sequence=delivery.sequence,
+                    dropped=mailbox.dropped,
                 )
         finally:
             registry.remove(ns.key, subject, mailbox)

@@ -88,7 +88,10 @@ async def test_slow_subscriber_is_closed_with_resource_exhausted(
     make_gateway: GatewayFactory, nc: nats.NATS
 ) -> None:
     gw = await make_gateway(
-        subscription_buffer_msgs=4, subscription_buffer_bytes=256 * KIB, max_message_size=256 * KIB
+        subscription_buffer_msgs=4,
+        subscription_buffer_bytes=256 * KIB,
+        max_message_size=256 * KIB,
+        slow_consumer_policy=SlowConsumerPolicy.CLOSE,  # no longer the default
     )
     user = tenant()
     channel = Channel("127.0.0.1", gw.port)
@@ -114,14 +117,12 @@ async def test_slow_subscriber_is_closed_with_resource_exhausted(
         channel.close()
 
 
-async def test_drop_policy_keeps_the_stream_and_shows_gaps(
+async def test_slow_subscriber_keeps_its_stream_and_sees_gaps_and_count_by_default(
     make_gateway: GatewayFactory, nc: nats.NATS
 ) -> None:
+    """Issue 12.4: NATS's convention is the default — keep the stream, drop, report."""
     gw = await make_gateway(
-        subscription_buffer_msgs=4,
-        subscription_buffer_bytes=256 * KIB,
-        max_message_size=256 * KIB,
-        slow_consumer_policy=SlowConsumerPolicy.DROP,
+        subscription_buffer_msgs=4, subscription_buffer_bytes=256 * KIB, max_message_size=256 * KIB
     )
     user = tenant()
     subject = Namespace(Tenant.user(user)).subject("firehose")
@@ -147,6 +148,7 @@ async def test_drop_policy_keeps_the_stream_and_shows_gaps(
     assert 0 < len(sequences) < 400  # some were dropped ...
     assert sequences == sorted(sequences)
     assert sequences[-1] - sequences[0] + 1 > len(sequences)  # ... and the gaps show it
+    assert last.dropped == 401 - (len(sequences) + 1)  # ... and so does the count
 
 
 async def test_largest_accepted_message_reaches_a_reading_subscriber(

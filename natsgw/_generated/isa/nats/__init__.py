@@ -1347,6 +1347,12 @@ class MessageResponse(betterproto2.Message):
 
     sequence: "int" = betterproto2.field(6, betterproto2.TYPE_INT64)
 
+    dropped: "int" = betterproto2.field(7, betterproto2.TYPE_UINT64)
+    """
+    natsgw: messages this stream has dropped so far because its reader fell behind (the default
+    NATSGW_SLOW_CONSUMER_POLICY=drop); the gaps in `sequence` show where. 0: nothing dropped.
+    """
+
 
 default_message_pool.register_message("isa.nats", "MessageResponse", MessageResponse)
 
