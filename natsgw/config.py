@@ -81,6 +81,8 @@ class Settings:
     #: 0: twice max_message_size. Never below max_message_size (checked in validated()).
     subscription_buffer_bytes: int = 0
     slow_consumer_policy: SlowConsumerPolicy = SlowConsumerPolicy.DROP
+    #: Open Subscribe/QueueSubscribe/Consume/KVWatch/ObjectGetStream calls per tenant (0: no limit).
+    quota_streaming_calls: int = 256
     shutdown_grace: float = 10.0
     log_level: str = "info"
     log_format: str = "json"
@@ -191,6 +193,7 @@ class Settings:
             slow_consumer_policy=e.get(
                 "NATSGW_SLOW_CONSUMER_POLICY", SlowConsumerPolicy, SlowConsumerPolicy.DROP
             ),
+            quota_streaming_calls=e.get("NATSGW_QUOTA_STREAMING_CALLS", _count, 256),
             shutdown_grace=e.get("NATSGW_SHUTDOWN_GRACE", _seconds, 10.0),
             log_level=e.get("NATSGW_LOG_LEVEL", _log_level, "info"),
             log_format=e.get("NATSGW_LOG_FORMAT", _log_format, "json"),

@@ -41,6 +41,7 @@ from natsgw.ops.tls import server_context
 from natsgw.pipeline.calls import Observer
 from natsgw.pipeline.quotas import QuotaEnforcer, QuotaPolicy
 from natsgw.service.base import Dependencies
+from natsgw.service.fanout import FanOut
 from natsgw.service.gateway import InFlight, NATSGateway
 from natsgw.wire import compression
 from natsgw.wire.codec import GatewayCodec, UpbBridge
@@ -67,7 +68,8 @@ class Gateway:
         self.embedded: EmbeddedNatsServer | None = None
         self.adapter: NatsAdapter | None = None
         self.monitor: NatsMonitor | None = None
-        self.subscriptions = MeteredSubscriptionRegistry()
+        self.subscriptions = MeteredSubscriptionRegistry(self.settings.quota_streaming_calls)
+        self.fanout: FanOut | None = None
         self.metrics = Metrics()
         self.audit = AuditLog(_loki_shipper(self.settings))
         self.quota_policy = QuotaPolicy.from_settings(self.settings)
@@ -126,11 +128,19 @@ class Gateway:
             quotas=self.quotas,
             root=settings.namespace_root,
         )
+        # Shared subscriptions queue little in nats-py (delivery into mailboxes never blocks);
+        # its limits only bound a burst the event loop has not caught up with yet.
+        self.fanout = FanOut(
+            self.adapter,
+            pending_msgs=max(65536, 16 * settings.subscription_buffer_msgs),
+            pending_bytes=max(64 * 1024 * 1024, 4 * settings.stream_buffer_bytes),
+        )
         deps = Dependencies(
             settings=settings,
             adapter=self.adapter,
             authenticator=self.authenticator,
             subscriptions=self.subscriptions,
+            fanout=self.fanout,
             monitor=self.monitor,
             calls=observer,
         )
@@ -198,6 +208,8 @@ class Gateway:
         if self.http is not None:
             await self.http.stop()
             self.http = None
+        if self.fanout is not None:
+            await self.fanout.close()
         if self.adapter is not None:
             await self.adapter.close()
         if self.monitor is not None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import nats
+import nats.aio.client
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.client import Server
@@ -25,6 +26,11 @@ from natsgw.adapter.types import ConnectionState, JetStreamAccount, Message, Ser
 from natsgw.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 
 log = structlog.get_logger("natsgw.adapter")
+
+# nats-py reads its socket 32 KiB per turn of the event loop. A busy gateway (many streams
+# writing) then reads NATS too slowly and nats-server cuts it as a slow consumer; 1 MiB per turn
+# keeps the read side ahead. A module constant of nats-py 2.16, read at connect and on each read.
+nats.aio.client.DEFAULT_BUFFER_SIZE = 1024 * 1024
 
 _STATUS_HEADER = "Status"
 _NO_RESPONDERS = "503"
@@ -138,8 +144,23 @@ class _Confirmer:
                 future.set_exception(Unavailable("the gateway is shutting down"))
 
 
+async def _on_deliveries_disconnected() -> None:
+    log.warning("nats_disconnected", connection="deliveries")
+
+
+async def _on_deliveries_reconnected() -> None:
+    log.info("nats_reconnected", connection="deliveries")
+
+
 class NatsAdapter:
-    """One NATS connection shared by every call, reconnecting with backoff while it runs."""
+    """Two NATS connections, reconnecting with backoff while they run.
+
+    The main one carries publishes, requests, JetStream and everything else; a second one
+    carries only the deliveries of core subscriptions (:meth:`subscribe`). However much a tenant
+    subscribes to, what nats-server queues towards the gateway for it cannot get the publishing
+    connection declared a slow consumer, and a cut delivery connection reconnects (and
+    resubscribes) on its own while publishes go on.
+    """
 
     def __init__(
         self,
@@ -164,6 +185,7 @@ class NatsAdapter:
         self._gateway_max_message = gateway_max_message
         self._jetstream_domain = jetstream_domain or None
         self._nc: NatsClient | None = None
+        self._deliveries: NatsClient | None = None
         self._confirmer: _Confirmer | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self._overflow: dict[int, Callable[[], None]] = {}
@@ -181,34 +203,46 @@ class NatsAdapter:
                 self._connect_task.result()
 
     async def _connect_forever(self) -> None:
+        nc = await self._connect_until_up(
+            name=self._options["name"],
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+            closed_cb=self._on_closed,
+        )
+        self._nc = nc
+        self._confirmer = _Confirmer(nc, self._confirm_timeout)
+        self._status = "CONNECTED"
+        log.info("nats_connected", url=self._url(), server=nc._server_info.get("server_name"))
+        self._deliveries = await self._connect_until_up(
+            name=f"{self._options['name']}:deliveries",
+            error_cb=self._on_delivery_error,
+            disconnected_cb=_on_deliveries_disconnected,
+            reconnected_cb=_on_deliveries_reconnected,
+        )
+
+    async def _connect_until_up(self, **callbacks: Any) -> NatsClient:
         attempt = 0
         while True:
             try:
-                nc = await nats.connect(
+                return await nats.connect(
                     servers=self._servers,
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
                     reconnect_to_server_handler=_reconnect_handler,
                     connect_timeout=2,
-                    error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                    closed_cb=self._on_closed,
-                    **self._options,
+                    **{**self._options, **callbacks},
                 )
             except Exception as exc:
                 delay = backoff_delay(attempt)
                 log.warning(
-                    "nats_connect_failed", error=str(exc) or type(exc).__name__, retry_in=delay
+                    "nats_connect_failed",
+                    connection=callbacks.get("name", ""),
+                    error=str(exc) or type(exc).__name__,
+                    retry_in=delay,
                 )
                 attempt += 1
                 await asyncio.sleep(delay)
-                continue
-            self._nc = nc
-            self._confirmer = _Confirmer(nc, self._confirm_timeout)
-            self._status = "CONNECTED"
-            log.info("nats_connected", url=self._url(), server=nc._server_info.get("server_name"))
-            return
 
     async def close(self, drain_timeout: float = 5.0) -> None:
         """Drain (deliver what is in flight, then close) and stop reconnecting."""
@@ -217,6 +251,10 @@ class NatsAdapter:
             await asyncio.gather(self._connect_task, return_exceptions=True)
         if self._confirmer is not None:
             await self._confirmer.close()
+        deliveries, self._deliveries = self._deliveries, None
+        if deliveries is not None and not deliveries.is_closed:
+            # Streams ended before this (shutdown order): nothing is left to deliver.
+            await deliveries.close()
         nc, self._nc = self._nc, None
         if nc is None or nc.is_closed:
             return
@@ -230,11 +268,16 @@ class NatsAdapter:
 
     async def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, SlowConsumerError):
+            return  # JetStream readers on this connection notice gaps themselves
+        log.warning("nats_error", error=str(exc) or type(exc).__name__)
+
+    async def _on_delivery_error(self, exc: Exception) -> None:
+        if isinstance(exc, SlowConsumerError):
             callback = self._overflow.get(exc.sid)
             if callback is not None:
                 callback()
             return
-        log.warning("nats_error", error=str(exc) or type(exc).__name__)
+        log.warning("nats_error", connection="deliveries", error=str(exc) or type(exc).__name__)
 
     async def _on_disconnected(self) -> None:
         if self._status == "CONNECTED":
@@ -354,8 +397,12 @@ class NatsAdapter:
         pending_msgs: int,
         pending_bytes: int,
     ) -> Subscription:
-        """Subscribe; ``on_message`` must not block (it runs on nats-py's delivery task)."""
-        nc = self._client()
+        """Subscribe on the delivery connection; ``on_message`` must not block (it runs on
+        nats-py's delivery task)."""
+        self._client()  # the same "not connected" answers as every other call
+        nc = self._deliveries
+        if nc is None or not nc.is_connected:
+            raise Unavailable("the NATS delivery connection is not up yet; retry shortly")
 
         async def deliver(msg: Msg) -> None:
             on_message(

@@ -39,8 +39,8 @@ _STATES = ("CONNECTING", "CONNECTED", "RECONNECTING", "DRAINING", "CLOSED")
 class MeteredSubscriptionRegistry(SubscriptionRegistry):
     """A SubscriptionRegistry that also remembers how many messages its mailboxes dropped."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, stream_limit: int = 0) -> None:
+        super().__init__(stream_limit)
         self._live: set[Mailbox] = set()
         self._retired_drops = 0
 

@@ -17,6 +17,7 @@ from natsgw.config import Settings
 from natsgw.errors import InvalidArgument
 from natsgw.ops.monitoring import NatsMonitor
 from natsgw.pipeline.calls import CallObserver, NoObserver
+from natsgw.service.fanout import FanOut
 from natsgw.service.subscriptions import SubscriptionRegistry
 from natsgw.tenancy import Namespace, Tenant
 
@@ -43,6 +44,8 @@ class Dependencies:
     adapter: NatsAdapter
     authenticator: Authenticator
     subscriptions: SubscriptionRegistry
+    #: Shared NATS subscriptions behind Subscribe / QueueSubscribe (natsgw.service.fanout).
+    fanout: FanOut
     monitor: NatsMonitor
     #: Credentials, quotas, metrics and audit around every call (natsgw.pipeline.calls).
     calls: CallObserver = field(default_factory=NoObserver)

@@ -485,49 +485,51 @@ class JetStreamHandlers(Handlers):
 
     async def _consume(self, message: pb.ConsumeRequest) -> AsyncIterator[pb.ConsumeResponse]:
         ns = await self.namespace(message)
-        stream = ns.stream(message.stream_name)
-        consumer = ns.consumer(message.consumer_name)
-        max_msgs = message.max_messages or DEFAULT_CONSUME_MESSAGES
-        if not 1 <= max_msgs <= MAX_CONSUME_MESSAGES:
-            raise InvalidArgument(
-                "max_messages", f"must be 1 to {MAX_CONSUME_MESSAGES} (got {max_msgs})"
+        # One of the tenant's stream slots (NATSGW_QUOTA_STREAMING_CALLS) while it runs.
+        with self.deps.subscriptions.lease(ns.key):
+            stream = ns.stream(message.stream_name)
+            consumer = ns.consumer(message.consumer_name)
+            max_msgs = message.max_messages or DEFAULT_CONSUME_MESSAGES
+            if not 1 <= max_msgs <= MAX_CONSUME_MESSAGES:
+                raise InvalidArgument(
+                    "max_messages", f"must be 1 to {MAX_CONSUME_MESSAGES} (got {max_msgs})"
+                )
+            max_bytes = message.max_bytes or DEFAULT_CONSUME_BYTES
+            if max_bytes < 1:
+                raise InvalidArgument("max_bytes", f"must be positive (got {max_bytes})")
+            heartbeat = seconds_field(message.heartbeat, "heartbeat", maximum=MAX_HEARTBEAT)
+            heartbeat = heartbeat or DEFAULT_HEARTBEAT
+            if heartbeat < MIN_HEARTBEAT:
+                raise InvalidArgument("heartbeat", f"must be at least {MIN_HEARTBEAT:g}s")
+            parts = self.jetstream_parts
+            info = await parts.js.consumer_info(stream, consumer)
+            window = FlowWindow(
+                max_msgs,
+                max_bytes,
+                info.spec.ack_wait or NATS_DEFAULT_ACK_WAIT,
+                track=info.spec.ack_policy != "none",
+                ack_all=info.spec.ack_policy == "all",
             )
-        max_bytes = message.max_bytes or DEFAULT_CONSUME_BYTES
-        if max_bytes < 1:
-            raise InvalidArgument("max_bytes", f"must be positive (got {max_bytes})")
-        heartbeat = seconds_field(message.heartbeat, "heartbeat", maximum=MAX_HEARTBEAT)
-        heartbeat = heartbeat or DEFAULT_HEARTBEAT
-        if heartbeat < MIN_HEARTBEAT:
-            raise InvalidArgument("heartbeat", f"must be at least {MIN_HEARTBEAT:g}s")
-        parts = self.jetstream_parts
-        info = await parts.js.consumer_info(stream, consumer)
-        window = FlowWindow(
-            max_msgs,
-            max_bytes,
-            info.spec.ack_wait or NATS_DEFAULT_ACK_WAIT,
-            track=info.spec.ack_policy != "none",
-            ack_all=info.spec.ack_policy == "all",
-        )
-        pipe = await parts.js.open_pull(stream, consumer, max_msgs)
-        session = ConsumeSession(self, ns, stream, consumer, pipe, window, heartbeat)
-        # Registered with the gateway's streams so that shutdown ends it cleanly (status OK),
-        # like Subscribe. The key holds spaces: no tenant subject can name it in Unsubscribe.
-        shutdown = Mailbox(1, 1, self.settings.slow_consumer_policy)
-        registry_key = f"consume {stream} {consumer}"
-        self.deps.subscriptions.add(ns.key, registry_key, shutdown)
-        watcher = asyncio.create_task(stop_on_end(shutdown, session), name="natsgw-consume-end")
-        parts.windows.add(stream, consumer, window)
-        try:
-            await self.announce_ready()
-            async for response in session.run():
-                yield response
-        finally:
-            # Synchronous releases first: a second cancellation cannot skip them.
-            watcher.cancel()
-            self.deps.subscriptions.remove(ns.key, registry_key, shutdown)
-            parts.windows.remove(stream, consumer, window)
-            await pipe.close()
-            await asyncio.gather(watcher, return_exceptions=True)
+            pipe = await parts.js.open_pull(stream, consumer, max_msgs)
+            session = ConsumeSession(self, ns, stream, consumer, pipe, window, heartbeat)
+            # Registered with the gateway's streams so that shutdown ends it cleanly (status OK),
+            # like Subscribe. The key holds spaces: no tenant subject can name it in Unsubscribe.
+            shutdown = Mailbox(1, 1, self.settings.slow_consumer_policy)
+            registry_key = f"consume {stream} {consumer}"
+            self.deps.subscriptions.add(ns.key, registry_key, shutdown)
+            watcher = asyncio.create_task(stop_on_end(shutdown, session), name="natsgw-consume-end")
+            parts.windows.add(stream, consumer, window)
+            try:
+                await self.announce_ready()
+                async for response in session.run():
+                    yield response
+            finally:
+                # Synchronous releases first: a second cancellation cannot skip them.
+                watcher.cancel()
+                self.deps.subscriptions.remove(ns.key, registry_key, shutdown)
+                parts.windows.remove(stream, consumer, window)
+                await pipe.close()
+                await asyncio.gather(watcher, return_exceptions=True)
 
 
 def _ack_payload(action: pb.AckAction, delay: float) -> bytes:

@@ -153,43 +153,45 @@ class KeyValueHandlers(Handlers):
 
     async def kv_watch(self, message: pb.KvWatchRequest) -> AsyncIterator[pb.KvEntry]:
         ns = await self.namespace(message)
-        bucket = ns.kv_bucket(message.bucket)
-        pattern = kv_watch_pattern(message.key)
-        from_revision = _revision(message.from_revision, "from_revision")
-        try:
-            watch = await self._kv().watch(
-                bucket, pattern, from_revision=from_revision, updates_only=message.updates_only
-            )
-        except NotFound:
-            raise NotFound(f"bucket {message.bucket!r} does not exist") from None
-        # Registered like a subscription stream, so gateway shutdown ends it first (with a status
-        # that says where to resume) instead of cutting it. The key holds spaces, which no
-        # Unsubscribe subject can, so only shutdown reaches it.
-        stop = Mailbox(1, 1, SlowConsumerPolicy.CLOSE)
-        registry_key = f"KVWatch {message.bucket} {pattern}"
-        registry = self.deps.subscriptions
-        registry.add(ns.key, registry_key, stop)
-        stopped = asyncio.ensure_future(stop.get())
-        last = from_revision - 1 if from_revision else 0
-        try:
-            await self.announce_ready()
-            while True:
-                following = asyncio.ensure_future(anext(watch))
-                await asyncio.wait({following, stopped}, return_when=asyncio.FIRST_COMPLETED)
-                if not following.done():
-                    following.cancel()
-                    await asyncio.gather(following, return_exceptions=True)
-                    resume = f"; resume with from_revision={last + 1}" if last else ""
-                    raise Unavailable(f"the gateway is shutting down{resume}")
-                entry = following.result()
-                last = entry.revision
-                yield _entry(entry)
-        except NotFound:
-            raise NotFound(f"bucket {message.bucket!r} was deleted") from None
-        finally:
-            registry.remove(ns.key, registry_key, stop)
-            stopped.cancel()
-            await watch.close()
+        # One of the tenant's stream slots (NATSGW_QUOTA_STREAMING_CALLS) while it runs.
+        with self.deps.subscriptions.lease(ns.key):
+            bucket = ns.kv_bucket(message.bucket)
+            pattern = kv_watch_pattern(message.key)
+            from_revision = _revision(message.from_revision, "from_revision")
+            try:
+                watch = await self._kv().watch(
+                    bucket, pattern, from_revision=from_revision, updates_only=message.updates_only
+                )
+            except NotFound:
+                raise NotFound(f"bucket {message.bucket!r} does not exist") from None
+            # Registered like a subscription stream, so gateway shutdown ends it first (with a
+            # status that says where to resume) instead of cutting it. The key holds spaces,
+            # which no Unsubscribe subject can, so only shutdown reaches it.
+            stop = Mailbox(1, 1, SlowConsumerPolicy.CLOSE)
+            registry_key = f"KVWatch {message.bucket} {pattern}"
+            registry = self.deps.subscriptions
+            registry.add(ns.key, registry_key, stop)
+            stopped = asyncio.ensure_future(stop.get())
+            last = from_revision - 1 if from_revision else 0
+            try:
+                await self.announce_ready()
+                while True:
+                    following = asyncio.ensure_future(anext(watch))
+                    await asyncio.wait({following, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                    if not following.done():
+                        following.cancel()
+                        await asyncio.gather(following, return_exceptions=True)
+                        resume = f"; resume with from_revision={last + 1}" if last else ""
+                        raise Unavailable(f"the gateway is shutting down{resume}")
+                    entry = following.result()
+                    last = entry.revision
+                    yield _entry(entry)
+            except NotFound:
+                raise NotFound(f"bucket {message.bucket!r} was deleted") from None
+            finally:
+                registry.remove(ns.key, registry_key, stop)
+                stopped.cancel()
+                await watch.close()
 
     async def kv_create_bucket(
         self, message: pb.KvCreateBucketRequest

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator, Mapping
 from natsgw._generated.isa import nats as pb
 from natsgw.errors import GatewayError, InvalidArgument
 from natsgw.service.base import Handlers
-from natsgw.service.subscriptions import Mailbox
+from natsgw.service.streaming import writer_for_current_call
+from natsgw.service.subscriptions import Delivery, Mailbox
 from natsgw.tenancy import Namespace
 
 
@@ -38,6 +39,26 @@ def _tenant_headers(ns: Namespace, headers: Mapping[str, str]) -> dict[str, str]
             else:
                 shown[name] = tenant_name
     return shown
+
+
+#: Most deliveries (and payload bytes, beyond the first) one write of a Subscribe stream carries.
+_BURST = 256
+_BURST_BYTES = 256 * 1024
+
+
+def _response(ns: Namespace, delivery: Delivery, dropped: int) -> pb.MessageResponse:
+    msg = delivery.message
+    return pb.MessageResponse(
+        subject=ns.from_subject(msg.subject) or "",
+        data=msg.data,
+        headers=_tenant_headers(ns, msg.headers) if msg.headers else {},
+        # A reply subject outside the tenant's namespace cannot be answered through the
+        # gateway, so it is not shown.
+        reply_to=(ns.from_subject(msg.reply) or "") if msg.reply else "",
+        timestamp=delivery.received_at,
+        sequence=delivery.sequence,
+        dropped=dropped,
+    )
 
 
 class MessagingHandlers(Handlers):
@@ -89,41 +110,35 @@ class MessagingHandlers(Handlers):
     ) -> AsyncIterator[pb.MessageResponse]:
         pattern = ns.pattern(subject)
         settings = self.settings
-        mailbox = Mailbox(
-            settings.subscription_buffer_msgs,
-            settings.stream_buffer_bytes,
-            settings.slow_consumer_policy,
-        )
-        sub = await self.adapter.subscribe(
-            pattern,
-            mailbox.offer,
-            queue=queue_group,
-            on_overflow=mailbox.lost_upstream,
-            # The client library's own queue only bridges to the mailbox; twice its size keeps
-            # bursts from being dropped there while the total stays bounded.
-            pending_msgs=2 * settings.subscription_buffer_msgs,
-            pending_bytes=2 * settings.stream_buffer_bytes,
-        )
         registry = self.deps.subscriptions
-        registry.add(ns.key, subject, mailbox)
-        try:
-            await self.announce_ready()
-            while (delivery := await mailbox.get()) is not None:
-                msg = delivery.message
-                yield pb.MessageResponse(
-                    subject=ns.from_subject(msg.subject) or "",
-                    data=msg.data,
-                    headers=_tenant_headers(ns, msg.headers) if msg.headers else {},
-                    # A reply subject outside the tenant's namespace cannot be answered through
-                    # the gateway, so it is not shown.
-                    reply_to=(ns.from_subject(msg.reply) or "") if msg.reply else "",
-                    timestamp=delivery.received_at,
-                    sequence=delivery.sequence,
-                    dropped=mailbox.dropped,
-                )
-        finally:
-            registry.remove(ns.key, subject, mailbox)
-            await sub.unsubscribe()
+        with registry.lease(ns.key):
+            mailbox = Mailbox(
+                settings.subscription_buffer_msgs,
+                settings.stream_buffer_bytes,
+                settings.slow_consumer_policy,
+            )
+            membership = await self.deps.fanout.join(pattern, queue_group, mailbox)
+            registry.add(ns.key, subject, mailbox)
+            try:
+                await self.announce_ready()
+                first = await mailbox.take(1)
+                if not first:
+                    return
+                yield _response(ns, first[0], mailbox.dropped)
+                writer = writer_for_current_call()
+                # Later responses: whatever is waiting goes out in one write (see FrameWriter).
+                while deliveries := await mailbox.take(_BURST, _BURST_BYTES):
+                    if writer is None:
+                        for delivery in deliveries:
+                            yield _response(ns, delivery, mailbox.dropped)
+                        continue
+                    for delivery in deliveries:
+                        writer.add(_response(ns, delivery, mailbox.dropped))
+                    await writer.flush()
+            finally:
+                # Synchronous: a second cancellation cannot skip any of it.
+                registry.remove(ns.key, subject, mailbox)
+                membership.leave()
 
     async def unsubscribe(self, message: pb.UnsubscribeRequest) -> pb.UnsubscribeResponse:
         """Ends this tenant's streams on exactly that subject; success=false when none was open."""

@@ -177,14 +177,17 @@ class ObjectStoreHandlers(Handlers):
     async def object_get_stream(
         self, message: pb.ObjectGetRequest
     ) -> AsyncIterator[pb.ObjectGetStreamResponse]:
-        bucket, objects, stat = await self._stat(message)
-        if stat is None:
-            yield pb.ObjectGetStreamResponse(found=False)
-            return
-        yield pb.ObjectGetStreamResponse(found=True, info=_info(stat))
-        # Closed explicitly: the reader holds a NATS consumer until it is.
-        async with contextlib.aclosing(
-            cast(AsyncGenerator[bytes], objects.read(bucket, stat))
-        ) as chunks:
-            async for chunk in chunks:
-                yield pb.ObjectGetStreamResponse(chunk=chunk)
+        ns = await self.namespace(message)
+        # One of the tenant's stream slots (NATSGW_QUOTA_STREAMING_CALLS) while it runs.
+        with self.deps.subscriptions.lease(ns.key):
+            bucket, objects, stat = await self._stat(message)
+            if stat is None:
+                yield pb.ObjectGetStreamResponse(found=False)
+                return
+            yield pb.ObjectGetStreamResponse(found=True, info=_info(stat))
+            # Closed explicitly: the reader holds a NATS consumer until it is.
+            async with contextlib.aclosing(
+                cast(AsyncGenerator[bytes], objects.read(bucket, stat))
+            ) as chunks:
+                async for chunk in chunks:
+                    yield pb.ObjectGetStreamResponse(chunk=chunk)

@@ -203,7 +203,7 @@ async def _prepare(rpc: str, user: str, stub: pb.NatsServiceStub) -> str:
 async def _flood(rpc: str, user: str, stub: pb.NatsServiceStub, nc: nats.NATS) -> None:
     ns = Namespace(Tenant.user(user))
     if rpc == "Subscribe":
-        await flood_subject(nc, ns.subject("flood.here"), 4 * MIB, 64 * 1024)
+        await flood_subject(nc, ns.subject("flood.here"), 48 * MIB, 64 * 1024)
     elif rpc == "KVWatch":
         value = os.urandom(64 * 1024)
         for index in range(400):
@@ -258,6 +258,8 @@ async def test_killed_client_releases_every_stream(
             assert held_subs > baseline_subs
         assert after_subs == baseline_subs
     if rpc == "Subscribe":
-        # Memory: what the streams' buffers held is given back, round after round (allocator
-        # slack allowed). KV and object reads buffer inside nats-py; their RSS is printed above.
-        assert rounds[-1][4] - baseline_rss < 48 * MIB
+        # Memory: what the streams' buffers held is given back, round after round. The bound
+        # leaves room for allocator retention (glibc keeps freed 64 KiB blocks in its heap);
+        # the leak this guards against held 20 full buffers per round (52 -> 526 MB in the
+        # issue). KV and object reads buffer inside nats-py; their RSS is printed above.
+        assert rounds[-1][4] - baseline_rss < 96 * MIB
