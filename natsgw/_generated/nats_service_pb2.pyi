@@ -294,21 +294,23 @@ class PublishBatchResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., published_count: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "subject", "queue_group", "scope")
+    __slots__ = ("user_id", "organization_id", "subject", "queue_group", "scope", "max_batch")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     QUEUE_GROUP_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     subject: str
     queue_group: str
     scope: NamespaceScope
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ..., queue_group: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+    max_batch: int
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ..., queue_group: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ..., max_batch: _Optional[int] = ...) -> None: ...
 
 class MessageResponse(_message.Message):
-    __slots__ = ("subject", "data", "headers", "reply_to", "timestamp", "sequence", "dropped")
+    __slots__ = ("subject", "data", "headers", "reply_to", "timestamp", "sequence", "dropped", "batch")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -323,6 +325,7 @@ class MessageResponse(_message.Message):
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     subject: str
     data: bytes
     headers: _containers.ScalarMap[str, str]
@@ -330,7 +333,8 @@ class MessageResponse(_message.Message):
     timestamp: _timestamp_pb2.Timestamp
     sequence: int
     dropped: int
-    def __init__(self, subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., reply_to: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
+    batch: _containers.RepeatedCompositeFieldContainer[MessageResponse]
+    def __init__(self, subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., reply_to: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ..., dropped: _Optional[int] = ..., batch: _Optional[_Iterable[_Union[MessageResponse, _Mapping]]] = ...) -> None: ...
 
 class UnsubscribeRequest(_message.Message):
     __slots__ = ("user_id", "organization_id", "subject", "scope")
@@ -395,18 +399,20 @@ class RequestResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., data: _Optional[bytes] = ..., error_message: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class QueueSubscribeRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "subject", "queue_group", "scope")
+    __slots__ = ("user_id", "organization_id", "subject", "queue_group", "scope", "max_batch")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     QUEUE_GROUP_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     subject: str
     queue_group: str
     scope: NamespaceScope
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ..., queue_group: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+    max_batch: int
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ..., queue_group: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ..., max_batch: _Optional[int] = ...) -> None: ...
 
 class CreateStreamRequest(_message.Message):
     __slots__ = ("user_id", "organization_id", "config", "scope")

@@ -23,7 +23,7 @@ never blocks: a full mailbox drops (or closes its stream) on its own, and the NA
 from __future__ import annotations
 
 import asyncio
-import datetime
+import time
 
 import structlog
 
@@ -50,7 +50,7 @@ class _Group:
         self._next = 0
 
     def deliver(self, message: Message) -> None:
-        now = datetime.datetime.now(datetime.UTC)
+        now = time.time_ns()
         members = self.members
         if not self.interest[1]:
             for box in members:

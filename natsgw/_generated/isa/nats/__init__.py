@@ -1353,6 +1353,12 @@ class MessageResponse(betterproto2.Message):
     NATSGW_SLOW_CONSUMER_POLICY=drop); the gaps in `sequence` show where. 0: nothing dropped.
     """
 
+    batch: "list[MessageResponse]" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    natsgw: with max_batch > 1, further messages delivered in this response, in order after the
+    one in fields 1-7 (each with its own sequence and dropped). Empty otherwise.
+    """
+
 
 default_message_pool.register_message("isa.nats", "MessageResponse", MessageResponse)
 
@@ -1933,6 +1939,11 @@ class QueueSubscribeRequest(betterproto2.Message):
     natsgw: whose namespace the call works in (default: the caller's own).
     """
 
+    max_batch: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+    """
+    natsgw: most messages per response; see SubscribeRequest.max_batch.
+    """
+
 
 default_message_pool.register_message("isa.nats", "QueueSubscribeRequest", QueueSubscribeRequest)
 
@@ -2146,6 +2157,14 @@ class SubscribeRequest(betterproto2.Message):
     )
     """
     natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
+    max_batch: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+    """
+    natsgw: most messages per response (0 or 1: one, as before). With N > 1 the first message
+    fills MessageResponse's own fields and up to N-1 more that were waiting ride in its `batch`
+    (at most 1000, and about 1 MiB of payload per response). Opt-in: old clients read one per
+    response, unchanged.
     """
 
 
