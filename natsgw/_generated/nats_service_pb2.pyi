@@ -1400,7 +1400,7 @@ class AckMessagesResponse(_message.Message):
     def __init__(self, succeeded: _Optional[int] = ..., results: _Optional[_Iterable[_Union[AckResult, _Mapping]]] = ...) -> None: ...
 
 class ConsumeRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "max_messages", "max_bytes", "heartbeat", "scope")
+    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "max_messages", "max_bytes", "heartbeat", "scope", "max_batch")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -1409,6 +1409,7 @@ class ConsumeRequest(_message.Message):
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     stream_name: str
@@ -1417,16 +1418,19 @@ class ConsumeRequest(_message.Message):
     max_bytes: int
     heartbeat: _duration_pb2.Duration
     scope: NamespaceScope
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., max_messages: _Optional[int] = ..., max_bytes: _Optional[int] = ..., heartbeat: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+    max_batch: int
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., max_messages: _Optional[int] = ..., max_bytes: _Optional[int] = ..., heartbeat: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ..., max_batch: _Optional[int] = ...) -> None: ...
 
 class ConsumeResponse(_message.Message):
-    __slots__ = ("message", "heartbeat", "outstanding_messages", "outstanding_bytes")
+    __slots__ = ("message", "heartbeat", "outstanding_messages", "outstanding_bytes", "batch")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     OUTSTANDING_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     OUTSTANDING_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     message: JetStreamMessage
     heartbeat: bool
     outstanding_messages: int
     outstanding_bytes: int
-    def __init__(self, message: _Optional[_Union[JetStreamMessage, _Mapping]] = ..., heartbeat: _Optional[bool] = ..., outstanding_messages: _Optional[int] = ..., outstanding_bytes: _Optional[int] = ...) -> None: ...
+    batch: _containers.RepeatedCompositeFieldContainer[JetStreamMessage]
+    def __init__(self, message: _Optional[_Union[JetStreamMessage, _Mapping]] = ..., heartbeat: _Optional[bool] = ..., outstanding_messages: _Optional[int] = ..., outstanding_bytes: _Optional[int] = ..., batch: _Optional[_Iterable[_Union[JetStreamMessage, _Mapping]]] = ...) -> None: ...

@@ -17,7 +17,7 @@ from natsgw.adapter.jetstream import (
     exceeds_max_bytes,
     pull_refusal,
 )
-from natsgw.adapter.types import JetStreamDelivery
+from natsgw.adapter.types import JetStreamDelivery, PullStatus
 from natsgw.errors import DeadlineExceeded, Unavailable
 from natsgw.service.deliveries import FlowWindow
 from natsgw.service.subscriptions import Mailbox
@@ -30,6 +30,8 @@ log = structlog.get_logger("natsgw.service.consume")
 
 #: How long a pull request of a Consume stream lives at NATS before it is renewed.
 CONSUME_PULL_EXPIRES = 30.0
+#: Payload bytes a batched Consume response collects beyond its first message.
+BATCH_BYTES = 1024 * 1024
 #: How often a Consume stream whose window is full looks at the consumer's ack floor in NATS
 #: (acks sent through another replica free its window that way).
 CONSUME_RECONCILE_EVERY = 1.0
@@ -52,6 +54,7 @@ class ConsumeSession:
         pipe: PullPipe,
         window: FlowWindow,
         heartbeat: float,
+        max_batch: int = 1,
     ) -> None:
         self.h = handlers
         self.ns = ns
@@ -67,6 +70,9 @@ class ConsumeSession:
         self.oversize = False
         self.failures = 0
         self.stopped = False
+        self.max_batch = max_batch
+        #: A status read while collecting a batch, handled on the next turn.
+        self._held: JetStreamDelivery | PullStatus | None = None
 
     def stop(self) -> None:
         """End the stream (normally) at the next step; wakes whatever it waits for."""
@@ -122,7 +128,10 @@ class ConsumeSession:
                 await self.window.wait_changed(wake - clock())
                 continue
             stale_at = last_heard + 2 * self.nats_heartbeat + 1.0
-            item = await self.pipe.next(min(wake, stale_at) - clock())
+            item: JetStreamDelivery | PullStatus | None = self._held
+            self._held = None
+            if item is None:
+                item = await self.pipe.next(min(wake, stale_at) - clock())
             if item is None:
                 if clock() >= stale_at:
                     log.info("consume_pull_lost", stream=self.stream, consumer=self.consumer)
@@ -130,11 +139,9 @@ class ConsumeSession:
                 continue
             last_heard = clock()
             if isinstance(item, JetStreamDelivery):
-                self.remaining -= 1
-                if self.remaining <= 0:
-                    self.open = False
-                self.window.add(item.stream_seq, item.nats_size)
-                yield self._status(message=self.h._deliver(self.ns, item))
+                batch = await self._batch(item)
+                messages = [self.h._deliver(self.ns, delivery) for delivery in batch]
+                yield self._status(message=messages[0], batch=messages[1:])
                 last_sent = clock()
                 continue
             if item.code == 100:
@@ -163,6 +170,29 @@ class ConsumeSession:
                 retry_at = clock() + backoff_delay(self.failures)
                 continue
             raise pull_refusal(item)
+
+    def _account(self, delivery: JetStreamDelivery) -> None:
+        self.remaining -= 1
+        if self.remaining <= 0:
+            self.open = False
+        self.window.add(delivery.stream_seq, delivery.nats_size)
+
+    async def _batch(self, first: JetStreamDelivery) -> list[JetStreamDelivery]:
+        """``first`` and (with max_batch) the deliveries already waiting behind it."""
+        self._account(first)
+        batch = [first]
+        size = len(first.data)
+        while len(batch) < self.max_batch and self.open and size < BATCH_BYTES:
+            more = await self.pipe.next(0)  # only what is already there
+            if more is None:
+                break
+            if not isinstance(more, JetStreamDelivery):
+                self._held = more
+                break
+            self._account(more)
+            batch.append(more)
+            size += len(more.data)
+        return batch
 
     async def _reconcile(self) -> None:
         """Free deliveries at or below the consumer's ack floor (acked anywhere)."""

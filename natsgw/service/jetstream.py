@@ -74,6 +74,8 @@ MIN_HEARTBEAT = 0.1
 MAX_HEARTBEAT = 300.0
 #: How long PublishToStream trusts a stream's subject list before reading it again.
 STREAM_SUBJECTS_TTL = 2.0
+#: Most messages one Consume response carries with max_batch.
+MAX_CONSUME_BATCH = 1000
 #: JetStream's own default ack wait, for consumers created without one.
 NATS_DEFAULT_ACK_WAIT = 30.0
 
@@ -499,6 +501,10 @@ class JetStreamHandlers(Handlers):
                 raise InvalidArgument("max_bytes", f"must be positive (got {max_bytes})")
             heartbeat = seconds_field(message.heartbeat, "heartbeat", maximum=MAX_HEARTBEAT)
             heartbeat = heartbeat or DEFAULT_HEARTBEAT
+            if not 0 <= message.max_batch <= MAX_CONSUME_BATCH:
+                raise InvalidArgument(
+                    "max_batch", f"must be 0 to {MAX_CONSUME_BATCH} (got {message.max_batch})"
+                )
             if heartbeat < MIN_HEARTBEAT:
                 raise InvalidArgument("heartbeat", f"must be at least {MIN_HEARTBEAT:g}s")
             parts = self.jetstream_parts
@@ -511,7 +517,9 @@ class JetStreamHandlers(Handlers):
                 ack_all=info.spec.ack_policy == "all",
             )
             pipe = await parts.js.open_pull(stream, consumer, max_msgs)
-            session = ConsumeSession(self, ns, stream, consumer, pipe, window, heartbeat)
+            session = ConsumeSession(
+                self, ns, stream, consumer, pipe, window, heartbeat, max(message.max_batch, 1)
+            )
             # Registered with the gateway's streams so that shutdown ends it cleanly (status OK),
             # like Subscribe. The key holds spaces: no tenant subject can name it in Unsubscribe.
             shutdown = Mailbox(1, 1, self.settings.slow_consumer_policy)

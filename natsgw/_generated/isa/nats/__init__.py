@@ -470,6 +470,13 @@ class ConsumeRequest(betterproto2.Message):
         8, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
     )
 
+    max_batch: "int" = betterproto2.field(9, betterproto2.TYPE_INT32)
+    """
+    natsgw: most messages per response (0 or 1: one, as before). With N > 1, up to N-1 more
+    messages that were already waiting ride in ConsumeResponse.batch after `message` (at most
+    1000, about 1 MiB of payload beyond the first). Opt-in: old clients are unaffected.
+    """
+
 
 default_message_pool.register_message("isa.nats", "ConsumeRequest", ConsumeRequest)
 
@@ -491,6 +498,14 @@ class ConsumeResponse(betterproto2.Message):
     """
 
     outstanding_bytes: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+
+    batch: "list[JetStreamMessage]" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    natsgw: with max_batch > 1, further messages delivered in this response, in order after
+    `message`; each is acked like `message`. Empty otherwise.
+    """
 
 
 default_message_pool.register_message("isa.nats", "ConsumeResponse", ConsumeResponse)
