@@ -159,7 +159,7 @@ class Gateway:
         listener = cast(asyncio.Server | None, self._server._server)
         sockets = listener.sockets if listener is not None else ()
         self.port = int(sockets[0].getsockname()[1]) if sockets else settings.grpc_port
-        self.metrics.bind(self.adapter, self.subscriptions, self.audit)
+        self.metrics.bind(self.adapter, self.subscriptions, self.audit, self.fanout)
         if settings.http_port is not None:
             self.http = HttpSide(self.metrics, self.adapter, jetstream=settings.jetstream_enabled)
             await self.http.start(settings.http_host or settings.grpc_host, settings.http_port)

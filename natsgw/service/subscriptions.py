@@ -144,12 +144,15 @@ class SubscriptionRegistry:
         self._active: dict[tuple[str, str], set[Mailbox]] = {}
         self.stream_limit = stream_limit
         self._open: dict[str, int] = {}
+        #: Calls refused because their tenant had ``stream_limit`` open (a metric).
+        self.refused = 0
 
     @contextlib.contextmanager
     def lease(self, tenant_key: str) -> Iterator[None]:
         """Hold one of the tenant's stream slots for the ``with`` block, or refuse the call."""
         held = self._open.get(tenant_key, 0)
         if self.stream_limit and held >= self.stream_limit:
+            self.refused += 1
             raise ResourceExhausted(
                 f"too many open streams: this tenant already has {held} Subscribe, "
                 "QueueSubscribe, Consume, KVWatch or ObjectGetStream calls open on this gateway, "

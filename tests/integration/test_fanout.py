@@ -21,6 +21,7 @@ from natsgw.ops.embedded import EmbeddedNatsServer
 from natsgw.tenancy import Namespace, Tenant
 from tests.conftest import GatewayFactory, tenant
 from tests.integration.test_messaging import mapped, open_subscription, subsz
+from tests.integration.test_metrics import scrape
 
 NOISY = Path(__file__).with_name("_noisy_tenant.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,7 +104,7 @@ async def test_queue_group_is_one_interest_and_each_message_goes_to_one_member(
 async def test_streams_per_tenant_are_capped_naming_the_setting(
     make_gateway: GatewayFactory,
 ) -> None:
-    gw = await make_gateway(quota_streaming_calls=3)
+    gw = await make_gateway(quota_streaming_calls=3, http_port=0)
     channel = Channel("127.0.0.1", gw.port)
     stub = pb.NatsServiceStub(channel)
     noisy, quiet = tenant(), tenant()
@@ -138,9 +139,13 @@ async def test_streams_per_tenant_are_capped_naming_the_setting(
                     break
                 await asyncio.sleep(0.02)
             async with open_subscription(stub, pb.SubscribeRequest(user_id=noisy, subject="again")):
-                pass
+                samples = await scrape(gw.http_port)
     finally:
         channel.close()
+    # Counted: the two refusals, and the NATS subscriptions behind the open streams (s1, s2,
+    # again: one each; the cancelled s0 is gone).
+    assert samples[("natsgw_streaming_calls_refused_total", ())] == 2
+    assert samples[("natsgw_subscription_nats_subscriptions", ())] == 3
 
 
 async def _slow_consumers(server: EmbeddedNatsServer) -> int:
