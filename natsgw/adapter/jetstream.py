@@ -367,7 +367,10 @@ class PullPipe:
         ``timeout`` (or :meth:`interrupt` was called)."""
         while True:
             try:
-                msg = await asyncio.wait_for(self._queue.get(), max(timeout, 0.0))
+                # Not wait_for: on Python 3.11 it can swallow a cancellation that coincides with
+                # a message arriving, and the cancelled Consume call would never end.
+                async with asyncio.timeout(max(timeout, 0.0)):
+                    msg = await self._queue.get()
             except TimeoutError:
                 return None
             if msg is None:
