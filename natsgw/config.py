@@ -46,7 +46,8 @@ class AuthMode(StrEnum):
 class SlowConsumerPolicy(StrEnum):
     #: End the subscription stream with RESOURCE_EXHAUSTED: the client learns it fell behind.
     CLOSE = "close"
-    #: Drop new messages while the buffer is full; gaps show in ``MessageResponse.sequence``.
+    #: NATS's own convention (the default): drop new messages while the buffer is full; gaps
+    #: show in ``MessageResponse.sequence`` and the count in ``MessageResponse.dropped``.
     DROP = "drop"
 
 
@@ -79,9 +80,13 @@ class Settings:
     max_message_size: int = 10 * MIB
     request_timeout: float = 5.0
     publish_confirm_timeout: float = 5.0
+    # Server streams: buffers, slow consumers (natsgw.service.subscriptions, .fanout)
     subscription_buffer_msgs: int = 1024
-    subscription_buffer_bytes: int = 8 * MIB
-    slow_consumer_policy: SlowConsumerPolicy = SlowConsumerPolicy.CLOSE
+    #: 0: twice max_message_size. Never below max_message_size (checked in validated()).
+    subscription_buffer_bytes: int = 0
+    slow_consumer_policy: SlowConsumerPolicy = SlowConsumerPolicy.DROP
+    #: Open Subscribe/QueueSubscribe/Consume/KVWatch/ObjectGetStream calls per tenant (0: no limit).
+    quota_streaming_calls: int = 256
     shutdown_grace: float = 10.0
     #: Serving processes on the one gRPC port (SO_REUSEPORT); 1: this process serves itself.
     workers: int = 1
@@ -172,6 +177,11 @@ class Settings:
         return f"Settings({', '.join(shown)})"
 
     @property
+    def stream_buffer_bytes(self) -> int:
+        """Bytes one stream may buffer: always room for the largest message the gateway takes."""
+        return self.subscription_buffer_bytes or 2 * self.max_message_size
+
+    @property
     def embedded(self) -> bool:
         """No NATS_URLS: natsgw runs its own nats-server."""
         return not self.nats_urls
@@ -203,10 +213,11 @@ class Settings:
             request_timeout=e.get("NATSGW_REQUEST_TIMEOUT", _seconds, 5.0),
             publish_confirm_timeout=e.get("NATSGW_PUBLISH_CONFIRM_TIMEOUT", _seconds, 5.0),
             subscription_buffer_msgs=e.get("NATSGW_SUBSCRIPTION_BUFFER_MSGS", _positive, 1024),
-            subscription_buffer_bytes=e.get("NATSGW_SUBSCRIPTION_BUFFER_BYTES", _size, 8 * MIB),
+            subscription_buffer_bytes=e.get("NATSGW_SUBSCRIPTION_BUFFER_BYTES", _size, 0),
             slow_consumer_policy=e.get(
-                "NATSGW_SLOW_CONSUMER_POLICY", SlowConsumerPolicy, SlowConsumerPolicy.CLOSE
+                "NATSGW_SLOW_CONSUMER_POLICY", SlowConsumerPolicy, SlowConsumerPolicy.DROP
             ),
+            quota_streaming_calls=e.get("NATSGW_QUOTA_STREAMING_CALLS", _count, 256),
             shutdown_grace=e.get("NATSGW_SHUTDOWN_GRACE", _seconds, 10.0),
             workers=e.get("NATSGW_WORKERS", _workers, 1),
             log_level=e.get("NATSGW_LOG_LEVEL", _log_level, "info"),
@@ -282,6 +293,13 @@ class Settings:
             raise ConfigError(
                 "NATSGW_TLS_CLIENT_CA_FILE (mutual TLS) needs NATSGW_TLS_CERT_FILE and "
                 "NATSGW_TLS_KEY_FILE"
+            )
+        if 0 < self.subscription_buffer_bytes < self.max_message_size:
+            raise ConfigError(
+                f"NATSGW_SUBSCRIPTION_BUFFER_BYTES={self.subscription_buffer_bytes} is below "
+                f"NATSGW_MAX_MESSAGE_SIZE={self.max_message_size}: a message the gateway accepts "
+                "could never be delivered to a stream. Raise it, or leave it unset (twice the "
+                "message size)"
             )
         if self.auth_mode is AuthMode.TOKEN and self.auth_tokens_file is None:
             raise ConfigError("NATSGW_AUTH_MODE=token needs NATSGW_AUTH_TOKENS_FILE")

@@ -45,6 +45,7 @@ from natsgw.ops.tls import server_context
 from natsgw.pipeline.chain import InFlight, Pipeline
 from natsgw.pipeline.quotas import QuotaEnforcer, QuotaPolicy
 from natsgw.pipeline.rejects import RejectLog
+from natsgw.service.fanout import FanOut
 from natsgw.service.gateway import NATSGateway, Services
 from natsgw.wire import compression, frames
 from natsgw.wire.codec import GatewayCodec, RepeatedLimits, UpbBridge
@@ -94,7 +95,8 @@ class Gateway:
         self.embedded: EmbeddedNatsServer | None = None
         self.adapter: NatsAdapter | None = None
         self.monitor: NatsMonitor | None = None
-        self.subscriptions = MeteredSubscriptionRegistry()
+        self.subscriptions = MeteredSubscriptionRegistry(self.settings.quota_streaming_calls)
+        self.fanout: FanOut | None = None
         self.metrics = Metrics()
         self.audit = AuditLog(_loki_shipper(self.settings))
         self.quota_policy = QuotaPolicy.from_settings(self.settings)
@@ -168,6 +170,7 @@ class Gateway:
                 settings.namespace_root,
                 on_refusal=lambda quota: self.metrics.quota_refusals.labels(quota).inc(),
             )
+        subscriptions = self.subscriptions
         self.pipeline = Pipeline(
             authenticator=self.authenticator,
             metrics=self.metrics,
@@ -178,9 +181,22 @@ class Gateway:
             in_flight=self.in_flight,
             credential_recheck=settings.auth_recheck_interval,
             on_undecodable=RejectLog(),
+            stream_leases=lambda call: subscriptions.lease(call.ns.key),
+        )
+        # Shared subscriptions queue little in nats-py (delivery into mailboxes never blocks);
+        # its limits only bound a burst the event loop has not caught up with yet.
+        self.fanout = FanOut(
+            self.adapter,
+            pending_msgs=max(65536, 16 * settings.subscription_buffer_msgs),
+            pending_bytes=max(64 * 1024 * 1024, 4 * settings.stream_buffer_bytes),
         )
         services = Services.build(
-            settings, self.adapter, self.subscriptions, self.monitor, self.authenticator
+            settings,
+            self.adapter,
+            self.subscriptions,
+            self.fanout,
+            self.monitor,
+            self.authenticator,
         )
         gateway = NATSGateway(services, self.pipeline)
         adapter = self.adapter
@@ -207,7 +223,7 @@ class Gateway:
         except BaseException:
             sock.close()
             raise
-        self.metrics.bind(self.adapter, self.subscriptions, self.audit)
+        self.metrics.bind(self.adapter, self.subscriptions, self.audit, self.fanout)
         if settings.http_port is not None:
             self.http = HttpSide(
                 self.metrics,
@@ -285,6 +301,9 @@ class Gateway:
         if self.http is not None:
             await self.http.stop()
             self.http = None
+        if self.fanout is not None:
+            await self.fanout.close()
+            self.fanout = None
         if self.adapter is not None:
             await self.adapter.close()
         if self.monitor is not None:

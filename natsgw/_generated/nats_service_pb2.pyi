@@ -294,21 +294,23 @@ class PublishBatchResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., published_count: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "subject", "queue_group", "scope")
+    __slots__ = ("user_id", "organization_id", "subject", "queue_group", "scope", "max_batch")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     QUEUE_GROUP_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     subject: str
     queue_group: str
     scope: NamespaceScope
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ..., queue_group: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+    max_batch: int
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ..., queue_group: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ..., max_batch: _Optional[int] = ...) -> None: ...
 
 class MessageResponse(_message.Message):
-    __slots__ = ("subject", "data", "headers", "reply_to", "timestamp", "sequence")
+    __slots__ = ("subject", "data", "headers", "reply_to", "timestamp", "sequence", "dropped", "batch")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -322,13 +324,17 @@ class MessageResponse(_message.Message):
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     subject: str
     data: bytes
     headers: _containers.ScalarMap[str, str]
     reply_to: str
     timestamp: _timestamp_pb2.Timestamp
     sequence: int
-    def __init__(self, subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., reply_to: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ...) -> None: ...
+    dropped: int
+    batch: _containers.RepeatedCompositeFieldContainer[MessageResponse]
+    def __init__(self, subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., reply_to: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ..., dropped: _Optional[int] = ..., batch: _Optional[_Iterable[_Union[MessageResponse, _Mapping]]] = ...) -> None: ...
 
 class UnsubscribeRequest(_message.Message):
     __slots__ = ("user_id", "organization_id", "subject", "scope")
@@ -393,18 +399,20 @@ class RequestResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., data: _Optional[bytes] = ..., error_message: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class QueueSubscribeRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "subject", "queue_group", "scope")
+    __slots__ = ("user_id", "organization_id", "subject", "queue_group", "scope", "max_batch")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     QUEUE_GROUP_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     subject: str
     queue_group: str
     scope: NamespaceScope
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ..., queue_group: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+    max_batch: int
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., subject: _Optional[str] = ..., queue_group: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ..., max_batch: _Optional[int] = ...) -> None: ...
 
 class CreateStreamRequest(_message.Message):
     __slots__ = ("user_id", "organization_id", "config", "scope")
@@ -1392,7 +1400,7 @@ class AckMessagesResponse(_message.Message):
     def __init__(self, succeeded: _Optional[int] = ..., results: _Optional[_Iterable[_Union[AckResult, _Mapping]]] = ...) -> None: ...
 
 class ConsumeRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "max_messages", "max_bytes", "heartbeat", "scope")
+    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "max_messages", "max_bytes", "heartbeat", "scope", "max_batch")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -1401,6 +1409,7 @@ class ConsumeRequest(_message.Message):
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     stream_name: str
@@ -1409,16 +1418,19 @@ class ConsumeRequest(_message.Message):
     max_bytes: int
     heartbeat: _duration_pb2.Duration
     scope: NamespaceScope
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., max_messages: _Optional[int] = ..., max_bytes: _Optional[int] = ..., heartbeat: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+    max_batch: int
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., max_messages: _Optional[int] = ..., max_bytes: _Optional[int] = ..., heartbeat: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ..., max_batch: _Optional[int] = ...) -> None: ...
 
 class ConsumeResponse(_message.Message):
-    __slots__ = ("message", "heartbeat", "outstanding_messages", "outstanding_bytes")
+    __slots__ = ("message", "heartbeat", "outstanding_messages", "outstanding_bytes", "batch")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     OUTSTANDING_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     OUTSTANDING_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     message: JetStreamMessage
     heartbeat: bool
     outstanding_messages: int
     outstanding_bytes: int
-    def __init__(self, message: _Optional[_Union[JetStreamMessage, _Mapping]] = ..., heartbeat: _Optional[bool] = ..., outstanding_messages: _Optional[int] = ..., outstanding_bytes: _Optional[int] = ...) -> None: ...
+    batch: _containers.RepeatedCompositeFieldContainer[JetStreamMessage]
+    def __init__(self, message: _Optional[_Union[JetStreamMessage, _Mapping]] = ..., heartbeat: _Optional[bool] = ..., outstanding_messages: _Optional[int] = ..., outstanding_bytes: _Optional[int] = ..., batch: _Optional[_Iterable[_Union[JetStreamMessage, _Mapping]]] = ...) -> None: ...

@@ -30,6 +30,8 @@ log = structlog.get_logger("natsgw.adapter")
 
 #: Retry delays towards NATS: reconnects, consumer re-creation, Consume pulls.
 NATS_BACKOFF = Backoff(base=0.25, cap=10.0)
+#: Bytes nats-py reads from its socket per turn of the event loop (natsgw.compat.nats).
+READ_SIZE = 1024 * 1024
 
 
 def backoff_delay(attempt: int) -> float:
@@ -141,8 +143,23 @@ class _Confirmer:
                 future.set_exception(Unavailable("the gateway is shutting down"))
 
 
+async def _on_deliveries_disconnected() -> None:
+    log.warning("nats_disconnected", connection="deliveries")
+
+
+async def _on_deliveries_reconnected() -> None:
+    log.info("nats_reconnected", connection="deliveries")
+
+
 class NatsAdapter:
-    """One NATS connection shared by every call, reconnecting with backoff while it runs."""
+    """Two NATS connections, reconnecting with backoff while they run.
+
+    The main one carries publishes, requests, JetStream and everything else; a second one
+    carries only the deliveries of core subscriptions (:meth:`subscribe`). However much a tenant
+    subscribes to, what nats-server queues towards the gateway for it cannot get the publishing
+    connection declared a slow consumer, and a cut delivery connection reconnects (and
+    resubscribes) on its own while publishes go on.
+    """
 
     def __init__(
         self,
@@ -167,12 +184,16 @@ class NatsAdapter:
         self._gateway_max_message = gateway_max_message
         self._jetstream_domain = jetstream_domain or None
         self._nc: NatsClient | None = None
+        self._deliveries: NatsClient | None = None
         self._confirmer: _Confirmer | None = None
         self._connect_task: asyncio.Task[None] | None = None
         #: Overflow callbacks by nats-py subscription (SlowConsumerError names its ``sub``).
         self._overflow: dict[NatsSubscription, Callable[[], None]] = {}
         self._reconnects = 0
         self._status = "CONNECTING"
+        # A busy gateway (many streams writing) must read NATS faster than nats-py's default
+        # 32 KiB per turn of the event loop, or nats-server cuts it as a slow consumer.
+        nats_compat.set_read_size(READ_SIZE)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -185,38 +206,50 @@ class NatsAdapter:
                 self._connect_task.result()
 
     async def _connect_forever(self) -> None:
+        nc = await self._connect_until_up(
+            name=self._options["name"],
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+            closed_cb=self._on_closed,
+        )
+        self._nc = nc
+        self._confirmer = _Confirmer(nc, self._confirm_timeout)
+        self._status = "CONNECTED"
+        log.info(
+            "nats_connected",
+            url=self._url(),
+            server=nats_compat.server_info(nc).get("server_name"),
+        )
+        self._deliveries = await self._connect_until_up(
+            name=f"{self._options['name']}:deliveries",
+            error_cb=self._on_delivery_error,
+            disconnected_cb=_on_deliveries_disconnected,
+            reconnected_cb=_on_deliveries_reconnected,
+        )
+
+    async def _connect_until_up(self, **callbacks: Any) -> NatsClient:
         attempt = 0
         while True:
             try:
-                nc = await nats.connect(
+                return await nats.connect(
                     servers=self._servers,
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
                     reconnect_to_server_handler=_reconnect_handler,
                     connect_timeout=2,
-                    error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                    closed_cb=self._on_closed,
-                    **self._options,
+                    **{**self._options, **callbacks},
                 )
             except Exception as exc:
                 delay = backoff_delay(attempt)
                 log.warning(
-                    "nats_connect_failed", error=str(exc) or type(exc).__name__, retry_in=delay
+                    "nats_connect_failed",
+                    connection=callbacks.get("name", ""),
+                    error=str(exc) or type(exc).__name__,
+                    retry_in=delay,
                 )
                 attempt += 1
                 await asyncio.sleep(delay)
-                continue
-            self._nc = nc
-            self._confirmer = _Confirmer(nc, self._confirm_timeout)
-            self._status = "CONNECTED"
-            log.info(
-                "nats_connected",
-                url=self._url(),
-                server=nats_compat.server_info(nc).get("server_name"),
-            )
-            return
 
     async def close(self, drain_timeout: float = 5.0) -> None:
         """Drain (deliver what is in flight, then close) and stop reconnecting."""
@@ -225,6 +258,10 @@ class NatsAdapter:
             await asyncio.gather(self._connect_task, return_exceptions=True)
         if self._confirmer is not None:
             await self._confirmer.close()
+        deliveries, self._deliveries = self._deliveries, None
+        if deliveries is not None and not deliveries.is_closed:
+            # Streams ended before this (shutdown order): nothing is left to deliver.
+            await deliveries.close()
         nc, self._nc = self._nc, None
         if nc is None or nc.is_closed:
             return
@@ -238,11 +275,16 @@ class NatsAdapter:
 
     async def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, SlowConsumerError):
+            return  # JetStream readers on this connection notice gaps themselves
+        log.warning("nats_error", error=str(exc) or type(exc).__name__)
+
+    async def _on_delivery_error(self, exc: Exception) -> None:
+        if isinstance(exc, SlowConsumerError):
             callback = self._overflow.get(exc.sub)
             if callback is not None:
                 callback()
             return
-        log.warning("nats_error", error=str(exc) or type(exc).__name__)
+        log.warning("nats_error", connection="deliveries", error=str(exc) or type(exc).__name__)
 
     async def _on_disconnected(self) -> None:
         if self._status == "CONNECTED":
@@ -369,8 +411,12 @@ class NatsAdapter:
         pending_msgs: int,
         pending_bytes: int,
     ) -> Subscription:
-        """Subscribe; ``on_message`` must not block (it runs on nats-py's delivery task)."""
-        nc = self.client()
+        """Subscribe on the delivery connection; ``on_message`` must not block (it runs on
+        nats-py's delivery task)."""
+        self.client()  # the same "not connected" answers as every other call
+        nc = self._deliveries
+        if nc is None or not nc.is_connected:
+            raise Unavailable("the NATS delivery connection is not up yet; retry shortly")
 
         async def deliver(msg: Msg) -> None:
             on_message(

@@ -367,11 +367,14 @@ class PullPipe:
         ``timeout`` (or :meth:`interrupt` was called)."""
         queue = self._queue
         while True:
-            if not queue.empty():  # the usual case mid-batch: no wait_for task and timer
+            if not queue.empty():  # the usual case mid-batch: no timer
                 msg = queue.get_nowait()
             else:
                 try:
-                    msg = await asyncio.wait_for(queue.get(), max(timeout, 0.0))
+                    # Not wait_for: on Python 3.11 it can swallow a cancellation that coincides
+                    # with a message arriving, and the cancelled Consume call would never end.
+                    async with asyncio.timeout(max(timeout, 0.0)):
+                        msg = await queue.get()
                 except TimeoutError:
                     return None
             if msg is None:

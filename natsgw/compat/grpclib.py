@@ -1,7 +1,9 @@
-"""grpclib internals the gateway needs: response-header state and compressed request frames."""
+"""grpclib internals the gateway needs: response-header state, compressed request frames,
+coalesced response writes and ending calls from outside."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -137,3 +139,30 @@ def cap_outbound_frames(max_frame: int) -> None:
             self._natsgw_max_outbound = min(value, max_frame)
 
     setattr(grpclib.protocol, "H2Connection", CappedH2Connection)  # noqa: B010 - not exported
+
+
+async def send_data(stream: grpclib.server.Stream[Any, Any], data: bytes) -> None:
+    """Write ``data`` — whole length-prefixed gRPC messages, or a slice of them — as HTTP/2 DATA
+    on the call's stream; returns when flow control let it through.
+
+    Why: ``Stream.send_message`` writes one message per DATA frame and socket write; a subscriber
+    that is behind has hundreds waiting, and one write for all of them is what lets the gateway
+    keep up (natsgw.pipeline.streaming). Only the private h2 stream (``Stream._stream``) takes
+    raw bytes. The response headers must have been sent (the pipeline does that first).
+    Upstream fix that removes it: a ``Stream.send_messages(iterable)`` (or a "more follows"
+    hint on ``send_message``) in grpclib.
+    """
+    await stream._stream.send_data(data)
+
+
+def count_sent(stream: grpclib.server.Stream[Any, Any], count: int) -> None:
+    """Count ``count`` messages written by :func:`send_data` as grpclib counts its own.
+
+    Why: grpclib's per-stream and per-connection counters (channelz-style statistics,
+    ``messages_sent`` / ``last_message_sent``) are updated inside ``send_message`` only, on
+    private attributes. Upstream fix that removes it: the same ``send_messages`` as above.
+    """
+    stream._messages_sent += count
+    connection = stream._stream.connection
+    connection.messages_sent += count
+    connection.last_message_sent = time.monotonic()

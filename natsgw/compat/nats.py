@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import nats.aio.client
+
 from natsgw.compat import require
 
 if TYPE_CHECKING:
@@ -37,3 +39,17 @@ def server_info(client: Client) -> Mapping[str, Any]:
     ``ConnectedServerName()`` and ``HeadersSupported()``.
     """
     return dict(client._server_info)
+
+
+def set_read_size(size: int) -> None:
+    """Make nats-py read up to ``size`` bytes from its socket per turn of the event loop.
+
+    Why: nats-py reads 32 KiB per turn. A gateway with many streams writing to gRPC clients then
+    reads NATS too slowly and nats-server cuts its connection as a slow consumer; 1 MiB per turn
+    keeps the read side ahead. The size is the module constant ``DEFAULT_BUFFER_SIZE``, read at
+    connect and on each read, with no connect option; setting it is process-wide (natsgw is the
+    only nats-py user in its process).
+    Upstream fix that removes it: a ``read_buffer_size`` option on ``nats.connect`` (nats.go
+    and nats.java size their read buffers per connection).
+    """
+    nats.aio.client.DEFAULT_BUFFER_SIZE = size

@@ -11,6 +11,8 @@ Per call (recorded by :mod:`natsgw.pipeline.chain`):
 Read at scrape time from the gateway's parts:
 
 - ``natsgw_subscriptions_active``, ``natsgw_subscription_dropped_messages_total``;
+- ``natsgw_subscription_nats_subscriptions`` (NATS subscriptions behind them: identical
+  subscriptions share one), ``natsgw_streaming_calls_refused_total`` (NATSGW_QUOTA_STREAMING_CALLS);
 - ``natsgw_nats_connected``, ``natsgw_nats_connection_state{state}``,
   ``natsgw_nats_reconnects_total``;
 - ``natsgw_audit_events_total``, ``natsgw_audit_queue_depth``, ``natsgw_audit_dropped_total``,
@@ -28,6 +30,7 @@ from prometheus_client.registry import Collector
 
 from natsgw.adapter import NatsAdapter
 from natsgw.ops.audit import AuditLog
+from natsgw.service.fanout import FanOut
 from natsgw.service.subscriptions import Mailbox, SubscriptionRegistry
 
 _LATENCY_BUCKETS = (
@@ -39,8 +42,8 @@ _STATES = ("CONNECTING", "CONNECTED", "RECONNECTING", "DRAINING", "CLOSED")
 class MeteredSubscriptionRegistry(SubscriptionRegistry):
     """A SubscriptionRegistry that also remembers how many messages its mailboxes dropped."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, stream_limit: int = 0) -> None:
+        super().__init__(stream_limit)
         self._live: set[Mailbox] = set()
         self._retired_drops = 0
 
@@ -68,10 +71,12 @@ class _StateCollector(Collector):
         adapter: NatsAdapter | None,
         subscriptions: SubscriptionRegistry,
         audit: AuditLog | None,
+        fanout: FanOut | None = None,
     ) -> None:
         self.adapter = adapter
         self.subscriptions = subscriptions
         self.audit = audit
+        self.fanout = fanout
 
     def collect(self) -> Iterator[Metric]:
         subs = self.subscriptions
@@ -80,6 +85,17 @@ class _StateCollector(Collector):
             "Subscribe/QueueSubscribe streams currently open",
             value=subs.active,
         )
+        yield CounterMetricFamily(
+            "natsgw_streaming_calls_refused",
+            "Streaming calls refused: the tenant had NATSGW_QUOTA_STREAMING_CALLS open",
+            value=subs.refused,
+        )
+        if self.fanout is not None:
+            yield GaugeMetricFamily(
+                "natsgw_subscription_nats_subscriptions",
+                "NATS subscriptions behind the open streams (identical ones share one)",
+                value=self.fanout.subscriptions,
+            )
         if isinstance(subs, MeteredSubscriptionRegistry):
             yield CounterMetricFamily(
                 "natsgw_subscription_dropped_messages",
@@ -176,9 +192,10 @@ class Metrics:
         adapter: NatsAdapter | None,
         subscriptions: SubscriptionRegistry,
         audit: AuditLog | None,
+        fanout: FanOut | None = None,
     ) -> None:
         """Expose the gateway parts' state at scrape time."""
-        self.registry.register(_StateCollector(adapter, subscriptions, audit))
+        self.registry.register(_StateCollector(adapter, subscriptions, audit, fanout))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

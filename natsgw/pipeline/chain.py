@@ -16,8 +16,12 @@ Every call then takes these steps, each a small method below (read top to bottom
     6. quotas                       the RPC's Cost (natsgw.pipeline.policy) against the tenant's
                                     limits; may hand the handler an adjusted copy of the request
     7. handler                      the service object's method: ``(call, request)``; streams are
-                                    async generators the pipeline OWNS and always ``aclose()``s,
-                                    so a cancelled or reset stream still runs its cleanup
+                                    async generators the pipeline OWNS and always ``aclose()``s
+                                    (shielded), so a cancelled or reset stream still runs its
+                                    cleanup; each holds one of its tenant's streaming-call slots
+                                    (NATSGW_QUOTA_STREAMING_CALLS) while it runs, and what it
+                                    yields as Frames is written several responses per socket
+                                    write (natsgw.pipeline.streaming)
     8. deadline                     ``call.timeout()``/``call.time_left()`` bound every wait by the
                                     client's deadline
     9. error mapping                any exception -> one gRPC status (natsgw.errors), its text
@@ -35,11 +39,13 @@ stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import AbstractContextManager
 from typing import Any, cast
 
 import grpclib.server
@@ -59,6 +65,7 @@ from natsgw.ops.metrics import Metrics
 from natsgw.pipeline.call import Call
 from natsgw.pipeline.policy import Audit, Policy
 from natsgw.pipeline.quotas import QuotaEnforcer, tenant_label
+from natsgw.pipeline.streaming import Frames, FrameWriter
 from natsgw.tenancy import Namespace, Tenant, public_text
 
 log = structlog.get_logger("natsgw.pipeline")
@@ -85,6 +92,7 @@ _RESOURCE_FIELDS = (
 )  # fmt: skip
 _MAX_FIELD = 256
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_NO_LEASE = contextlib.nullcontext()
 
 
 class InFlight:
@@ -132,6 +140,7 @@ class Pipeline:
         in_flight: InFlight | None = None,
         credential_recheck: float = 5.0,
         on_undecodable: Callable[[str, str], None] | None = None,
+        stream_leases: Callable[[Call], AbstractContextManager[None]] | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.metrics = metrics
@@ -145,6 +154,9 @@ class Pipeline:
         self.credential_recheck = credential_recheck
         #: Told ``(message type, peer)`` of each undecodable request (natsgw.pipeline.rejects).
         self.on_undecodable = on_undecodable
+        #: A streaming call's slot among its tenant's open streams (NATSGW_QUOTA_STREAMING_CALLS,
+        #: natsgw.service.subscriptions), held from admission until the stream ends.
+        self.stream_leases = stream_leases
         self._public = functools.partial(public_text, root=root)
 
     def handler(self, policy: Policy, cardinality: Cardinality, endpoint: Endpoint) -> GrpcHandler:
@@ -213,14 +225,25 @@ class Pipeline:
     ) -> Callable[[Call, Stream], Awaitable[None]]:
         async def body(call: Call, stream: Stream) -> None:
             request = await self._admit(call, await stream.recv_message(), long_lived=True)
-            replies = endpoint(call, request)
-            try:
-                async for reply in replies:
-                    await self._send(call, stream, reply)
-            finally:
-                # grpclib awaits its sends outside the handler's generator, so a cancelled or
-                # reset call would leave the generator suspended with its subscription open.
-                await replies.aclose()
+            lease = self.stream_leases(call) if self.stream_leases is not None else _NO_LEASE
+            with lease:  # one of the tenant's streaming-call slots while the stream runs
+                replies = endpoint(call, request)
+                writer: FrameWriter | None = None
+                try:
+                    async for reply in replies:
+                        if not isinstance(reply, Frames):
+                            await self._send(call, stream, reply)
+                            continue
+                        if not call.headers_sent:
+                            await call.ready()
+                        writer = writer or FrameWriter(stream)
+                        await writer.write(reply)
+                finally:
+                    # The sends are awaited here, outside the handler's generator, so a cancelled
+                    # or reset call would leave the generator suspended with its subscription
+                    # open: close it, shielded, because grpclib cancels a second time when it
+                    # closes the connection and that must not cut the cleanup short.
+                    await asyncio.shield(replies.aclose())
 
         return body
 

@@ -17,6 +17,7 @@ from natsgw.adapter.types import (
     JetStreamDelivery,
     LeadershipChange,
     NoResponders,
+    PullOutcome,
     TooLarge,
 )
 from natsgw.errors import DeadlineExceeded, Unavailable
@@ -27,6 +28,8 @@ log = structlog.get_logger("natsgw.service.consume")
 
 #: How long a pull request of a Consume stream lives at NATS before it is renewed.
 CONSUME_PULL_EXPIRES = 30.0
+#: Payload bytes a batched Consume response collects beyond its first message.
+BATCH_BYTES = 1024 * 1024
 #: How often a Consume stream whose window is full looks at the consumer's ack floor in NATS
 #: (acks sent through another replica free its window that way).
 CONSUME_RECONCILE_EVERY = 1.0
@@ -49,6 +52,7 @@ class ConsumeSession:
         pipe: PullPipe,
         window: FlowWindow,
         heartbeat: float,
+        max_batch: int = 1,
     ) -> None:
         self.js = js
         #: Turns a delivery into what the tenant sees (and remembers it for ack-by-sequence).
@@ -65,6 +69,9 @@ class ConsumeSession:
         self.oversize = False
         self.failures = 0
         self.stopped = False
+        self.max_batch = max_batch
+        #: A status read while collecting a batch, handled on the next turn.
+        self._held: PullOutcome | None = None
 
     def stop(self) -> None:
         """End the stream (normally) at the next step; wakes whatever it waits for."""
@@ -120,7 +127,10 @@ class ConsumeSession:
                 await self.window.wait_changed(wake - clock())
                 continue
             stale_at = last_heard + 2 * self.nats_heartbeat + 1.0
-            item = await self.pipe.next(min(wake, stale_at) - clock())
+            item: PullOutcome | None = self._held
+            self._held = None
+            if item is None:
+                item = await self.pipe.next(min(wake, stale_at) - clock())
             if item is None:
                 if clock() >= stale_at:
                     log.info("consume_pull_lost", stream=self.stream, consumer=self.consumer)
@@ -128,11 +138,9 @@ class ConsumeSession:
                 continue
             last_heard = clock()
             if isinstance(item, JetStreamDelivery):
-                self.remaining -= 1
-                if self.remaining <= 0:
-                    self.open = False
-                self.window.add(item.stream_seq, item.nats_size)
-                yield self._status(message=self.present(item))
+                batch = await self._batch(item)
+                messages = [self.present(delivery) for delivery in batch]
+                yield self._status(message=messages[0], batch=messages[1:])
                 last_sent = clock()
                 continue
             if isinstance(item, Heartbeat):
@@ -154,6 +162,29 @@ class ConsumeSession:
                 retry_at = clock() + backoff_delay(self.failures)
                 continue
             raise item.error  # ConsumerDeleted (NOT_FOUND) or PullRefused
+
+    def _account(self, delivery: JetStreamDelivery) -> None:
+        self.remaining -= 1
+        if self.remaining <= 0:
+            self.open = False
+        self.window.add(delivery.stream_seq, delivery.nats_size)
+
+    async def _batch(self, first: JetStreamDelivery) -> list[JetStreamDelivery]:
+        """``first`` and (with max_batch) the deliveries already waiting behind it."""
+        self._account(first)
+        batch = [first]
+        size = len(first.data)
+        while len(batch) < self.max_batch and self.open and size < BATCH_BYTES:
+            more = await self.pipe.next(0)  # only what is already there
+            if more is None:
+                break
+            if not isinstance(more, JetStreamDelivery):
+                self._held = more
+                break
+            self._account(more)
+            batch.append(more)
+            size += len(more.data)
+        return batch
 
     async def _reconcile(self) -> None:
         """Free deliveries at or below the consumer's ack floor (acked anywhere)."""

@@ -137,8 +137,11 @@ class FlowWindow:
 
     async def wait_changed(self, timeout: float) -> None:
         self._changed.clear()
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that
+        # coincides with the event, leaving a cancelled Consume call running.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), max(timeout, 0.0))
+            async with asyncio.timeout(max(timeout, 0.0)):
+                await self._changed.wait()
 
     def _drop(self, seq: int) -> None:
         entry = self._out.pop(seq, None)

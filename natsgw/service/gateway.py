@@ -20,6 +20,7 @@ from natsgw.config import Settings
 from natsgw.ops.monitoring import NatsMonitor
 from natsgw.pipeline.chain import Endpoint, Pipeline
 from natsgw.pipeline.policy import POLICIES, SERVICE
+from natsgw.service.fanout import FanOut
 from natsgw.service.health import HealthService
 from natsgw.service.jetstream import JetStreamService
 from natsgw.service.kv import KeyValueService
@@ -46,12 +47,13 @@ class Services:
         settings: Settings,
         adapter: NatsAdapter,
         subscriptions: SubscriptionRegistry,
+        fanout: FanOut,
         monitor: NatsMonitor,
         authenticator: Authenticator,
     ) -> Services:
         js = JetStreamAdapter(adapter, settings.request_timeout)
         return cls(
-            messaging=MessagingService(settings, adapter, subscriptions),
+            messaging=MessagingService(settings, adapter, subscriptions, fanout),
             jetstream=JetStreamService(settings, js, subscriptions),
             kv=KeyValueService(settings, adapter, subscriptions),
             objects=ObjectStoreService(settings, adapter),

@@ -518,6 +518,13 @@ class JetStreamService:
         heartbeat = heartbeat or DEFAULT_HEARTBEAT
         if heartbeat < MIN_HEARTBEAT:
             raise InvalidArgument("heartbeat", f"must be at least {MIN_HEARTBEAT:g}s")
+        # Bounded like incoming batches (NATSGW_MAX_BATCH_MESSAGES, natsgw.wire.codec).
+        batch_limit = self.settings.max_batch_messages
+        if not 0 <= message.max_batch <= batch_limit:
+            raise InvalidArgument(
+                "max_batch",
+                f"must be 0 to {batch_limit} (NATSGW_MAX_BATCH_MESSAGES; got {message.max_batch})",
+            )
         parts = self
         info = await parts.js.consumer_info(stream, consumer)
         window = FlowWindow(
@@ -529,7 +536,14 @@ class JetStreamService:
         )
         pipe = await parts.js.open_pull(stream, consumer, max_msgs)
         session = ConsumeSession(
-            self.js, functools.partial(self.present, ns), stream, consumer, pipe, window, heartbeat
+            self.js,
+            functools.partial(self.present, ns),
+            stream,
+            consumer,
+            pipe,
+            window,
+            heartbeat,
+            max(message.max_batch, 1),
         )
         # Registered with the gateway's streams so that shutdown ends it cleanly (status OK),
         # like Subscribe. The key holds spaces: no tenant subject can name it in Unsubscribe.
@@ -543,11 +557,12 @@ class JetStreamService:
             async for response in session.run():
                 yield response
         finally:
+            # Synchronous releases first: a second cancellation cannot skip them.
             watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
             self.subscriptions.remove(ns.key, registry_key, shutdown)
             parts.windows.remove(stream, consumer, window)
             await pipe.close()
+            await asyncio.gather(watcher, return_exceptions=True)
 
 
 def _ack_payload(action: pb.AckAction, delay: float) -> bytes:

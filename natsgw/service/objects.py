@@ -8,8 +8,10 @@ NATS keeps checked on the way in and on the way out.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from typing import cast
 
 from natsgw._generated.isa import nats as pb
 from natsgw.adapter import NatsAdapter
@@ -199,5 +201,9 @@ class ObjectStoreService:
             yield pb.ObjectGetStreamResponse(found=False)
             return
         yield pb.ObjectGetStreamResponse(found=True, info=_info(stat))
-        async for chunk in objects.read(bucket, stat):
-            yield pb.ObjectGetStreamResponse(chunk=chunk)
+        # Closed explicitly: the reader holds a NATS consumer until it is.
+        async with contextlib.aclosing(
+            cast(AsyncGenerator[bytes, None], objects.read(bucket, stat))
+        ) as chunks:
+            async for chunk in chunks:
+                yield pb.ObjectGetStreamResponse(chunk=chunk)

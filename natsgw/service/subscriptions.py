@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from natsgw.adapter.types import Message
@@ -23,7 +26,16 @@ class Delivery:
     #: 1-based count of messages NATS delivered to this subscription, dropped ones included,
     #: so a gap in the numbers shows exactly how many were dropped.
     sequence: int
-    received_at: datetime.datetime
+    #: When the gateway received it from NATS, in nanoseconds since the epoch (cheap to take
+    #: per message; see :attr:`received_at`).
+    received_ns: int
+
+    @property
+    def received_at(self) -> datetime.datetime:
+        seconds, nanos = divmod(self.received_ns, 1_000_000_000)
+        return datetime.datetime.fromtimestamp(seconds, datetime.UTC).replace(
+            microsecond=nanos // 1000
+        )
 
 
 class Mailbox:
@@ -50,7 +62,12 @@ class Mailbox:
     def buffered(self) -> int:
         return len(self._queue)
 
-    def offer(self, message: Message) -> None:
+    def has_room(self, size: int) -> bool:
+        """Would a message of ``size`` bytes be kept now?"""
+        queue = self._queue
+        return not queue or (len(queue) < self.max_msgs and self._bytes + size <= self.max_bytes)
+
+    def offer(self, message: Message, received_ns: int = 0) -> None:
         self.received += 1
         if self._ended:
             return
@@ -58,12 +75,16 @@ class Mailbox:
             self.dropped += 1
             return
         size = len(message.data)
-        if len(self._queue) >= self.max_msgs or self._bytes + size > self.max_bytes:
+        # An empty mailbox takes any message, so one larger than the byte budget still goes
+        # (alone) to a subscriber that keeps up.
+        queue = self._queue
+        if queue and (len(queue) >= self.max_msgs or self._bytes + size > self.max_bytes):
             self.overflow()
             return
-        self._queue.append(Delivery(message, self.received, datetime.datetime.now(datetime.UTC)))
+        queue.append(Delivery(message, self.received, received_ns or time.time_ns()))
         self._bytes += size
-        self._ready.set()
+        if len(queue) == 1:
+            self._ready.set()
 
     def overflow(self, count: int = 1) -> None:
         """Our buffer was full: count the loss, and end the stream under the close policy."""
@@ -79,11 +100,29 @@ class Mailbox:
 
     async def get(self) -> Delivery | None:
         """Next delivery; None when the stream has ended; raises when it overflowed."""
+        batch = await self.take(1)
+        return batch[0] if batch else None
+
+    async def take(self, limit: int, max_bytes: int = 0) -> list[Delivery]:
+        """Up to ``limit`` deliveries and (after the first) ``max_bytes`` of payload, waiting for
+        the first; [] when the stream has ended; raises when it overflowed (close policy) and
+        everything buffered was taken."""
         while True:
-            if self._queue:
-                delivery = self._queue.popleft()
-                self._bytes -= len(delivery.message.data)
-                return delivery
+            queue = self._queue
+            if queue:
+                first = queue.popleft()
+                size = len(first.message.data)
+                batch = [first]
+                if limit > 1:
+                    budget = max_bytes or self.max_bytes
+                    while queue and len(batch) < limit:
+                        more = len(queue[0].message.data)
+                        if size + more > budget:
+                            break
+                        batch.append(queue.popleft())
+                        size += more
+                self._bytes -= size
+                return batch
             if self._overflowed:
                 raise ResourceExhausted(
                     f"subscriber fell behind: its buffer of {self.max_msgs} messages / "
@@ -92,16 +131,46 @@ class Mailbox:
                     "use a queue group, or use JetStream for delivery that waits for you"
                 )
             if self._ended:
-                return None
+                return []
             self._ready.clear()
             await self._ready.wait()
 
 
 class SubscriptionRegistry:
-    """Active subscription streams of this gateway process, by (tenant key, subject)."""
+    """Active streams of this gateway process, by (tenant key, subject), and how many
+    server-streaming calls each tenant has open (at most ``stream_limit``; 0: no limit)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stream_limit: int = 0) -> None:
         self._active: dict[tuple[str, str], set[Mailbox]] = {}
+        self.stream_limit = stream_limit
+        self._open: dict[str, int] = {}
+        #: Calls refused because their tenant had ``stream_limit`` open (a metric).
+        self.refused = 0
+
+    @contextlib.contextmanager
+    def lease(self, tenant_key: str) -> Iterator[None]:
+        """Hold one of the tenant's stream slots for the ``with`` block, or refuse the call."""
+        held = self._open.get(tenant_key, 0)
+        if self.stream_limit and held >= self.stream_limit:
+            self.refused += 1
+            raise ResourceExhausted(
+                f"too many open streams: this tenant already has {held} Subscribe, "
+                "QueueSubscribe, Consume, KVWatch or ObjectGetStream calls open on this gateway, "
+                f"the limit (NATSGW_QUOTA_STREAMING_CALLS) is {self.stream_limit}; close one "
+                "first, or share one subscription among your readers"
+            )
+        self._open[tenant_key] = held + 1
+        try:
+            yield
+        finally:
+            left = self._open[tenant_key] - 1
+            if left:
+                self._open[tenant_key] = left
+            else:
+                del self._open[tenant_key]
+
+    def open_streams(self, tenant_key: str) -> int:
+        return self._open.get(tenant_key, 0)
 
     def add(self, tenant_key: str, subject: str, mailbox: Mailbox) -> None:
         self._active.setdefault((tenant_key, subject), set()).add(mailbox)

@@ -16,10 +16,26 @@ from natsgw.ops.embedded import EmbeddedNatsServer
 async def recorded(
     nats_server: EmbeddedNatsServer,
 ) -> AsyncIterator[tuple[NatsAdapter, list[bytes]]]:
+    async for pair in _recording(nats_server, "_nc"):
+        yield pair
+
+
+@pytest_asyncio.fixture
+async def recorded_deliveries(
+    nats_server: EmbeddedNatsServer,
+) -> AsyncIterator[tuple[NatsAdapter, list[bytes]]]:
+    """The same, on the connection that carries subscriptions."""
+    async for pair in _recording(nats_server, "_deliveries"):
+        yield pair
+
+
+async def _recording(
+    nats_server: EmbeddedNatsServer, connection: str
+) -> AsyncIterator[tuple[NatsAdapter, list[bytes]]]:
     adapter = NatsAdapter([nats_server.url])
     await adapter.start(wait=5)
     writes: list[bytes] = []
-    transport: Any = adapter._nc._transport  # type: ignore[union-attr]
+    transport: Any = getattr(adapter, connection)._transport
     write, writelines = transport.write, transport.writelines
 
     def spy_write(data: bytes) -> None:
@@ -52,9 +68,9 @@ async def test_settle_puts_its_ping_behind_commands_still_queued(
 
 
 async def test_subscription_is_on_the_wire_before_it_is_announced(
-    recorded: tuple[NatsAdapter, list[bytes]],
+    recorded_deliveries: tuple[NatsAdapter, list[bytes]],
 ) -> None:
-    adapter, writes = recorded
+    adapter, writes = recorded_deliveries
     received: list[Message] = []
     sub = await adapter.subscribe(
         "ordering.sub",

@@ -208,3 +208,35 @@ async def test_gateway_advertises_the_encodings_it_accepts(gateway: Gateway) -> 
         writer.close()
     assert headers[":status"] == "200"
     assert "gzip" in headers["grpc-accept-encoding"].split(",")
+
+
+@pytest.mark.parametrize("max_batch", [0, 64])
+async def test_aio_client_reads_coalesced_and_batched_deliveries(
+    aio_stub: Any, grpcio_stubs: Stubs, max_batch: int
+) -> None:
+    """Issue 12.3: the gateway's raw, coalesced frames and opt-in batches decode in grpcio."""
+    pb2, _ = grpcio_stubs
+    user = tenant()
+    call = aio_stub.Subscribe(pb2.SubscribeRequest(user_id=user, subject="co", max_batch=max_batch))
+    await call.initial_metadata()
+    await aio_stub.PublishBatch(
+        pb2.PublishBatchRequest(
+            user_id=user,
+            messages=[pb2.NATSMessage(subject="co", data=b"%d" % i) for i in range(500)],
+        )
+    )
+    messages: list[Any] = []
+    responses = 0
+    while len(messages) < 500:
+        response = await asyncio.wait_for(call.read(), 5)
+        responses += 1
+        messages += [response, *response.batch]
+    call.cancel()
+    assert [m.data for m in messages] == [b"%d" % i for i in range(500)]
+    assert [m.sequence for m in messages] == list(range(1, 501))
+    assert all(m.dropped == 0 and m.subject == "co" for m in messages)
+    assert all(m.timestamp.seconds > 0 for m in messages)
+    if max_batch:
+        assert responses < 500 // 8
+    else:
+        assert responses == 500

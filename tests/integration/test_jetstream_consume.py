@@ -382,3 +382,51 @@ async def test_deleting_the_consumer_ends_consume_with_not_found(
             while True:
                 await consumption.next(5.0)
         assert ended.value.status == Status.NOT_FOUND
+
+
+async def test_consume_max_batch_carries_waiting_messages_together(
+    stub: pb.NatsServiceStub,
+) -> None:
+    """Issue 12.3: opt-in batched Consume; every message still acks by its own token."""
+    user = tenant()
+    await make_stream(stub, user, "bat", ["bat"])
+    await make_consumer(stub, user, "bat", "c")
+    await stub.publish_to_stream_batch(
+        pb.PublishToStreamBatchRequest(
+            user_id=user,
+            stream_name="bat",
+            messages=[pb.StreamMessage(subject="bat", data=b"%d" % i) for i in range(200)],
+        )
+    )
+    got: list[pb.JetStreamMessage] = []
+    responses = 0
+    async with consuming(stub, user, "bat", "c", max_messages=500, max_batch=50) as consumption:
+        while len(got) < 200:
+            response = await consumption.message()
+            assert response.message is not None
+            assert len(response.batch) <= 49
+            got += [response.message, *response.batch]
+            responses += 1
+        assert response.outstanding_messages == 200
+    assert [m.data for m in got] == [b"%d" % i for i in range(200)]
+    assert [m.sequence for m in got] == list(range(1, 201))
+    assert responses < 200 // 5
+    acked = await stub.ack_messages(
+        pb.AckMessagesRequest(user_id=user, ack_tokens=[m.ack_token for m in got])
+    )
+    assert acked.succeeded == 200
+
+
+async def test_consume_max_batch_out_of_range_is_invalid_argument(
+    stub: pb.NatsServiceStub,
+) -> None:
+    user = tenant()
+    await make_stream(stub, user, "bad", ["bad"])
+    await make_consumer(stub, user, "bad", "c")
+    with pytest.raises(GRPCError) as info:
+        async for _ in stub.consume(
+            pb.ConsumeRequest(user_id=user, stream_name="bad", consumer_name="c", max_batch=5000)
+        ):
+            pass
+    assert info.value.status is Status.INVALID_ARGUMENT
+    assert "max_batch" in (info.value.message or "")

@@ -12,6 +12,7 @@ from grpclib.exceptions import GRPCError
 
 from natsgw._generated.isa import nats as pb
 from natsgw.config import SlowConsumerPolicy
+from natsgw.server import Gateway
 from natsgw.tenancy import Namespace, Tenant
 from tests.conftest import GatewayFactory, NatsFactory, settled, tenant
 from tests.integration.test_messaging import open_subscription
@@ -86,7 +87,12 @@ async def test_payload_of_exactly_max_payload_goes_through_intact(
 async def test_slow_subscriber_is_closed_with_resource_exhausted(
     make_gateway: GatewayFactory, nc: nats.NATS
 ) -> None:
-    gw = await make_gateway(subscription_buffer_msgs=4, subscription_buffer_bytes=256 * KIB)
+    gw = await make_gateway(
+        subscription_buffer_msgs=4,
+        subscription_buffer_bytes=256 * KIB,
+        max_message_size=256 * KIB,
+        slow_consumer_policy=SlowConsumerPolicy.CLOSE,  # no longer the default
+    )
     user = tenant()
     channel = Channel("127.0.0.1", gw.port)
     try:
@@ -111,13 +117,12 @@ async def test_slow_subscriber_is_closed_with_resource_exhausted(
         channel.close()
 
 
-async def test_drop_policy_keeps_the_stream_and_shows_gaps(
+async def test_slow_subscriber_keeps_its_stream_and_sees_gaps_and_count_by_default(
     make_gateway: GatewayFactory, nc: nats.NATS
 ) -> None:
+    """Issue 12.4: NATS's convention is the default — keep the stream, drop, report."""
     gw = await make_gateway(
-        subscription_buffer_msgs=4,
-        subscription_buffer_bytes=256 * KIB,
-        slow_consumer_policy=SlowConsumerPolicy.DROP,
+        subscription_buffer_msgs=4, subscription_buffer_bytes=256 * KIB, max_message_size=256 * KIB
     )
     user = tenant()
     subject = Namespace(Tenant.user(user)).subject("firehose")
@@ -143,3 +148,26 @@ async def test_drop_policy_keeps_the_stream_and_shows_gaps(
     assert 0 < len(sequences) < 400  # some were dropped ...
     assert sequences == sorted(sequences)
     assert sequences[-1] - sequences[0] + 1 > len(sequences)  # ... and the gaps show it
+    assert last.dropped == 401 - (len(sequences) + 1)  # ... and so does the count
+
+
+async def test_largest_accepted_message_reaches_a_reading_subscriber(
+    gateway: Gateway, stub: pb.NatsServiceStub
+) -> None:
+    """Issue 9.5: a 9 MiB publish under the default 10 MiB limit is delivered, stream kept."""
+    user = tenant()
+    big = bytes(range(256)) * (9 * 4096)  # 9 MiB
+    # The subscriber has a connection of its own: a grpclib client grants HTTP/2 window only as
+    # it reads, so a 9 MiB delivery would hold up the publish reply on a shared connection.
+    channel = Channel("127.0.0.1", gateway.port)
+    try:
+        reader = pb.NatsServiceStub(channel)
+        async with open_subscription(reader, pb.SubscribeRequest(user_id=user, subject="big")) as s:
+            for _ in range(2):
+                await stub.publish(pb.PublishRequest(user_id=user, subject="big", data=big))
+                got = await asyncio.wait_for(s.recv_message(), 10)
+                assert got is not None and got.data == big
+            await stub.publish(pb.PublishRequest(user_id=user, subject="big", data=b"after"))
+            assert (await asyncio.wait_for(s.recv_message(), 5)).data == b"after"
+    finally:
+        channel.close()

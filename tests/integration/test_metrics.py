@@ -94,11 +94,7 @@ async def test_metrics_count_calls_errors_latency_and_subscriptions(
 
 
 async def test_subscription_buffer_drops_are_counted(make_gateway: GatewayFactory) -> None:
-    from natsgw.config import SlowConsumerPolicy
-
-    gw = await make_gateway(
-        http_port=0, subscription_buffer_msgs=2, slow_consumer_policy=SlowConsumerPolicy.DROP
-    )
+    gw = await make_gateway(http_port=0, subscription_buffer_msgs=2)  # default policy: drop
     channel = Channel("127.0.0.1", gw.port)
     stub = pb.NatsServiceStub(channel)
     user = tenant()

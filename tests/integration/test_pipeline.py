@@ -64,7 +64,7 @@ async def test_cancelled_subscribe_releases_its_nats_subscription(
     make_gateway: GatewayFactory, nats_server: EmbeddedNatsServer, nc: nats.NATS
 ) -> None:
     gw = await make_gateway(service_hostname="pipeline-cancel")
-    name = "natsgw:pipeline-cancel"
+    name = "natsgw:pipeline-cancel:deliveries"  # subscriptions live on the delivery connection
     baseline = await gateway_subscriptions(nats_server, name)
     channel, cm, stream = await subscribe_and_block(gw, nc, tenant())
     try:
@@ -87,7 +87,7 @@ async def test_abandoned_subscribe_releases_its_nats_subscription(
     make_gateway: GatewayFactory, nats_server: EmbeddedNatsServer, nc: nats.NATS
 ) -> None:
     gw = await make_gateway(service_hostname="pipeline-abandon")
-    name = "natsgw:pipeline-abandon"
+    name = "natsgw:pipeline-abandon:deliveries"  # subscriptions live on the delivery connection
     baseline = await gateway_subscriptions(nats_server, name)
     channel, _cm, _stream = await subscribe_and_block(gw, nc, tenant())
     assert await gateway_subscriptions(nats_server, name) == baseline + 1

@@ -10,7 +10,8 @@ def test_defaults_match_the_seed() -> None:
     assert s.embedded and s.nats_urls == ()
     assert (s.grpc_host, s.grpc_port, s.service_name) == ("127.0.0.1", 50056, "nats-grpc-service")
     assert s.jetstream_enabled and s.max_message_size == 10 * MIB
-    assert s.slow_consumer_policy is SlowConsumerPolicy.CLOSE
+    # NATS's convention (issue 12.4): a slow subscriber keeps its stream and loses what did not fit.
+    assert s.slow_consumer_policy is SlowConsumerPolicy.DROP
 
 
 def test_seed_variables_are_read() -> None:
@@ -28,7 +29,7 @@ def test_seed_variables_are_read() -> None:
             "CONSUL_PORT": "8501",
             "NATSGW_DATA_DIR": "/data",
             "NATSGW_MAX_MESSAGE_SIZE": "16MiB",
-            "NATSGW_SLOW_CONSUMER_POLICY": "drop",
+            "NATSGW_SLOW_CONSUMER_POLICY": "close",
             "NATSGW_REQUEST_TIMEOUT": "2.5s",
         }
     )
@@ -37,7 +38,7 @@ def test_seed_variables_are_read() -> None:
     assert (s.grpc_port, s.grpc_host, s.loki_url) == (6000, "0.0.0.0", "http://loki:3100")
     assert s.consul_enabled and s.consul_port == 8501
     assert s.data_dir == Path("/data") and s.max_message_size == 16 * MIB
-    assert s.slow_consumer_policy is SlowConsumerPolicy.DROP and s.request_timeout == 2.5
+    assert s.slow_consumer_policy is SlowConsumerPolicy.CLOSE and s.request_timeout == 2.5
 
 
 @pytest.mark.parametrize(
@@ -69,3 +70,16 @@ def test_settings_defaults_are_the_environment_defaults() -> None:
     """Settings() in code and an empty environment mean the same gateway (data_dir included)."""
     assert Settings() == Settings.from_env({})
     assert Settings().data_dir == Settings.from_env({}).data_dir != Path("natsgw-data")
+
+
+def test_stream_buffer_is_never_smaller_than_the_largest_message() -> None:
+    """Issue 9.5: a message the gateway accepts must fit a stream's buffer."""
+    auto = Settings.from_env({"NATSGW_MAX_MESSAGE_SIZE": "20MiB"})
+    assert auto.stream_buffer_bytes >= 20 * 1024 * 1024
+    assert Settings.from_env({}).stream_buffer_bytes >= Settings().max_message_size
+    with pytest.raises(
+        ConfigError, match=r"NATSGW_SUBSCRIPTION_BUFFER_BYTES.*NATSGW_MAX_MESSAGE_SIZE"
+    ):
+        Settings.from_env(
+            {"NATSGW_MAX_MESSAGE_SIZE": "10MiB", "NATSGW_SUBSCRIPTION_BUFFER_BYTES": "8MiB"}
+        )

@@ -45,7 +45,7 @@ def test_values_are_plain_and_secrets_masked() -> None:
     assert shown["NATSGW_CONSUL_TOKEN"] == "***" and shown["NATS_TOKEN"] == ""
     assert shown["NATSGW_REQUEST_TIMEOUT"] == "2.5"
     assert shown["NATSGW_TRUSTED_ALLOW_REMOTE"] == "true"
-    assert shown["NATSGW_SLOW_CONSUMER_POLICY"] == "close"
+    assert shown["NATSGW_SLOW_CONSUMER_POLICY"] == "drop"
     assert shown["NATSGW_JWT_ALGORITHMS"] == "RS256,ES256"
     assert shown["NATSGW_HTTP_PORT"] == "" and shown["GRPC_PORT"] == "50056"
     assert shown["LOKI_URL"] == "https://user:***@loki:3100"

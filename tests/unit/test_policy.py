@@ -11,6 +11,7 @@ from natsgw.ops.metrics import Metrics
 from natsgw.ops.monitoring import NatsMonitor
 from natsgw.pipeline.chain import Pipeline
 from natsgw.pipeline.policy import POLICIES, SERVICE, Audit
+from natsgw.service.fanout import FanOut
 from natsgw.service.gateway import NATSGateway, Services, routes
 from natsgw.service.subscriptions import SubscriptionRegistry
 
@@ -26,8 +27,9 @@ def generated_paths() -> set[str]:
 def services() -> Services:
     settings = Settings()
     adapter = NatsAdapter(["nats://127.0.0.1:4222"])  # never started: nothing connects
+    fanout = FanOut(adapter, pending_msgs=1, pending_bytes=1)
     return Services.build(
-        settings, adapter, SubscriptionRegistry(), NatsMonitor(""), TrustedAuthenticator()
+        settings, adapter, SubscriptionRegistry(), fanout, NatsMonitor(""), TrustedAuthenticator()
     )
 
 

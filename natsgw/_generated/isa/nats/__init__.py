@@ -588,6 +588,14 @@ class ConsumeRequest(betterproto2.Message):
     natsgw: whose namespace the call works in (default: the caller's own).
     """
 
+    max_batch: "int" = betterproto2.field(9, betterproto2.TYPE_INT32)
+    """
+    natsgw: most messages per response (0 or 1: one, as before). With N > 1, up to N-1 more
+    messages that were already waiting ride in ConsumeResponse.batch after `message` (N at most
+    NATSGW_MAX_BATCH_MESSAGES, 1000 by default; about 1 MiB of payload beyond the first).
+    Opt-in: old clients are unaffected.
+    """
+
 
 default_message_pool.register_message("isa.nats", "ConsumeRequest", ConsumeRequest)
 
@@ -618,6 +626,14 @@ class ConsumeResponse(betterproto2.Message):
     outstanding_bytes: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
     """
     Their bytes, counted as NATS counts a delivery.
+    """
+
+    batch: "list[JetStreamMessage]" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    natsgw: with max_batch > 1, further messages delivered in this response, in order after
+    `message`; each is acked like `message`. Empty otherwise.
     """
 
 
@@ -1915,6 +1931,18 @@ class MessageResponse(betterproto2.Message):
     loss.
     """
 
+    dropped: "int" = betterproto2.field(7, betterproto2.TYPE_UINT64)
+    """
+    natsgw: messages this stream has dropped so far because its reader fell behind (the default
+    NATSGW_SLOW_CONSUMER_POLICY=drop); the gaps in `sequence` show where. 0: nothing dropped.
+    """
+
+    batch: "list[MessageResponse]" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    natsgw: with max_batch > 1, further messages delivered in this response, in order after the
+    one in fields 1-7 (each with its own sequence and dropped). Empty otherwise.
+    """
+
 
 default_message_pool.register_message("isa.nats", "MessageResponse", MessageResponse)
 
@@ -2769,6 +2797,11 @@ class QueueSubscribeRequest(betterproto2.Message):
     natsgw: whose namespace the call works in (default: the caller's own).
     """
 
+    max_batch: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+    """
+    natsgw: most messages per response; see SubscribeRequest.max_batch.
+    """
+
 
 default_message_pool.register_message("isa.nats", "QueueSubscribeRequest", QueueSubscribeRequest)
 
@@ -3079,6 +3112,14 @@ class SubscribeRequest(betterproto2.Message):
     )
     """
     natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
+    max_batch: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+    """
+    natsgw: most messages per response (0 or 1: one, as before). With N > 1 the first message
+    fills MessageResponse's own fields and up to N-1 more that were waiting ride in its `batch`
+    (N at most NATSGW_MAX_BATCH_MESSAGES, 1000 by default; about 1 MiB of payload per
+    response). Opt-in: old clients read one per response, unchanged.
     """
 
 
