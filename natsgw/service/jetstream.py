@@ -33,10 +33,12 @@ from natsgw.adapter.jetstream import JetStreamAdapter, ack_payload
 from natsgw.adapter.types import JetStreamDelivery, StreamDetails
 from natsgw.config import Settings
 from natsgw.errors import (
+    DeadlineExceeded,
     FailedPrecondition,
     GatewayError,
     InvalidArgument,
     PermissionDenied,
+    Unavailable,
 )
 from natsgw.pipeline.call import Call
 from natsgw.service.consume import ConsumeSession, stop_on_end
@@ -236,7 +238,18 @@ class JetStreamService:
         now = time.monotonic()
         entry = cache.get(name)
         if entry is None or now - entry.read_at > STREAM_SUBJECTS_TTL:
-            details = await self.js.stream_info(name)
+            try:
+                details = await self.js.stream_info(name)
+            except (DeadlineExceeded, Unavailable) as exc:
+                # No stream leader answers while one is elected. A stale answer is good enough
+                # (NATS checks Nats-Expected-Stream itself); without one, nothing was published,
+                # which is UNAVAILABLE (retry), not DEADLINE_EXCEEDED ("may have been stored").
+                if entry is not None:
+                    return entry.subjects
+                raise Unavailable(
+                    f"stream {name} did not answer (it may be electing a leader); nothing was "
+                    "published, retry"
+                ) from exc
             entry = _SubjectCache(details.spec.subjects, now)
             if len(cache) > 10_000:
                 cache.clear()
@@ -263,7 +276,10 @@ class JetStreamService:
         stream = await self._target_stream(ns, message.stream_name, subject)
         await self._check_captured(ns, stream, subject)
         js = self.js
-        ack = await js.publish(subject, message.data, stream=stream, headers=message.headers)
+        budget = call.timeout(None, self.settings.request_timeout, "timeout")
+        ack = await js.publish(
+            subject, message.data, stream=stream, headers=message.headers, timeout=budget
+        )
         stored = await js.stored_time(stream, ack.sequence)
         return pb.PublishToStreamResponse(
             success=True,
