@@ -1,7 +1,9 @@
-"""grpclib internals the gateway needs: response-header state and compressed request frames."""
+"""grpclib internals the gateway needs: response-header state, compressed request frames and
+the transport of its server connections."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -137,3 +139,40 @@ def cap_outbound_frames(max_frame: int) -> None:
             self._natsgw_max_outbound = min(value, max_frame)
 
     setattr(grpclib.protocol, "H2Connection", CappedH2Connection)  # noqa: B010 - not exported
+
+
+TransportWrapper = Callable[[asyncio.BaseTransport], asyncio.BaseTransport]
+
+
+def wrap_transports(server: grpclib.server.Server, wrap: TransportWrapper) -> None:
+    """Make every connection ``server`` accepts (from now on) write through ``wrap(transport)``.
+
+    Why: grpclib writes each HTTP/2 frame with its own ``transport.write``; coalescing them
+    (natsgw.wire.corking) needs the transport its protocol is given, and the protocol factory,
+    ``Server._protocol_factory``, is private with no hook. Call before ``Server.start``.
+    Upstream fix that removes it: a protocol/transport factory argument on ``grpclib.server.Server``
+    (or write coalescing in grpclib's ``Stream``).
+    """
+    factory = server._protocol_factory
+
+    def protocol_factory() -> grpclib.protocol.H2Protocol:
+        protocol = factory()
+        made = protocol.connection_made
+
+        def connection_made(transport: asyncio.BaseTransport) -> None:
+            made(wrap(transport))
+
+        protocol.connection_made = connection_made  # type: ignore[method-assign]
+        return protocol
+
+    server._protocol_factory = protocol_factory  # type: ignore[method-assign]
+
+
+def transport_of(stream: grpclib.server.Stream[Any, Any]) -> asyncio.BaseTransport:
+    """The transport a call's frames are written to (the one given to its connection).
+
+    Why: corking a unary answer (natsgw.wire.corking) needs the connection's transport, which
+    grpclib only keeps in the private ``Stream._stream._transport``.
+    Upstream fix that removes it: the same transport hook as :func:`wrap_transports`.
+    """
+    return stream._stream._transport

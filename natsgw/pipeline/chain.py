@@ -60,6 +60,7 @@ from natsgw.pipeline.call import Call
 from natsgw.pipeline.policy import Audit, Policy
 from natsgw.pipeline.quotas import QuotaEnforcer, tenant_label
 from natsgw.tenancy import Namespace, Tenant, public_text
+from natsgw.wire.corking import CorkedTransport
 
 log = structlog.get_logger("natsgw.pipeline")
 
@@ -204,7 +205,7 @@ class Pipeline:
             reply = await endpoint(call, request)
             if call.ticket is not None:
                 await call.ticket.created()
-            await self._send(call, stream, reply)
+            await self._answer(call, stream, reply)
 
         return body
 
@@ -232,7 +233,7 @@ class Pipeline:
             reply = await endpoint(call, first, _rest(stream))
             if call.ticket is not None:
                 await call.ticket.created()
-            await self._send(call, stream, reply)
+            await self._answer(call, stream, reply)
 
         return body
 
@@ -281,6 +282,20 @@ class Pipeline:
             call.byte_cap = admission.byte_cap
             return admission.request
         return request
+
+    @classmethod
+    async def _answer(cls, call: Call, stream: Stream, reply: Any) -> None:
+        """A single answer: headers, message and OK trailers leave in one socket write."""
+        transport = grpclib_compat.transport_of(stream)
+        if not isinstance(transport, CorkedTransport):
+            await cls._send(call, stream, reply)
+            return
+        transport.cork()
+        try:
+            await cls._send(call, stream, reply)
+            await stream.send_trailing_metadata()
+        finally:
+            transport.uncork()
 
     @staticmethod
     def _end(stream: Stream, reason: str) -> None:
