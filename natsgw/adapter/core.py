@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import nats
@@ -25,7 +25,13 @@ from natsgw.adapter.replies import no_responders
 from natsgw.adapter.types import ConnectionState, JetStreamAccount, Message, ServerFacts
 from natsgw.backoff import Backoff
 from natsgw.compat import nats as nats_compat
-from natsgw.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
+from natsgw.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 
 log = structlog.get_logger("natsgw.adapter")
 
@@ -53,6 +59,20 @@ async def _settle(client: NatsClient, timeout: float) -> None:
     """
     await nats_compat.flush_pending(client)
     await client.flush(timeout=timeout)  # type: ignore[arg-type]
+
+
+#: One message of :meth:`NatsAdapter.publish_many`: position, subject, data, headers, reply.
+Outgoing = tuple[int, str, bytes, Mapping[str, str], str]
+
+
+def _translate(what: str, exc: Exception) -> GatewayError:
+    """``exc`` as the GatewayError :func:`translated` would raise for it."""
+    try:
+        with translated(what):
+            raise exc
+    except GatewayError as error:
+        return error
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def header_bytes(headers: Mapping[str, str] | None) -> int:
@@ -379,6 +399,34 @@ class NatsAdapter:
             await nc.publish(subject, data, reply=reply, headers=dict(headers) if headers else None)
         if confirm:
             await self.confirm()
+
+    async def publish_many(
+        self, messages: Iterable[Outgoing], *, yield_every: int = 256
+    ) -> list[tuple[int, GatewayError]]:
+        """Publish ``(position, subject, data, headers, reply)`` items in order, unconfirmed.
+
+        What NATS would refuse is not sent; its position and error come back. The per-message
+        work is only what a message needs (the payload check is a length comparison when it has
+        no headers); the loop lets other calls run every ``yield_every`` messages.
+        """
+        nc = self.client()
+        limit = nc.max_payload
+        publish = nc.publish
+        failed: list[tuple[int, GatewayError]] = []
+        for count, (position, subject, data, headers, reply) in enumerate(messages, 1):
+            try:
+                if headers or len(data) > limit:
+                    self.check_payload(data, headers)
+                await publish(
+                    subject, data, reply=reply, headers=dict(headers) if headers else None
+                )
+            except GatewayError as exc:
+                failed.append((position, exc))
+            except Exception as exc:
+                failed.append((position, _translate("publish", exc)))
+            if count % yield_every == 0:
+                await asyncio.sleep(0)
+        return failed
 
     async def confirm(self) -> None:
         """Wait until the server has read everything published on this connection so far."""
