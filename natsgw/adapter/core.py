@@ -20,7 +20,7 @@ from nats.aio.subscription import Subscription as NatsSubscription
 from nats.errors import SlowConsumerError
 from nats.js import JetStreamContext
 
-from natsgw.adapter.errors import translated
+from natsgw.adapter.errors import as_gateway_error, translated
 from natsgw.adapter.replies import no_responders
 from natsgw.adapter.types import ConnectionState, JetStreamAccount, Message, ServerFacts
 from natsgw.backoff import Backoff
@@ -63,16 +63,6 @@ async def _settle(client: NatsClient, timeout: float) -> None:
 
 #: One message of :meth:`NatsAdapter.publish_many`: position, subject, data, headers, reply.
 Outgoing = tuple[int, str, bytes, Mapping[str, str], str]
-
-
-def _translate(what: str, exc: Exception) -> GatewayError:
-    """``exc`` as the GatewayError :func:`translated` would raise for it."""
-    try:
-        with translated(what):
-            raise exc
-    except GatewayError as error:
-        return error
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def header_bytes(headers: Mapping[str, str] | None) -> int:
@@ -423,7 +413,7 @@ class NatsAdapter:
             except GatewayError as exc:
                 failed.append((position, exc))
             except Exception as exc:
-                failed.append((position, _translate("publish", exc)))
+                failed.append((position, as_gateway_error("publish", exc)))
             if count % yield_every == 0:
                 await asyncio.sleep(0)
         return failed
