@@ -9,6 +9,9 @@ from typing import Any
 
 import grpclib.protocol
 import grpclib.server
+from grpclib.exceptions import ProtocolError
+from grpclib.metadata import encode_metadata
+from multidict import MultiDict
 
 from natsgw.compat import require
 
@@ -45,24 +48,25 @@ def add_response_header(name: str, value: str) -> None:
     """Add ``name: value`` to the initial response headers of every call.
 
     Why: a server that inflates compressed requests must say so in ``grpc-accept-encoding``;
-    grpclib writes the initial headers itself, with no way to add transport-level headers.
-    Replaces ``Stream.send_initial_metadata`` and uses the private h2 ``Stream._stream``.
+    grpclib writes the initial headers itself, with no way to add transport-level headers (its
+    metadata encoder refuses ``grpc-`` names). So ``Stream.send_initial_metadata`` is replaced by
+    grpclib 0.4.9's own body plus the header, using its private ``_send_initial_metadata_done``,
+    ``_content_type``, ``_dispatch`` and ``_stream`` (once per call: no per-call wrapper).
     Upstream fix that removes it: the same compression support (vmagamedov/grpclib#199).
     """
-    original = grpclib.server.Stream.send_initial_metadata
+    extra = (name, value)
 
-    async def send_initial_metadata(self: grpclib.server.Stream[Any, Any], **kwargs: Any) -> None:
-        inner = self._stream
-        send_headers = inner.send_headers
-
-        async def with_header(headers: list[tuple[str, str]], **kw: Any) -> None:
-            await send_headers([*headers, (name, value)], **kw)
-
-        setattr(inner, "send_headers", with_header)  # noqa: B010 - instance override
-        try:
-            await original(self, **kwargs)
-        finally:
-            delattr(inner, "send_headers")
+    async def send_initial_metadata(
+        self: grpclib.server.Stream[Any, Any], *, metadata: Any = None
+    ) -> None:
+        if self._send_initial_metadata_done:
+            raise ProtocolError("Initial metadata was already sent")
+        headers = [(":status", "200"), ("content-type", self._content_type)]
+        (sent,) = await self._dispatch.send_initial_metadata(MultiDict(metadata or ()))
+        headers.extend(encode_metadata(sent))
+        headers.append(extra)
+        await self._stream.send_headers(headers)
+        self._send_initial_metadata_done = True
 
     grpclib.server.Stream.send_initial_metadata = send_initial_metadata  # type: ignore[method-assign]
 
