@@ -48,6 +48,10 @@ def _tenant_headers(ns: Namespace, headers: Mapping[str, str]) -> dict[str, str]
     return shown
 
 
+#: Every successful Publish answers the same (only ever encoded, never changed).
+_PUBLISHED = pb.PublishResponse(success=True, message="published")
+
+
 class MessagingService:
     """Core NATS: publish, request and subscription streams inside the caller's namespace."""
 
@@ -63,7 +67,7 @@ class MessagingService:
         subject = ns.subject(message.subject)
         reply = ns.subject(message.reply_to, "reply_to") if message.reply_to else ""
         await self.adapter.publish(subject, message.data, headers=message.headers, reply=reply)
-        return pb.PublishResponse(success=True, message="published")
+        return _PUBLISHED
 
     async def publish_batch(
         self, call: Call, message: pb.PublishBatchRequest
