@@ -17,7 +17,6 @@ status codes are read in :func:`_outcome` and nowhere else.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import datetime
 import json
@@ -33,7 +32,7 @@ from nats.errors import NoRespondersError
 from nats.js import errors as js_errors
 
 from natsgw.adapter.core import NatsAdapter, header_bytes
-from natsgw.adapter.errors import as_gateway_error, translated
+from natsgw.adapter.errors import translated
 from natsgw.adapter.ordered import StoredMessage
 from natsgw.adapter.replies import ReplyInbox, no_responders
 from natsgw.adapter.types import (
@@ -761,15 +760,10 @@ class JetStreamAdapter:
         timeout: float | None,
         what: str,
     ) -> list[Msg | GatewayError]:
-        """Requests with up to ``inflight`` unanswered at a time, all answered on one reply
-        subscription; one result per request, in order.
+        """Requests in windows of ``inflight``, all answered on one reply subscription.
 
         Each request replies to ``<inbox>.<n>``, so a request costs one PUB and one reply, not a
-        request's own future, timer and subscription lookup. The window slides: a new request
-        goes out once the older half of the window is answered (not one by one: each refill's
-        PUBs leave together), instead of each window of ``inflight`` waiting for its slowest
-        answer before the next one starts. A request not answered within
-        ``timeout`` of being sent is DEADLINE_EXCEEDED. Items that are already errors stay.
+        request's own future, timer and subscription lookup. Items that are already errors stay.
         """
         nc = self._nc()
         wait = timeout or self._timeout
@@ -777,46 +771,35 @@ class JetStreamAdapter:
         results: list[Msg | GatewayError | None] = [
             r if isinstance(r, GatewayError) else None for r in requests
         ]
-        loop = asyncio.get_running_loop()
-        sent: collections.deque[tuple[int, asyncio.Future[Msg], float]] = collections.deque()
         inbox = ReplyInbox(nc, f"{what} (replies)")
         await inbox.open()
-
-        async def settle_oldest() -> None:
-            index, future, deadline = sent[0]
-            if not future.done():
-                await asyncio.wait((future,), timeout=max(deadline - loop.time(), 0.0))
-            # What else was answered meanwhile is settled too, without waiting again.
-            while sent and (sent[0][1].done() or sent[0][0] == index):
-                index, future, _ = sent.popleft()
-                results[index] = (
-                    future.result()
-                    if future.done() and not future.cancelled()
-                    else DeadlineExceeded(
-                        f"{what}: no answer within {wait:g}s; it may or may not have happened"
-                    )
-                )
-                inbox.forget(index)
-
         try:
-            for index, request in enumerate(requests):
-                if isinstance(request, GatewayError):
-                    continue
-                if len(sent) >= step:
-                    # Refill by half windows: the PUBs of a refill leave in one socket write.
-                    while len(sent) > step // 2:
-                        await settle_oldest()
-                subject, data, headers = request
-                reply, future = inbox.expect(index)
-                try:
-                    await nc.publish(subject, data, reply=reply, headers=headers or None)
-                except Exception as exc:
+            for start in range(0, len(requests), step):
+                pending: dict[int, asyncio.Future[Msg]] = {}
+                for index in range(start, min(start + step, len(requests))):
+                    request = requests[index]
+                    if isinstance(request, GatewayError):
+                        continue
+                    subject, data, headers = request
+                    reply, pending[index] = inbox.expect(index)
+                    try:
+                        with translated(what):
+                            await nc.publish(subject, data, reply=reply, headers=headers or None)
+                    except GatewayError as exc:
+                        del pending[index]
+                        inbox.forget(index)
+                        results[index] = exc
+                if pending:
+                    await asyncio.wait(pending.values(), timeout=wait)
+                for index, future in pending.items():
+                    results[index] = (
+                        future.result()
+                        if future.done()
+                        else DeadlineExceeded(
+                            f"{what}: no answer within {wait:g}s; it may or may not have happened"
+                        )
+                    )
                     inbox.forget(index)
-                    results[index] = as_gateway_error(what, exc)
-                    continue
-                sent.append((index, future, loop.time() + wait))
-            while sent:
-                await settle_oldest()
         finally:
             await inbox.close()
         return [r if r is not None else Internal(f"{what}: no result") for r in results]
