@@ -29,7 +29,7 @@ from natsgw._generated.message_pool import default_message_pool
 from natsgw.adapter import NatsAdapter
 from natsgw.auth import build_authenticator
 from natsgw.auth.identity import Authenticator
-from natsgw.compat.grpclib import cancel_calls_in_flight
+from natsgw.compat.grpclib import cancel_calls_in_flight, wrap_transports
 from natsgw.config import AuthMode, Settings, is_loopback
 from natsgw.ops.audit import AuditLog, LokiShipper
 from natsgw.ops.consul import ConsulRegistration
@@ -49,6 +49,7 @@ from natsgw.service.fanout import FanOut
 from natsgw.service.gateway import NATSGateway, Services
 from natsgw.wire import compression, frames
 from natsgw.wire.codec import GatewayCodec, RepeatedLimits, UpbBridge
+from natsgw.wire.corking import corked
 from natsgw.wire.reflection import DocumentedReflection
 
 log = structlog.get_logger("natsgw.server")
@@ -209,6 +210,8 @@ class Gateway:
             DocumentedReflection.extend([gateway, health]),
             codec=build_codec(settings.max_message_size, request_limits(settings)),
         )
+        # A unary answer's frames can leave in one socket write (natsgw.wire.corking).
+        wrap_transports(self._server, corked)
         try:
             sock = bind_tcp(settings.grpc_host, settings.grpc_port, reuse_port=settings.workers > 1)
         except OSError as exc:

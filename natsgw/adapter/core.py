@@ -7,7 +7,8 @@ nats-py, and translates what goes wrong. It knows nothing of tenants or of the w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import functools
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import nats
@@ -19,12 +20,18 @@ from nats.aio.subscription import Subscription as NatsSubscription
 from nats.errors import SlowConsumerError
 from nats.js import JetStreamContext
 
-from natsgw.adapter.errors import translated
+from natsgw.adapter.errors import as_gateway_error, translated
 from natsgw.adapter.replies import no_responders
 from natsgw.adapter.types import ConnectionState, JetStreamAccount, Message, ServerFacts
 from natsgw.backoff import Backoff
 from natsgw.compat import nats as nats_compat
-from natsgw.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
+from natsgw.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 
 log = structlog.get_logger("natsgw.adapter")
 
@@ -54,6 +61,10 @@ async def _settle(client: NatsClient, timeout: float) -> None:
     """
     await nats_compat.flush_pending(client)
     await client.flush(timeout=timeout)  # type: ignore[arg-type]
+
+
+#: One message of :meth:`NatsAdapter.publish_many`: position, subject, data, headers, reply.
+Outgoing = tuple[int, str, bytes, Mapping[str, str], str]
 
 
 def header_bytes(headers: Mapping[str, str] | None) -> int:
@@ -97,12 +108,26 @@ class Subscription:
             log.debug("unsubscribe_ignored", error=type(exc).__name__)
 
 
+def _settle_batch(batch: list[asyncio.Future[None]], exc: BaseException | None) -> None:
+    for future in batch:
+        if not future.done():
+            if exc is None:
+                future.set_result(None)
+            else:
+                future.set_exception(exc)
+
+
 class _Confirmer:
     """Coalesces publish confirmations: one PING/PONG covers every publish written before it.
 
     A core NATS publish is fire-and-forget; the PONG after a PING proves the server has read
     everything sent before the PING, so a client is never told "published" for bytes still sitting
     in a local buffer.
+
+    Pipelined: each batch's PUBs are written, then its PING, and the next batch does not wait for
+    the previous PONG (PONGs come back in PING order). Waiting for each PONG before the next
+    PING made every publish wait up to two round trips to nats-server, and left the gateway idle
+    meanwhile under concurrent unary publishes.
     """
 
     def __init__(self, client: NatsClient, timeout: float) -> None:
@@ -110,6 +135,7 @@ class _Confirmer:
         self._timeout = timeout
         self._waiting: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
+        self._pongs: set[asyncio.Task[None]] = set()
         self._task = asyncio.create_task(self._run(), name="natsgw-publish-confirmer")
 
     async def confirm(self) -> None:
@@ -125,19 +151,31 @@ class _Confirmer:
             batch, self._waiting = self._waiting, []
             try:
                 with translated("publish confirmation"):
-                    await _settle(self._client, self._timeout)
+                    # The batch's PUBs reach the socket before its PING (see _settle).
+                    await nats_compat.flush_pending(self._client)
             except Exception as exc:
-                for future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-            else:
-                for future in batch:
-                    if not future.done():
-                        future.set_result(None)
+                _settle_batch(batch, exc)
+                continue
+            pong = asyncio.create_task(self._pong(), name="natsgw-publish-pong")
+            self._pongs.add(pong)
+            pong.add_done_callback(functools.partial(self._pong_arrived, batch))
+
+    async def _pong(self) -> None:
+        with translated("publish confirmation"):
+            await self._client.flush(timeout=self._timeout)  # type: ignore[arg-type]
+
+    def _pong_arrived(self, batch: list[asyncio.Future[None]], pong: asyncio.Task[None]) -> None:
+        self._pongs.discard(pong)
+        if pong.cancelled():
+            _settle_batch(batch, Unavailable("the gateway is shutting down"))
+        else:
+            _settle_batch(batch, pong.exception())
 
     async def close(self) -> None:
         self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        for pong in list(self._pongs):
+            pong.cancel()
+        await asyncio.gather(self._task, *self._pongs, return_exceptions=True)
         for future in self._waiting:
             if not future.done():
                 future.set_exception(Unavailable("the gateway is shutting down"))
@@ -393,6 +431,34 @@ class NatsAdapter:
             await nc.publish(subject, data, reply=reply, headers=dict(headers) if headers else None)
         if confirm:
             await self.confirm()
+
+    async def publish_many(
+        self, messages: Iterable[Outgoing], *, yield_every: int = 256
+    ) -> list[tuple[int, GatewayError]]:
+        """Publish ``(position, subject, data, headers, reply)`` items in order, unconfirmed.
+
+        What NATS would refuse is not sent; its position and error come back. The per-message
+        work is only what a message needs (the payload check is a length comparison when it has
+        no headers); the loop lets other calls run every ``yield_every`` messages.
+        """
+        nc = self.client()
+        limit = nc.max_payload
+        publish = nc.publish
+        failed: list[tuple[int, GatewayError]] = []
+        for count, (position, subject, data, headers, reply) in enumerate(messages, 1):
+            try:
+                if headers or len(data) > limit:
+                    self.check_payload(data, headers)
+                await publish(
+                    subject, data, reply=reply, headers=dict(headers) if headers else None
+                )
+            except GatewayError as exc:
+                failed.append((position, exc))
+            except Exception as exc:
+                failed.append((position, as_gateway_error("publish", exc)))
+            if count % yield_every == 0:
+                await asyncio.sleep(0)
+        return failed
 
     async def confirm(self) -> None:
         """Wait until the server has read everything published on this connection so far."""

@@ -60,6 +60,17 @@ def translated(what: str) -> Iterator[None]:
         raise Internal(f"{what}: NATS error {type(exc).__name__}: {exc}") from exc
 
 
+def as_gateway_error(what: str, exc: Exception) -> GatewayError:
+    """``exc`` as the GatewayError :func:`translated` raises for it (for loops that report an
+    error per item instead of raising)."""
+    try:
+        with translated(what):
+            raise exc
+    except GatewayError as error:
+        return error
+    raise AssertionError("translated() re-raises everything")  # pragma: no cover
+
+
 def _from_api_error(what: str, exc: js_errors.APIError) -> GatewayError:
     """JetStream API errors carry NATS's own code and reason; keep the reason for the client."""
     reason = exc.description or "JetStream refused the request"

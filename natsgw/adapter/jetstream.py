@@ -974,14 +974,15 @@ def _pub_ack(msg: Msg, *, subject: str, stream: str) -> StreamPubAck | GatewayEr
     if no_responders(msg):
         return NotFound(f"no stream captures subject {subject!r} (was stream {stream} deleted?)")
     try:
-        with translated(f"publish to stream {stream}"):
-            response = json.loads(msg.data)
-            if "error" in response:
-                raise _publish_refused(response["error"], f"publish to stream {stream}")
-    except GatewayError as exc:
-        return exc
+        response = json.loads(msg.data)
     except ValueError:
         return Internal(f"publish to stream {stream}: unreadable acknowledgement")
+    if "error" in response:  # the rare case pays for the translation
+        try:
+            with translated(f"publish to stream {stream}"):
+                raise _publish_refused(response["error"], f"publish to stream {stream}")
+        except GatewayError as exc:
+            return exc
     return StreamPubAck(
         stream=str(response.get("stream", "")),
         sequence=int(response.get("seq", 0)),

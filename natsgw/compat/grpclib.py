@@ -1,14 +1,18 @@
 """grpclib internals the gateway needs: response-header state, compressed request frames,
-coalesced response writes and ending calls from outside."""
+coalesced response writes, the transport of its connections and ending calls from outside."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpclib.protocol
 import grpclib.server
+from grpclib.exceptions import ProtocolError
+from grpclib.metadata import encode_metadata
+from multidict import MultiDict
 
 from natsgw.compat import require
 
@@ -45,24 +49,25 @@ def add_response_header(name: str, value: str) -> None:
     """Add ``name: value`` to the initial response headers of every call.
 
     Why: a server that inflates compressed requests must say so in ``grpc-accept-encoding``;
-    grpclib writes the initial headers itself, with no way to add transport-level headers.
-    Replaces ``Stream.send_initial_metadata`` and uses the private h2 ``Stream._stream``.
+    grpclib writes the initial headers itself, with no way to add transport-level headers (its
+    metadata encoder refuses ``grpc-`` names). So ``Stream.send_initial_metadata`` is replaced by
+    grpclib 0.4.9's own body plus the header, using its private ``_send_initial_metadata_done``,
+    ``_content_type``, ``_dispatch`` and ``_stream`` (once per call: no per-call wrapper).
     Upstream fix that removes it: the same compression support (vmagamedov/grpclib#199).
     """
-    original = grpclib.server.Stream.send_initial_metadata
+    extra = (name, value)
 
-    async def send_initial_metadata(self: grpclib.server.Stream[Any, Any], **kwargs: Any) -> None:
-        inner = self._stream
-        send_headers = inner.send_headers
-
-        async def with_header(headers: list[tuple[str, str]], **kw: Any) -> None:
-            await send_headers([*headers, (name, value)], **kw)
-
-        setattr(inner, "send_headers", with_header)  # noqa: B010 - instance override
-        try:
-            await original(self, **kwargs)
-        finally:
-            delattr(inner, "send_headers")
+    async def send_initial_metadata(
+        self: grpclib.server.Stream[Any, Any], *, metadata: Any = None
+    ) -> None:
+        if self._send_initial_metadata_done:
+            raise ProtocolError("Initial metadata was already sent")
+        headers = [(":status", "200"), ("content-type", self._content_type)]
+        (sent,) = await self._dispatch.send_initial_metadata(MultiDict(metadata or ()))
+        headers.extend(encode_metadata(sent))
+        headers.append(extra)
+        await self._stream.send_headers(headers)
+        self._send_initial_metadata_done = True
 
     grpclib.server.Stream.send_initial_metadata = send_initial_metadata  # type: ignore[method-assign]
 
@@ -166,3 +171,40 @@ def count_sent(stream: grpclib.server.Stream[Any, Any], count: int) -> None:
     connection = stream._stream.connection
     connection.messages_sent += count
     connection.last_message_sent = time.monotonic()
+
+
+TransportWrapper = Callable[[asyncio.BaseTransport], asyncio.BaseTransport]
+
+
+def wrap_transports(server: grpclib.server.Server, wrap: TransportWrapper) -> None:
+    """Make every connection ``server`` accepts (from now on) write through ``wrap(transport)``.
+
+    Why: grpclib writes each HTTP/2 frame with its own ``transport.write``; coalescing them
+    (natsgw.wire.corking) needs the transport its protocol is given, and the protocol factory,
+    ``Server._protocol_factory``, is private with no hook. Call before ``Server.start``.
+    Upstream fix that removes it: a protocol/transport factory argument on ``grpclib.server.Server``
+    (or write coalescing in grpclib's ``Stream``).
+    """
+    factory = server._protocol_factory
+
+    def protocol_factory() -> grpclib.protocol.H2Protocol:
+        protocol = factory()
+        made = protocol.connection_made
+
+        def connection_made(transport: asyncio.BaseTransport) -> None:
+            made(wrap(transport))
+
+        protocol.connection_made = connection_made  # type: ignore[method-assign]
+        return protocol
+
+    server._protocol_factory = protocol_factory  # type: ignore[method-assign]
+
+
+def transport_of(stream: grpclib.server.Stream[Any, Any]) -> asyncio.BaseTransport:
+    """The transport a call's frames are written to (the one given to its connection).
+
+    Why: corking a unary answer (natsgw.wire.corking) needs the connection's transport, which
+    grpclib only keeps in the private ``Stream._stream._transport``.
+    Upstream fix that removes it: the same transport hook as :func:`wrap_transports`.
+    """
+    return stream._stream._transport

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import os
 import re
 import time
@@ -67,6 +68,7 @@ from natsgw.pipeline.policy import Audit, Policy
 from natsgw.pipeline.quotas import QuotaEnforcer, tenant_label
 from natsgw.pipeline.streaming import Frames, FrameWriter
 from natsgw.tenancy import Namespace, Tenant, public_text
+from natsgw.wire.corking import CorkedTransport
 
 log = structlog.get_logger("natsgw.pipeline")
 
@@ -216,7 +218,7 @@ class Pipeline:
             reply = await endpoint(call, request)
             if call.ticket is not None:
                 await call.ticket.created()
-            await self._send(call, stream, reply)
+            await self._answer(call, stream, reply)
 
         return body
 
@@ -255,7 +257,7 @@ class Pipeline:
             reply = await endpoint(call, first, _rest(stream))
             if call.ticket is not None:
                 await call.ticket.created()
-            await self._send(call, stream, reply)
+            await self._answer(call, stream, reply)
 
         return body
 
@@ -304,6 +306,20 @@ class Pipeline:
             call.byte_cap = admission.byte_cap
             return admission.request
         return request
+
+    @classmethod
+    async def _answer(cls, call: Call, stream: Stream, reply: Any) -> None:
+        """A single answer: headers, message and OK trailers leave in one socket write."""
+        transport = grpclib_compat.transport_of(stream)
+        if not isinstance(transport, CorkedTransport):
+            await cls._send(call, stream, reply)
+            return
+        transport.cork()
+        try:
+            await cls._send(call, stream, reply)
+            await stream.send_trailing_metadata()
+        finally:
+            transport.uncork()
 
     @staticmethod
     def _end(stream: Stream, reason: str) -> None:
@@ -424,6 +440,11 @@ async def _rest(stream: Stream) -> AsyncIterator[Any]:
         yield message
 
 
+#: New request ids: 16 random hex digits per process, then a counter (unique, no syscall per call).
+_ID_PREFIX = os.urandom(8).hex()
+_id_counter = itertools.count(1)
+
+
 def _request_id(stream: Stream) -> str:
     """The client's ``x-request-id`` when it is sane, else a new one (echoed in the headers)."""
     given = stream.metadata.get("x-request-id") if stream.metadata else None
@@ -431,7 +452,7 @@ def _request_id(stream: Stream) -> str:
         given = given.decode("latin-1")
     if given and _REQUEST_ID.fullmatch(given):
         return given
-    return os.urandom(16).hex()
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
 def _peer(addr: object) -> str:

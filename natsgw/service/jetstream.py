@@ -316,18 +316,22 @@ class JetStreamService:
                 success=False, error=text, status_code=status_code_of(exc)
             )
 
+        mapped: dict[str, str] = {}  # subjects found captured (a batch repeats a few)
         for index, item in enumerate(message.messages):
             if index and index % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # let other tenants' calls run between slices
-            field = f"messages[{index}]"
             try:
-                subject = ns.subject(item.subject, f"{field}.subject")
-                if not captured_by(subject, subjects):
-                    raise InvalidArgument(
-                        f"{field}.subject",
-                        f"{item.subject!r} is not captured by stream {ns.from_name(stream)!r}",
-                    )
-                check_headers(item.headers, f"{field}.headers")
+                subject = mapped.get(item.subject)
+                if subject is None:
+                    subject = ns.subject(item.subject, f"messages[{index}].subject")
+                    if not captured_by(subject, subjects):
+                        raise InvalidArgument(
+                            f"messages[{index}].subject",
+                            f"{item.subject!r} is not captured by stream {ns.from_name(stream)!r}",
+                        )
+                    mapped[item.subject] = subject
+                if item.headers:
+                    check_headers(item.headers, f"messages[{index}].headers")
             except GatewayError as exc:
                 results[index] = refused(index, exc)
                 continue

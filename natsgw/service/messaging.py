@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator, Mapping
 from natsgw._generated import nats_service_pb2 as wire
 from natsgw._generated.isa import nats as pb
 from natsgw.adapter import NatsAdapter
+from natsgw.adapter.core import Outgoing
 from natsgw.config import Settings
 from natsgw.errors import GatewayError, InvalidArgument
 from natsgw.pipeline.call import Call
@@ -129,6 +130,10 @@ def _response(ns: Namespace, delivery: Delivery, dropped: int) -> pb.MessageResp
     )
 
 
+#: Every successful Publish answers the same (only ever encoded, never changed).
+_PUBLISHED = pb.PublishResponse(success=True, message="published")
+
+
 class MessagingService:
     """Core NATS: publish, request and subscription streams inside the caller's namespace."""
 
@@ -150,37 +155,45 @@ class MessagingService:
         subject = ns.subject(message.subject)
         reply = ns.subject(message.reply_to, "reply_to") if message.reply_to else ""
         await self.adapter.publish(subject, message.data, headers=message.headers, reply=reply)
-        return pb.PublishResponse(success=True, message="published")
+        return _PUBLISHED
 
     async def publish_batch(
         self, call: Call, message: pb.PublishBatchRequest
     ) -> pb.PublishBatchResponse:
         """Publish every valid message; report each refused one by index. Confirmed once."""
         ns = call.ns
-        errors: list[str] = []
-        refused = 0
-        published = 0
+        refused: list[tuple[int, GatewayError]] = []
+        outgoing: list[Outgoing] = []
+        mapped: dict[str, str] = {}  # a batch usually repeats a few subjects
         for index, item in enumerate(message.messages):
             if index and index % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # let other tenants' calls run between slices
-            field = f"messages[{index}]"
             try:
-                subject = ns.subject(item.subject, f"{field}.subject")
-                reply = ns.subject(item.reply_to, f"{field}.reply_to") if item.reply_to else ""
-                await self.adapter.publish(
-                    subject, item.data, headers=item.headers, reply=reply, confirm=False
-                )
+                subject = mapped.get(item.subject)
+                if subject is None:
+                    subject = ns.subject(item.subject, f"messages[{index}].subject")
+                    mapped[item.subject] = subject
+                reply = item.reply_to
+                if reply:
+                    reply = ns.subject(reply, f"messages[{index}].reply_to")
             except GatewayError as exc:
-                refused += 1
-                if len(errors) < MAX_REPORTED_ERRORS:
-                    text = public_text(exc.message, ns.root)
-                    errors.append(text if text.startswith(field) else f"{field}: {text}")
+                refused.append((index, exc))
                 continue
-            published += 1
-        if refused > len(errors):  # the answer stays small however many items were refused
-            errors.append(f"… and {refused - len(errors)} more refused messages")
+            outgoing.append((index, subject, item.data, item.headers, reply))
+        failed = await self.adapter.publish_many(outgoing, yield_every=YIELD_EVERY)
+        published = len(outgoing) - len(failed)
         if published:
             await self.adapter.confirm()
+        errors: list[str] = []
+        for index, error in sorted(refused + failed, key=lambda pair: pair[0]):
+            if len(errors) == MAX_REPORTED_ERRORS:
+                break
+            field = f"messages[{index}]"
+            text = public_text(error.message, ns.root)
+            errors.append(text if text.startswith(field) else f"{field}: {text}")
+        unreported = len(refused) + len(failed) - len(errors)
+        if unreported:  # the answer stays small however many items were refused
+            errors.append(f"… and {unreported} more refused messages")
         return pb.PublishBatchResponse(success=not errors, published_count=published, errors=errors)
 
     def subscribe(

@@ -114,11 +114,15 @@ def tenant_key(tenant: Tenant) -> str:
 
 
 def _utf8_len(text: str) -> int:
+    if text.isascii():
+        return len(text)
     return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _bad_char(text: str) -> str | None:
     """First character NATS (or a file system) would choke on: whitespace, control, surrogate."""
+    if text.isascii() and text.isprintable() and " " not in text:
+        return None  # the usual case, in C: printable ASCII has no control characters
     for ch in text:
         if ch.isspace() or unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp"):
             return ch
@@ -133,6 +137,17 @@ def check_subject(subject: str, field: str, *, wildcards: bool) -> None:
     """
     if not subject:
         raise InvalidArgument(field, "must not be empty")
+    if (
+        subject.isascii()
+        and subject.isprintable()
+        and " " not in subject
+        and "*" not in subject
+        and ">" not in subject
+        and ".." not in subject
+        and subject[0] != "."
+        and subject[-1] != "."
+    ):
+        return  # the usual concrete subject, checked in C; anything else takes the long way
     bad = _bad_char(subject)
     if bad is not None:
         raise InvalidArgument(

@@ -217,3 +217,40 @@ async def test_header_size_is_what_nats_counts(make_nats: NatsFactory) -> None:
     finally:
         await reader.close()
         await core.close()
+
+
+async def test_batched_stream_publishes_slide_their_window_and_keep_order(
+    adapter: NatsAdapter,
+) -> None:
+    """More messages than the window: every one stored once, results in request order."""
+    js = JetStreamAdapter(adapter)
+    name = f"window-{uuid.uuid4().hex[:10]}"
+    await js.add_stream(StreamSpec(name=name, subjects=(f"{name}.>",), storage="memory"))
+    items = [(f"{name}.m", f"m{n}".encode(), {}) for n in range(25)]
+    results = await js.publish_many(items, stream=name, inflight=3)
+    assert [getattr(r, "sequence", r) for r in results] == list(range(1, 26))
+
+
+async def test_an_unanswered_request_in_a_window_is_deadline_exceeded(
+    adapter: NatsAdapter,
+) -> None:
+    """A responder that reads but never answers: that item times out, the others are answered."""
+    js = JetStreamAdapter(adapter)
+    nc = adapter.client()
+    subject = f"silent.{uuid.uuid4().hex[:10]}"
+
+    async def answer_all_but_one(msg: nats.aio.msg.Msg) -> None:
+        if msg.data != b"2":
+            await msg.respond(b"+OK")
+
+    sub = await nc.subscribe(f"{subject}.>", cb=answer_all_but_one)
+    await nc.flush()
+    try:
+        results = await js.ack_many(
+            [(f"{subject}.{n}", str(n).encode()) for n in range(5)], inflight=2, timeout=0.5
+        )
+    finally:
+        await sub.unsubscribe()
+    assert [type(r).__name__ for r in results] == [
+        "NoneType", "NoneType", "DeadlineExceeded", "NoneType", "NoneType",
+    ]  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -81,3 +82,19 @@ async def test_subscription_is_on_the_wire_before_it_is_announced(
     )
     assert first_index(writes, b"SUB ordering.sub") < first_index(writes, b"PING")
     await sub.unsubscribe()
+
+
+async def test_pipelined_confirmations_each_follow_a_ping_behind_their_publish(
+    recorded: tuple[NatsAdapter, list[bytes]],
+) -> None:
+    """Confirmations of concurrent publishes overlap (the next PING does not wait for the last
+    PONG), yet none returns before a PING written after its own PUB was answered."""
+    adapter, writes = recorded
+
+    async def publish(i: int) -> None:
+        await adapter.publish(f"ordering.confirm.{i}", b"x")
+        pub = first_index(writes, f"PUB ordering.confirm.{i} ".encode())
+        pings = [n for n, w in enumerate(writes) if b"PING" in w]
+        assert pings and pings[-1] > pub, f"publish {i} confirmed before a PING followed it"
+
+    await asyncio.gather(*(publish(i) for i in range(50)))

@@ -1,0 +1,71 @@
+"""The corked transport: writes pass through, or leave as one write while corked."""
+
+from __future__ import annotations
+
+import asyncio
+
+from natsgw.wire.corking import FLUSH_AT, CorkedTransport
+
+
+class RecordingTransport(asyncio.Transport):
+    """Records what reaches the socket side (a stand-in for asyncio's socket transport)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def test_uncorked_writes_pass_through_one_by_one() -> None:
+    inner = RecordingTransport()
+    transport = CorkedTransport(inner)
+    transport.write(b"headers")
+    transport.write(b"data")
+    assert inner.writes == [b"headers", b"data"]
+
+
+def test_corked_writes_leave_as_one_write_in_order_at_uncork() -> None:
+    inner = RecordingTransport()
+    transport = CorkedTransport(inner)
+    transport.cork()
+    for frame in (b"headers", b"data", b"trailers"):
+        transport.write(frame)
+    assert inner.writes == []
+    assert transport.get_write_buffer_size() == len(b"headersdatatrailers")
+    transport.uncork()
+    assert inner.writes == [b"headersdatatrailers"]
+    transport.write(b"next")
+    assert inner.writes[-1] == b"next"
+
+
+def test_a_large_corked_write_is_not_held() -> None:
+    inner = RecordingTransport()
+    transport = CorkedTransport(inner)
+    transport.cork()
+    transport.write(b"h")
+    transport.write(b"x" * FLUSH_AT)
+    assert inner.writes == [b"h" + b"x" * FLUSH_AT]
+    transport.uncork()
+    assert len(inner.writes) == 1
+
+
+def test_close_writes_what_waits_first() -> None:
+    inner = RecordingTransport()
+    transport = CorkedTransport(inner)
+    transport.cork()
+    transport.write(b"goaway")
+    transport.close()
+    assert inner.writes == [b"goaway"]
+    assert inner.closed and transport.is_closing()
