@@ -41,14 +41,15 @@ ROWS: dict[str, Measure] = {
     "objects": objects.objects,
     "publish_batch": publish.publish_batch,
     "subscribe": publish.subscribe,
+    "subscribe_batched": publish.subscribe_batched,
     "kv": kv.kv,
     "consume": streams.consume,
     "publish_to_stream_batch": streams.publish_to_stream_batch,
     "unary_publish": unary.unary_publish,
 }
 #: Print order: the issue's table.
-ORDER = ["publish_batch", "subscribe", "kv", "consume", "publish_to_stream_batch", "objects",
-         "unary_publish", "streamed_objects"]  # fmt: skip
+ORDER = ["publish_batch", "subscribe", "subscribe_batched", "kv", "consume",
+         "publish_to_stream_batch", "objects", "unary_publish", "streamed_objects"]  # fmt: skip
 
 
 def machine() -> str:

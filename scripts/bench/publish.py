@@ -61,9 +61,9 @@ class Counter:
         self.last = 0.0
         self.done = asyncio.Event()
 
-    def hit(self) -> None:
+    def hit(self, count: int = 1) -> None:
         self.last = time.perf_counter()
-        self.count += 1
+        self.count += count
         if self.count >= self.expected:
             self.done.set()
 
@@ -80,20 +80,32 @@ class Counter:
 
 
 async def subscribe(ctx: Context) -> Row:
+    """One message per response, as every existing client reads a Subscribe stream."""
+    return await _subscribe(ctx, max_batch=0)
+
+
+async def subscribe_batched(ctx: Context) -> Row:
+    """The opt-in batched delivery (``SubscribeRequest.max_batch``)."""
+    return await _subscribe(ctx, max_batch=100)
+
+
+async def _subscribe(ctx: Context, max_batch: int) -> Row:
     n = ctx.sizes.subscribe_msgs // BATCH * BATCH
-    subject = "bench.subscribe"
+    subject = f"bench.subscribe{max_batch}"
 
     # natsgw: a Subscribe stream, read as fast as grpc.aio allows.
     counter = Counter(n)
     ended = "stream kept"
-    call = ctx.gateway.stream("Subscribe")(pb2.SubscribeRequest(user_id=USER, subject=subject))
+    call = ctx.gateway.stream("Subscribe")(
+        pb2.SubscribeRequest(user_id=USER, subject=subject, max_batch=max_batch)
+    )
     await call.initial_metadata()  # sent once the NATS subscription is in place
 
     async def read() -> None:
         nonlocal ended
         try:
-            async for _ in call:
-                counter.hit()
+            async for response in call:
+                counter.hit(1 + len(response.batch))
         except grpc.aio.AioRpcError as exc:
             ended = f"stream ended {exc.code().name} after {counter.count:,}"
             counter.done.set()
@@ -124,7 +136,8 @@ async def subscribe(ctx: Context) -> Row:
     await sub.unsubscribe()
     native = native_counter.rate(started)
     return Row(
-        "Subscribe delivery, fed by PublishBatch",
+        "Subscribe delivery, fed by PublishBatch"
+        + (f" (max_batch={max_batch})" if max_batch else ""),
         "msg/s",
         gateway,
         "nats-py subscriber, same feed",
