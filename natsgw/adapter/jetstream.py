@@ -944,7 +944,10 @@ async def request_while_leaderless(
                 log.info("stream_publish_retried", attempts=attempts, subject=subject)
             return msg
         attempts += 1
-        if loop.time() + LEADERLESS_RETRY_WAIT >= deadline:
+        # An attempt needs time for an answer: one started just before the deadline would time
+        # out, and a timed-out publish "may have been stored" (DEADLINE_EXCEEDED) when every
+        # answer so far proved that nothing was.
+        if loop.time() + 2 * LEADERLESS_RETRY_WAIT >= deadline:
             log.info("stream_publish_leaderless", attempts=attempts, subject=subject)
             return None
         await asyncio.sleep(LEADERLESS_RETRY_WAIT)
