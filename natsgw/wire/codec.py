@@ -205,10 +205,9 @@ class UpbBridge:
             for item in out:
                 for name, bound, convert in checks:
                     if bound is not None:
-                        count = len(getattr(item, name))
-                        if count > bound.limit:
-                            raise _over_limit(item, bound, count)
-                    elif convert is not None and item.HasField(name):
+                        if len(getattr(item, name)) > bound.limit:
+                            raise _over_limit(item, bound, len(getattr(item, name)))
+                    elif item.HasField(name) and convert is not None:
                         convert(getattr(item, name))  # only to refuse what would not convert
         return out
 
@@ -302,6 +301,8 @@ def _first_over_limit(data: bytes, limits: dict[int, int]) -> int | None:
             length = data[pos] if pos < end else 0x80
             if length < 0x80:
                 pos += 1 + length
+            elif pos + 1 < end and data[pos + 1] < 0x80:  # 128 B to 16 KiB: a batch item
+                pos += 2 + ((length & 0x7F) | (data[pos + 1] << 7))
             else:
                 length, pos = _varint(data, pos)
                 pos += length
