@@ -50,6 +50,7 @@ from natsgw.service.gateway import NATSGateway, Services
 from natsgw.wire import compression, frames
 from natsgw.wire.codec import GatewayCodec, RepeatedLimits, UpbBridge
 from natsgw.wire.corking import corked
+from natsgw.wire.items import UPB_ITEMS
 from natsgw.wire.reflection import DocumentedReflection
 
 log = structlog.get_logger("natsgw.server")
@@ -70,7 +71,7 @@ class GatewayFailed(RuntimeError):
 def build_codec(max_message_size: int, limits: RepeatedLimits | None = None) -> GatewayCodec:
     """Every generated dataclass of isa.nats goes through the upb bridge (see wire.codec), each
     repeated/map field bounded by ``limits`` before it is expanded (None: unbounded)."""
-    bridge = UpbBridge(nats_service_pb2, default_message_pool, limits)
+    bridge = UpbBridge(nats_service_pb2, default_message_pool, limits, UPB_ITEMS)
     for name in pb.__all__:
         cls = getattr(pb, name)
         if isinstance(cls, type) and issubclass(cls, betterproto2.Message):

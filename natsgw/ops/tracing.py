@@ -15,7 +15,7 @@ lookup, never a per-message pass.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from grpclib.const import Status
@@ -98,18 +98,22 @@ def on_request(rpc: str, request: Any, metadata: Mapping[str, Any]) -> CallTrace
 
 
 def stamp(request: Any, trace_headers: Mapping[str, str]) -> None:
-    """Add the trace headers to every message the request publishes that has none of its own."""
+    """Add the trace headers to every message the request publishes that has none of its own.
+
+    Batch items may be upb messages (natsgw.wire.items): their headers are a upb map, which is
+    a MutableMapping like the dataclasses' dict.
+    """
     single = getattr(request, "headers", None)
-    if isinstance(single, dict):
+    if isinstance(single, MutableMapping):
         _add(single, trace_headers)
     messages = getattr(request, "messages", None)
     if isinstance(messages, list):
         for message in messages:
             own = getattr(message, "headers", None)
-            if isinstance(own, dict):
+            if isinstance(own, MutableMapping):
                 _add(own, trace_headers)
 
 
-def _add(headers: dict[str, str], trace_headers: Mapping[str, str]) -> None:
+def _add(headers: MutableMapping[str, str], trace_headers: Mapping[str, str]) -> None:
     if TRACEPARENT not in headers and TRACEPARENT.title() not in headers:
         headers.update(trace_headers)

@@ -22,7 +22,7 @@ import dataclasses
 import datetime
 import functools
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -61,6 +61,7 @@ from natsgw.service.subscriptions import Mailbox, SubscriptionRegistry
 from natsgw.tenancy import Namespace
 from natsgw.tenancy.acks import AckSubject, AckTokens, parse_ack_subject
 from natsgw.tenancy.subjects import captured_by
+from natsgw.wire.items import StreamItem
 
 log = structlog.get_logger("natsgw.service.jetstream")
 
@@ -305,7 +306,7 @@ class JetStreamService:
         subjects = await self._stream_subjects(stream)
         root = self.settings.namespace_root
         results: list[pb.StreamPublishResult | None] = [None] * len(message.messages)
-        batch: list[tuple[str, bytes, dict[str, str]]] = []
+        batch: list[tuple[str, bytes, Mapping[str, str]]] = []
         positions: list[int] = []
 
         def refused(index: int, exc: GatewayError) -> pb.StreamPublishResult:
@@ -317,7 +318,8 @@ class JetStreamService:
             )
 
         mapped: dict[str, str] = {}  # subjects found captured (a batch repeats a few)
-        for index, item in enumerate(message.messages):
+        items: Sequence[StreamItem] = message.messages  # upb messages off the wire (wire.items)
+        for index, item in enumerate(items):
             if index and index % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # let other tenants' calls run between slices
             try:
@@ -335,9 +337,9 @@ class JetStreamService:
             except GatewayError as exc:
                 results[index] = refused(index, exc)
                 continue
-            headers = dict(item.headers)
+            headers = item.headers  # the adapter copies it (adding Nats-Expected-Stream)
             if item.msg_id:
-                headers["Nats-Msg-Id"] = item.msg_id
+                headers = {**headers, "Nats-Msg-Id": item.msg_id}
             batch.append((subject, item.data, headers))
             positions.append(index)
         outcomes = await self.js.publish_many(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 
 from natsgw._generated import nats_service_pb2 as wire
 from natsgw._generated.isa import nats as pb
@@ -18,6 +18,7 @@ from natsgw.service.fanout import FanOut
 from natsgw.service.pacing import YIELD_EVERY
 from natsgw.service.subscriptions import Delivery, Mailbox, SubscriptionRegistry
 from natsgw.tenancy import Namespace, public_text
+from natsgw.wire.items import BatchItem
 
 #: PublishBatch reports at most this many refused items one by one, then a count of the rest.
 MAX_REPORTED_ERRORS = 100
@@ -165,7 +166,8 @@ class MessagingService:
         refused: list[tuple[int, GatewayError]] = []
         outgoing: list[Outgoing] = []
         mapped: dict[str, str] = {}  # a batch usually repeats a few subjects
-        for index, item in enumerate(message.messages):
+        items: Sequence[BatchItem] = message.messages  # upb messages off the wire (wire.items)
+        for index, item in enumerate(items):
             if index and index % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # let other tenants' calls run between slices
             try:

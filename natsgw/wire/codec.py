@@ -1,7 +1,10 @@
 """The wire codec: where bytes become the typed dataclasses handlers work with, and back.
 
-Handlers only ever see betterproto2 dataclasses. How those are (de)serialized is decided here and
-nowhere else, so the codec can change without touching a handler:
+Handlers see betterproto2 dataclasses, except the items of big repeated fields whose classes are
+in natsgw.wire.items.UPB_ITEMS (batch messages): those stay the upb messages they were parsed as,
+read through the Protocols of that module (a dataclass per item was half of PublishBatch's CPU).
+How messages are (de)serialized is decided here and nowhere else, so the codec can change
+without touching a handler:
 
 - :class:`UpbBridge` parses with Google's upb ``protobuf`` classes (C, ~1 µs) and converts field by
   field into the dataclass; encoding goes the other way. Measured on this machine for a 260-byte
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import betterproto2
@@ -78,10 +81,20 @@ class _FieldPlan:
 class UpbBridge:
     """Converts between betterproto2 dataclasses and upb messages of the same .proto."""
 
-    def __init__(self, upb_module: Any, pool: Any, limits: RepeatedLimits | None = None) -> None:
+    def __init__(
+        self,
+        upb_module: Any,
+        pool: Any,
+        limits: RepeatedLimits | None = None,
+        upb_items: Collection[type[Any]] = (),
+    ) -> None:
         self._upb_module = upb_module
         self._pool = pool
         self._limits = limits
+        #: Dataclasses whose instances in a repeated field stay upb messages (natsgw.wire.items).
+        self._upb_items = frozenset(upb_items)
+        self._item_checks: dict[type[Any], tuple[tuple[str, _Bound | None, _Converter | None], ...]]
+        self._item_checks = {}
         self._pairs: dict[type[betterproto2.Message], type[Any]] = {}
         self._plans: dict[type[betterproto2.Message], list[_FieldPlan]] = {}
         self._bounds: dict[type[betterproto2.Message], tuple[_Bound, ...]] = {}
@@ -103,6 +116,13 @@ class UpbBridge:
                 plan.bound = self._bound(field)
         self._plans[cls] = plans
         self._bounds[cls] = tuple(p.bound for p in plans if p.bound is not None)
+        # What expanding an item would check, for items left as upb: bounds, and conversions
+        # that can refuse a value (a Timestamp beyond year 9999), in field order.
+        self._item_checks[cls] = tuple(
+            (p.name, p.bound, p.to_dc if p.post_set is not None else None)
+            for p in plans
+            if p.bound is not None or p.post_set is not None
+        )
 
     def _bound(self, field: dataclasses.Field[Any]) -> _Bound:
         limits = self._limits or RepeatedLimits(2**62, 2**62, 2**62, 2**62)
@@ -145,6 +165,15 @@ class UpbBridge:
             raise NotImplementedError(f"{cls.__name__}.{name}: wrapped {wrapped}")
         sub_cls = field_classes(cls)[name]
         self.register(sub_cls)
+        if meta.repeated and sub_cls in self._upb_items:
+            upb_sub = self._pairs[sub_cls]
+            return _FieldPlan(
+                name,
+                lambda v: self._checked_items(sub_cls, v),
+                lambda v: [x if isinstance(x, upb_sub) else self.to_upb(x) for x in v],
+                False,
+                None,
+            )
         if meta.repeated:
             return _FieldPlan(
                 name,
@@ -163,13 +192,24 @@ class UpbBridge:
             value = getattr(upb_msg, plan.name)
             bound = plan.bound  # every repeated field is counted before it is expanded
             if bound is not None and len(value) > bound.limit:
-                raise InvalidArgument(
-                    f"{upb_msg.DESCRIPTOR.name}.{bound.field}",
-                    f"{len(value)} items is above the limit of {bound.limit} "
-                    f"({bound.setting}); send fewer per call",
-                )
+                raise _over_limit(upb_msg, bound, len(value))
             kwargs[plan.name] = value if plan.to_dc is None else plan.to_dc(value)
         return cls(**kwargs)
+
+    def _checked_items(self, cls: type[Any], items: Any) -> list[Any]:
+        """The upb items of a repeated field as a list, refused exactly as :meth:`to_dataclass`
+        would refuse them (same bounds, same messages), without building a dataclass each."""
+        out = list(items)
+        checks = self._item_checks[cls]
+        if checks:
+            for item in out:
+                for name, bound, convert in checks:
+                    if bound is not None:
+                        if len(getattr(item, name)) > bound.limit:
+                            raise _over_limit(item, bound, len(getattr(item, name)))
+                    elif item.HasField(name) and convert is not None:
+                        convert(getattr(item, name))  # only to refuse what would not convert
+        return out
 
     def to_upb(self, message: Any) -> Any:
         cls = type(message)
@@ -261,6 +301,8 @@ def _first_over_limit(data: bytes, limits: dict[int, int]) -> int | None:
             length = data[pos] if pos < end else 0x80
             if length < 0x80:
                 pos += 1 + length
+            elif pos + 1 < end and data[pos + 1] < 0x80:  # 128 B to 16 KiB: a batch item
+                pos += 2 + ((length & 0x7F) | (data[pos + 1] << 7))
             else:
                 length, pos = _varint(data, pos)
                 pos += length
@@ -294,6 +336,13 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         if shift > 63:
             break
     return 0, len(data) + 1  # truncated or overlong: the caller stops
+
+
+def _over_limit(upb_msg: Any, bound: _Bound, count: int) -> InvalidArgument:
+    return InvalidArgument(
+        f"{upb_msg.DESCRIPTOR.name}.{bound.field}",
+        f"{count} items is above the limit of {bound.limit} ({bound.setting}); send fewer per call",
+    )
 
 
 def _many(field: dataclasses.Field[Any]) -> bool:
