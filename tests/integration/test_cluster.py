@@ -394,7 +394,9 @@ async def test_stream_without_a_leader_is_unavailable_never_not_found(
         assert info.value.status is Status.UNAVAILABLE, info.value
         assert "retry" in (info.value.message or "") and stream not in (info.value.message or "")
         (gave_up,) = [e for e in logs if e["event"] == "stream_publish_leaderless"]
-        assert gave_up["attempts"] >= 4  # every 250 ms within the 2 s budget
+        # It retried (every 250 ms within the 2 s budget; how many fit depends on the machine's
+        # load, so only "more than once" is asserted, not a count that is really a timing).
+        assert gave_up["attempts"] >= 2
         batch = await stub.publish_to_stream_batch(
             pb.PublishToStreamBatchRequest(
                 user_id=user,
