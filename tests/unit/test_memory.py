@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-from natsgw.ops.memory import return_large_buffers
+from natsgw.ops.memory import HeapTrimmer, return_large_buffers, rss
+
+MIB = 1024 * 1024
 
 
 @pytest.mark.skipif(
@@ -22,3 +24,30 @@ def test_threshold_is_set_on_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_an_operators_own_setting_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
     assert return_large_buffers() is False
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="glibc only",
+)
+def test_freed_heap_memory_goes_back_to_the_os() -> None:
+    trimmer = HeapTrimmer.create(threshold=8 * MIB)
+    assert trimmer is not None
+    trimmer.maybe_trim()  # start from what is free now
+    # 64 KiB chunks (heap, under the mmap threshold) pinned apart by small live blocks, as
+    # message chunks sit between a stream's other allocations: glibc cannot trim by itself.
+    chunks, pins = [], []
+    for index in range(512):
+        chunks.append(bytes([index % 251]) * (64 * 1024))
+        pins.append(bytes([index % 251]) * 1024)
+    before_free = rss()
+    del chunks
+    assert trimmer.free_bytes() >= 24 * MIB
+    assert rss() > before_free - 8 * MIB  # freed, but still held by glibc
+    assert trimmer.maybe_trim() is False  # no stream ended: nothing to look at
+    trimmer.ended()
+    assert trimmer.maybe_trim() is True
+    assert rss() < before_free - 16 * MIB
+    trimmer.ended()
+    assert trimmer.maybe_trim() is False  # RSS did not grow since: no second collection
+    assert len(pins) == 512
