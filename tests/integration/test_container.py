@@ -89,9 +89,7 @@ def _published_ports(compose: str) -> list[str]:
     return found
 
 
-def test_compose_files_keep_trusted_ports_on_loopback_and_jetstream_data_in_volumes() -> (
-    None
-):
+def test_compose_files_keep_trusted_ports_on_loopback_and_jetstream_data_in_volumes() -> None:
     """Both compose files run natsgw in trusted mode: a port published on every interface would
     let any machine act as any user. NATS's JetStream store must survive the container."""
     for name in ("compose.yaml", "compose-cluster.yaml"):
