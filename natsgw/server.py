@@ -12,8 +12,10 @@ Nothing else reaches across modules. Start-up and shutdown happen in a known ord
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
+from collections.abc import Iterator
 
 import betterproto2
 import structlog
@@ -36,7 +38,7 @@ from natsgw.ops.consul import ConsulRegistration
 from natsgw.ops.datadir import DataDirLock
 from natsgw.ops.embedded import EmbeddedNatsServer
 from natsgw.ops.http import HttpSide
-from natsgw.ops.memory import return_large_buffers
+from natsgw.ops.memory import HeapTrimmer, return_large_buffers
 from natsgw.ops.metrics import MeteredSubscriptionRegistry, Metrics
 from natsgw.ops.monitoring import NatsMonitor
 from natsgw.ops.secrets import mask_url
@@ -114,6 +116,8 @@ class Gateway:
         #: Why the gateway cannot serve any more (empty while healthy); set by supervision.
         self.failure = ""
         self._failed = asyncio.Event()
+        self.trimmer: HeapTrimmer | None = None
+        self._trimming: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start everything; if a step fails, stop what the earlier steps started, then raise."""
@@ -122,6 +126,16 @@ class Gateway:
         except BaseException:
             await self._release()
             raise
+
+    @contextlib.contextmanager
+    def _stream_lease(self, tenant_key: str) -> Iterator[None]:
+        """One of the tenant's stream slots; when the stream ends, memory may be given back."""
+        try:
+            with self.subscriptions.lease(tenant_key):
+                yield
+        finally:
+            if self.trimmer is not None:
+                self.trimmer.ended()
 
     def _give_up(self, reason: str) -> None:
         self.failure = reason
@@ -134,6 +148,9 @@ class Gateway:
         compression.install()
         frames.install()
         return_large_buffers()
+        trimmer = self.trimmer = HeapTrimmer.create()
+        if trimmer is not None:  # what ended streams held goes back to the OS
+            self._trimming = asyncio.create_task(trimmer.run(), name="natsgw-heap-trim")
         servers = list(settings.nats_urls)
         monitor_url = settings.nats_monitor_url
         if settings.embedded:
@@ -172,7 +189,6 @@ class Gateway:
                 settings.namespace_root,
                 on_refusal=lambda quota: self.metrics.quota_refusals.labels(quota).inc(),
             )
-        subscriptions = self.subscriptions
         self.pipeline = Pipeline(
             authenticator=self.authenticator,
             metrics=self.metrics,
@@ -183,7 +199,7 @@ class Gateway:
             in_flight=self.in_flight,
             credential_recheck=settings.auth_recheck_interval,
             on_undecodable=RejectLog(),
-            stream_leases=lambda call: subscriptions.lease(call.ns.key),
+            stream_leases=lambda call: self._stream_lease(call.ns.key),
         )
         # Shared subscriptions queue little in nats-py (delivery into mailboxes never blocks);
         # its limits only bound a burst the event loop has not caught up with yet.
@@ -295,6 +311,10 @@ class Gateway:
 
     async def _release(self) -> None:
         """Close, stop and release whatever was started, in reverse order; safe to repeat."""
+        trimming, self._trimming = self._trimming, None
+        if trimming is not None:
+            trimming.cancel()
+            await asyncio.gather(trimming, return_exceptions=True)
         if self.consul is not None:
             await self.consul.stop()
             self.consul = None

@@ -56,6 +56,8 @@ _WRONG_LAST_SEQUENCE = (10071, 10164)
 _META_ATTEMPTS = 32
 #: Chunks published but not yet acknowledged by the stream, per upload.
 ACK_WINDOW = 16
+#: Chunks the server may send ahead of a reader (each up to the chunk size).
+READ_WINDOW = 16
 #: Room left in a NATS message for the protocol around a chunk.
 _CHUNK_HEADROOM = 1024
 
@@ -444,6 +446,7 @@ class ObjectStoreClient:
                 chunk_subject(bucket, stat.object_id),
                 start=Start.ALL,
                 patience=max(self._timeout, 10.0),
+                window=READ_WINDOW,
             )
             try:
                 try:

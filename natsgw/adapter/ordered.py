@@ -5,11 +5,17 @@ the Object Store's result buffer chunk by chunk; this reader answers flow contro
 caller has taken every message before it, so the server never sends more than its flow-control
 window ahead of the caller, and memory stays bounded by that window whatever the stream holds.
 
-It is "ordered" in the JetStream sense: an ephemeral push consumer (no acks, memory storage) whose
-delivery sequence is checked on every message. A gap, a missed heartbeat (the server restarted,
-the consumer vanished, the connection dropped) or a consumer error makes it recreate the consumer
-from the stream sequence after the last one handed out, so the caller sees every message exactly
-once, in order, across reconnects.
+Flow control alone lets the server run up to its 32 MiB window (``JsFlowControlMaxPending``) ahead
+of the caller once a fast reader has ramped it up, all of it queued in nats-py, per reader. So the
+consumer also acknowledges ("ack all") and caps unacknowledged deliveries at ``window`` messages:
+the reader acks as the caller takes messages, and the server never has more than ``window``
+messages out, whatever their size or the caller's pace.
+
+It is "ordered" in the JetStream sense: an ephemeral push consumer (memory storage, each message
+delivered once) whose delivery sequence is checked on every message. A gap, a missed heartbeat
+(the server restarted, the consumer vanished, the connection dropped) or a consumer error makes it
+recreate the consumer from the stream sequence after the last one handed out, so the caller sees
+every message exactly once, in order, across reconnects.
 """
 
 from __future__ import annotations
@@ -84,6 +90,7 @@ class OrderedReader:
         follow: bool = False,
         patience: float = 10.0,
         pending_bytes: int = 64 * 1024 * 1024,
+        window: int = 32,
     ) -> None:
         self._nc = nc
         self._js = js
@@ -96,6 +103,10 @@ class OrderedReader:
         self._follow = follow
         self._patience = patience
         self._pending_bytes = pending_bytes
+        self._window = max(1, window)
+        #: Ack after this many taken messages: the server never waits on the caller's last few.
+        self._ack_step = max(1, self._window // 4)
+        self._acked = 0  # delivery sequence last acknowledged (ack all) on the current consumer
         self._sub: NatsSubscription | None = None
         self._consumer = ""
         self._dseq = 0  # last delivery sequence seen from the current consumer
@@ -177,6 +188,11 @@ class OrderedReader:
                 continue
             self._dseq = meta.sequence.consumer
             self._sseq = meta.sequence.stream
+            if msg.reply and self._dseq - self._acked >= self._ack_step:
+                # Taken by the caller: let the server send the next few.
+                self._acked = self._dseq
+                with contextlib.suppress(Exception):
+                    await self._nc.publish(msg.reply)
             return StoredMessage(
                 subject=msg.subject,
                 data=msg.data,
@@ -212,7 +228,11 @@ class OrderedReader:
             filter_subject=self._filter,
             deliver_policy=policy,
             opt_start_seq=opt_seq,
-            ack_policy=api.AckPolicy.NONE,
+            # Ack all + max_ack_pending: the window above. Never redelivered (max_deliver 1) and
+            # never waited on (a stalled caller just keeps its window; ack_wait is a day).
+            ack_policy=api.AckPolicy.ALL,
+            max_ack_pending=self._window,
+            ack_wait=86400.0,
             max_deliver=1,
             flow_control=True,
             idle_heartbeat=self._heartbeat,
@@ -243,6 +263,7 @@ class OrderedReader:
         self._sub = sub
         self._consumer = str(info.name or "")
         self._dseq = 0
+        self._acked = 0
         if first:
             self.initial_pending = int(info.num_pending or 0)
 
