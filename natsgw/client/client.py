@@ -74,20 +74,6 @@ def _msg(m: pb.MessageResponse) -> Msg:
     return Msg(m.subject, m.data, dict(m.headers), m.reply_to, m.sequence, m.timestamp)
 
 
-def _js_msg(m: pb.JetStreamMessage) -> JsMsg:
-    return JsMsg(
-        subject=m.subject,
-        data=m.data,
-        headers=dict(m.headers),
-        sequence=m.sequence,
-        consumer_sequence=m.consumer_sequence,
-        num_delivered=m.num_delivered,
-        num_pending=m.num_pending,
-        timestamp=m.timestamp,
-        ack_token=m.ack_token,
-    )
-
-
 def _seconds(value: float | datetime.timedelta | None) -> datetime.timedelta | None:
     if value is None or isinstance(value, datetime.timedelta):
         return value
@@ -456,7 +442,7 @@ class Client:
                 ),
                 timeout=max_wait + 10.0,
             )
-        return [_js_msg(m) for m in answer.messages]
+        return [JsMsg.from_wire(m) for m in answer.messages]
 
     async def ack(
         self,

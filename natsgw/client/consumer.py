@@ -201,18 +201,6 @@ class Consumer:
                 raise StopAsyncIteration
             if response.message is None:
                 continue  # heartbeat
-            m = response.message
-            msg = JsMsg(
-                subject=m.subject,
-                data=m.data,
-                headers=dict(m.headers),
-                sequence=m.sequence,
-                consumer_sequence=m.consumer_sequence,
-                num_delivered=m.num_delivered,
-                num_pending=m.num_pending,
-                timestamp=m.timestamp,
-                ack_token=m.ack_token,
-                _batcher=self.batcher,
-            )
+            msg = JsMsg.from_wire(response.message, self.batcher)
             self.batcher.held(msg)
             return msg

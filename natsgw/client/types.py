@@ -19,6 +19,7 @@ from natsgw._generated.isa.nats import (
     ConsumerInfo,
     DeliveryPolicy,
     DiscardPolicy,
+    JetStreamMessage,
     KvBucketInfo,
     KvEntry,
     KvOperation,
@@ -127,6 +128,22 @@ class JsMsg:
     timestamp: datetime.datetime | None
     ack_token: str
     _batcher: _Settler | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_wire(cls, m: JetStreamMessage, settler: _Settler | None = None) -> JsMsg:
+        """The delivery as the gateway sent it; ``settler`` batches its acks (``consume``)."""
+        return cls(
+            subject=m.subject,
+            data=m.data,
+            headers=dict(m.headers),
+            sequence=m.sequence,
+            consumer_sequence=m.consumer_sequence,
+            num_delivered=m.num_delivered,
+            num_pending=m.num_pending,
+            timestamp=m.timestamp,
+            ack_token=m.ack_token,
+            _batcher=settler,
+        )
 
     def ack(self) -> None:
         """Done with it. Queued; the consumer sends it within its ack interval."""
