@@ -606,7 +606,13 @@ class JetStreamAdapter:
         with translated(f"publish to stream {stream}"):
             try:
                 msg = await request_while_leaderless(
-                    nc, subject, data, hdrs, budget, gone=lambda: self._stream_gone(stream)
+                    nc,
+                    subject,
+                    data,
+                    hdrs,
+                    budget,
+                    gone=lambda: self._stream_gone(stream),
+                    leaderless=lambda: self._stream_leaderless(stream),
                 )
             except NoRespondersError:
                 raise NotFound(
@@ -626,6 +632,18 @@ class JetStreamAdapter:
             sequence=int(response.get("seq", 0)),
             duplicate=bool(response.get("duplicate", False)),
         )
+
+    async def _stream_leaderless(self, stream: str) -> bool:
+        """True when no stream leader answers an info request (so nothing can have been stored:
+        storing takes a leader); an answer, even an error, means a leader may have stored."""
+        try:
+            reply = await self._nc().request(
+                f"{self._core.api_prefix}.STREAM.INFO.{stream}", b"", timeout=LEADER_PROBE_WAIT
+            )
+            error = json.loads(reply.data).get("error") or {}
+        except Exception:  # timeout, no responders, unreadable reply: nobody leads it
+            return True
+        return bool(error.get("code") == 503)
 
     async def _stream_gone(self, stream: str) -> bool:
         """True only when JetStream says the stream does not exist; no answer proves nothing."""
@@ -678,18 +696,23 @@ class JetStreamAdapter:
         results: list[StreamPubAck | GatewayError],
     ) -> None:
         """Batch items that met "no responders" while the stream exists (a leader election)
-        become UNAVAILABLE, nothing stored and retryable, instead of NOT_FOUND."""
+        become UNAVAILABLE, nothing stored and retryable, instead of NOT_FOUND; so do items that
+        timed out while no leader answers for the stream (storing takes a leader)."""
         leaderless = [
             index
             for index, reply in enumerate(replies)
             if not isinstance(reply, GatewayError) and no_responders(reply)
         ]
-        if leaderless and not await self._stream_gone(stream):
-            for index in leaderless:
-                results[index] = Unavailable(
-                    f"publish to stream {stream}: no server took it (the stream is electing a "
-                    "leader); nothing was stored, retry"
-                )
+        if leaderless and await self._stream_gone(stream):
+            leaderless = []
+        timed_out = [i for i, r in enumerate(replies) if isinstance(r, DeadlineExceeded)]
+        if timed_out and await self._stream_leaderless(stream):
+            leaderless += timed_out
+        for index in leaderless:
+            results[index] = Unavailable(
+                f"publish to stream {stream}: no server took it (the stream is electing a "
+                "leader); nothing was stored, retry"
+            )
 
     async def ack_many(
         self, acks: Sequence[tuple[str, bytes]], *, inflight: int, timeout: float | None = None
@@ -907,6 +930,8 @@ def _json(msg: Msg, what: str) -> Any:
 
 #: Wait between attempts while nothing takes a stream publish (nats.go's js.Publish: 250 ms).
 LEADERLESS_RETRY_WAIT = 0.25
+#: How long a timed-out stream publish waits for the stream's info to tell whether it has a leader.
+LEADER_PROBE_WAIT = 0.5
 
 
 async def request_while_leaderless(
@@ -917,6 +942,7 @@ async def request_while_leaderless(
     budget: float,
     *,
     gone: Callable[[], Awaitable[bool]],
+    leaderless: Callable[[], Awaitable[bool]],
 ) -> Msg | None:
     """A stream publish request, repeated while NATS answers "no responders"; None when the
     budget ran out that way. After the first "no responders" ``gone()`` is asked once: a deleted
@@ -926,7 +952,9 @@ async def request_while_leaderless(
     listens on the stream's subjects, so a publish meets "no responders". That proves nothing was
     stored, so sending it again is safe; nats.go's js.Publish does the same (every 250 ms), here
     for as long as the call's budget allows rather than a fixed count. A timeout is not retried:
-    the message may have been stored.
+    the message may have been stored, unless ``leaderless()`` shows no leader answers for the
+    stream (a survivor of an election can hold the subject's interest without answering), then
+    it counts as "not stored" too.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget
@@ -939,6 +967,11 @@ async def request_while_leaderless(
         except NoRespondersError:
             if not attempts and await gone():
                 raise
+        except TimeoutError:
+            if not await leaderless():
+                raise
+            log.info("stream_publish_leaderless", attempts=attempts + 1, subject=subject)
+            return None
         else:
             if attempts:
                 log.info("stream_publish_retried", attempts=attempts, subject=subject)
