@@ -15,8 +15,8 @@ from typing import Protocol
 from natsgw._generated.isa import nats as pb
 
 
-class BatchItem(Protocol):
-    """One message of a ``PublishBatchRequest`` (``NATSMessage``, dataclass ``NatsMessage``)."""
+class _Item(Protocol):
+    """What every batch item carries."""
 
     @property
     def subject(self) -> str: ...
@@ -24,19 +24,18 @@ class BatchItem(Protocol):
     def data(self) -> bytes: ...
     @property
     def headers(self) -> Mapping[str, str]: ...
+
+
+class BatchItem(_Item, Protocol):
+    """One message of a ``PublishBatchRequest`` (``NATSMessage``, dataclass ``NatsMessage``)."""
+
     @property
     def reply_to(self) -> str: ...
 
 
-class StreamItem(Protocol):
+class StreamItem(_Item, Protocol):
     """One message of a ``PublishToStreamBatchRequest`` (``StreamMessage``)."""
 
-    @property
-    def subject(self) -> str: ...
-    @property
-    def data(self) -> bytes: ...
-    @property
-    def headers(self) -> Mapping[str, str]: ...
     @property
     def msg_id(self) -> str: ...
 
