@@ -7,7 +7,8 @@ iterator they can also ``async with``. This adapts one to the other and translat
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
@@ -25,6 +26,8 @@ class ServerStream(Generic[Req, Resp, Out]):
     """Async iterator (and async context manager) over one unary-stream call's responses.
 
     ``convert`` turns each response into what the caller sees, or ``None`` to skip it (heartbeats).
+    ``riders`` names the further responses a batched response carries (``max_batch``), which are
+    handed out one by one after it, so callers never see the batching.
     """
 
     def __init__(
@@ -36,6 +39,7 @@ class ServerStream(Generic[Req, Resp, Out]):
         convert: Callable[[Resp], Out | None],
         metadata: Mapping[str, str],
         timeout: float | None = None,
+        riders: Callable[[Resp], Iterable[Resp]] | None = None,
     ) -> None:
         self._channel = channel
         self._path = path
@@ -44,6 +48,8 @@ class ServerStream(Generic[Req, Resp, Out]):
         self._convert = convert
         self._metadata = metadata
         self._timeout = timeout
+        self._riders = riders
+        self._ready: deque[Out] = deque()
         self._stack: contextlib.AsyncExitStack | None = None
         self._stream: Stream[Any, Any] | None = None
         self._done = False
@@ -97,14 +103,22 @@ class ServerStream(Generic[Req, Resp, Out]):
         return self
 
     async def __anext__(self) -> Out:
-        while True:
+        while not self._ready:
             response = await self.next_response()
             if response is None:
                 await self.aclose()
                 raise StopAsyncIteration
-            out = self._convert(response)
+            self._take(response)
+        return self._ready.popleft()
+
+    def _take(self, response: Resp) -> None:
+        out = self._convert(response)
+        if out is not None:
+            self._ready.append(out)
+        for rider in self._riders(response) if self._riders is not None else ():
+            out = self._convert(rider)
             if out is not None:
-                return out
+                self._ready.append(out)
 
     async def aclose(self) -> None:
         """End the call (cancel it unless the server ended it): the gateway releases its side."""

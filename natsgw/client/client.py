@@ -44,6 +44,9 @@ from natsgw.client.types import (
 _SERVICE = "/isa.nats.NATSService/"
 DEFAULT_PORT = 50056
 DEFAULT_CHUNK = 128 * 1024
+# Most messages per streamed response; only messages already waiting ride together, so this
+# costs no latency and saves the per-response HTTP/2 and decoding work when a stream runs busy.
+DEFAULT_MAX_BATCH = 100
 
 
 def tls_context(
@@ -72,6 +75,10 @@ def parse_target(target: str) -> tuple[str, int]:
 
 def _msg(m: pb.MessageResponse) -> Msg:
     return Msg(m.subject, m.data, dict(m.headers), m.reply_to, m.sequence, m.timestamp)
+
+
+def _batch_of(m: pb.MessageResponse) -> list[pb.MessageResponse]:
+    return m.batch
 
 
 def _seconds(value: float | datetime.timedelta | None) -> datetime.timedelta | None:
@@ -187,6 +194,7 @@ class Client:
         response_type: type[Any],
         convert: Any,
         timeout: float | None = None,
+        riders: Any = None,
     ) -> ServerStream[Any, Any, Any]:
         return ServerStream(
             self._channel,
@@ -196,6 +204,7 @@ class Client:
             convert,
             self._metadata,
             timeout,
+            riders,
         )
 
     # ---- health --------------------------------------------------------------------------
@@ -247,19 +256,22 @@ class Client:
             )
         return BatchResult(answer.published_count, tuple(answer.errors))
 
-    def subscribe(self, subject: str, *, queue_group: str = "") -> ServerStream[Any, Any, Msg]:
+    def subscribe(
+        self, subject: str, *, queue_group: str = "", max_batch: int = DEFAULT_MAX_BATCH
+    ) -> ServerStream[Any, Any, Msg]:
         """``async for msg in client.subscribe("orders.*")``.
 
         Use ``async with client.subscribe(...) as sub`` to know the subscription is live before
-        publishing, and to end it when the block ends.
+        publishing, and to end it when the block ends. Messages already waiting on the gateway
+        arrive up to ``max_batch`` per response (1: one each); the iterator yields them one by one.
         """
         if queue_group:  # NATS shares the messages among the group's subscribers
             queued = pb.QueueSubscribeRequest(
-                subject=subject, queue_group=queue_group, **self._ids()
+                subject=subject, queue_group=queue_group, max_batch=max_batch, **self._ids()
             )
-            return self._stream("QueueSubscribe", queued, pb.MessageResponse, _msg, timeout=None)
-        request = pb.SubscribeRequest(subject=subject, **self._ids())
-        return self._stream("Subscribe", request, pb.MessageResponse, _msg, timeout=None)
+            return self._stream("QueueSubscribe", queued, pb.MessageResponse, _msg, None, _batch_of)
+        request = pb.SubscribeRequest(subject=subject, max_batch=max_batch, **self._ids())
+        return self._stream("Subscribe", request, pb.MessageResponse, _msg, None, _batch_of)
 
     async def unsubscribe(self, subject: str) -> bool:
         """End this tenant's subscriptions on ``subject`` on the gateway; False if none was open."""
@@ -477,12 +489,13 @@ class Client:
         ack_batch: int = 256,
         ack_interval: float = 0.05,
         max_lease: float = 3600.0,
+        max_batch: int = DEFAULT_MAX_BATCH,
     ) -> Consumer:
         """``async with client.consume(s, c) as messages: async for msg in messages: msg.ack()``.
 
         At most ``max_messages`` (and ``max_bytes``) are outstanding; acks are batched and unsettled
         messages have their ack deadline extended for up to ``max_lease`` seconds (see
-        :mod:`natsgw.client.consumer`).
+        :mod:`natsgw.client.consumer`). Waiting messages arrive up to ``max_batch`` per response.
         """
         request = pb.ConsumeRequest(
             stream_name=stream,
@@ -490,6 +503,7 @@ class Client:
             max_messages=max_messages,
             max_bytes=max_bytes,
             heartbeat=datetime.timedelta(seconds=heartbeat),
+            max_batch=max_batch,
             **self._ids(),
         )
 

@@ -17,6 +17,7 @@ import contextlib
 import datetime
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Self
@@ -161,6 +162,7 @@ class Consumer:
         self._ack_wait = ack_wait
         self._make_batcher = make_batcher
         self._batcher: AckBatcher | None = None
+        self._ready: deque[JsMsg] = deque()
 
     @property
     def batcher(self) -> AckBatcher:
@@ -195,12 +197,16 @@ class Consumer:
         return self
 
     async def __anext__(self) -> JsMsg:
-        while True:
+        while not self._ready:
             response = await self._stream.next_response()
             if response is None:
                 raise StopAsyncIteration
             if response.message is None:
                 continue  # heartbeat
-            msg = JsMsg.from_wire(response.message, self.batcher)
-            self.batcher.held(msg)
-            return msg
+            # max_batch: more that were waiting ride in `batch`; all are held (their leases
+            # extended) from arrival, not from when the caller reaches them.
+            for wire in (response.message, *response.batch):
+                msg = JsMsg.from_wire(wire, self.batcher)
+                self.batcher.held(msg)
+                self._ready.append(msg)
+        return self._ready.popleft()

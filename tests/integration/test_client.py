@@ -99,6 +99,26 @@ async def test_connect_fails_fast_when_nothing_listens() -> None:
         await connect("127.0.0.1:1")
 
 
+async def test_subscribe_hands_out_batched_responses_one_message_at_a_time(
+    client: Client,
+) -> None:
+    burst = [("feed.x", b"%04d" % i + b"." * 1020) for i in range(300)]
+    async with client.subscribe("feed.*", max_batch=50) as raw:
+        assert (await client.publish_batch(burst)).published == 300
+        # 300 KiB outruns HTTP/2's 64 KiB window: the gateway holds messages, so they ride together.
+        responses, got = 0, 0
+        while got < 300:
+            response = await raw.next_response()
+            assert response is not None and len(response.batch) < 50
+            responses, got = responses + 1, got + 1 + len(response.batch)
+    assert got == 300 and responses < 300
+    async with client.subscribe("feed.*", max_batch=50) as sub:
+        assert (await client.publish_batch(burst)).published == 300
+        seen = [await anext(sub) for _ in range(300)]
+    assert [m.data for m in seen] == [data for _, data in burst]
+    assert [m.sequence for m in seen] == list(range(1, 301))
+
+
 async def test_jetstream_consume_batches_acks_and_flow_control(client: Client) -> None:
     await client.create_stream("jobs", ["jobs.>"])
     acks = await client.publish_to_stream_batch("jobs", [("jobs.a", b"%d" % i) for i in range(60)])
