@@ -329,7 +329,13 @@ class ObjectStoreClient:
         raise Unavailable(f"object {name!r} kept changing while being deleted; try again")
 
     async def _write_meta(
-        self, bucket: str, name: str, body: bytes, previous: _Record | None
+        self,
+        bucket: str,
+        name: str,
+        body: bytes,
+        previous: _Record | None,
+        *,
+        timeout: float | None = None,
     ) -> bool:
         """Replace the meta record only if it is still ``previous``; False when it changed.
 
@@ -347,6 +353,7 @@ class ObjectStoreClient:
                     body,
                     stream=stream_name(bucket),
                     headers=headers,
+                    timeout=timeout,
                     expect_stream=False,
                 )
         except WrongLastSequence:
@@ -365,13 +372,16 @@ class ObjectStoreClient:
         defaults: BucketDefaults,
         chunk_size: int,
         expected_sha256: bytes | None = None,
+        timeout: float | None = None,
     ) -> ObjectStat:
         """Store ``content`` as object ``name``; the previous version goes once this one is in.
 
         Nothing is visible until every chunk is acknowledged and the meta record written; on any
-        failure (or cancellation) the chunks written so far are purged.
+        failure (or cancellation) the chunks written so far are purged. ``timeout`` (the call's
+        deadline) bounds bucket creation and the meta record's write, not the upload's pace.
         """
-        await self.ensure_bucket(bucket, defaults)
+        budget = Budget(timeout) if timeout is not None else None
+        await self.ensure_bucket(bucket, defaults, timeout=budget.left() if budget else None)
         nc = self._adapter.client()
         previous = await self._meta(bucket, name)
         chunk_size = max(1024, min(chunk_size, nc.max_payload - _CHUNK_HEADROOM))
@@ -427,7 +437,8 @@ class ObjectStoreClient:
             )
             body = _meta_body(bucket, stat, chunk_size)
             for _ in range(_META_ATTEMPTS):
-                if await self._write_meta(bucket, name, body, previous):
+                wait = budget.left() if budget else None
+                if await self._write_meta(bucket, name, body, previous, timeout=wait):
                     stored = True
                     break
                 previous = await self._meta(bucket, name)  # another writer got in first
