@@ -607,7 +607,7 @@ class JetStreamAdapter:
         nc = self._nc()
         wait = timeout or self._timeout
         prefix = self._core.api_prefix
-        if subject:  # as every client asks: the subject in the request's, no body
+        if subject:  # as the NATS clients ask for it: the subject in the request subject, no body
             direct, body = f"{prefix}.DIRECT.GET.{stream}.{subject}", b""
         else:
             direct, body = f"{prefix}.DIRECT.GET.{stream}", json.dumps({"seq": seq}).encode()
