@@ -34,10 +34,9 @@ def jetstream_context_uses(path: Path) -> list[str]:
             names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names]
+        line = getattr(node, "lineno", 0)
         found += [
-            f"{node.lineno}: import {n}"
-            for n in names
-            if n == "nats.js" or n.startswith("nats.js.")
+            f"{line}: import {n}" for n in names if n == "nats.js" or n.startswith("nats.js.")
         ]
         if (
             isinstance(node, ast.Call)
