@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -17,10 +18,9 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.client import Server
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
-from nats.errors import SlowConsumerError
-from nats.js import JetStreamContext
+from nats.errors import NoRespondersError, SlowConsumerError
 
-from natsgw.adapter.errors import as_gateway_error, translated
+from natsgw.adapter.errors import ApiError, as_gateway_error, translated
 from natsgw.adapter.replies import no_responders
 from natsgw.adapter.types import ConnectionState, JetStreamAccount, Message, ServerFacts
 from natsgw.backoff import Backoff
@@ -383,17 +383,25 @@ class NatsAdapter:
         return nc
 
     async def jetstream_account(self, timeout: float) -> JetStreamAccount:
-        """Proves JetStream answers (used by deep health checks)."""
-        js = self.client().jetstream(domain=self._jetstream_domain, timeout=timeout)
-        with translated("JetStream account info"):
-            info = await js.account_info()
+        """Proves JetStream answers (used by deep health checks): ``$JS.API.INFO``."""
+        what = "JetStream account info"
+        with translated(what):
+            try:
+                msg = await self.client().request(f"{self.api_prefix}.INFO", b"", timeout=timeout)
+            except NoRespondersError:
+                raise Unavailable(f"{what}: JetStream is not enabled or not answering") from None
+            try:
+                info = json.loads(msg.data)
+            except ValueError:
+                raise Unavailable(f"{what}: JetStream answered without a JSON body") from None
+            if "error" in info:
+                raise ApiError.of(info["error"])
         return JetStreamAccount(
-            streams=info.streams, consumers=info.consumers, memory=info.memory, storage=info.storage
+            streams=int(info.get("streams", 0)),
+            consumers=int(info.get("consumers", 0)),
+            memory=int(info.get("memory", 0)),
+            storage=int(info.get("storage", 0)),
         )
-
-    def jetstream(self) -> JetStreamContext:
-        """For the JetStream/KV/Object modules of this package only."""
-        return self.client().jetstream(domain=self._jetstream_domain)
 
     @property
     def api_prefix(self) -> str:

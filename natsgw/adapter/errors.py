@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 from grpclib.const import Status
 from nats import errors as nats_errors
-from nats.js import errors as js_errors
 
 from natsgw.errors import (
     AlreadyExists,
     DeadlineExceeded,
+    FailedPrecondition,
     GatewayError,
     Internal,
     InvalidArgument,
@@ -20,6 +21,36 @@ from natsgw.errors import (
     Unavailable,
 )
 
+
+class ApiError(Exception):
+    """A JetStream API answer ``{"error": {"code", "err_code", "description"}}``, as received.
+
+    Only :func:`translated` looks inside it: everything above the adapter sees GatewayErrors.
+    """
+
+    def __init__(self, code: int, err_code: int, description: str) -> None:
+        super().__init__(f"{code}/{err_code}: {description}")
+        self.code = code
+        self.err_code = err_code
+        self.description = description
+
+    @classmethod
+    def of(cls, error: Mapping[str, Any]) -> ApiError:
+        return cls(
+            int(error.get("code") or 0),
+            int(error.get("err_code") or 0),
+            str(error.get("description") or ""),
+        )
+
+
+class NoStream(NotFound):
+    """Nothing stores messages published on that subject: its stream (or bucket) is missing."""
+
+
+class WrongLastSequence(FailedPrecondition):
+    """A stream publish's ``Nats-Expected-Last-*`` header did not match: nothing was stored."""
+
+
 _UNAVAILABLE = (
     nats_errors.ConnectionClosedError,
     nats_errors.ConnectionDrainingError,
@@ -27,7 +58,6 @@ _UNAVAILABLE = (
     nats_errors.StaleConnectionError,
     nats_errors.OutboundBufferLimitError,
     nats_errors.NoServersError,
-    js_errors.ServiceUnavailableError,
     ConnectionError,
     OSError,
 )
@@ -40,9 +70,7 @@ def translated(what: str) -> Iterator[None]:
         yield
     except GatewayError:
         raise
-    except js_errors.NotFoundError as exc:
-        raise NotFound(f"{what}: {exc.description or 'not found'}") from exc
-    except js_errors.APIError as exc:
+    except ApiError as exc:
         raise _from_api_error(what, exc) from exc
     except nats_errors.NoRespondersError as exc:
         raise Unavailable(f"{what}: no responder is listening (nothing subscribed)") from exc
@@ -71,12 +99,12 @@ def as_gateway_error(what: str, exc: Exception) -> GatewayError:
     raise AssertionError("translated() re-raises everything")  # pragma: no cover
 
 
-def _from_api_error(what: str, exc: js_errors.APIError) -> GatewayError:
+def _from_api_error(what: str, exc: ApiError) -> GatewayError:
     """JetStream API errors carry NATS's own code and reason; keep the reason for the client."""
     reason = exc.description or "JetStream refused the request"
-    code = exc.code or 0
+    code = exc.code
     if code == 404:
-        return NotFound(f"{what}: {reason}")
+        return NotFound(f"{what}: {exc.description or 'not found'}")
     if "exceeded" in reason and "maximum" in reason:
         # "maximum bytes/messages exceeded": a full stream or bucket answers 503, but retrying
         # will not help until something is deleted.

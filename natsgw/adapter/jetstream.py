@@ -5,10 +5,9 @@ Takes NATS names (already mapped by natsgw.tenancy) and returns the dataclasses 
 The JetStream API is spoken as JSON directly (nats-py's manager lacks consumer-create semantics,
 purge counts and pagination), through nats-py's request machinery: :meth:`JetStreamAdapter._api`
 is the one request path, :meth:`JetStreamAdapter._paged` the one pager, and the KV and Object
-Store modules list, inspect, delete and purge streams and read stored messages through this class
-too. nats-py's JetStream context remains only for what it does exactly as every NATS client does:
-the KV and Object Store bucket configurations, direct-get replies, KV publishes (its
-acknowledgement errors) and the ordered reader's push consumers.
+Store modules (bucket streams, direct gets, expected-sequence publishes) and the ordered reader
+(its consumers) go through this class too: it is the adapter's only JetStream client, and nats-py
+is used for core NATS only (connection, PUB/SUB, request/reply).
 
 Pull requests come back as typed outcomes (:data:`natsgw.adapter.types.PullOutcome`); NATS's
 status codes are read in :func:`_outcome` and nowhere else.
@@ -17,10 +16,12 @@ status codes are read in :func:`_outcome` and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,11 +30,9 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
-from nats.js import errors as js_errors
 
 from natsgw.adapter.core import NatsAdapter, header_bytes
-from natsgw.adapter.errors import translated
-from natsgw.adapter.ordered import StoredMessage
+from natsgw.adapter.errors import ApiError, NoStream, WrongLastSequence, translated
 from natsgw.adapter.replies import ReplyInbox, no_responders
 from natsgw.adapter.types import (
     REQUEST_ENDED,
@@ -50,6 +49,7 @@ from natsgw.adapter.types import (
     PullOutcome,
     PullRefused,
     RequestExpired,
+    StoredMessage,
     StreamDetails,
     StreamPubAck,
     StreamSpec,
@@ -406,19 +406,34 @@ class JetStreamAdapter:
     def _nc(self) -> NatsClient:
         return self._core.client()
 
-    async def _api(self, what: str, suffix: str, body: Mapping[str, Any] | None = None) -> Any:
+    def client(self) -> NatsClient:
+        """The live connection, for this package's readers (Unavailable when down)."""
+        return self._core.client()
+
+    @property
+    def connected(self) -> bool:
+        return self._core.connected
+
+    async def _api(
+        self,
+        what: str,
+        suffix: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
         """One JetStream API request (``$JS.API.<suffix>``); its JSON answer, or the error."""
         nc = self._nc()
         subject = f"{self._core.api_prefix}.{suffix}"
         payload = json.dumps(body).encode() if body is not None else b""
         with translated(what):
             try:
-                msg = await nc.request(subject, payload, timeout=self._timeout)
+                msg = await nc.request(subject, payload, timeout=timeout or self._timeout)
             except NoRespondersError:
                 raise Unavailable(f"{what}: JetStream is not enabled or not answering") from None
             response = _json(msg, what)
             if "error" in response:
-                raise js_errors.APIError.from_error(response["error"])
+                raise ApiError.of(response["error"])
         return response
 
     async def _paged(
@@ -441,6 +456,16 @@ class JetStreamAdapter:
         )
         return _stream_details(response)
 
+    async def create_stream(
+        self, config: Mapping[str, Any], *, what: str, timeout: float | None = None
+    ) -> StreamDetails:
+        """Create a stream from a ready JetStream config (KV and Object buckets: their configs
+        must be byte for byte what the NATS clients make, which :class:`StreamSpec` cannot say)."""
+        name = str(config["name"])
+        return _stream_details(
+            await self._api(what, f"STREAM.CREATE.{name}", config, timeout=timeout)
+        )
+
     async def update_stream(self, spec: StreamSpec) -> StreamDetails:
         response = await self._api(
             f"update stream {spec.name}", f"STREAM.UPDATE.{spec.name}", _stream_config(spec)
@@ -450,8 +475,12 @@ class JetStreamAdapter:
     async def delete_stream(self, name: str, *, what: str = "") -> None:
         await self._api(what or f"delete stream {name}", f"STREAM.DELETE.{name}")
 
-    async def stream_info(self, name: str, *, what: str = "") -> StreamDetails:
-        return _stream_details(await self._api(what or f"stream {name}", f"STREAM.INFO.{name}"))
+    async def stream_info(
+        self, name: str, *, what: str = "", timeout: float | None = None
+    ) -> StreamDetails:
+        return _stream_details(
+            await self._api(what or f"stream {name}", f"STREAM.INFO.{name}", timeout=timeout)
+        )
 
     async def _stream_infos(self, subject_filter: str = "") -> list[Mapping[str, Any]]:
         """The one stream lister: every stream's info (subjects overlapping the filter, if any)."""
@@ -530,6 +559,12 @@ class JetStreamAdapter:
         )
         return _consumer_details(response)
 
+    async def create_ephemeral(self, stream: str, config: Mapping[str, Any]) -> ConsumerDetails:
+        """An unnamed consumer from a ready config (the ordered reader's push consumers)."""
+        body = {"stream_name": stream, "config": dict(config)}
+        response = await self._api(f"consumer on {stream}", f"CONSUMER.CREATE.{stream}", body)
+        return _consumer_details(response)
+
     async def delete_consumer(self, stream: str, name: str) -> None:
         await self._api(
             f"delete consumer {name} of stream {stream}", f"CONSUMER.DELETE.{stream}.{name}"
@@ -556,35 +591,39 @@ class JetStreamAdapter:
     # stored messages ----------------------------------------------------------------------------
 
     async def get_message(
-        self, stream: str, *, seq: int = 0, subject: str = "", what: str
+        self,
+        stream: str,
+        *,
+        seq: int = 0,
+        subject: str = "",
+        what: str,
+        timeout: float | None = None,
     ) -> StoredMessage | None:
         """Message ``seq``, or the last one on ``subject``; None when there is none.
 
         Direct get first (any replica answers; KV and Object buckets are made with it). A stream
         made without direct get has no responder for it, so then the stream leader is asked.
         """
-        js = self._core.jetstream()
-        for direct in (True, False):
+        nc = self._nc()
+        wait = timeout or self._timeout
+        prefix = self._core.api_prefix
+        if subject:  # as the NATS clients ask for it: the subject in the request subject, no body
+            direct, body = f"{prefix}.DIRECT.GET.{stream}.{subject}", b""
+        else:
+            direct, body = f"{prefix}.DIRECT.GET.{stream}", json.dumps({"seq": seq}).encode()
+        with translated(what):
             try:
-                with translated(what):
-                    try:
-                        raw = await js.get_msg(
-                            stream, seq=seq or None, subject=subject or None, direct=direct
-                        )
-                    except NoRespondersError:
-                        if direct:
-                            continue
-                        raise
-            except NotFound:
-                return None
-            return StoredMessage(
-                subject=str(raw.subject or ""),
-                data=raw.data or b"",
-                headers=dict(raw.headers or {}),
-                seq=int(raw.seq or 0),
-                time=raw.time,
-            )
-        return None
+                msg = await nc.request(direct, body, timeout=wait)
+            except NoRespondersError:
+                msg = None
+        if msg is not None:
+            return _direct_message(msg, what)
+        request = {"last_by_subj": subject} if subject else {"seq": seq}
+        try:
+            response = await self._api(what, f"STREAM.MSG.GET.{stream}", request, timeout=timeout)
+        except NotFound:
+            return None
+        return _stored_message(response.get("message") or {})
 
     # messages -----------------------------------------------------------------------------------
 
@@ -596,11 +635,18 @@ class JetStreamAdapter:
         stream: str,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        expect_stream: bool = True,
     ) -> StreamPubAck:
-        """Store a message; NATS itself refuses it unless ``stream`` is the one capturing it."""
+        """Store a message; NATS itself refuses it unless ``stream`` is the one capturing it.
+
+        ``expect_stream=False`` leaves out the ``Nats-Expected-Stream`` header (KV and Object
+        records are stored exactly as the NATS clients store them); ``stream`` then only names
+        the stream in errors and leader checks.
+        """
         hdrs = dict(headers or {})
         self._core.check_payload(data, hdrs)
-        hdrs["Nats-Expected-Stream"] = stream
+        if expect_stream:
+            hdrs["Nats-Expected-Stream"] = stream
         nc = self._nc()
         budget = timeout or self._timeout
         with translated(f"publish to stream {stream}"):
@@ -615,7 +661,7 @@ class JetStreamAdapter:
                     leaderless=lambda: self._stream_leaderless(stream),
                 )
             except NoRespondersError:
-                raise NotFound(
+                raise NoStream(
                     f"no stream captures subject {subject!r} (was stream {stream} deleted?)"
                 ) from None
             if msg is None:
@@ -962,7 +1008,10 @@ async def request_while_leaderless(
     while True:
         try:
             msg = await nc.request(
-                subject, data, timeout=max(deadline - loop.time(), 0.001), headers=dict(headers)
+                subject,
+                data,
+                timeout=max(deadline - loop.time(), 0.001),
+                headers=dict(headers) or None,
             )
         except NoRespondersError:
             if not attempts and await gone():
@@ -995,14 +1044,69 @@ def _nobody_acks() -> FailedPrecondition:
 
 def _publish_refused(error: Mapping[str, Any], what: str) -> Exception:
     """A refused stream publish: a failed expectation header is FAILED_PRECONDITION."""
-    reason = str(error.get("description", ""))
-    if "wrong last" in reason:  # Nats-Expected-Last-Sequence / -Subject-Sequence / -Msg-Id
-        return FailedPrecondition(f"{what}: {reason}")
-    try:
-        js_errors.APIError.from_error(dict(error))  # raises the matching nats-py error
-    except js_errors.APIError as exc:
-        return exc
-    return Internal(f"{what}: {reason or 'refused'}")
+    refusal = ApiError.of(error)
+    if "wrong last" in refusal.description or refusal.err_code in _WRONG_LAST:
+        # Nats-Expected-Last-Sequence / -Subject-Sequence / -Msg-Id
+        return WrongLastSequence(f"{what}: {refusal.description}")
+    return refusal
+
+
+#: JetStream's error codes for a failed Nats-Expected-Last-(Subject-)Sequence.
+_WRONG_LAST = (10071, 10164)
+
+
+def parse_header_block(block: bytes) -> dict[str, str]:
+    """``NATS/1.0\r\nKey: value\r\n...`` (a stored message's ``hdrs``) as a dict."""
+    headers: dict[str, str] = {}
+    for line in block.decode("utf-8", "replace").split("\r\n")[1:]:
+        key, colon, value = line.partition(":")
+        if colon and key.strip():
+            headers[key.strip()] = value.strip()
+    return headers
+
+
+def _direct_message(msg: Msg, what: str) -> StoredMessage | None:
+    """A direct get's reply: the message (its headers plus ``Nats-*`` ones), or a status."""
+    headers = dict(msg.headers or {})
+    status = headers.get(_STATUS)
+    if status and not msg.data:
+        if status == "404":
+            return None
+        description = headers.get(_DESCRIPTION, "")
+        code = int(status) if status.isdigit() else 0
+        with translated(what):
+            raise ApiError(code, 0, description or f"direct get answered {status}")
+    return StoredMessage(
+        subject=headers.get("Nats-Subject", ""),
+        data=msg.data or b"",
+        headers=headers,
+        seq=int(headers.get("Nats-Sequence", "0") or 0),
+        time=parse_time(headers.get("Nats-Time-Stamp")),
+    )
+
+
+def _stored_message(raw: Mapping[str, Any]) -> StoredMessage:
+    """A ``STREAM.MSG.GET`` answer's message (data and headers base64)."""
+    hdrs = raw.get("hdrs")
+    data = raw.get("data")
+    return StoredMessage(
+        subject=str(raw.get("subject", "")),
+        data=base64.b64decode(data) if data else b"",
+        headers=parse_header_block(base64.b64decode(hdrs)) if hdrs else {},
+        seq=int(raw.get("seq", 0)),
+        time=parse_time(raw.get("time")),
+    )
+
+
+class Budget:
+    """One call's time, shared by the NATS requests it makes (a put that first creates its
+    bucket gets the call's whole deadline, not a fixed wait per step)."""
+
+    def __init__(self, seconds: float) -> None:
+        self._end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return max(self._end - time.monotonic(), 0.001)
 
 
 def _pub_ack(msg: Msg, *, subject: str, stream: str) -> StreamPubAck | GatewayError:

@@ -3,20 +3,20 @@
 Takes NATS bucket names (already mapped by natsgw.tenancy) and validated keys. Values are written
 and read with JetStream's own primitives (publish with expected-sequence headers, direct get,
 ordered consumers) on the standard ``KV_<bucket>`` stream and ``$KV.<bucket>.<key>`` subjects, so
-buckets stay fully compatible with every NATS client and the ``nats kv`` CLI.
+buckets stay fully compatible with every NATS client and the ``nats kv`` CLI. Everything goes
+through the adapter's one JetStream client; the bucket's stream config is the one nats-py's
+``create_key_value`` makes (tests/unit/test_bucket_configs.py compares them).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
-
-from nats.js import JetStreamContext, api
-from nats.js import errors as js_errors
+from typing import Any
 
 from natsgw.adapter.core import NatsAdapter
-from natsgw.adapter.errors import translated
-from natsgw.adapter.jetstream import JetStreamAdapter
+from natsgw.adapter.errors import NoStream, WrongLastSequence, translated
+from natsgw.adapter.jetstream import Budget, JetStreamAdapter
 from natsgw.adapter.ordered import OrderedReader, Start, StoredMessage
 from natsgw.adapter.types import BucketDefaults, KVBucket, KVEntry, StreamDetails
 from natsgw.errors import AlreadyExists, FailedPrecondition, NotFound
@@ -25,9 +25,8 @@ KV_OP = "KV-Operation"
 _MARKER_REASON = "Nats-Marker-Reason"
 _EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 _ROLLUP = "Nats-Rollup"
-_WRONG_LAST_SEQUENCE = (10071, 10164)
-_STREAM_NOT_FOUND = 10059
 _DUPLICATE_WINDOW = 120.0
+_NS = 1_000_000_000
 
 
 def stream_name(bucket: str) -> str:
@@ -36,6 +35,35 @@ def stream_name(bucket: str) -> str:
 
 def _subject(bucket: str, key: str) -> str:
     return f"$KV.{bucket}.{key}"
+
+
+def bucket_config(bucket: str, defaults: BucketDefaults) -> dict[str, Any]:
+    """The ``KV_<bucket>`` stream exactly as nats-py's ``create_key_value`` configures it
+    (``KeyValueConfig(direct=True)``): history as messages per subject, rollups, no deletes,
+    direct get, per-message TTLs, a duplicate window of 2 minutes or the TTL if shorter."""
+    ttl = defaults.ttl or 0.0
+    window = ttl if 0 < ttl < _DUPLICATE_WINDOW else _DUPLICATE_WINDOW
+    return {
+        "name": stream_name(bucket),
+        "subjects": [f"$KV.{bucket}.>"],
+        "max_consumers": -1,
+        "max_msgs": -1,
+        "max_bytes": defaults.max_bytes or -1,
+        "discard": "new",
+        "discard_new_per_subject": False,
+        "max_msgs_per_subject": defaults.history,
+        "storage": defaults.storage,
+        "num_replicas": defaults.replicas,
+        "no_ack": False,
+        "duplicate_window": int(window * _NS),
+        "sealed": False,
+        "deny_delete": True,
+        "deny_purge": False,
+        "allow_rollup_hdrs": True,
+        "allow_direct": True,
+        "allow_msg_ttl": True,
+        "max_age": int(ttl * _NS),
+    }
 
 
 def operation_of(headers: Mapping[str, str]) -> str:
@@ -77,16 +105,6 @@ def _bucket(name: str, info: StreamDetails) -> KVBucket:
     )
 
 
-def _is_wrong_last_sequence(exc: BaseException) -> bool:
-    return isinstance(exc, js_errors.APIError) and exc.err_code in _WRONG_LAST_SEQUENCE
-
-
-def _is_no_stream(exc: BaseException) -> bool:
-    return isinstance(exc, js_errors.NoStreamResponseError) or (
-        isinstance(exc, js_errors.APIError) and exc.err_code == _STREAM_NOT_FOUND
-    )
-
-
 class KeyValueStore:
     """KV operations on one NATS connection; every method takes the NATS bucket name."""
 
@@ -95,40 +113,41 @@ class KeyValueStore:
         self._timeout = timeout
         self._api = JetStreamAdapter(adapter, timeout)
 
-    def _js(self) -> JetStreamContext:
-        return self._adapter.jetstream()
+    def _budget(self, timeout: float | None) -> Budget:
+        return Budget(timeout if timeout is not None else self._timeout)
 
     # -- buckets ----------------------------------------------------------------------------------
 
     async def create_bucket(
-        self, bucket: str, defaults: BucketDefaults, *, exist_ok: bool = False
+        self,
+        bucket: str,
+        defaults: BucketDefaults,
+        *,
+        exist_ok: bool = False,
+        timeout: float | None = None,
     ) -> KVBucket:
-        js = self._js()
+        budget = self._budget(timeout)
         with contextlib.suppress(NotFound):
-            existing = await self.bucket(bucket)
+            existing = await self.bucket(bucket, timeout=budget.left())
             if exist_ok:
                 return existing
             raise AlreadyExists(f"bucket already exists: {bucket}")
-        config = api.KeyValueConfig(
-            bucket=bucket,
-            history=defaults.history,
-            ttl=defaults.ttl or None,
-            max_bytes=defaults.max_bytes or -1,
-            storage=api.StorageType(defaults.storage),
-            replicas=defaults.replicas,
-            direct=True,
-        )
         try:
-            with translated(f"create Key-Value bucket {bucket}"):
-                await js.create_key_value(config)
+            await self._api.create_stream(
+                bucket_config(bucket, defaults),
+                what=f"create Key-Value bucket {bucket}",
+                timeout=budget.left(),
+            )
         except AlreadyExists:
             if not exist_ok:
                 raise
-        return await self.bucket(bucket)
+        return await self.bucket(bucket, timeout=budget.left())
 
-    async def bucket(self, bucket: str) -> KVBucket:
+    async def bucket(self, bucket: str, *, timeout: float | None = None) -> KVBucket:
         """The bucket's state; NotFound when it does not exist."""
-        info = await self._api.stream_info(stream_name(bucket), what=f"Key-Value bucket {bucket}")
+        info = await self._api.stream_info(
+            stream_name(bucket), what=f"Key-Value bucket {bucket}", timeout=timeout
+        )
         return _bucket(bucket, info)
 
     async def delete_bucket(self, bucket: str) -> None:
@@ -147,22 +166,41 @@ class KeyValueStore:
 
     # -- values -----------------------------------------------------------------------------------
 
-    async def put(self, bucket: str, key: str, value: bytes, defaults: BucketDefaults) -> int:
-        """Put; creates the bucket with ``defaults`` when it does not exist yet."""
-        try:
-            return await self._publish(bucket, key, value)
-        except Exception as exc:
-            if not _is_no_stream(exc):
-                with translated(f"put {key}"):
-                    raise
-        await self.create_bucket(bucket, defaults, exist_ok=True)
-        with translated(f"put {key}"):
-            return await self._publish(bucket, key, value)
+    async def put(
+        self,
+        bucket: str,
+        key: str,
+        value: bytes,
+        defaults: BucketDefaults,
+        *,
+        timeout: float | None = None,
+    ) -> int:
+        """Put; creates the bucket with ``defaults`` when it does not exist yet.
 
-    async def create(self, bucket: str, key: str, value: bytes, defaults: BucketDefaults) -> int:
+        ``timeout`` (the call's deadline) bounds the whole put, bucket creation included.
+        """
+        budget = self._budget(timeout)
+        with translated(f"put {key}"):
+            try:
+                return await self._publish(bucket, key, value, budget)
+            except NoStream:
+                pass
+            await self.create_bucket(bucket, defaults, exist_ok=True, timeout=budget.left())
+            return await self._publish(bucket, key, value, budget)
+
+    async def create(
+        self,
+        bucket: str,
+        key: str,
+        value: bytes,
+        defaults: BucketDefaults,
+        *,
+        timeout: float | None = None,
+    ) -> int:
         """Put only when the key has no live value; AlreadyExists otherwise."""
+        budget = self._budget(timeout)
         for _ in range(3):
-            current = await self._last(bucket, key)
+            current = await self._last(bucket, key, budget)
             if current is None:
                 expected = 0
             elif current.operation != "PUT":
@@ -173,36 +211,36 @@ class KeyValueStore:
                     "use KVUpdate with that revision to change it"
                 )
             try:
-                return await self._publish(bucket, key, value, expected=expected)
-            except Exception as exc:
-                if _is_no_stream(exc):
-                    await self.create_bucket(bucket, defaults, exist_ok=True)
-                    continue
-                if _is_wrong_last_sequence(exc):
-                    continue  # changed meanwhile: look again
                 with translated(f"create {key}"):
-                    raise
-        current = await self._last(bucket, key)
+                    return await self._publish(bucket, key, value, budget, expected=expected)
+            except NoStream:
+                await self.create_bucket(bucket, defaults, exist_ok=True, timeout=budget.left())
+            except WrongLastSequence:
+                continue  # changed meanwhile: look again
+        current = await self._last(bucket, key, budget)
         raise AlreadyExists(
             f"key {key!r} already exists (revision {current.revision if current else 0})"
         )
 
-    async def update(self, bucket: str, key: str, value: bytes, expected: int) -> int:
+    async def update(
+        self, bucket: str, key: str, value: bytes, expected: int, *, timeout: float | None = None
+    ) -> int:
         """Compare-and-set: FailedPrecondition (naming the current revision) on mismatch."""
+        budget = self._budget(timeout)
         try:
-            return await self._publish(bucket, key, value, expected=expected)
-        except Exception as exc:
-            if _is_no_stream(exc):
-                raise FailedPrecondition(
-                    f"key {key!r} is not at revision {expected}: the bucket does not exist"
-                ) from None
-            if _is_wrong_last_sequence(exc):
-                raise await self._conflict(bucket, key, expected) from None
             with translated(f"update {key}"):
-                raise
+                return await self._publish(bucket, key, value, budget, expected=expected)
+        except NoStream:
+            raise FailedPrecondition(
+                f"key {key!r} is not at revision {expected}: the bucket does not exist"
+            ) from None
+        except WrongLastSequence:
+            raise await self._conflict(bucket, key, expected, budget) from None
 
-    async def _conflict(self, bucket: str, key: str, expected: int) -> FailedPrecondition:
-        current = await self._last(bucket, key)
+    async def _conflict(
+        self, bucket: str, key: str, expected: int, budget: Budget
+    ) -> FailedPrecondition:
+        current = await self._last(bucket, key, budget)
         if current is None:
             now = "the key does not exist (current revision 0)"
         elif current.operation != "PUT":
@@ -212,57 +250,83 @@ class KeyValueStore:
         return FailedPrecondition(f"key {key!r} is not at revision {expected}: {now}")
 
     async def delete(
-        self, bucket: str, key: str, *, expected: int = 0, purge: bool = False
+        self,
+        bucket: str,
+        key: str,
+        *,
+        expected: int = 0,
+        purge: bool = False,
+        timeout: float | None = None,
     ) -> bool:
         """Leave a delete (or purge) marker; False when the bucket does not exist."""
+        budget = self._budget(timeout)
         headers = {KV_OP: "PURGE", _ROLLUP: "sub"} if purge else {KV_OP: "DEL"}
         if expected:
             headers[_EXPECTED_LAST_SUBJECT_SEQ] = str(expected)
         try:
-            await self._js().publish(_subject(bucket, key), b"", headers=headers)
-        except Exception as exc:
-            if _is_no_stream(exc):
-                if expected:
-                    raise FailedPrecondition(
-                        f"key {key!r} is not at revision {expected}: the bucket does not exist"
-                    ) from None
-                return False
-            if _is_wrong_last_sequence(exc):
-                raise await self._conflict(bucket, key, expected) from None
             with translated(f"delete {key}"):
-                raise
+                await self._store(bucket, key, b"", headers, budget)
+        except NoStream:
+            if expected:
+                raise FailedPrecondition(
+                    f"key {key!r} is not at revision {expected}: the bucket does not exist"
+                ) from None
+            return False
+        except WrongLastSequence:
+            raise await self._conflict(bucket, key, expected, budget) from None
         return True
 
     async def _publish(
-        self, bucket: str, key: str, value: bytes, expected: int | None = None
+        self, bucket: str, key: str, value: bytes, budget: Budget, expected: int | None = None
     ) -> int:
-        headers = None if expected is None else {_EXPECTED_LAST_SUBJECT_SEQ: str(expected)}
-        ack = await self._js().publish(_subject(bucket, key), value, headers=headers)
-        return int(ack.seq)
+        headers = {} if expected is None else {_EXPECTED_LAST_SUBJECT_SEQ: str(expected)}
+        return await self._store(bucket, key, value, headers, budget)
 
-    async def get(self, bucket: str, key: str, revision: int = 0) -> KVEntry | None:
+    async def _store(
+        self, bucket: str, key: str, value: bytes, headers: dict[str, str], budget: Budget
+    ) -> int:
+        """A stream publish as nats-py's KV makes it (no Nats-Expected-Stream header); its
+        revision. NoStream when the bucket is missing, WrongLastSequence on a failed check."""
+        ack = await self._api.publish(
+            _subject(bucket, key),
+            value,
+            stream=stream_name(bucket),
+            headers=headers,
+            timeout=budget.left(),
+            expect_stream=False,
+        )
+        return ack.sequence
+
+    async def get(
+        self, bucket: str, key: str, revision: int = 0, *, timeout: float | None = None
+    ) -> KVEntry | None:
         """The live value (or the given revision); None when missing, deleted or not this key."""
+        budget = self._budget(timeout)
         entry: KVEntry | None
         if revision:
-            msg = await self._get_msg(bucket, seq=revision)
+            msg = await self._get_msg(bucket, budget, seq=revision)
             if msg is None or msg.subject != _subject(bucket, key):
                 return None
             entry = _entry(bucket, msg)
         else:
-            entry = await self._last(bucket, key)
+            entry = await self._last(bucket, key, budget)
         if entry is None or entry.operation != "PUT":
             return None
         return entry
 
-    async def _last(self, bucket: str, key: str) -> KVEntry | None:
-        msg = await self._get_msg(bucket, subject=_subject(bucket, key))
+    async def _last(self, bucket: str, key: str, budget: Budget) -> KVEntry | None:
+        msg = await self._get_msg(bucket, budget, subject=_subject(bucket, key))
         return None if msg is None else _entry(bucket, msg)
 
     async def _get_msg(
-        self, bucket: str, *, seq: int = 0, subject: str = ""
+        self, bucket: str, budget: Budget, *, seq: int = 0, subject: str = ""
     ) -> StoredMessage | None:
         return await self._api.get_message(
-            stream_name(bucket), seq=seq, subject=subject, what=f"read from bucket {bucket}"
+            stream_name(bucket),
+            seq=seq,
+            subject=subject,
+            what=f"read from bucket {bucket}",
+            timeout=budget.left(),
         )
 
     # -- listings ---------------------------------------------------------------------------------
@@ -284,10 +348,8 @@ class KeyValueStore:
     async def _snapshot(
         self, bucket: str, pattern: str, start: Start, *, headers_only: bool = False
     ) -> AsyncIterator[StoredMessage]:
-        js = self._js()
         reader = OrderedReader(
-            self._adapter.client(),
-            js,
+            self._api,
             stream_name(bucket),
             _subject(bucket, pattern),
             start=start,
@@ -316,7 +378,6 @@ class KeyValueStore:
 
         The watch is in place when this returns; iterate it for changes, close it when done.
         """
-        js = self._js()
         if from_revision:
             start = Start.SEQUENCE
         elif updates_only:
@@ -324,8 +385,7 @@ class KeyValueStore:
         else:
             start = Start.LAST_PER_SUBJECT
         reader = OrderedReader(
-            self._adapter.client(),
-            js,
+            self._api,
             stream_name(bucket),
             _subject(bucket, pattern),
             start=start,

@@ -13,6 +13,9 @@ and the other way round. The chunk traffic is done here rather than through nats
   the caller has taken the chunks before it.
 
 User metadata is kept in the record's ``metadata`` map (the Go client's ``ObjectMeta.Metadata``).
+The bucket's stream config is the one nats-py's ``create_object_store`` makes
+(tests/unit/test_bucket_configs.py compares them); everything goes through the adapter's one
+JetStream client.
 """
 
 from __future__ import annotations
@@ -31,12 +34,10 @@ from typing import Any
 import nats.nuid
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
-from nats.js import errors as js_errors
 
 from natsgw.adapter.core import NatsAdapter
-from natsgw.adapter.errors import DataLoss, translated
-from natsgw.adapter.jetstream import JetStreamAdapter
+from natsgw.adapter.errors import ApiError, DataLoss, NoStream, WrongLastSequence, translated
+from natsgw.adapter.jetstream import Budget, JetStreamAdapter
 from natsgw.adapter.ordered import OrderedReader, Start, StoredMessage
 from natsgw.adapter.replies import ReplyInbox, no_responders
 from natsgw.adapter.types import BucketDefaults, ObjectStat
@@ -51,7 +52,7 @@ from natsgw.errors import (
 DIGEST_PREFIX = "SHA-256="
 _ROLLUP = "Nats-Rollup"
 _EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
-_WRONG_LAST_SEQUENCE = (10071, 10164)
+_NS = 1_000_000_000
 #: Tries to replace a meta record that other writers keep replacing first.
 _META_ATTEMPTS = 32
 #: Chunks published but not yet acknowledged by the stream, per upload.
@@ -64,6 +65,31 @@ _CHUNK_HEADROOM = 1024
 
 def stream_name(bucket: str) -> str:
     return f"OBJ_{bucket}"
+
+
+def bucket_config(bucket: str, defaults: BucketDefaults) -> dict[str, Any]:
+    """The ``OBJ_<bucket>`` stream exactly as nats-py's ``create_object_store`` configures it:
+    chunk and meta subjects, rollups (a meta record replaces the last), direct get."""
+    return {
+        "name": stream_name(bucket),
+        "subjects": [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"],
+        "max_consumers": 0,
+        "max_bytes": defaults.max_bytes or -1,
+        "discard": "new",
+        "discard_new_per_subject": False,
+        "max_msgs_per_subject": -1,
+        "max_msg_size": -1,
+        "storage": defaults.storage,
+        "num_replicas": defaults.replicas,
+        "no_ack": False,
+        "duplicate_window": 0,
+        "sealed": False,
+        "deny_delete": False,
+        "deny_purge": False,
+        "allow_rollup_hdrs": True,
+        "allow_direct": True,
+        "max_age": int((defaults.ttl or 0.0) * _NS),
+    }
 
 
 def meta_subject(bucket: str, name: str) -> str:
@@ -193,13 +219,13 @@ class _AckWindow:
 def _check_ack(msg: Msg) -> None:
     """A chunk's stream acknowledgement; raises what NATS (or nobody) answered instead."""
     if no_responders(msg):
-        raise js_errors.NoStreamResponseError()
+        raise NoStream("object upload: the bucket no longer exists; nothing was stored")
     try:
         body = json.loads(msg.data)
     except ValueError:
         raise Unavailable("object upload: unreadable acknowledgement") from None
     if "error" in body:
-        js_errors.APIError.from_error(body["error"])  # raises the matching subclass
+        raise ApiError.of(body["error"])
 
 
 class ObjectStoreClient:
@@ -210,29 +236,25 @@ class ObjectStoreClient:
         self._timeout = timeout
         self._api = JetStreamAdapter(adapter, timeout)
 
-    def _js(self) -> JetStreamContext:
-        return self._adapter.jetstream()
-
     # -- buckets ----------------------------------------------------------------------------------
 
-    async def ensure_bucket(self, bucket: str, defaults: BucketDefaults) -> None:
+    async def ensure_bucket(
+        self, bucket: str, defaults: BucketDefaults, *, timeout: float | None = None
+    ) -> None:
+        budget = Budget(timeout if timeout is not None else self._timeout)
         try:
-            await self._api.stream_info(stream_name(bucket), what=f"object bucket {bucket}")
+            await self._api.stream_info(
+                stream_name(bucket), what=f"object bucket {bucket}", timeout=budget.left()
+            )
             return
         except NotFound:
             pass
-        config = api.ObjectStoreConfig(
-            bucket=bucket,
-            ttl=defaults.ttl or None,
-            max_bytes=defaults.max_bytes or -1,
-            storage=api.StorageType(defaults.storage),
-            replicas=defaults.replicas,
-        )
-        with (
-            contextlib.suppress(AlreadyExists),  # made meanwhile by a concurrent first put
-            translated(f"create object bucket {bucket}"),
-        ):
-            await self._js().create_object_store(bucket, config=config)
+        with contextlib.suppress(AlreadyExists):  # made meanwhile by a concurrent first put
+            await self._api.create_stream(
+                bucket_config(bucket, defaults),
+                what=f"create object bucket {bucket}",
+                timeout=budget.left(),
+            )
 
     # -- meta -------------------------------------------------------------------------------------
 
@@ -260,10 +282,8 @@ class ObjectStoreClient:
 
     async def list(self, bucket: str) -> list[ObjectStat]:
         """Live objects, sorted by name; empty when the bucket is missing or empty."""
-        js = self._js()
         reader = OrderedReader(
-            self._adapter.client(),
-            js,
+            self._api,
             stream_name(bucket),
             f"$O.{bucket}.M.>",
             start=Start.LAST_PER_SUBJECT,
@@ -309,7 +329,13 @@ class ObjectStoreClient:
         raise Unavailable(f"object {name!r} kept changing while being deleted; try again")
 
     async def _write_meta(
-        self, bucket: str, name: str, body: bytes, previous: _Record | None
+        self,
+        bucket: str,
+        name: str,
+        body: bytes,
+        previous: _Record | None,
+        *,
+        timeout: float | None = None,
     ) -> bool:
         """Replace the meta record only if it is still ``previous``; False when it changed.
 
@@ -321,15 +347,17 @@ class ObjectStoreClient:
             _EXPECTED_LAST_SUBJECT_SEQ: str(previous.seq if previous is not None else 0),
         }
         try:
-            await self._js().publish(meta_subject(bucket, name), body, headers=headers)
-        except js_errors.APIError as exc:
-            if exc.err_code in _WRONG_LAST_SEQUENCE:
-                return False
             with translated(f"store object {name!r}"):
-                raise
-        except Exception:
-            with translated(f"store object {name!r}"):
-                raise
+                await self._api.publish(
+                    meta_subject(bucket, name),
+                    body,
+                    stream=stream_name(bucket),
+                    headers=headers,
+                    timeout=timeout,
+                    expect_stream=False,
+                )
+        except WrongLastSequence:
+            return False
         return True
 
     # -- content ----------------------------------------------------------------------------------
@@ -344,13 +372,16 @@ class ObjectStoreClient:
         defaults: BucketDefaults,
         chunk_size: int,
         expected_sha256: bytes | None = None,
+        timeout: float | None = None,
     ) -> ObjectStat:
         """Store ``content`` as object ``name``; the previous version goes once this one is in.
 
         Nothing is visible until every chunk is acknowledged and the meta record written; on any
-        failure (or cancellation) the chunks written so far are purged.
+        failure (or cancellation) the chunks written so far are purged. ``timeout`` (the call's
+        deadline) bounds bucket creation and the meta record's write, not the upload's pace.
         """
-        await self.ensure_bucket(bucket, defaults)
+        budget = Budget(timeout) if timeout is not None else None
+        await self.ensure_bucket(bucket, defaults, timeout=budget.left() if budget else None)
         nc = self._adapter.client()
         previous = await self._meta(bucket, name)
         chunk_size = max(1024, min(chunk_size, nc.max_payload - _CHUNK_HEADROOM))
@@ -406,7 +437,8 @@ class ObjectStoreClient:
             )
             body = _meta_body(bucket, stat, chunk_size)
             for _ in range(_META_ATTEMPTS):
-                if await self._write_meta(bucket, name, body, previous):
+                wait = budget.left() if budget else None
+                if await self._write_meta(bucket, name, body, previous, timeout=wait):
                     stored = True
                     break
                 previous = await self._meta(bucket, name)  # another writer got in first
@@ -438,10 +470,8 @@ class ObjectStoreClient:
         digest = hashlib.sha256()
         size = 0
         if stat.chunks:
-            js = self._js()
             reader = OrderedReader(
-                self._adapter.client(),
-                js,
+                self._api,
                 stream_name(bucket),
                 chunk_subject(bucket, stat.object_id),
                 start=Start.ALL,

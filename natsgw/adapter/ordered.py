@@ -15,7 +15,8 @@ It is "ordered" in the JetStream sense: an ephemeral push consumer (memory stora
 delivered once) whose delivery sequence is checked on every message. A gap, a missed heartbeat
 (the server restarted, the consumer vanished, the connection dropped) or a consumer error makes it
 recreate the consumer from the stream sequence after the last one handed out, so the caller sees
-every message exactly once, in order, across reconnects.
+every message exactly once, in order, across reconnects. Its consumers are made and deleted
+through the adapter's one JetStream client (:class:`natsgw.adapter.jetstream.JetStreamAdapter`).
 """
 
 from __future__ import annotations
@@ -24,20 +25,20 @@ import asyncio
 import contextlib
 import datetime
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 import structlog
-from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import JetStreamContext, api
 
 from natsgw.adapter.core import backoff_delay
 from natsgw.adapter.errors import translated
+from natsgw.adapter.jetstream import JetStreamAdapter
+from natsgw.adapter.types import StoredMessage
 from natsgw.errors import GatewayError, NotFound, Unavailable
+from natsgw.tenancy.acks import parse_ack_subject
 
 log = structlog.get_logger("natsgw.adapter.ordered")
 
@@ -56,16 +57,12 @@ class Start(Enum):
     SEQUENCE = "by_start_sequence"
 
 
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """A message as the stream stored it."""
+_NS = 1_000_000_000
+__all__ = ["OrderedReader", "Start", "StoredMessage"]
 
-    subject: str
-    data: bytes
-    headers: Mapping[str, str] = field(default_factory=dict)
-    seq: int = 0
-    time: datetime.datetime | None = None
-    pending: int = 0  # messages left for this reader when it was delivered
+
+def _ns(seconds: float) -> int:
+    return round(seconds * _NS)
 
 
 class OrderedReader:
@@ -78,8 +75,7 @@ class OrderedReader:
 
     def __init__(
         self,
-        nc: NatsClient,
-        js: JetStreamContext,
+        api: JetStreamAdapter,
         stream: str,
         filter_subject: str,
         *,
@@ -92,8 +88,7 @@ class OrderedReader:
         pending_bytes: int = 64 * 1024 * 1024,
         window: int = 32,
     ) -> None:
-        self._nc = nc
-        self._js = js
+        self._api = api
         self._stream = stream
         self._filter = filter_subject
         self._start = start
@@ -178,80 +173,83 @@ class OrderedReader:
             if status:
                 await self._reset(f"status {status} {headers.get('Description', '')}".strip())
                 continue
-            try:
-                meta = msg.metadata
-            except Exception:
+            meta = parse_ack_subject(msg.reply or "")
+            if meta is None:
                 await self._reset("message without JetStream metadata")
                 continue
-            if meta.sequence.consumer != self._dseq + 1:
-                await self._reset(f"gap: delivery {meta.sequence.consumer} after {self._dseq}")
+            if meta.consumer_seq != self._dseq + 1:
+                await self._reset(f"gap: delivery {meta.consumer_seq} after {self._dseq}")
                 continue
-            self._dseq = meta.sequence.consumer
-            self._sseq = meta.sequence.stream
-            if msg.reply and self._dseq - self._acked >= self._ack_step:
+            self._dseq = meta.consumer_seq
+            self._sseq = meta.stream_seq
+            if self._dseq - self._acked >= self._ack_step:
                 # Taken by the caller: let the server send the next few.
                 self._acked = self._dseq
-                with contextlib.suppress(Exception):
-                    await self._nc.publish(msg.reply)
+                await self._send(msg.reply)
             return StoredMessage(
                 subject=msg.subject,
                 data=msg.data,
                 headers=headers,
-                seq=meta.sequence.stream,
-                time=meta.timestamp,
+                seq=meta.stream_seq,
+                time=datetime.datetime.fromtimestamp(meta.timestamp_ns / _NS, datetime.UTC),
                 pending=meta.num_pending,
             )
+
+    async def _send(self, subject: str) -> None:
+        """An empty message (ack, flow-control answer); lost ones are made up by the next."""
+        with contextlib.suppress(Exception):
+            await self._api.client().publish(subject)
 
     async def _control(self, msg: Msg, headers: Mapping[str, str]) -> None:
         if msg.reply:
             # Flow control: every message before this one has been taken by the caller.
-            with contextlib.suppress(Exception):
-                await self._nc.publish(msg.reply)
+            await self._send(msg.reply)
             return
         stalled = headers.get(_STALLED)
         if stalled:
-            with contextlib.suppress(Exception):
-                await self._nc.publish(stalled)
+            await self._send(stalled)
         last = headers.get(_LAST_CONSUMER)
         if last is not None and last.isdigit() and int(last) != self._dseq:
             await self._reset(f"heartbeat says delivery {last}, saw {self._dseq}")
 
-    def _config(self, deliver_subject: str) -> api.ConsumerConfig:
-        if self._sseq:
-            policy, opt_seq = api.DeliverPolicy.BY_START_SEQUENCE, self._sseq + 1
-        elif self._start is Start.SEQUENCE:
-            policy, opt_seq = api.DeliverPolicy.BY_START_SEQUENCE, max(self._start_seq, 1)
-        else:
-            policy, opt_seq = api.DeliverPolicy(self._start.value), None
-        return api.ConsumerConfig(
-            deliver_subject=deliver_subject,
-            filter_subject=self._filter,
-            deliver_policy=policy,
-            opt_start_seq=opt_seq,
+    def _config(self, deliver_subject: str) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "deliver_subject": deliver_subject,
+            "filter_subject": self._filter,
             # Ack all + max_ack_pending: the window above. Never redelivered (max_deliver 1) and
             # never waited on (a stalled caller just keeps its window; ack_wait is a day).
-            ack_policy=api.AckPolicy.ALL,
-            max_ack_pending=self._window,
-            ack_wait=86400.0,
-            max_deliver=1,
-            flow_control=True,
-            idle_heartbeat=self._heartbeat,
-            headers_only=self._headers_only or None,
-            inactive_threshold=max(30.0, self._heartbeat * 10),
-            mem_storage=True,
-            num_replicas=1,
-        )
+            "ack_policy": "all",
+            "max_ack_pending": self._window,
+            "ack_wait": _ns(86400.0),
+            "max_deliver": 1,
+            "replay_policy": "instant",
+            "flow_control": True,
+            "idle_heartbeat": _ns(self._heartbeat),
+            "inactive_threshold": _ns(max(30.0, self._heartbeat * 10)),
+            "mem_storage": True,
+            "num_replicas": 1,
+        }
+        if self._sseq:
+            config["deliver_policy"] = "by_start_sequence"
+            config["opt_start_seq"] = self._sseq + 1
+        elif self._start is Start.SEQUENCE:
+            config["deliver_policy"] = "by_start_sequence"
+            config["opt_start_seq"] = max(self._start_seq, 1)
+        else:
+            config["deliver_policy"] = self._start.value
+        if self._headers_only:
+            config["headers_only"] = True
+        return config
 
     async def _create(self, *, first: bool) -> None:
-        nc = self._nc
+        nc = self._api.client()
         inbox = nc.new_inbox()
         with translated(f"subscribe to {self._stream}"):
             sub = await nc.subscribe(
                 inbox, pending_msgs_limit=-1, pending_bytes_limit=self._pending_bytes
             )
         try:
-            with translated(f"consumer on {self._stream}"):
-                info = await self._js.add_consumer(self._stream, config=self._config(inbox))
+            info = await self._api.create_ephemeral(self._stream, self._config(inbox))
         except BaseException:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -259,13 +257,13 @@ class OrderedReader:
         # NATS switched to NEW: from now on a reset resumes by sequence, never skips.
         if self._start is Start.NEW and not self._sseq:
             self._start = Start.SEQUENCE
-            self._start_seq = int(info.delivered.stream_seq or 0) + 1 if info.delivered else 1
+            self._start_seq = info.state.delivered_stream_seq + 1
         self._sub = sub
-        self._consumer = str(info.name or "")
+        self._consumer = info.name
         self._dseq = 0
         self._acked = 0
         if first:
-            self.initial_pending = int(info.num_pending or 0)
+            self.initial_pending = info.state.num_pending
 
     async def _reset(self, why: str) -> None:
         self.resets += 1
@@ -278,6 +276,6 @@ class OrderedReader:
         if sub is not None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        if consumer and self._nc.is_connected:
+        if consumer and self._api.connected:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._js.delete_consumer(self._stream, consumer), 1.0)
+                await asyncio.wait_for(self._api.delete_consumer(self._stream, consumer), 1.0)

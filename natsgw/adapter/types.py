@@ -46,6 +46,18 @@ class JetStreamAccount:
     storage: int
 
 
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message as the stream stored it (direct get, ordered reader)."""
+
+    subject: str
+    data: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+    seq: int = 0
+    time: datetime.datetime | None = None
+    pending: int = 0  # messages left for an ordered reader when it was delivered
+
+
 # -- JetStream (natsgw.adapter.jetstream) ---------------------------------------------------------
 # NATS names throughout (not the tenant's view); durations in seconds, -1 / 0 as NATS means them.
 

@@ -105,13 +105,15 @@ class KeyValueService:
     async def kv_put(self, call: Call, message: pb.KvPutRequest) -> pb.KvPutResponse:
         _, bucket, key = self._bucket_and_key(call.ns, message)
         self.adapter.check_payload(message.value, {})
-        revision = await self._kv().put(bucket, key, message.value, self._defaults(call))
+        revision = await self._kv().put(
+            bucket, key, message.value, self._defaults(call), timeout=call.time_left()
+        )
         return pb.KvPutResponse(success=True, revision=revision)
 
     async def kv_get(self, call: Call, message: pb.KvGetRequest) -> pb.KvGetResponse:
         _, bucket, key = self._bucket_and_key(call.ns, message)
         revision = _revision(message.revision, "revision")
-        entry = await self._kv().get(bucket, key, revision)
+        entry = await self._kv().get(bucket, key, revision, timeout=call.time_left())
         if entry is None:
             return pb.KvGetResponse(found=False)
         return pb.KvGetResponse(
@@ -122,7 +124,9 @@ class KeyValueService:
         """Idempotent: success once the key has no value (also when there was none)."""
         _, bucket, key = self._bucket_and_key(call.ns, message)
         expected = _revision(message.expected_revision, "expected_revision")
-        await self._kv().delete(bucket, key, expected=expected, purge=message.purge)
+        await self._kv().delete(
+            bucket, key, expected=expected, purge=message.purge, timeout=call.time_left()
+        )
         return pb.KvDeleteResponse(success=True)
 
     async def kv_keys(self, call: Call, message: pb.KvKeysRequest) -> pb.KvKeysResponse:
@@ -137,7 +141,9 @@ class KeyValueService:
         bucket = ns.kv_bucket(message.bucket)
         check_kv_key(message.key)
         self.adapter.check_payload(message.value, {})
-        revision = await self._kv().create(bucket, message.key, message.value, self._defaults(call))
+        revision = await self._kv().create(
+            bucket, message.key, message.value, self._defaults(call), timeout=call.time_left()
+        )
         return pb.KvCreateResponse(success=True, revision=revision)
 
     async def kv_update(self, call: Call, message: pb.KvUpdateRequest) -> pb.KvUpdateResponse:
@@ -152,7 +158,7 @@ class KeyValueService:
             )
         self.adapter.check_payload(message.value, {})
         revision = await self._kv().update(
-            bucket, message.key, message.value, message.expected_revision
+            bucket, message.key, message.value, message.expected_revision, timeout=call.time_left()
         )
         return pb.KvUpdateResponse(success=True, revision=revision)
 

@@ -94,6 +94,7 @@ class ObjectStoreService:
             defaults=self._object_defaults(call),
             chunk_size=self.settings.object_chunk_size,
             expected_sha256=expected_sha256,
+            timeout=call.time_left(),
         )
         return pb.ObjectPutResponse(success=True, object_id=stat.object_id, info=_info(stat))
 

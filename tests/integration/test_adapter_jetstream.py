@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from collections.abc import AsyncIterator
 
@@ -170,6 +171,13 @@ async def test_stored_messages_are_read_with_or_without_direct_get(
         assert last is not None
         assert (last.seq, last.data) == (2, b"message 1")
         assert await js.get_message(stream, seq=99, what="test") is None
+        await js.publish(f"{stream}.h", b"with headers", stream=stream, headers={"X-Note": "a: b"})
+        headed = await js.get_message(stream, subject=f"{stream}.h", what="test")
+        assert headed is not None
+        assert (headed.subject, headed.seq, headed.data) == (f"{stream}.h", 3, b"with headers")
+        assert headed.headers["X-Note"] == "a: b"
+        assert headed.time is not None
+        assert abs((datetime.datetime.now(datetime.UTC) - headed.time).total_seconds()) < 60
 
 
 async def test_stream_listing_and_summaries(adapter: NatsAdapter) -> None:

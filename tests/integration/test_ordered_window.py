@@ -12,12 +12,19 @@ import uuid
 import nats
 from nats.js import api
 
+from natsgw.adapter.core import NatsAdapter
+from natsgw.adapter.jetstream import JetStreamAdapter
 from natsgw.adapter.ordered import OrderedReader
+from natsgw.ops.embedded import EmbeddedNatsServer
 
 CHUNK = 64 * 1024
 
 
-async def test_server_sends_at_most_the_window_ahead_and_nothing_is_lost(nc: nats.NATS) -> None:
+async def test_server_sends_at_most_the_window_ahead_and_nothing_is_lost(
+    nc: nats.NATS, nats_server: EmbeddedNatsServer
+) -> None:
+    core = NatsAdapter([nats_server.url])
+    await core.start(wait=5)
     js = nc.jetstream()
     name = f"WIN_{uuid.uuid4().hex[:10]}"
     subject = f"win.{name}"
@@ -27,7 +34,7 @@ async def test_server_sends_at_most_the_window_ahead_and_nothing_is_lost(nc: nat
     try:
         for index in range(200):  # 12.5 MiB: far more than the window
             await js.publish(subject, index.to_bytes(4, "big") * (CHUNK // 4))
-        reader = OrderedReader(nc, js, name, subject, window=8)
+        reader = OrderedReader(JetStreamAdapter(core), name, subject, window=8)
         await reader.open()
         try:
             first = await reader.next()
@@ -45,3 +52,4 @@ async def test_server_sends_at_most_the_window_ahead_and_nothing_is_lost(nc: nat
             await reader.close()
     finally:
         await js.delete_stream(name)
+        await core.close()
