@@ -227,10 +227,10 @@ class UpbBridge:
         pre-scan measured (``longest`` bytes at most) too short to exceed them."""
         out = list(items)
         if longest is not None and longest <= self._short_item_bytes[cls]:
-            for name, convert in self._short_item_checks[cls]:
+            for name, to_dc in self._short_item_checks[cls]:
                 for item in out:
                     if item.HasField(name):
-                        convert(getattr(item, name))  # only to refuse what would not convert
+                        to_dc(getattr(item, name))  # only to refuse what would not convert
             return out
         checks = self._item_checks[cls]
         if checks:
