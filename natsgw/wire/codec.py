@@ -13,6 +13,9 @@ without touching a handler:
   0.10's encoder does not.
 - Messages the bridge does not know (grpclib's own health and reflection services use upb
   classes directly) pass through :class:`grpclib.encoding.proto.ProtoCodec` unchanged.
+- Object payloads above :data:`SPLICE_ABOVE` (:data:`OBJECT_PAYLOADS`) do not go through upb: a
+  request's payload is a read-only view into the received bytes, an answer's is appended to the
+  rest of the message (one copy of an 8 MiB object where upb made two, into fresh pages).
 
 Requests are bounded here, before they are expanded: the upb parse is C and costs ~90 bytes per
 item for an instant, while the dataclasses it would become cost ~400 and live for the call. So
