@@ -165,7 +165,8 @@ class MessagingService:
         ns = call.ns
         refused: list[tuple[int, GatewayError]] = []
         outgoing: list[Outgoing] = []
-        mapped: dict[str, str] = {}  # a batch usually repeats a few subjects
+        # A batch usually repeats a few subjects (and reply subjects: same check, same mapping).
+        mapped: dict[str, str] = {}
         items: Sequence[BatchItem] = message.messages  # upb messages off the wire (wire.items)
         for index, item in enumerate(items):
             if index and index % YIELD_EVERY == 0:
@@ -177,7 +178,11 @@ class MessagingService:
                     mapped[item.subject] = subject
                 reply = item.reply_to
                 if reply:
-                    reply = ns.subject(reply, f"messages[{index}].reply_to")
+                    nats_reply = mapped.get(reply)
+                    if nats_reply is None:
+                        nats_reply = ns.subject(reply, f"messages[{index}].reply_to")
+                        mapped[reply] = nats_reply
+                    reply = nats_reply
             except GatewayError as exc:
                 refused.append((index, exc))
                 continue

@@ -101,6 +101,8 @@ class ObjectStoreService:
     # -- the original four ------------------------------------------------------------------------
 
     async def object_put(self, call: Call, message: pb.ObjectPutRequest) -> pb.ObjectPutResponse:
+        """A large ``message.data`` is a read-only memoryview into the request (the codec does
+        not copy object payloads): only its length is read here, the adapter slices it."""
         ns = call.ns
         bucket = ns.object_bucket(message.bucket)
         check_object_name(message.object_name)
@@ -138,10 +140,10 @@ class ObjectStoreService:
                 f"return in one message ({limit} bytes, NATSGW_MAX_MESSAGE_SIZE); "
                 "use ObjectGetStream"
             )
-        data = bytearray()
-        async for chunk in objects.read(bucket, stat):
-            data += chunk
-        return pb.ObjectGetResponse(found=True, data=bytes(data), metadata=dict(stat.metadata))
+        chunks = [chunk async for chunk in objects.read(bucket, stat)]
+        data = b"".join(chunks)  # one copy; the codec appends it to the answer with one more
+        del chunks
+        return pb.ObjectGetResponse(found=True, data=data, metadata=dict(stat.metadata))
 
     async def object_delete(
         self, call: Call, message: pb.ObjectDeleteRequest

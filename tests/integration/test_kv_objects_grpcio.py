@@ -130,3 +130,41 @@ async def test_streamed_object_from_grpcio(aio_stub: Any, grpcio_stubs: Stubs) -
     assert first.found
     assert first.info.size == len(data)
     assert hashlib.sha256(body).hexdigest() == sha
+
+
+async def test_object_payloads_above_the_splice_size_from_grpcio(
+    aio_stub: Any, grpcio_stubs: Stubs
+) -> None:
+    """Payloads above natsgw.wire.codec.SPLICE_ABOVE are decoded as views into the request and
+    appended to answers: same content, metadata and digest as smaller ones."""
+    pb2, _ = grpcio_stubs
+    user = tenant()
+    data = os.urandom(5 * 1024 * 1024 + 3)
+    put = await aio_stub.ObjectPut(
+        pb2.ObjectPutRequest(
+            user_id=user, bucket="sp", object_name="blob", data=data, metadata={"k": "v"}
+        )
+    )
+    assert put.success
+    assert put.info.size == len(data)
+    got = await aio_stub.ObjectGet(
+        pb2.ObjectGetRequest(user_id=user, bucket="sp", object_name="blob")
+    )
+    assert got.found
+    assert got.data == data
+    assert dict(got.metadata) == {"k": "v"}
+
+    sha = hashlib.sha256(data).hexdigest()
+
+    async def requests() -> AsyncIterator[Any]:
+        header = pb2.ObjectPutHeader(user_id=user, bucket="sp", object_name="s", sha256=sha)
+        yield pb2.ObjectPutStreamRequest(header=header, chunk=data[: 2 * 1024 * 1024])
+        yield pb2.ObjectPutStreamRequest(chunk=data[2 * 1024 * 1024 :])
+
+    streamed = await aio_stub.ObjectPutStream(requests())
+    assert streamed.success
+    assert streamed.info.size == len(data)
+    again = await aio_stub.ObjectGet(
+        pb2.ObjectGetRequest(user_id=user, bucket="sp", object_name="s")
+    )
+    assert again.data == data

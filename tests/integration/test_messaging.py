@@ -125,6 +125,34 @@ async def test_publish_batch_counts_exactly_and_loses_no_good_message(
     assert received == [str(i).encode() for i in range(10) if i not in (3, 7)]
 
 
+async def test_publish_batch_maps_reply_subjects_and_refuses_bad_ones_by_index(
+    stub: pb.NatsServiceStub, nc: nats.NATS
+) -> None:
+    """Subjects and reply subjects are mapped once per distinct value in a batch; a refused
+    reply is reported at its own index and the rest go out in order."""
+    user = tenant()
+    sub = await nc.subscribe(mapped(user, "rb.>"))
+    await settled(nc)
+    messages = [
+        pb.NatsMessage(subject="rb.a", data=b"0", reply_to="rb.answers"),
+        pb.NatsMessage(subject="rb.a", data=b"1", reply_to="rb.answers"),
+        pb.NatsMessage(subject="rb.a", data=b"2", reply_to="rb.>"),
+        pb.NatsMessage(subject="rb.answers", data=b"3", reply_to="rb.a"),
+        pb.NatsMessage(subject="rb.a", data=b"4"),
+    ]
+    response = await stub.publish_batch(pb.PublishBatchRequest(user_id=user, messages=messages))
+    assert response.published_count == 4
+    assert len(response.errors) == 1
+    assert response.errors[0].startswith("messages[2].reply_to")
+    received = [await sub.next_msg(timeout=2) for _ in range(4)]
+    assert [(m.subject, m.data, m.reply) for m in received] == [
+        (mapped(user, "rb.a"), b"0", mapped(user, "rb.answers")),
+        (mapped(user, "rb.a"), b"1", mapped(user, "rb.answers")),
+        (mapped(user, "rb.answers"), b"3", mapped(user, "rb.a")),
+        (mapped(user, "rb.a"), b"4", ""),
+    ]
+
+
 async def test_subscribe_delivers_real_subject_headers_reply_and_sequence(
     stub: pb.NatsServiceStub, nc: nats.NATS
 ) -> None:

@@ -14,7 +14,7 @@ from natsgw._generated.isa import nats as pb
 from natsgw.errors import InvalidArgument, UndecodableRequest
 from natsgw.pipeline.rejects import RejectLog
 from natsgw.server import build_codec
-from natsgw.wire.codec import RepeatedLimits, _first_over_limit
+from natsgw.wire.codec import RepeatedLimits, _first_over_limit, _scan
 
 codec = build_codec(1024 * 1024, RepeatedLimits(batch_messages=5, headers=2))
 
@@ -90,3 +90,58 @@ def test_reject_log_once_per_host_and_interval() -> None:
         ("10.0.0.2", 0),
         ("10.0.0.1", 1),
     ]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.binary(max_size=300),
+            st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=3),
+        ),
+        max_size=12,
+    ),
+    st.integers(0, 13),
+)
+def test_wire_scan_reports_the_longest_item(
+    items: list[tuple[bytes, dict[str, str]]], limit: int
+) -> None:
+    """What lets the codec skip reading each item's bounds: no item is longer than reported."""
+    request = upb.PublishBatchRequest(
+        user_id="u", messages=[upb.NATSMessage(data=d, headers=h) for d, h in items]
+    )
+    over, longest = _scan(request.SerializeToString(), {3: limit})
+    if len(items) > limit:
+        assert (over, longest) == (3, None)
+    else:
+        sizes = [m.ByteSize() for m in request.messages]
+        assert (over, longest) == (None, max(sizes, default=0))
+
+
+#: Enough 150-byte items to make a request the codec pre-scans (above 64 KiB).
+_PRESCANNED = 450
+
+
+def test_prescanned_batches_still_refuse_each_items_bounds_and_bad_timestamps() -> None:
+    """Items the pre-scan measured too short to hold more than 100 headers (< 202 bytes) skip
+    reading their header count; a longer one and every timestamp are still checked, with the
+    same refusals as an unscanned request."""
+    wide = build_codec(8 * 1024 * 1024, RepeatedLimits(batch_messages=1000, headers=100))
+    filler = [upb.NATSMessage(subject="a", data=b"x" * 150)] * _PRESCANNED
+    many_headers = upb.NATSMessage(headers={f"h{i}": "" for i in range(101)})
+    for position in (0, _PRESCANNED // 2, _PRESCANNED):
+        items = list(filler)
+        items.insert(position, many_headers)
+        raw = upb.PublishBatchRequest(messages=items).SerializeToString()
+        assert len(raw) > 64 * 1024
+        with pytest.raises(InvalidArgument, match=r"NATSMessage\.headers: 101 items"):
+            wide.decode(raw, pb.PublishBatchRequest)
+    bad = upb.PublishBatchRequest(messages=filler)
+    bad.messages[_PRESCANNED - 1].timestamp.seconds = 253402300800 * 10
+    assert max(m.ByteSize() for m in bad.messages) < 202  # the short path
+    with pytest.raises(UndecodableRequest, match="PublishBatchRequest"):
+        wide.decode(bad.SerializeToString(), pb.PublishBatchRequest)
+    edge = upb.NATSMessage(headers={f"h{i}": "" for i in range(100)})
+    good = upb.PublishBatchRequest(messages=[*filler, edge])
+    decoded = wide.decode(good.SerializeToString(), pb.PublishBatchRequest)
+    assert len(decoded.messages) == _PRESCANNED + 1
+    assert len(decoded.messages[-1].headers) == 100
