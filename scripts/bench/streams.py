@@ -1,5 +1,6 @@
 """JetStream: PublishToStreamBatch (1000 x 128 B, 4 in flight) vs nats-py ``js.publish_async``,
-and Consume (window 1000) + AckMessages in batches of 500 vs nats-py pull ``fetch(500)`` + ack."""
+and Consume (window 1000) + AckMessages in batches of 500 vs nats-py pull ``fetch(500)`` + ack:
+one message per response (what every existing client reads) and the opt-in ``max_batch=500``."""
 
 from __future__ import annotations
 
@@ -67,12 +68,16 @@ async def publish_to_stream_batch(ctx: Context) -> Row:
     )
 
 
-async def gateway_consume(ctx: Context, n: int) -> float:
+async def gateway_consume(ctx: Context, n: int, max_batch: int = 0) -> float:
     acks: list[asyncio.Future[pb2.AckMessagesResponse]] = []
     ack = ctx.gateway.unary("AckMessages")
     call = ctx.gateway.stream("Consume")(
         pb2.ConsumeRequest(
-            user_id=USER, stream_name="benchcons", consumer_name="bench", max_messages=WINDOW
+            user_id=USER,
+            stream_name="benchcons",
+            consumer_name="bench",
+            max_messages=WINDOW,
+            max_batch=max_batch,
         )
     )
     got = 0
@@ -81,9 +86,10 @@ async def gateway_consume(ctx: Context, n: int) -> float:
     async for response in call:
         if not response.HasField("message"):
             continue
-        got += 1
+        got += 1 + len(response.batch)
         pending.append(response.message.ack_token)
-        if len(pending) >= ACK_BATCH or got == n:
+        pending.extend(message.ack_token for message in response.batch)
+        if len(pending) >= ACK_BATCH or got >= n:
             acks.append(
                 asyncio.ensure_future(ack(pb2.AckMessagesRequest(user_id=USER, ack_tokens=pending)))
             )
@@ -112,6 +118,16 @@ async def native_consume(ctx: Context, n: int) -> float:
 
 
 async def consume(ctx: Context) -> Row:
+    """One message per response, as every existing client reads a Consume stream."""
+    return await _consume(ctx, max_batch=0)
+
+
+async def consume_batched(ctx: Context) -> Row:
+    """The opt-in batched delivery (``ConsumeRequest.max_batch``): one batch per ack call."""
+    return await _consume(ctx, max_batch=ACK_BATCH)
+
+
+async def _consume(ctx: Context, max_batch: int) -> Row:
     n = ctx.sizes.consume_msgs // BATCH * BATCH
     await create_stream(ctx, "benchcons")
     await fill(ctx, "benchcons", n)
@@ -120,8 +136,8 @@ async def consume(ctx: Context) -> Row:
             user_id=USER, stream_name="benchcons", config=pb2.ConsumerConfig(durable_name="bench")
         )
     )
-    async with ctx.profiler.record("consume"):
-        gateway = n / await gateway_consume(ctx, n)
+    async with ctx.profiler.record(f"consume-{max_batch}" if max_batch else "consume"):
+        gateway = n / await gateway_consume(ctx, n, max_batch)
     await ctx.gateway.unary("DeleteStream")(
         pb2.DeleteStreamRequest(user_id=USER, stream_name="benchcons")
     )
@@ -132,8 +148,9 @@ async def consume(ctx: Context) -> Row:
     await native_fill(ctx, "nativecons", n)
     native = n / await native_consume(ctx, n)
     await ctx.js.delete_stream("NATIVECONS")
+    window = f"window {WINDOW}" + (f", max_batch={max_batch}" if max_batch else "")
     return Row(
-        f"Consume (window {WINDOW}) + AckMessages x {ACK_BATCH}",
+        f"Consume ({window}) + AckMessages x {ACK_BATCH}",
         "msg/s",
         gateway,
         f"nats-py pull fetch({ACK_BATCH}) + ack()",
