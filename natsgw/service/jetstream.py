@@ -515,10 +515,19 @@ class JetStreamService:
             [(ack.subject, payload) for ack in resolved],
             inflight=self.settings.stream_publish_inflight,
         )
+        settle = self.windows.settle
+        in_progress = message.action == pb.AckAction.IN_PROGRESS
+        cumulative = message.action == pb.AckAction.ACK
         for index, ack, outcome in zip(positions, resolved, outcomes, strict=True):
             if outcome is None:
-                self._settled(ack, message.action)
-                results[index] = pb.AckResult(success=True)
+                settle(
+                    ack.stream,
+                    ack.consumer,
+                    ack.stream_seq,
+                    in_progress=in_progress,
+                    cumulative=cumulative,
+                )
+                results[index] = _ACKED
             else:
                 results[index] = refused(outcome)
         done = [r for r in results if r is not None]
@@ -601,6 +610,10 @@ class JetStreamService:
             parts.windows.remove(stream, consumer, window)
             await pipe.close()
             await asyncio.gather(watcher, return_exceptions=True)
+
+
+#: Every acted-on token of an AckMessages call answers the same (only ever encoded, never changed).
+_ACKED = pb.AckResult(success=True)
 
 
 def _ack_payload(action: pb.AckAction, delay: float) -> bytes:

@@ -5,13 +5,17 @@ one message per response (what every existing client reads) and the opt-in ``max
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
 import time
 
 from nats.js.api import StorageType
 
 from natsgw._generated import nats_service_pb2 as pb2
+from scripts.bench import stream_floor
 from scripts.bench.client import USER
 from scripts.bench.context import BATCH, IN_FLIGHT, PAYLOAD, Context
+from scripts.bench.processes import ROOT, free_port, stop_process, wait_listening
 from scripts.bench.table import Row
 
 WINDOW = 1000
@@ -117,6 +121,21 @@ async def native_consume(ctx: Context, n: int) -> float:
     return elapsed
 
 
+async def client_ceiling(messages: int) -> float:
+    """Responses/s the load generator's grpc.aio reads from a bare grpclib stream (one message
+    per response, several per write): the most any gateway can deliver to this client."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "scripts.bench.stream_floor", str(port), cwd=ROOT
+    )
+    try:
+        await wait_listening(port, proc)
+        return await stream_floor.read_rate(port, messages)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            await stop_process(proc)
+
+
 async def consume(ctx: Context) -> Row:
     """One message per response, as every existing client reads a Consume stream."""
     return await _consume(ctx, max_batch=0)
@@ -149,6 +168,13 @@ async def _consume(ctx: Context, max_batch: int) -> Row:
     native = n / await native_consume(ctx, n)
     await ctx.js.delete_stream("NATIVECONS")
     window = f"window {WINDOW}" + (f", max_batch={max_batch}" if max_batch else "")
+    notes = []
+    if not max_batch:
+        ceiling = await client_ceiling(n)
+        notes.append(
+            f"client ceiling: grpc.aio reads {ceiling:,.0f} responses/s from a bare grpclib "
+            f"stream ({ceiling / native:.2f}x of the baseline)"
+        )
     return Row(
         f"Consume ({window}) + AckMessages x {ACK_BATCH}",
         "msg/s",
@@ -156,4 +182,5 @@ async def _consume(ctx: Context, max_batch: int) -> Row:
         f"nats-py pull fetch({ACK_BATCH}) + ack()",
         native,
         "≥ 0.6x",
+        notes,
     )
