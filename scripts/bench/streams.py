@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import time
+from pathlib import Path
 
 from nats.js.api import StorageType
 
@@ -121,6 +123,12 @@ async def native_consume(ctx: Context, n: int) -> float:
     return elapsed
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def client_ceiling(messages: int) -> float:
     """Responses/s the load generator's grpc.aio reads from a bare grpclib stream (one message
     per response, several per write): the most any gateway can deliver to this client."""
@@ -156,7 +164,9 @@ async def _consume(ctx: Context, max_batch: int) -> Row:
         )
     )
     async with ctx.profiler.record(f"consume-{max_batch}" if max_batch else "consume"):
+        cpu_before = cpu_seconds(ctx.gateway_pid)
         gateway = n / await gateway_consume(ctx, n, max_batch)
+        cpu = cpu_seconds(ctx.gateway_pid) - cpu_before
     await ctx.gateway.unary("DeleteStream")(
         pb2.DeleteStreamRequest(user_id=USER, stream_name="benchcons")
     )
@@ -168,7 +178,8 @@ async def _consume(ctx: Context, max_batch: int) -> Row:
     native = n / await native_consume(ctx, n)
     await ctx.js.delete_stream("NATIVECONS")
     window = f"window {WINDOW}" + (f", max_batch={max_batch}" if max_batch else "")
-    notes = []
+    # The gateway's own cost, whatever the client and the machine's load let through.
+    notes = [f"gateway CPU {cpu / n * 1e6:.0f} µs/msg"]
     if not max_batch:
         ceiling = await client_ceiling(n)
         notes.append(
