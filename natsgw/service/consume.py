@@ -96,7 +96,9 @@ class ConsumeEncoder:
         out.data = delivery.data
         headers = delivery.headers
         if headers:
-            out.headers.update({k: v for k, v in headers.items() if k not in HIDDEN_HEADERS})
+            shown = {k: v for k, v in headers.items() if k not in HIDDEN_HEADERS}
+            if shown:  # stream publishes carry Nats-Expected-Stream only, mostly
+                out.headers.update(shown)
         out.sequence = delivery.stream_seq
         since = delivery.timestamp - _EPOCH
         stamp = out.timestamp
