@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -27,17 +28,24 @@ class DeliveryMemory:
         self._ttl = ttl
         self._clock = clock
         self._entries: OrderedDict[DeliveryKey, tuple[str, float]] = OrderedDict()
+        #: No entry expires before this (the front's deadline, or earlier: never later).
+        self._next_expiry = math.inf
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def remember(self, key: DeliveryKey, reply: str) -> None:
         now = self._clock()
-        self._entries.pop(key, None)
-        self._entries[key] = (reply, now + self._ttl)
-        self._expire(now)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+        entries = self._entries
+        entries.pop(key, None)
+        deadline = now + self._ttl
+        entries[key] = (reply, deadline)
+        if deadline < self._next_expiry:
+            self._next_expiry = deadline
+        if now >= self._next_expiry:  # runs per delivery: look at the front only when due
+            self._expire(now)
+        while len(entries) > self._max:
+            entries.popitem(last=False)
 
     def lookup(self, key: DeliveryKey) -> str | None:
         entry = self._entries.get(key)
@@ -51,11 +59,14 @@ class DeliveryMemory:
 
     def _expire(self, now: float) -> None:
         # Entries are in insertion order and share one TTL: expired ones sit at the front.
-        while self._entries:
-            key, (_, expires) = next(iter(self._entries.items()))
+        entries = self._entries
+        while entries:
+            key, (_, expires) = next(iter(entries.items()))
             if expires > now:
+                self._next_expiry = expires
                 return
-            del self._entries[key]
+            del entries[key]
+        self._next_expiry = math.inf
 
 
 class FlowWindow:

@@ -41,7 +41,8 @@ from natsgw.errors import (
     Unavailable,
 )
 from natsgw.pipeline.call import Call
-from natsgw.service.consume import ConsumeSession, stop_on_end
+from natsgw.pipeline.streaming import Frames
+from natsgw.service.consume import Burst, ConsumeEncoder, ConsumeSession, stop_on_end
 from natsgw.service.deliveries import DeliveryMemory, FlowWindow, WindowRegistry
 from natsgw.service.jetstream_wire import (
     ACK_ACTIONS,
@@ -360,12 +361,15 @@ class JetStreamService:
 
     # -- pulling ---------------------------------------------------------------------------------
 
-    def present(self, ns: Namespace, delivery: JetStreamDelivery) -> pb.JetStreamMessage:
-        """Remember a delivery for ack-by-sequence and present it in the tenant's view."""
-        parts = self
-        parts.memory.remember(
+    def hand_out(self, ns: Namespace, delivery: JetStreamDelivery) -> str:
+        """Remember a delivery for ack-by-sequence; its ack token."""
+        self.memory.remember(
             (ns.key, delivery.stream, delivery.consumer, delivery.stream_seq), delivery.reply
         )
+        return self.tokens.issue(ns.key, delivery.reply)
+
+    def present(self, ns: Namespace, delivery: JetStreamDelivery) -> pb.JetStreamMessage:
+        """Remember a delivery for ack-by-sequence and present it in the tenant's view."""
         return pb.JetStreamMessage(
             subject=ns.from_subject(delivery.subject) or "",
             data=delivery.data,
@@ -373,7 +377,7 @@ class JetStreamService:
             sequence=delivery.stream_seq,
             timestamp=delivery.timestamp,
             num_delivered=clamp32(delivery.num_delivered),
-            ack_token=parts.tokens.issue(ns.key, delivery.reply),
+            ack_token=self.hand_out(ns, delivery),
             consumer_sequence=delivery.consumer_seq,
             num_pending=delivery.num_pending,
         )
@@ -511,10 +515,19 @@ class JetStreamService:
             [(ack.subject, payload) for ack in resolved],
             inflight=self.settings.stream_publish_inflight,
         )
+        settle = self.windows.settle
+        in_progress = message.action == pb.AckAction.IN_PROGRESS
+        cumulative = message.action == pb.AckAction.ACK
         for index, ack, outcome in zip(positions, resolved, outcomes, strict=True):
             if outcome is None:
-                self._settled(ack, message.action)
-                results[index] = pb.AckResult(success=True)
+                settle(
+                    ack.stream,
+                    ack.consumer,
+                    ack.stream_seq,
+                    in_progress=in_progress,
+                    cumulative=cumulative,
+                )
+                results[index] = _ACKED
             else:
                 results[index] = refused(outcome)
         done = [r for r in results if r is not None]
@@ -524,7 +537,7 @@ class JetStreamService:
 
     async def consume(
         self, call: Call, message: pb.ConsumeRequest
-    ) -> AsyncGenerator[pb.ConsumeResponse, None]:
+    ) -> AsyncGenerator[pb.ConsumeResponse | Frames, None]:
         ns = call.ns
         stream = ns.stream(message.stream_name)
         consumer = ns.consumer(message.consumer_name)
@@ -559,7 +572,6 @@ class JetStreamService:
         pipe = await parts.js.open_pull(stream, consumer, max_msgs)
         session = ConsumeSession(
             self.js,
-            functools.partial(self.present, ns),
             stream,
             consumer,
             pipe,
@@ -576,8 +588,21 @@ class JetStreamService:
         parts.windows.add(stream, consumer, window)
         try:
             await call.ready()
-            async for response in session.run():
-                yield response
+            encoder = ConsumeEncoder(ns, functools.partial(self.hand_out, ns))
+            async for out in session.run():
+                if not isinstance(out, Burst):
+                    yield out  # a heartbeat
+                elif call.stream is not None:  # served: responses encoded, written together
+                    yield Frames([encoder.response(response) for response in out.responses])
+                else:  # driven directly (scripts, unit tests): plain messages
+                    for deliveries, messages, size in out.responses:
+                        shown = [self.present(ns, delivery) for delivery in deliveries]
+                        yield pb.ConsumeResponse(
+                            message=shown[0],
+                            batch=shown[1:],
+                            outstanding_messages=messages,
+                            outstanding_bytes=size,
+                        )
         finally:
             # Synchronous releases first: a second cancellation cannot skip them.
             watcher.cancel()
@@ -585,6 +610,10 @@ class JetStreamService:
             parts.windows.remove(stream, consumer, window)
             await pipe.close()
             await asyncio.gather(watcher, return_exceptions=True)
+
+
+#: Every acted-on token of an AckMessages call answers the same (only ever encoded, never changed).
+_ACKED = pb.AckResult(success=True)
 
 
 def _ack_payload(action: pb.AckAction, delay: float) -> bytes:

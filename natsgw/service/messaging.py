@@ -98,10 +98,12 @@ class _Encoder:
         if msg.reply:
             out.reply_to = self._ns.from_subject(msg.reply) or ""
         seconds, nanos = divmod(delivery.received_ns, 1_000_000_000)
-        out.timestamp.seconds = seconds
-        out.timestamp.nanos = nanos
+        stamp = out.timestamp
+        stamp.seconds = seconds
+        stamp.nanos = nanos
         out.sequence = delivery.sequence
-        out.dropped = dropped
+        if dropped:  # proto3: zero is not written either way
+            out.dropped = dropped
 
     def one(self, delivery: Delivery, dropped: int) -> bytes:
         out = wire.MessageResponse()

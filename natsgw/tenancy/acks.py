@@ -58,31 +58,31 @@ class AckSubject(NamedTuple):
 
 
 def parse_ack_subject(subject: str) -> AckSubject | None:
-    """Parse a ``$JS.ACK`` reply subject; None when it is not one."""
+    """Parse a ``$JS.ACK`` reply subject; None when it is not one (runs per delivery and ack)."""
     tokens = subject.split(".")
     count = len(tokens)
     if count == _V1_TOKENS:
-        first = 2
+        _, _, stream, consumer, delivered, sseq, cseq, ts, pending = tokens
     elif count >= _V2_MIN_TOKENS:
         # $JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>
         #   .<pending>[.<random>...]
-        first = 4
+        stream, consumer, delivered, sseq, cseq, ts, pending = tokens[4:11]
     else:
         return None
-    if tokens[0] != "$JS" or tokens[1] != "ACK":
+    if tokens[0] != "$JS" or tokens[1] != "ACK" or not stream or not consumer:
         return None
-    stream, consumer = tokens[first], tokens[first + 1]
-    try:
-        delivered = int(tokens[first + 2])
-        sseq = int(tokens[first + 3])
-        cseq = int(tokens[first + 4])
-        ts = int(tokens[first + 5])
-        pending = int(tokens[first + 6])
-    except ValueError:
+    # isdecimal: exactly the strings int() reads without sign, spaces or underscores.
+    if not (
+        delivered.isdecimal()
+        and sseq.isdecimal()
+        and cseq.isdecimal()
+        and ts.isdecimal()
+        and pending.isdecimal()
+    ):
         return None
-    if not stream or not consumer or min(delivered, sseq, cseq, ts, pending) < 0:
-        return None
-    return AckSubject(subject, stream, consumer, delivered, sseq, cseq, ts, pending)
+    return AckSubject(
+        subject, stream, consumer, int(delivered), int(sseq), int(cseq), int(ts), int(pending)
+    )
 
 
 def _b64(data: bytes) -> str:
@@ -106,15 +106,17 @@ class AckTokens:
         if isinstance(secret, str):
             secret = secret.encode("utf-8")
         self._key = secret or _PROCESS_SECRET
-        # BLAKE2b takes keys up to 64 bytes: derive one from a secret of any length.
-        self._key2 = hashlib.blake2b(self._key, digest_size=32, person=b"natsgw-ack-key").digest()
+        # BLAKE2b takes keys up to 64 bytes: derive one from a secret of any length. The keyed
+        # state is made once and copied per token (keying costs as much as a short message).
+        key2 = hashlib.blake2b(self._key, digest_size=32, person=b"natsgw-ack-key").digest()
+        self._keyed = hashlib.blake2b(key=key2, digest_size=_MAC_BYTES, person=_PERSON)
         #: True when the secret is this process's random one (tokens are replica-local).
         self.process_local = not secret
 
     def _mac(self, body: bytes) -> bytes:
-        return hashlib.blake2b(
-            body, key=self._key2, digest_size=_MAC_BYTES, person=_PERSON
-        ).digest()
+        mac = self._keyed.copy()
+        mac.update(body)
+        return mac.digest()
 
     def _mac_v1(self, tenant_key: str, subject: str) -> bytes:
         msg = _V1.encode() + b"\0" + tenant_key.encode() + b"\0" + subject.encode()

@@ -44,11 +44,12 @@ ROWS: dict[str, Measure] = {
     "subscribe_batched": publish.subscribe_batched,
     "kv": kv.kv,
     "consume": streams.consume,
+    "consume_batched": streams.consume_batched,
     "publish_to_stream_batch": streams.publish_to_stream_batch,
     "unary_publish": unary.unary_publish,
 }
 #: Print order: the issue's table.
-ORDER = ["publish_batch", "subscribe", "subscribe_batched", "kv", "consume",
+ORDER = ["publish_batch", "subscribe", "subscribe_batched", "kv", "consume", "consume_batched",
          "publish_to_stream_batch", "objects", "unary_publish", "streamed_objects"]  # fmt: skip
 
 

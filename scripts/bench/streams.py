@@ -1,16 +1,23 @@
 """JetStream: PublishToStreamBatch (1000 x 128 B, 4 in flight) vs nats-py ``js.publish_async``,
-and Consume (window 1000) + AckMessages in batches of 500 vs nats-py pull ``fetch(500)`` + ack."""
+and Consume (window 1000) + AckMessages in batches of 500 vs nats-py pull ``fetch(500)`` + ack:
+one message per response (what every existing client reads) and the opt-in ``max_batch=500``."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import sys
 import time
+from pathlib import Path
 
 from nats.js.api import StorageType
 
 from natsgw._generated import nats_service_pb2 as pb2
+from scripts.bench import stream_floor
 from scripts.bench.client import USER
 from scripts.bench.context import BATCH, IN_FLIGHT, PAYLOAD, Context
+from scripts.bench.processes import ROOT, free_port, stop_process, wait_listening
 from scripts.bench.table import Row
 
 WINDOW = 1000
@@ -67,12 +74,16 @@ async def publish_to_stream_batch(ctx: Context) -> Row:
     )
 
 
-async def gateway_consume(ctx: Context, n: int) -> float:
+async def gateway_consume(ctx: Context, n: int, max_batch: int = 0) -> float:
     acks: list[asyncio.Future[pb2.AckMessagesResponse]] = []
     ack = ctx.gateway.unary("AckMessages")
     call = ctx.gateway.stream("Consume")(
         pb2.ConsumeRequest(
-            user_id=USER, stream_name="benchcons", consumer_name="bench", max_messages=WINDOW
+            user_id=USER,
+            stream_name="benchcons",
+            consumer_name="bench",
+            max_messages=WINDOW,
+            max_batch=max_batch,
         )
     )
     got = 0
@@ -81,9 +92,10 @@ async def gateway_consume(ctx: Context, n: int) -> float:
     async for response in call:
         if not response.HasField("message"):
             continue
-        got += 1
+        got += 1 + len(response.batch)
         pending.append(response.message.ack_token)
-        if len(pending) >= ACK_BATCH or got == n:
+        pending.extend(message.ack_token for message in response.batch)
+        if len(pending) >= ACK_BATCH or got >= n:
             acks.append(
                 asyncio.ensure_future(ack(pb2.AckMessagesRequest(user_id=USER, ack_tokens=pending)))
             )
@@ -111,7 +123,38 @@ async def native_consume(ctx: Context, n: int) -> float:
     return elapsed
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def client_ceiling(messages: int) -> float:
+    """Responses/s the load generator's grpc.aio reads from a bare grpclib stream (one message
+    per response, several per write): the most any gateway can deliver to this client."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "scripts.bench.stream_floor", str(port), cwd=ROOT
+    )
+    try:
+        await wait_listening(port, proc)
+        return await stream_floor.read_rate(port, messages)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            await stop_process(proc)
+
+
 async def consume(ctx: Context) -> Row:
+    """One message per response, as every existing client reads a Consume stream."""
+    return await _consume(ctx, max_batch=0)
+
+
+async def consume_batched(ctx: Context) -> Row:
+    """The opt-in batched delivery (``ConsumeRequest.max_batch``): one batch per ack call."""
+    return await _consume(ctx, max_batch=ACK_BATCH)
+
+
+async def _consume(ctx: Context, max_batch: int) -> Row:
     n = ctx.sizes.consume_msgs // BATCH * BATCH
     await create_stream(ctx, "benchcons")
     await fill(ctx, "benchcons", n)
@@ -120,8 +163,10 @@ async def consume(ctx: Context) -> Row:
             user_id=USER, stream_name="benchcons", config=pb2.ConsumerConfig(durable_name="bench")
         )
     )
-    async with ctx.profiler.record("consume"):
-        gateway = n / await gateway_consume(ctx, n)
+    async with ctx.profiler.record(f"consume-{max_batch}" if max_batch else "consume"):
+        cpu_before = cpu_seconds(ctx.gateway_pid)
+        gateway = n / await gateway_consume(ctx, n, max_batch)
+        cpu = cpu_seconds(ctx.gateway_pid) - cpu_before
     await ctx.gateway.unary("DeleteStream")(
         pb2.DeleteStreamRequest(user_id=USER, stream_name="benchcons")
     )
@@ -132,11 +177,21 @@ async def consume(ctx: Context) -> Row:
     await native_fill(ctx, "nativecons", n)
     native = n / await native_consume(ctx, n)
     await ctx.js.delete_stream("NATIVECONS")
+    window = f"window {WINDOW}" + (f", max_batch={max_batch}" if max_batch else "")
+    # The gateway's own cost, whatever the client and the machine's load let through.
+    notes = [f"gateway CPU {cpu / n * 1e6:.0f} µs/msg"]
+    if not max_batch:
+        ceiling = await client_ceiling(n)
+        notes.append(
+            f"client ceiling: grpc.aio reads {ceiling:,.0f} responses/s from a bare grpclib "
+            f"stream ({ceiling / native:.2f}x of the baseline)"
+        )
     return Row(
-        f"Consume (window {WINDOW}) + AckMessages x {ACK_BATCH}",
+        f"Consume ({window}) + AckMessages x {ACK_BATCH}",
         "msg/s",
         gateway,
         f"nats-py pull fetch({ACK_BATCH}) + ack()",
         native,
         "≥ 0.6x",
+        notes,
     )

@@ -417,6 +417,43 @@ async def test_consume_max_batch_carries_waiting_messages_together(
     assert acked.succeeded == 200
 
 
+async def test_waiting_deliveries_still_arrive_one_message_per_response(
+    stub: pb.NatsServiceStub,
+) -> None:
+    """Deliveries already waiting leave in bursts, encoded without the dataclasses
+    (natsgw.service.consume; tests/unit/test_consume_session.py), yet a client reading one
+    message per response sees what it saw before: one message each, in order, each with the
+    window as it was right after it, each acking by its own token."""
+    user = tenant()
+    await make_stream(stub, user, "burst", ["burst.>"])
+    await make_consumer(stub, user, "burst", "c")
+    await stub.publish_to_stream_batch(
+        pb.PublishToStreamBatchRequest(
+            user_id=user,
+            stream_name="burst",
+            messages=[
+                pb.StreamMessage(subject="burst.x", data=b"%d" % i, headers={"n": str(i)})
+                for i in range(300)
+            ],
+        )
+    )
+    got: list[pb.ConsumeResponse] = []
+    async with consuming(stub, user, "burst", "c", max_messages=500) as consumption:
+        while len(got) < 300:
+            got.append(await consumption.message())
+    messages = [r.message for r in got if r.message is not None]
+    assert all(not r.batch for r in got)
+    assert [m.data for m in messages] == [b"%d" % i for i in range(300)]
+    assert [m.sequence for m in messages] == list(range(1, 301))
+    assert [r.outstanding_messages for r in got] == list(range(1, 301))
+    assert all(m.subject == "burst.x" and m.headers == {"n": m.data.decode()} for m in messages)
+    assert all(m.timestamp is not None and m.num_delivered == 1 for m in messages)
+    acked = await stub.ack_messages(
+        pb.AckMessagesRequest(user_id=user, ack_tokens=[m.ack_token for m in messages])
+    )
+    assert acked.succeeded == 300
+
+
 async def test_consume_max_batch_out_of_range_is_invalid_argument(
     stub: pb.NatsServiceStub,
 ) -> None:

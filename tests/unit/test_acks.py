@@ -132,3 +132,22 @@ def test_a_version_2_token_cannot_be_relabelled_for_another_tenant() -> None:
     token = "2~" + base64.urlsafe_b64encode(swapped).rstrip(b"=").decode()
     with pytest.raises(InvalidArgument, match="signature"):
         tokens.verify(token, "uBobby")
+
+
+def test_version_2_tokens_are_keyed_blake2b_as_specified() -> None:
+    """Tokens handed out by earlier releases verify, and new ones are byte-identical to them:
+    the MAC is still BLAKE2b keyed with the derived key (however the state is reused)."""
+    secret = b"s" * 32
+    key = hashlib.blake2b(secret, digest_size=32, person=b"natsgw-ack-key").digest()
+    body = b"uAlice\0" + V1.encode()
+    mac = hashlib.blake2b(body, key=key, digest_size=16, person=b"natsgw-ack-v2").digest()
+    expected = "2~" + base64.urlsafe_b64encode(mac + body).rstrip(b"=").decode()
+    tokens = AckTokens(secret)
+    assert tokens.issue("uAlice", V1) == expected
+    assert tokens.issue("uAlice", V1) == expected  # the keyed state is not consumed
+    assert tokens.verify(expected, "uAlice").subject == V1
+
+
+@pytest.mark.parametrize("count", ["+2", "2_0", "-2", " 2", "²"])
+def test_ack_subject_numbers_are_plain_digits(count: str) -> None:
+    assert parse_ack_subject(f"$JS.ACK.s.c.{count}.2.3.4.5") is None

@@ -28,6 +28,26 @@ def test_memory_remembers_expires_and_is_bounded() -> None:
     assert len(memory) == 1  # expired entries are dropped on insert
 
 
+def test_memory_expiry_follows_re_remembered_entries() -> None:
+    """Expiry looks at the front only when an entry can be due; a re-remembered entry moves
+    back (with a new deadline) and everything behind it still expires on time."""
+    clock = Clock()
+    memory = DeliveryMemory(max_entries=10, ttl=10.0, clock=clock)
+    memory.remember(("u", "s", "c", 1), "a")  # deadline 10
+    clock.now = 5.0
+    memory.remember(("u", "s", "c", 2), "b")  # deadline 15
+    clock.now = 6.0
+    memory.remember(("u", "s", "c", 1), "a2")  # deadline 16, now behind b
+    clock.now = 15.5
+    memory.remember(("u", "s", "c", 3), "c")
+    assert len(memory) == 2  # b went on this insert
+    assert memory.lookup(("u", "s", "c", 1)) == "a2"
+    clock.now = 16.0
+    memory.remember(("u", "s", "c", 4), "d")
+    assert len(memory) == 2  # a2 went too: c and d are left
+    assert memory.lookup(("u", "s", "c", 3)) == "c"
+
+
 def test_memory_redelivery_replaces_the_reply() -> None:
     memory = DeliveryMemory(max_entries=10, ttl=10.0)
     memory.remember(("u", "s", "c", 1), "first")
