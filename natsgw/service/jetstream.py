@@ -57,7 +57,7 @@ from natsgw.service.jetstream_wire import (
     tenant_view,
     wire_enum,
 )
-from natsgw.service.pacing import YIELD_EVERY
+from natsgw.service.pacing import YIELD_EVERY, max_batch
 from natsgw.service.subscriptions import Mailbox, SubscriptionRegistry
 from natsgw.tenancy import Namespace
 from natsgw.tenancy.acks import AckSubject, AckTokens, parse_ack_subject
@@ -553,13 +553,7 @@ class JetStreamService:
         heartbeat = heartbeat or DEFAULT_HEARTBEAT
         if heartbeat < MIN_HEARTBEAT:
             raise InvalidArgument("heartbeat", f"must be at least {MIN_HEARTBEAT:g}s")
-        # Bounded like incoming batches (NATSGW_MAX_BATCH_MESSAGES, natsgw.wire.codec).
-        batch_limit = self.settings.max_batch_messages
-        if not 0 <= message.max_batch <= batch_limit:
-            raise InvalidArgument(
-                "max_batch",
-                f"must be 0 to {batch_limit} (NATSGW_MAX_BATCH_MESSAGES; got {message.max_batch})",
-            )
+        per_response = max_batch(message.max_batch, self.settings.max_batch_messages)
         parts = self
         info = await parts.js.consumer_info(stream, consumer)
         window = FlowWindow(
@@ -577,7 +571,7 @@ class JetStreamService:
             pipe,
             window,
             heartbeat,
-            max(message.max_batch, 1),
+            per_response,
         )
         # Registered with the gateway's streams so that shutdown ends it cleanly (status OK),
         # like Subscribe. The key holds spaces: no tenant subject can name it in Unsubscribe.

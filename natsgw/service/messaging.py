@@ -15,7 +15,7 @@ from natsgw.errors import GatewayError, InvalidArgument
 from natsgw.pipeline.call import Call
 from natsgw.pipeline.streaming import Frames
 from natsgw.service.fanout import FanOut
-from natsgw.service.pacing import YIELD_EVERY
+from natsgw.service.pacing import YIELD_EVERY, max_batch
 from natsgw.service.subscriptions import Delivery, Mailbox, SubscriptionRegistry
 from natsgw.tenancy import Namespace, public_text
 from natsgw.wire.items import BatchItem
@@ -58,16 +58,6 @@ _BURST_BYTES = 256 * 1024
 #: Payload bytes one batched response carries beyond its first message (well inside grpcio's
 #: default 4 MiB receive limit).
 _BATCH_BYTES = 1024 * 1024
-
-
-def max_batch(value: int, limit: int) -> int:
-    """A stream's ``max_batch`` (0: one message per response), bounded like incoming batches
-    (NATSGW_MAX_BATCH_MESSAGES, natsgw.wire.codec): no bigger batch out than a client may send."""
-    if not 0 <= value <= limit:
-        raise InvalidArgument(
-            "max_batch", f"must be 0 to {limit} (NATSGW_MAX_BATCH_MESSAGES; got {value})"
-        )
-    return max(value, 1)
 
 
 class _Encoder:

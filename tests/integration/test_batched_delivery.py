@@ -5,25 +5,33 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from natsgw._generated.isa import nats as pb
-from tests.conftest import tenant
+from tests.conftest import GatewayFactory, tenant
 from tests.integration.test_messaging import open_subscription
 
 
 async def _flood_then_read(
-    stub: pb.NatsServiceStub, request: pb.SubscribeRequest | pb.QueueSubscribeRequest, count: int
+    stub: pb.NatsServiceStub,
+    request: pb.SubscribeRequest | pb.QueueSubscribeRequest,
+    count: int,
+    per_call: int = 1000,
 ) -> list[pb.MessageResponse]:
     responses = []
     async with open_subscription(stub, request) as s:
-        await stub.publish_batch(
-            pb.PublishBatchRequest(
-                user_id=request.user_id,
-                messages=[pb.NatsMessage(subject="b", data=b"%d" % i) for i in range(count)],
+        for start in range(0, count, per_call):
+            end = min(start + per_call, count)
+            await stub.publish_batch(
+                pb.PublishBatchRequest(
+                    user_id=request.user_id,
+                    messages=[
+                        pb.NatsMessage(subject="b", data=b"%d" % i) for i in range(start, end)
+                    ],
+                )
             )
-        )
         await asyncio.sleep(0.3)  # all of them wait in the gateway before the first read
         seen = 0
         while seen < count:
@@ -60,14 +68,28 @@ async def test_without_max_batch_every_response_is_one_message(stub: pb.NatsServ
     assert [r.sequence for r in responses] == list(range(1, 101))
 
 
-@pytest.mark.parametrize("max_batch", [-1, 1001])
-async def test_max_batch_out_of_range_is_invalid_argument(
-    stub: pb.NatsServiceStub, max_batch: int
-) -> None:
+async def test_negative_max_batch_is_invalid_argument(stub: pb.NatsServiceStub) -> None:
     with pytest.raises(GRPCError) as info:
         async for _ in stub.subscribe(
-            pb.SubscribeRequest(user_id=tenant(), subject="b", max_batch=max_batch)
+            pb.SubscribeRequest(user_id=tenant(), subject="b", max_batch=-1)
         ):
             pass
     assert info.value.status is Status.INVALID_ARGUMENT
     assert "max_batch" in (info.value.message or "")
+
+
+async def test_max_batch_above_the_gateway_limit_is_capped_to_it(
+    make_gateway: GatewayFactory,
+) -> None:
+    """A preference, not a bound: a client's default keeps working on a gateway set lower."""
+    gw = await make_gateway(max_batch_messages=20)
+    channel = Channel("127.0.0.1", gw.port)
+    try:
+        stub = pb.NatsServiceStub(channel)
+        request = pb.SubscribeRequest(user_id=tenant(), subject="b", max_batch=100)
+        responses = await _flood_then_read(stub, request, 200, per_call=20)
+    finally:
+        channel.close()
+    messages = [m for r in responses for m in (r, *r.batch)]
+    assert [m.sequence for m in messages] == list(range(1, 201))
+    assert max(1 + len(r.batch) for r in responses) == 20

@@ -591,8 +591,9 @@ class ConsumeRequest(betterproto2.Message):
     max_batch: "int" = betterproto2.field(9, betterproto2.TYPE_INT32)
     """
     natsgw: most messages per response (0 or 1: one, as before). With N > 1, up to N-1 more
-    messages that were already waiting ride in ConsumeResponse.batch after `message` (N at most
-    NATSGW_MAX_BATCH_MESSAGES, 1000 by default; about 1 MiB of payload beyond the first).
+    messages that were already waiting ride in ConsumeResponse.batch after `message` (N above
+    NATSGW_MAX_BATCH_MESSAGES, 1000 by default, is capped to it; about 1 MiB of payload beyond
+    the first).
     Opt-in: old clients are unaffected.
     """
 
@@ -3118,8 +3119,8 @@ class SubscribeRequest(betterproto2.Message):
     """
     natsgw: most messages per response (0 or 1: one, as before). With N > 1 the first message
     fills MessageResponse's own fields and up to N-1 more that were waiting ride in its `batch`
-    (N at most NATSGW_MAX_BATCH_MESSAGES, 1000 by default; about 1 MiB of payload per
-    response). Opt-in: old clients read one per response, unchanged.
+    (N above NATSGW_MAX_BATCH_MESSAGES, 1000 by default, is capped to it; about 1 MiB of
+    payload per response). Opt-in: old clients read one per response, unchanged.
     """
 
 
