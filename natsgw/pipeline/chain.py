@@ -54,6 +54,7 @@ import structlog
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from h2.exceptions import StreamClosedError
+from hpack import NeverIndexedHeaderTuple
 
 from natsgw._generated.isa import nats as pb
 from natsgw.auth import expiry
@@ -310,6 +311,10 @@ class Pipeline:
     @classmethod
     async def _answer(cls, call: Call, stream: Stream, reply: Any) -> None:
         """A single answer: headers, message and OK trailers leave in one socket write."""
+        if not call.headers_sent:
+            call.headers_sent = True
+            await grpclib_compat.send_unary_answer(stream, reply, _request_id_header(call))
+            return
         transport = grpclib_compat.transport_of(stream)
         if not isinstance(transport, CorkedTransport):
             await cls._send(call, stream, reply)
@@ -453,6 +458,12 @@ def _request_id(stream: Stream) -> str:
     if given and _REQUEST_ID.fullmatch(given):
         return given
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
+
+
+def _request_id_header(call: Call) -> tuple[tuple[str, str], ...]:
+    """The response header echoing the call's request id; never indexed by HPACK (each value is
+    new: indexing it would only evict reusable entries from both sides' tables)."""
+    return (cast(tuple[str, str], NeverIndexedHeaderTuple("x-request-id", call.request_id)),)
 
 
 def _peer(addr: object) -> str:
