@@ -108,3 +108,37 @@ def test_unknown_fields_are_tolerated() -> None:
 def test_absent_timestamps_stay_absent() -> None:
     decoded = codec.decode(b"", pb.MessageResponse)
     assert decoded.timestamp is None and decoded.headers == {}
+
+
+@given(
+    st.datetimes(
+        min_value=datetime.datetime(1, 1, 1),
+        max_value=datetime.datetime(9999, 12, 31, 23, 59, 59),
+        timezones=st.sampled_from(
+            [None, datetime.UTC, datetime.timezone(datetime.timedelta(hours=-7, minutes=-30))]
+        ),
+    )
+)
+def test_timestamps_encode_as_protobuf_does(moment: datetime.datetime) -> None:
+    """The bridge's own datetime -> Timestamp (no calendar.timegm) agrees with protobuf's."""
+    ours = upb.KVGetResponse.FromString(
+        codec.encode(pb.KvGetResponse(created=moment), pb.KvGetResponse)
+    )
+    theirs = upb.KVGetResponse()
+    theirs.created.FromDatetime(moment)
+    assert (ours.created.seconds, ours.created.nanos) == (
+        theirs.created.seconds,
+        theirs.created.nanos,
+    )
+
+
+def test_constant_answers_are_encoded_once_and_alike() -> None:
+    from natsgw.wire.codec import constant
+
+    fresh = build_codec(1024)
+    answer = constant(pb.PublishResponse(success=True, message="published"))
+    first = fresh.encode(answer, pb.PublishResponse)
+    assert fresh.encode(answer, pb.PublishResponse) is first  # reused, not re-encoded
+    equal = pb.PublishResponse(success=True, message="published")  # not declared constant
+    assert fresh.encode(equal, pb.PublishResponse) == first
+    assert upb.PublishResponse.FromString(first).message == "published"
