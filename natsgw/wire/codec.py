@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import enum
+import keyword
 from collections.abc import Callable, Collection
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import betterproto2
 from google.protobuf.message import DecodeError
@@ -99,6 +101,8 @@ class UpbBridge:
         self._pairs: dict[type[betterproto2.Message], type[Any]] = {}
         self._plans: dict[type[betterproto2.Message], list[_FieldPlan]] = {}
         self._bounds: dict[type[betterproto2.Message], tuple[_Bound, ...]] = {}
+        #: Top-level request conversions, compiled on first use (:func:`_compile_converter`).
+        self._converters: dict[type[Any], Callable[[Any], Any]] = {}
 
     def register(self, cls: type[Any]) -> None:
         if cls in self._pairs:
@@ -239,7 +243,10 @@ class UpbBridge:
         except DecodeError:
             raise UndecodableRequest(upb_cls.DESCRIPTOR.name) from None
         try:
-            return self.to_dataclass(cls, upb_msg)
+            convert = self._converters.get(cls)
+            if convert is None:
+                convert = self._converters[cls] = _compile_converter(cls, self._plans[cls])
+            return convert(upb_msg)
         except (ValueError, OverflowError) as exc:  # e.g. a Timestamp beyond year 9999
             if isinstance(exc, InvalidArgument):
                 raise
@@ -262,6 +269,53 @@ class UpbBridge:
                 f"more than {bound.limit} items, above the limit of {bound.limit} "
                 f"({bound.setting}); send fewer per call",
             )
+
+
+def _compile_converter(cls: type[Any], plans: list[_FieldPlan]) -> Callable[[Any], Any]:
+    """:meth:`UpbBridge.to_dataclass` for one class, as straight-line code: the same checks,
+    conversions and refusals, without a loop over field plans or a kwargs dict per message
+    (a 7-field PublishRequest: ~6.5 -> ~2.5 us; a unary request is decoded on every call).
+
+    Built from the plans, so a field added to the .proto is converted like every other one.
+    Enums are looked up in a table of their members (constructing one costs ~0.9 us).
+    """
+    env: dict[str, Any] = {"cls": cls, "_over_limit": _over_limit}
+    body: list[str] = []
+    args: list[str] = []
+    for i, plan in enumerate(plans):
+        name = plan.name
+        plain = name.isidentifier() and not keyword.iskeyword(name)
+        get = f"m.{name}" if plain else f"getattr(m, {name!r})"
+        if plan.bound is not None:
+            env[f"b{i}"] = plan.bound
+            body += [
+                f"    v{i} = {get}",
+                f"    if len(v{i}) > b{i}.limit:",
+                f"        raise _over_limit(m, b{i}, len(v{i}))",
+            ]
+            get = f"v{i}"
+        convert = plan.to_dc
+        if convert is None:
+            value = get
+        elif convert is dict:  # a map: most requests carry none
+            value = f"(dict({get}) if len({get}) else {{}})"
+        elif isinstance(convert, type) and issubclass(convert, enum.Enum):
+            env[f"c{i}"] = convert
+            env[f"t{i}"] = {member.value: member for member in convert}
+            body.append(f"    e{i} = {get}")
+            value = f"(t{i}[e{i}] if e{i} in t{i} else c{i}(e{i}))"
+        else:
+            env[f"c{i}"] = convert
+            value = f"c{i}({get})"
+        if plan.presence:
+            body.append(f"    if m.HasField({name!r}):")
+            body.append(f"        kw[{name!r}] = {value}")
+        else:  # converted here, in field order, so refusals come in the same order
+            body.append(f"    a{i} = {value}")
+            args.append(f"{name}=a{i}" if plain else f"**{{{name!r}: a{i}}}")
+    call = ", ".join([*args, "**kw"])
+    exec("\n".join(["def convert(m):", "    kw = {}", *body, f"    return cls({call})"]), env)
+    return cast(Callable[[Any], Any], env["convert"])
 
 
 #: Room a request needs beside its payload (ids, subject, headers), so that a payload of exactly
