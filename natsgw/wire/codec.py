@@ -103,6 +103,8 @@ class UpbBridge:
         self._bounds: dict[type[betterproto2.Message], tuple[_Bound, ...]] = {}
         #: Top-level request conversions, compiled on first use (:func:`_compile_converter`).
         self._converters: dict[type[Any], Callable[[Any], Any]] = {}
+        #: Top-level answer conversions, compiled on first use (:func:`_compile_builder`).
+        self._builders: dict[type[Any], Callable[[Any], Any]] = {}
 
     def register(self, cls: type[Any]) -> None:
         if cls in self._pairs:
@@ -253,7 +255,11 @@ class UpbBridge:
             raise UndecodableRequest(upb_cls.DESCRIPTOR.name) from None
 
     def encode(self, message: Any) -> bytes:
-        return bytes(self.to_upb(message).SerializeToString())
+        cls = type(message)
+        build = self._builders.get(cls)
+        if build is None:
+            build = self._builders[cls] = _compile_builder(self._pairs[cls], self._plans[cls])
+        return bytes(build(message).SerializeToString())
 
     def _prescan(self, cls: type[Any], upb_cls: Any, data: bytes) -> None:
         """Count the top-level repeated fields on the wire, stopping at the first one over its
@@ -316,6 +322,37 @@ def _compile_converter(cls: type[Any], plans: list[_FieldPlan]) -> Callable[[Any
     call = ", ".join([*args, "**kw"])
     exec("\n".join(["def convert(m):", "    kw = {}", *body, f"    return cls({call})"]), env)
     return cast(Callable[[Any], Any], env["convert"])
+
+
+def _compile_builder(upb_cls: Any, plans: list[_FieldPlan]) -> Callable[[Any], Any]:
+    """:meth:`UpbBridge.to_upb` for one class as straight-line code (same conversions; absent
+    fields left out; Timestamps and Durations set after construction): an answer is encoded on
+    every call."""
+    env: dict[str, Any] = {"upb_cls": upb_cls}
+    body: list[str] = []
+    late: list[str] = []
+    for i, plan in enumerate(plans):
+        name = plan.name
+        get = (
+            f"m.{name}"
+            if name.isidentifier() and not keyword.iskeyword(name)
+            else (f"getattr(m, {name!r})")
+        )
+        body.append(f"    v{i} = {get}")
+        if plan.post_set is not None:
+            env[f"p{i}"] = plan.post_set
+            late.append(f"    if v{i} is not None:")
+            late.append(f"        p{i}(getattr(u, {name!r}), v{i})")
+            continue
+        value = f"v{i}"
+        if plan.to_upb is not None:
+            env[f"c{i}"] = plan.to_upb
+            value = f"c{i}(v{i})"
+        body.append(f"    if v{i} is not None:")
+        body.append(f"        kw[{name!r}] = {value}")
+    lines = ["def build(m):", "    kw = {}", *body, "    u = upb_cls(**kw)", *late, "    return u"]
+    exec("\n".join(lines), env)
+    return cast(Callable[[Any], Any], env["build"])
 
 
 #: Room a request needs beside its payload (ids, subject, headers), so that a payload of exactly
