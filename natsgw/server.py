@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import socket
 from collections.abc import Iterator
@@ -353,6 +354,7 @@ class Gateway:
             loop.add_signal_handler(sig, stop.set)
         try:
             await self.start()
+            settle_heap()
             waiters = {
                 asyncio.create_task(stop.wait()),
                 asyncio.create_task(self._failed.wait()),
@@ -368,6 +370,22 @@ class Gateway:
                 loop.remove_signal_handler(sig)
         if self.failure:
             raise GatewayFailed(self.failure)
+
+
+def settle_heap() -> None:
+    """After a serving process started, keep full garbage collections off the request path.
+
+    What start-up built lives as long as the process: ``gc.freeze`` takes it out of every later
+    collection. A full collection walked all of it (20-50 ms) in the middle of calls; under the
+    64-caller unary Publish load, full-collection time fell from 285 to 43 ms per ~20 000 calls
+    and the longest pause from 52 to 22 ms. (A higher youngest-generation threshold saved another
+    ~8 us per call but let cycles holding 8 MiB object payloads live longer: +0.3x object in the
+    unary object RSS row, so Python's default stays.)
+    Process-wide, so for serving processes only (``natsgw serve`` and each worker), not for a
+    Gateway embedded in another program or a test.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _loki_shipper(settings: Settings) -> LokiShipper | None:

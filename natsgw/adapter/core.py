@@ -434,7 +434,8 @@ class NatsAdapter:
     ) -> None:
         """Publish; with ``confirm`` return only once the server has read it."""
         nc = self.client()
-        self.check_payload(data, headers or {})
+        if headers or len(data) > nc.max_payload:  # else nothing to refuse (as publish_many)
+            self.check_payload(data, headers or {})
         with translated("publish"):
             await nc.publish(subject, data, reply=reply, headers=dict(headers) if headers else None)
         if confirm:

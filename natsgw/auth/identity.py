@@ -17,6 +17,7 @@ call's metadata and keeps the principal for the handler's namespace and the audi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -96,12 +97,18 @@ class TrustedAuthenticator:
                 "organization namespaces need proven membership: run the gateway with "
                 "NATSGW_AUTH_MODE=token or jwt"
             )
-        return Principal(
-            user_id=user_id,
-            tenant=Tenant.user(user_id),
-            organization_id=organization_id,
-            authenticated_as=user_id,
-        )
+        return _trusted_principal(user_id, organization_id)
+
+
+@functools.lru_cache(maxsize=4096)
+def _trusted_principal(user_id: str, organization_id: str) -> Principal:
+    """Principals are immutable: a caller's next call reuses its one (no objects per call)."""
+    return Principal(
+        user_id=user_id,
+        tenant=Tenant.user(user_id),
+        organization_id=organization_id,
+        authenticated_as=user_id,
+    )
 
 
 class TokenVerifier(Protocol):

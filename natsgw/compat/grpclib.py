@@ -4,6 +4,7 @@ coalesced response writes, the transport of its connections and ending calls fro
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,6 +19,9 @@ from natsgw.compat import require
 
 PINNED = "0.4.9"
 require("grpclib", PINNED, __name__)
+
+#: Response headers every call's answer carries besides its metadata (:func:`add_response_header`).
+_EXTRA_HEADERS: list[tuple[str, str]] = []
 
 #: ``recv_message(stream, codec, message_type)`` as grpclib's server module calls it.
 RequestReader = Callable[[Any, Any, Any], Awaitable[Any]]
@@ -56,6 +60,7 @@ def add_response_header(name: str, value: str) -> None:
     Upstream fix that removes it: the same compression support (vmagamedov/grpclib#199).
     """
     extra = (name, value)
+    _EXTRA_HEADERS.append(extra)
 
     async def send_initial_metadata(
         self: grpclib.server.Stream[Any, Any], *, metadata: Any = None
@@ -208,3 +213,79 @@ def transport_of(stream: grpclib.server.Stream[Any, Any]) -> asyncio.BaseTranspo
     Upstream fix that removes it: the same transport hook as :func:`wrap_transports`.
     """
     return stream._stream._transport
+
+
+_PREFIX = struct.Struct(">?I")
+_OK_TRAILERS = (("grpc-status", "0"),)
+#: Larger messages leave as prefix and message, not joined (natsgw.wire.frames: no extra copy).
+_JOIN_BELOW = 64 * 1024
+
+
+async def send_unary_answer(
+    stream: grpclib.server.Stream[Any, Any], reply: Any, metadata: tuple[tuple[str, str], ...]
+) -> None:
+    """Send a unary call's whole answer: headers (with ``metadata``), ``reply`` and OK trailers.
+
+    Why: grpclib sends them in three steps, each dispatching an event, encoding and validating
+    its metadata, waiting for the connection and writing its frame; for a small answer that is
+    a large part of a unary call's cost (issue 8 point 8). When the answer fits the flow-control
+    window and one frame, and nobody listens to grpclib's send events, the three frames are built
+    on the h2 connection and leave in one socket write, with grpclib's stream state and counters
+    updated as its own methods would. Otherwise the same frames go out one by one, each when
+    flow control lets it. ``metadata`` must be valid gRPC metadata (it is not re-checked).
+    Private: ``_codec``, ``_send_type``, ``_content_type``, ``_dispatch``, the ``_send_*_done``
+    flags, ``_messages_sent`` and the h2 stream ``_stream`` with its connection.
+    Upstream fix that removes it: a "send whole unary response" (or write batching) in grpclib.
+    """
+    if stream._dispatch._listeners or stream._send_initial_metadata_done:
+        if not stream._send_initial_metadata_done:  # listeners: grpclib's own steps
+            await stream.send_initial_metadata(metadata=metadata)
+        await stream.send_message(reply)
+        await stream.send_trailing_metadata()
+        return
+    encoded = stream._codec.encode(reply, stream._send_type)
+    h2s = stream._stream
+    h2c = h2s._h2_connection
+    connection = h2s.connection
+    sid = h2s.id
+    headers = [(":status", "200"), ("content-type", stream._content_type)]
+    headers += _EXTRA_HEADERS
+    headers += metadata
+    size = len(encoded) + 5
+    if (
+        size < _JOIN_BELOW
+        and connection.write_ready.is_set()
+        and sid in h2c.streams
+        and size <= h2c.local_flow_control_window(sid)
+        and size <= h2c.max_outbound_frame_size
+    ):
+        h2c.send_headers(sid, headers)
+        h2c.send_data(sid, _PREFIX.pack(False, len(encoded)) + encoded)
+        h2c.send_headers(sid, _OK_TRAILERS, end_stream=True)
+        h2s._transport.write(h2c.data_to_send())
+        h2s.data_sent += size
+        connection.data_sent += size
+        connection.data_send_process()  # what headers_send_process does, and more
+        stream._send_initial_metadata_done = True
+        _count_message(stream)
+        stream._send_trailing_metadata_done = True
+        return
+    await h2s.send_headers(headers)
+    stream._send_initial_metadata_done = True
+    prefix = _PREFIX.pack(False, len(encoded))
+    if size < _JOIN_BELOW:
+        await h2s.send_data(prefix + encoded)
+    else:
+        await h2s.send_data(prefix)
+        await h2s.send_data(encoded)
+    _count_message(stream)
+    await stream.send_trailing_metadata()
+
+
+def _count_message(stream: grpclib.server.Stream[Any, Any]) -> None:
+    """What grpclib's ``Stream.send_message`` records after sending."""
+    stream._send_message_done = True
+    stream._messages_sent += 1
+    connection = stream._stream.connection
+    connection.messages_sent += 1
+    connection.last_message_sent = time.monotonic()

@@ -389,7 +389,7 @@ def _read_secret(fd: int) -> str:
 
 
 async def _serve(settings: Settings, status_fd: int) -> None:
-    from natsgw.server import Gateway  # heavy imports only in workers
+    from natsgw.server import Gateway, settle_heap  # heavy imports only in workers
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -398,6 +398,7 @@ async def _serve(settings: Settings, status_fd: int) -> None:
     gateway = Gateway(settings)
     try:
         await gateway.start()
+        settle_heap()
         status = {"pid": os.getpid(), "grpc_port": gateway.port, "http_port": gateway.http_port}
         os.write(status_fd, json.dumps(status).encode() + b"\n")
         os.close(status_fd)

@@ -54,6 +54,7 @@ import structlog
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from h2.exceptions import StreamClosedError
+from hpack import NeverIndexedHeaderTuple
 
 from natsgw._generated.isa import nats as pb
 from natsgw.auth import expiry
@@ -95,6 +96,12 @@ _RESOURCE_FIELDS = (
 _MAX_FIELD = 256
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _NO_LEASE = contextlib.nullcontext()
+#: Enum members read on every call, looked up once (a class attribute of an Enum is a
+#: descriptor lookup on each access in Python 3.11).
+_OK, _CANCELLED = Status.OK, Status.CANCELLED
+_REFUSALS = Audit.REFUSALS
+_ORGANIZATION_SCOPE = pb.NamespaceScope.SCOPE_ORGANIZATION
+_USER, _ORGANIZATION = Scope.USER, Scope.ORGANIZATION
 
 
 class InFlight:
@@ -183,17 +190,17 @@ class Pipeline:
             self.metrics.started(policy.rpc)
             started = time.perf_counter()
             error: GRPCError | None = None
-            status = Status.OK
+            status = _OK
             undecodable = False
             try:
                 call.request_id = _request_id(stream)
                 await body(call, stream)  # 3-8
             except (asyncio.CancelledError, GeneratorExit):
-                status = Status.CANCELLED
+                status = _CANCELLED
                 raise
             except (StreamClosedError, StreamTerminatedError):
                 # The client hung up while we were sending: a cancellation, not a failure.
-                status = Status.CANCELLED
+                status = _CANCELLED
                 raise asyncio.CancelledError from None
             except Exception as exc:
                 undecodable = isinstance(exc, UndecodableRequest)
@@ -287,7 +294,7 @@ class Pipeline:
             metadata,
             ids.user_id,
             ids.organization_id,
-            Scope.ORGANIZATION if ids.scope == pb.NamespaceScope.SCOPE_ORGANIZATION else Scope.USER,
+            _ORGANIZATION if ids.scope == _ORGANIZATION_SCOPE else _USER,
         )
         call.principal = principal
         if long_lived and isinstance(self.authenticator, BearerAuthenticator):
@@ -310,6 +317,10 @@ class Pipeline:
     @classmethod
     async def _answer(cls, call: Call, stream: Stream, reply: Any) -> None:
         """A single answer: headers, message and OK trailers leave in one socket write."""
+        if not call.headers_sent:
+            call.headers_sent = True
+            await grpclib_compat.send_unary_answer(stream, reply, _request_id_header(call))
+            return
         transport = grpclib_compat.transport_of(stream)
         if not isinstance(transport, CorkedTransport):
             await cls._send(call, stream, reply)
@@ -370,11 +381,11 @@ class Pipeline:
                 call.trace.end(status)
             elapsed = time.perf_counter() - started
             rpc = call.policy.rpc
-            failed = status is not Status.OK and status is not Status.CANCELLED
+            failed = status is not _OK and status is not _CANCELLED
             self.metrics.ended(rpc, status.name, elapsed, failed)
             if audited and (
                 status in REFUSED
-                or (audit_ok if status is Status.OK else call.policy.audit is not Audit.REFUSALS)
+                or (audit_ok if status is _OK else call.policy.audit is not _REFUSALS)
             ):
                 self._audit(call, status, error, elapsed)
         finally:
@@ -453,6 +464,12 @@ def _request_id(stream: Stream) -> str:
     if given and _REQUEST_ID.fullmatch(given):
         return given
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
+
+
+def _request_id_header(call: Call) -> tuple[tuple[str, str], ...]:
+    """The response header echoing the call's request id; never indexed by HPACK (each value is
+    new: indexing it would only evict reusable entries from both sides' tables)."""
+    return (cast(tuple[str, str], NeverIndexedHeaderTuple("x-request-id", call.request_id)),)
 
 
 def _peer(addr: object) -> str:

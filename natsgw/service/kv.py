@@ -77,20 +77,30 @@ class KeyValueService:
         self.adapter = adapter
         self.subscriptions = subscriptions
         self.store = KeyValueStore(adapter, timeout=settings.request_timeout)
+        self._by_cap: dict[int, BucketDefaults] = {}
 
     def _kv(self) -> KeyValueStore:
         return self.store
 
     def _defaults(self, call: Call) -> BucketDefaults:
-        """What a bucket this call makes is made with (capped by the tenant's byte quota)."""
+        """What a bucket this call makes is made with (capped by the tenant's byte quota).
+
+        Immutable and the same for every call with the same cap: built once per cap (a put is
+        on the data plane; the quota caps take a handful of values)."""
         s = self.settings
-        return BucketDefaults(
-            history=s.kv_history,
-            ttl=s.kv_ttl,
-            max_bytes=call.capped_bytes(s.kv_max_bytes),
-            storage=str(s.kv_storage),
-            replicas=s.kv_replicas,
-        )
+        max_bytes = call.capped_bytes(s.kv_max_bytes)
+        defaults = self._by_cap.get(max_bytes)
+        if defaults is None:
+            if len(self._by_cap) >= 1024:
+                self._by_cap.clear()
+            defaults = self._by_cap[max_bytes] = BucketDefaults(
+                history=s.kv_history,
+                ttl=s.kv_ttl,
+                max_bytes=max_bytes,
+                storage=str(s.kv_storage),
+                replicas=s.kv_replicas,
+            )
+        return defaults
 
     @staticmethod
     def _bucket_and_key(

@@ -18,6 +18,7 @@ from natsgw.service.fanout import FanOut
 from natsgw.service.pacing import YIELD_EVERY, max_batch
 from natsgw.service.subscriptions import Delivery, Mailbox, SubscriptionRegistry
 from natsgw.tenancy import Namespace, public_text
+from natsgw.wire.codec import constant
 from natsgw.wire.items import BatchItem
 
 #: PublishBatch reports at most this many refused items one by one, then a count of the rest.
@@ -124,7 +125,7 @@ def _response(ns: Namespace, delivery: Delivery, dropped: int) -> pb.MessageResp
 
 
 #: Every successful Publish answers the same (only ever encoded, never changed).
-_PUBLISHED = pb.PublishResponse(success=True, message="published")
+_PUBLISHED = constant(pb.PublishResponse(success=True, message="published"))
 
 
 class MessagingService:

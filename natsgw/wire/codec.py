@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import enum
+import keyword
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import betterproto2
 from google.protobuf.message import DecodeError
@@ -43,6 +45,7 @@ from natsgw.errors import InvalidArgument, UndecodableRequest
 
 _UTC = datetime.UTC
 _Converter = Callable[[Any], Any]
+_M = TypeVar("_M")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -110,6 +113,10 @@ class UpbBridge:
         #: those decoded with the payload as a view).
         self._spliced: dict[type[Any], tuple[str, int]] = {}
         self._viewed: set[type[Any]] = set()
+        #: Top-level request conversions, compiled on first use (:func:`_compile_converter`).
+        self._converters: dict[type[Any], Callable[[Any], Any]] = {}
+        #: Top-level answer conversions, compiled on first use (:func:`_compile_builder`).
+        self._builders: dict[type[Any], Callable[[Any], Any]] = {}
 
     def register(self, cls: type[Any]) -> None:
         if cls in self._pairs:
@@ -186,7 +193,7 @@ class UpbBridge:
                     lambda v: v.ToDatetime(tzinfo=_UTC),
                     None,
                     True,
-                    lambda sub, v: sub.FromDatetime(v),
+                    _set_timestamp,
                 )
             if wrapped == "Duration":
                 return _FieldPlan(
@@ -287,17 +294,26 @@ class UpbBridge:
         except DecodeError:
             raise UndecodableRequest(upb_cls.DESCRIPTOR.name) from None
         try:
-            return self.to_dataclass(cls, upb_msg, longest)
+            if longest is not None:  # a pre-scanned batch: items short enough skip their checks
+                return self.to_dataclass(cls, upb_msg, longest)
+            convert = self._converters.get(cls)
+            if convert is None:
+                convert = self._converters[cls] = _compile_converter(cls, self._plans[cls])
+            return convert(upb_msg)
         except (ValueError, OverflowError) as exc:  # e.g. a Timestamp beyond year 9999
             if isinstance(exc, InvalidArgument):
                 raise
             raise UndecodableRequest(upb_cls.DESCRIPTOR.name) from None
 
     def encode(self, message: Any) -> bytes:
-        payload = self._spliced.get(type(message))
+        cls = type(message)
+        payload = self._spliced.get(cls)
         if payload is not None and len(getattr(message, payload[0])) > SPLICE_ABOVE:
             return self._encode_spliced(message, *payload)
-        return bytes(self.to_upb(message).SerializeToString())
+        build = self._builders.get(cls)
+        if build is None:
+            build = self._builders[cls] = _compile_builder(self._pairs[cls], self._plans[cls])
+        return bytes(build(message).SerializeToString())
 
     def _decode_spliced(self, data: bytes, cls: type[Any]) -> Any | None:
         """A message whose object payload is a read-only ``memoryview`` into ``data``; None when
@@ -356,6 +372,85 @@ _VIEWED_PAYLOADS = ("isa.nats.ObjectPutRequest", "isa.nats.ObjectPutStreamReques
 SPLICE_ABOVE = 1024 * 1024
 #: Most top-level fields :func:`_split_field` walks before leaving a message to upb.
 _SPLIT_FIELDS = 4096
+
+
+def _compile_converter(cls: type[Any], plans: list[_FieldPlan]) -> Callable[[Any], Any]:
+    """:meth:`UpbBridge.to_dataclass` for one class, as straight-line code: the same checks,
+    conversions and refusals, without a loop over field plans or a kwargs dict per message
+    (a 7-field PublishRequest: ~6.5 -> ~2.5 us; a unary request is decoded on every call).
+
+    Built from the plans, so a field added to the .proto is converted like every other one.
+    Enums are looked up in a table of their members (constructing one costs ~0.9 us).
+    """
+    env: dict[str, Any] = {"cls": cls, "_over_limit": _over_limit}
+    body: list[str] = []
+    args: list[str] = []
+    for i, plan in enumerate(plans):
+        name = plan.name
+        plain = name.isidentifier() and not keyword.iskeyword(name)
+        get = f"m.{name}" if plain else f"getattr(m, {name!r})"
+        if plan.bound is not None:
+            env[f"b{i}"] = plan.bound
+            body += [
+                f"    v{i} = {get}",
+                f"    if len(v{i}) > b{i}.limit:",
+                f"        raise _over_limit(m, b{i}, len(v{i}))",
+            ]
+            get = f"v{i}"
+        convert = plan.to_dc
+        if convert is None:
+            value = get
+        elif convert is dict:  # a map: most requests carry none
+            value = f"(dict({get}) if len({get}) else {{}})"
+        elif isinstance(convert, type) and issubclass(convert, enum.Enum):
+            env[f"c{i}"] = convert
+            env[f"t{i}"] = {member.value: member for member in convert}
+            body.append(f"    e{i} = {get}")
+            value = f"(t{i}[e{i}] if e{i} in t{i} else c{i}(e{i}))"
+        else:
+            env[f"c{i}"] = convert
+            value = f"c{i}({get})"
+        if plan.presence:
+            body.append(f"    if m.HasField({name!r}):")
+            body.append(f"        kw[{name!r}] = {value}")
+        else:  # converted here, in field order, so refusals come in the same order
+            body.append(f"    a{i} = {value}")
+            args.append(f"{name}=a{i}" if plain else f"**{{{name!r}: a{i}}}")
+    call = ", ".join([*args, "**kw"])
+    exec("\n".join(["def convert(m):", "    kw = {}", *body, f"    return cls({call})"]), env)
+    return cast(Callable[[Any], Any], env["convert"])
+
+
+def _compile_builder(upb_cls: Any, plans: list[_FieldPlan]) -> Callable[[Any], Any]:
+    """:meth:`UpbBridge.to_upb` for one class as straight-line code (same conversions; absent
+    fields left out; Timestamps and Durations set after construction): an answer is encoded on
+    every call."""
+    env: dict[str, Any] = {"upb_cls": upb_cls}
+    body: list[str] = []
+    late: list[str] = []
+    for i, plan in enumerate(plans):
+        name = plan.name
+        get = (
+            f"m.{name}"
+            if name.isidentifier() and not keyword.iskeyword(name)
+            else (f"getattr(m, {name!r})")
+        )
+        body.append(f"    v{i} = {get}")
+        if plan.post_set is not None:
+            env[f"p{i}"] = plan.post_set
+            late.append(f"    if v{i} is not None:")
+            late.append(f"        p{i}(getattr(u, {name!r}), v{i})")
+            continue
+        value = f"v{i}"
+        if plan.to_upb is not None:
+            env[f"c{i}"] = plan.to_upb
+            value = f"c{i}(v{i})"
+        body.append(f"    if v{i} is not None:")
+        body.append(f"        kw[{name!r}] = {value}")
+    lines = ["def build(m):", "    kw = {}", *body, "    u = upb_cls(**kw)", *late, "    return u"]
+    exec("\n".join(lines), env)
+    return cast(Callable[[Any], Any], env["build"])
+
 
 #: Room a request needs beside its payload (ids, subject, headers), so that a payload of exactly
 #: NATSGW_MAX_MESSAGE_SIZE (the embedded server's max_payload) still fits in one gRPC message.
@@ -527,6 +622,29 @@ def _many(field: dataclasses.Field[Any]) -> bool:
     return bool(meta.repeated) or meta.proto_type == betterproto2.TYPE_MAP
 
 
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=_UTC)
+_NAIVE_EPOCH = _EPOCH.replace(tzinfo=None)
+
+
+def _set_timestamp(sub: Any, value: datetime.datetime) -> None:
+    """``Timestamp.FromDatetime`` without its ``calendar.timegm`` (~4 us -> ~0.7 us; a KVGet
+    answer or a JetStream message carries one). Naive datetimes count as UTC, as there."""
+    delta = value - (_EPOCH if value.tzinfo is not None else _NAIVE_EPOCH)
+    sub.seconds = delta.days * 86400 + delta.seconds
+    sub.nanos = delta.microseconds * 1000
+
+
+#: Answers that never change (see :func:`constant`), by id; each codec keeps their bytes.
+_CONSTANTS: dict[int, Any] = {}
+
+
+def constant(message: _M) -> _M:
+    """Declare ``message`` an answer that is never changed: codecs encode it once and reuse the
+    bytes (a successful Publish answers the same every time)."""
+    _CONSTANTS[id(message)] = message
+    return message
+
+
 class GatewayCodec(ProtoCodec):
     """grpclib codec: upb-bridged for registered dataclasses, plain protobuf for the rest.
 
@@ -537,8 +655,18 @@ class GatewayCodec(ProtoCodec):
     def __init__(self, bridge: UpbBridge | None, max_payload: int) -> None:
         self.bridge = bridge
         self.max_message_size = max_payload + ENVELOPE_ALLOWANCE
+        self._constant_bytes: dict[int, bytes] = {}
 
     def encode(self, message: Any, message_type: Any) -> bytes:
+        key = id(message)
+        if _CONSTANTS.get(key) is message:
+            encoded = self._constant_bytes.get(key)
+            if encoded is None:
+                encoded = self._constant_bytes[key] = self._encode(message, message_type)
+            return encoded
+        return self._encode(message, message_type)
+
+    def _encode(self, message: Any, message_type: Any) -> bytes:
         bridge = self.bridge
         if bridge is not None and bridge.knows(message_type):
             if not isinstance(message, message_type):

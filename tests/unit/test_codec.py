@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import datetime
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from natsgw._generated import nats_service_pb2 as upb
 from natsgw._generated.isa import nats as pb
+from natsgw.errors import InvalidArgument
 from natsgw.server import build_codec
+from natsgw.wire.codec import RepeatedLimits
 
 codec = build_codec(1024)
 text = st.text(max_size=20)
@@ -108,3 +111,95 @@ def test_unknown_fields_are_tolerated() -> None:
 def test_absent_timestamps_stay_absent() -> None:
     decoded = codec.decode(b"", pb.MessageResponse)
     assert decoded.timestamp is None and decoded.headers == {}
+
+
+@given(
+    st.datetimes(
+        min_value=datetime.datetime(1, 1, 1),
+        max_value=datetime.datetime(9999, 12, 31, 23, 59, 59),
+        timezones=st.sampled_from(
+            [None, datetime.UTC, datetime.timezone(datetime.timedelta(hours=-7, minutes=-30))]
+        ),
+    )
+)
+def test_timestamps_encode_as_protobuf_does(moment: datetime.datetime) -> None:
+    """The bridge's own datetime -> Timestamp (no calendar.timegm) agrees with protobuf's."""
+    ours = upb.KVGetResponse.FromString(
+        codec.encode(pb.KvGetResponse(created=moment), pb.KvGetResponse)
+    )
+    theirs = upb.KVGetResponse()
+    theirs.created.FromDatetime(moment)
+    assert (ours.created.seconds, ours.created.nanos) == (
+        theirs.created.seconds,
+        theirs.created.nanos,
+    )
+
+
+def test_constant_answers_are_encoded_once_and_alike() -> None:
+    from natsgw.wire.codec import constant
+
+    fresh = build_codec(1024)
+    answer = constant(pb.PublishResponse(success=True, message="published"))
+    first = fresh.encode(answer, pb.PublishResponse)
+    assert fresh.encode(answer, pb.PublishResponse) is first  # reused, not re-encoded
+    equal = pb.PublishResponse(success=True, message="published")  # not declared constant
+    assert fresh.encode(equal, pb.PublishResponse) == first
+    assert upb.PublishResponse.FromString(first).message == "published"
+
+
+def _registered() -> list[type]:
+    assert codec.bridge is not None
+    return [cls for cls in vars(pb).values() if isinstance(cls, type) and codec.bridge.knows(cls)]
+
+
+@given(messages)
+def test_compiled_request_conversion_is_to_dataclass(message: object) -> None:
+    """decode()'s straight-line converters agree with the generic field-plan walk."""
+    bridge = codec.bridge
+    assert bridge is not None
+    cls = type(message)
+    upb_msg = bridge.to_upb(message)
+    assert codec.decode(upb_msg.SerializeToString(), cls) == bridge.to_dataclass(cls, upb_msg)
+
+
+def test_compiled_conversion_of_every_message_type() -> None:
+    bridge = codec.bridge
+    assert bridge is not None
+    classes = _registered()
+    assert len(classes) > 90  # every message of the service
+    for cls in classes:  # every field at its zero value / absent
+        assert codec.decode(b"", cls) == bridge.to_dataclass(cls, bridge._pairs[cls]()), cls
+
+
+def test_compiled_conversion_refuses_like_to_dataclass() -> None:
+    small = build_codec(1024, RepeatedLimits(headers=2))
+    bridge = small.bridge
+    assert bridge is not None
+    request = upb.PublishRequest(subject="a", headers={"a": "1", "b": "2", "c": "3"})
+    with pytest.raises(InvalidArgument) as generic:
+        bridge.to_dataclass(pb.PublishRequest, request)
+    with pytest.raises(InvalidArgument) as compiled:
+        small.decode(request.SerializeToString(), pb.PublishRequest)
+    assert str(compiled.value) == str(generic.value)
+    unknown_enum = upb.PublishRequest(subject="a")
+    unknown_enum.MergeFromString(b"\x38\x63")  # scope (field 7) = 99: no such NamespaceScope
+    assert small.decode(unknown_enum.SerializeToString(), pb.PublishRequest).scope == 99
+
+
+@given(st.one_of(messages, st.builds(pb.KvGetResponse, value=data, revision=i64, created=times)))
+def test_compiled_answer_building_is_to_upb(message: object) -> None:
+    """encode()'s straight-line builders produce what the generic field-plan walk does."""
+    bridge = codec.bridge
+    assert bridge is not None
+    upb_cls = bridge._pairs[type(message)]
+    ours = upb_cls.FromString(codec.encode(message, type(message)))
+    assert ours == bridge.to_upb(message)
+
+
+def test_compiled_building_of_every_message_type() -> None:
+    bridge = codec.bridge
+    assert bridge is not None
+    for cls in _registered():
+        message = cls()
+        ours = bridge._pairs[cls].FromString(codec.encode(message, cls))
+        assert ours == bridge.to_upb(message), cls
