@@ -391,6 +391,7 @@ class ObjectStoreClient:
         digest = hashlib.sha256()
         size = chunks = 0
         stored = False
+        meta_sent: tuple[bytes, _Record | None] | None = None  # a meta write whose answer is due
         try:
             await window.open()
             pending = bytearray()
@@ -438,22 +439,58 @@ class ObjectStoreClient:
             body = _meta_body(bucket, stat, chunk_size)
             for _ in range(_META_ATTEMPTS):
                 wait = budget.left() if budget else None
+                meta_sent = (body, previous)
                 if await self._write_meta(bucket, name, body, previous, timeout=wait):
                     stored = True
                     break
+                meta_sent = None
                 previous = await self._meta(bucket, name)  # another writer got in first
             if not stored:
                 raise Unavailable(f"object {name!r} kept changing while being stored; try again")
         finally:
-            if not stored:
+            keep: bool | None = stored
+            if not stored and meta_sent is not None:
+                # The meta record's answer was lost (deadline, cancellation, connection): it may
+                # be stored. Purging these chunks then would leave the object pointing at nothing.
+                keep = await asyncio.shield(self._settle_meta(bucket, name, nuid, *meta_sent))
+            if not keep:
                 await asyncio.shield(window.settle())
             await window.close()
-            if not stored:
+            if keep is False:
                 await asyncio.shield(self._purge_quietly(bucket, subject))
+            elif (
+                keep
+                and not stored
+                and previous
+                and not previous.deleted
+                and previous.stat.object_id
+            ):
+                await asyncio.shield(
+                    self._purge_quietly(bucket, chunk_subject(bucket, previous.stat.object_id))
+                )
         if previous is not None and not previous.deleted and previous.stat.object_id:
             await self._purge_quietly(bucket, chunk_subject(bucket, previous.stat.object_id))
         written = await self._meta(bucket, name)
         return written.stat if written is not None else stat
+
+    async def _settle_meta(
+        self, bucket: str, name: str, nuid: str, body: bytes, previous: _Record | None
+    ) -> bool | None:
+        """Whether a meta write whose answer was lost is the object's version now: True (it is,
+        or is now), False (another version is: this one can never land), None (unknown: NATS did
+        not answer; the chunks are kept, at worst orphaned, never the record left dangling).
+
+        Writing the same record again with the same expectation fences the first write: NATS
+        takes a stream's publishes in order, so the repeat either stores it (the first never
+        landed) or is refused because the first one, or another writer, got in.
+        """
+        try:
+            if await self._write_meta(bucket, name, body, previous, timeout=self._timeout):
+                return True
+            current = await self._meta(bucket, name)
+        except Exception:  # any failure here leaves the outcome unknown
+            return None
+        return current is not None and current.stat.object_id == nuid
 
     async def _purge_quietly(self, bucket: str, subject: str) -> None:
         with contextlib.suppress(Exception):
