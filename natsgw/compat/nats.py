@@ -103,8 +103,11 @@ class PubCommands:
 
     async def send(self) -> None:
         """Queue what was added on the connection, as ``Client.publish`` queues one message;
-        raises what it raises for a closed, draining or (while reconnecting) full connection.
-        Nothing is queued when it raises; either way the commands here are dropped."""
+        raises what it raises for a closed, draining or (while reconnecting) full connection,
+        before anything is queued. Like ``Client.publish``, a failure while flushing (a dead
+        flusher task: written inline) can raise after the bytes reached the socket: the caller
+        reports those messages failed, so a retry may deliver them twice, never zero times.
+        Either way the commands here are dropped."""
         parts, self._parts = self._parts, []
         count, size = self.count, self.bytes
         self.count = self.bytes = 0
