@@ -11,6 +11,7 @@ import nats
 import pytest
 import pytest_asyncio
 from grpclib.client import Channel
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -158,3 +159,13 @@ def test_without_opentelemetry_nothing_is_imported_and_propagation_still_works()
         "assert not any(m.startswith('opentelemetry') for m in sys.modules if sys.modules[m])\n"
     )
     subprocess.run([sys.executable, "-c", probe], check=True)
+
+
+def test_no_span_work_while_opentelemetry_has_no_sdk() -> None:
+    """The API alone (no SDK configured) would only make no-op spans: none are started."""
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    request = pb.PublishRequest(subject="x")
+    assert tracing.on_request("Publish", request, {}) is None
+    traced = tracing.on_request("Publish", request, {"traceparent": PARENT})
+    assert traced is not None and traced.span is None  # propagation goes on without a span
+    assert request.headers["traceparent"] == PARENT
