@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from natsgw.ops.embedded import EmbeddedNatsServer
+from scripts.bench import stream_floor
 from scripts.bench.profile import summarise
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,3 +169,24 @@ class Profiler:
             await asyncio.wait_for(spy.wait(), 30)
             if out.exists():
                 (self.directory / f"{name}.txt").write_text(summarise(out))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def client_ceiling(messages: int) -> float:
+    """Responses/s the load generator's grpc.aio reads from a bare grpclib stream (one message
+    per response, several per write): the most any gateway can deliver to this client."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "scripts.bench.stream_floor", str(port), cwd=ROOT
+    )
+    try:
+        await wait_listening(port, proc)
+        return await stream_floor.read_rate(port, messages)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            await stop_process(proc)

@@ -5,19 +5,14 @@ one message per response (what every existing client reads) and the opt-in ``max
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import sys
 import time
-from pathlib import Path
 
 from nats.js.api import StorageType
 
 from natsgw._generated import nats_service_pb2 as pb2
-from scripts.bench import stream_floor
 from scripts.bench.client import USER
 from scripts.bench.context import BATCH, IN_FLIGHT, PAYLOAD, Context
-from scripts.bench.processes import ROOT, free_port, stop_process, wait_listening
+from scripts.bench.processes import client_ceiling, cpu_seconds
 from scripts.bench.table import Row
 
 WINDOW = 1000
@@ -121,27 +116,6 @@ async def native_consume(ctx: Context, n: int) -> float:
     elapsed = time.perf_counter() - started
     await psub.unsubscribe()
     return elapsed
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def client_ceiling(messages: int) -> float:
-    """Responses/s the load generator's grpc.aio reads from a bare grpclib stream (one message
-    per response, several per write): the most any gateway can deliver to this client."""
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "scripts.bench.stream_floor", str(port), cwd=ROOT
-    )
-    try:
-        await wait_listening(port, proc)
-        return await stream_floor.read_rate(port, messages)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            await stop_process(proc)
 
 
 async def consume(ctx: Context) -> Row:
