@@ -173,7 +173,7 @@ class HPubCommands(PubCommands):
 
     def __init__(self, client: Client) -> None:
         super().__init__(client)
-        self._subject = ""
+        self._subject: str | None = None  # the last subject found valid
 
     def add_with_headers(self, subject: str, reply: str, block: bytes, data: bytes) -> None:
         """Queue one message with header ``block`` (from :func:`header_block`); BadSubjectError
