@@ -27,12 +27,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from nats import errors as nats_errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 
 from natsgw.adapter.core import NatsAdapter, header_bytes
-from natsgw.adapter.errors import ApiError, NoStream, WrongLastSequence, translated
+from natsgw.adapter.errors import (
+    ApiError,
+    NoStream,
+    WrongLastSequence,
+    as_gateway_error,
+    translated,
+)
 from natsgw.adapter.replies import ReplyInbox, no_responders
 from natsgw.adapter.types import (
     REQUEST_ENDED,
@@ -883,10 +890,9 @@ class JetStreamAdapter:
                         continue
                     subject, data, block = request
                     try:
-                        with translated(what):
-                            add(subject, f"{prefix}{index}", block, data)
-                    except GatewayError as exc:
-                        results[index] = exc
+                        add(subject, f"{prefix}{index}", block, data)
+                    except nats_errors.BadSubjectError as exc:  # what translated() makes of it
+                        results[index] = as_gateway_error(what, exc)
                         continue
                     window.append(index)
                 if not window:
