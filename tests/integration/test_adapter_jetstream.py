@@ -297,6 +297,9 @@ async def test_batched_stream_publishes_store_headers_as_nats_py_does(
     ours = await js.get_message(name, seq=first.sequence, what="test")
     theirs = await js.get_message(name, seq=plain.sequence + 1, what="test")
     assert ours is not None and theirs is not None and theirs.data == b"by nats-py"
-    assert ours.headers == theirs.headers | {"Nats-Msg-Id": "one", "Nats-Expected-Stream": name}
+    assert ours.headers == dict(theirs.headers) | {
+        "Nats-Msg-Id": "one",
+        "Nats-Expected-Stream": name,
+    }
     bare = await js.get_message(name, seq=plain.sequence, what="test")
     assert bare is not None and bare.headers == {"Nats-Expected-Stream": name}
