@@ -27,12 +27,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from nats import errors as nats_errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 
 from natsgw.adapter.core import NatsAdapter, header_bytes
-from natsgw.adapter.errors import ApiError, NoStream, WrongLastSequence, translated
+from natsgw.adapter.errors import (
+    ApiError,
+    NoStream,
+    WrongLastSequence,
+    as_gateway_error,
+    translated,
+)
 from natsgw.adapter.replies import ReplyInbox, no_responders
 from natsgw.adapter.types import (
     REQUEST_ENDED,
@@ -57,6 +64,7 @@ from natsgw.adapter.types import (
     StreamSummary,
     TooLarge,
 )
+from natsgw.compat import nats as nats_compat
 from natsgw.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -716,20 +724,28 @@ class JetStreamAdapter:
         still have stored it (publish it again with the same Nats-Msg-Id to be sure).
         """
         what = f"publish to stream {stream}"
-        requests: list[tuple[str, bytes, dict[str, str]] | GatewayError] = []
+        limit = self._nc().max_payload
+        expect = {"Nats-Expected-Stream": stream}
+        plain = nats_compat.header_block(expect)  # the block of every message without headers
+        requests: list[tuple[str, bytes, bytes] | GatewayError] = []
         for subject, data, headers in items:
-            hdrs = {**headers, "Nats-Expected-Stream": stream}
             try:
+                if not headers and len(data) + len(plain) <= limit:
+                    requests.append((subject, data, plain))
+                    continue
+                hdrs = {**headers, **expect}
                 self._core.check_payload(data, hdrs)
+                with translated(what):
+                    requests.append((subject, data, nats_compat.header_block(hdrs)))
             except GatewayError as exc:
                 requests.append(exc)
-                continue
-            requests.append((subject, data, hdrs))
-        replies = await self._request_many(requests, inflight, timeout, what)
+        replies = await self._publish_windows(requests, inflight, timeout, what)
+        prefix = b'{"stream":"' + stream.encode() + b'","seq":'
         results = [
             reply
             if isinstance(reply, GatewayError)
-            else _pub_ack(reply, subject=items[index][0], stream=stream)
+            else _quick_pub_ack(reply.data, prefix, stream)
+            or _pub_ack(reply, subject=items[index][0], stream=stream)
             for index, reply in enumerate(replies)
         ]
         await self._leaderless_unavailable(stream, replies, results)
@@ -825,53 +841,83 @@ class JetStreamAdapter:
                 results[index] = _nobody_acks()
         return results
 
-    async def _request_many(
+    async def _publish_windows(
         self,
-        requests: Sequence[tuple[str, bytes, dict[str, str]] | GatewayError],
+        requests: Sequence[tuple[str, bytes, bytes] | GatewayError],
         inflight: int,
         timeout: float | None,
         what: str,
     ) -> list[Msg | GatewayError]:
-        """Requests in windows of ``inflight``, all answered on one reply subscription.
+        """``(subject, data, header block)`` requests in windows of ``inflight``, each answered
+        on ``<inbox>.<index>`` of one reply subscription; items that are already errors stay.
 
-        Each request replies to ``<inbox>.<n>``, so a request costs one PUB and one reply, not a
-        request's own future, timer and subscription lookup. Items that are already errors stay.
+        A window is queued on the connection as ready-made commands in one piece
+        (natsgw.compat.nats.HPubCommands: nats-py's per-message ``publish`` with headers was a
+        quarter of a batch's cost) and its answers are counted in as they come, as
+        :meth:`ack_many` does: per request one HPUB and one answer, no future or timer.
         """
         nc = self._nc()
+        loop = asyncio.get_running_loop()
         wait = timeout or self._timeout
         step = max(inflight, 1)
         results: list[Msg | GatewayError | None] = [
             r if isinstance(r, GatewayError) else None for r in requests
         ]
+        outstanding: set[int] = set()
+        all_in = asyncio.Event()
         inbox = ReplyInbox(nc, f"{what} (replies)")
-        await inbox.open()
+        prefix = inbox.subject("")
+        cut = len(prefix)
+
+        def on_answer(msg: Msg) -> None:
+            token = msg.subject[cut:]
+            index = int(token) if token.isdigit() else -1
+            if index in outstanding:
+                outstanding.discard(index)
+                results[index] = msg
+                if not outstanding:
+                    all_in.set()
+
+        await inbox.open(on_answer)
+        commands = nats_compat.HPubCommands(nc)
+        add = commands.add_with_headers
         try:
             for start in range(0, len(requests), step):
-                pending: dict[int, asyncio.Future[Msg]] = {}
+                window: list[int] = []
                 for index in range(start, min(start + step, len(requests))):
                     request = requests[index]
                     if isinstance(request, GatewayError):
                         continue
-                    subject, data, headers = request
-                    reply, pending[index] = inbox.expect(index)
+                    subject, data, block = request
                     try:
-                        with translated(what):
-                            await nc.publish(subject, data, reply=reply, headers=headers or None)
-                    except GatewayError as exc:
-                        del pending[index]
-                        inbox.forget(index)
-                        results[index] = exc
-                if pending:
-                    await asyncio.wait(pending.values(), timeout=wait)
-                for index, future in pending.items():
-                    results[index] = (
-                        future.result()
-                        if future.done()
-                        else DeadlineExceeded(
-                            f"{what}: no answer within {wait:g}s; it may or may not have happened"
-                        )
+                        add(subject, f"{prefix}{index}", block, data)
+                    except nats_errors.BadSubjectError as exc:  # what translated() makes of it
+                        results[index] = as_gateway_error(what, exc)
+                        continue
+                    window.append(index)
+                if not window:
+                    continue
+                outstanding.update(window)
+                try:
+                    with translated(what):
+                        await commands.send()
+                except GatewayError as exc:  # reported failed: never "stored" unacknowledged
+                    for index in window:
+                        if index in outstanding:
+                            outstanding.discard(index)
+                            results[index] = exc
+                # Answers may come in while the send yields, so the event may be set already:
+                # wait until nothing is outstanding.
+                deadline = loop.time() + wait
+                while outstanding and loop.time() < deadline:
+                    all_in.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(all_in.wait(), deadline - loop.time())
+                for late in outstanding:
+                    results[late] = DeadlineExceeded(
+                        f"{what}: no answer within {wait:g}s; it may or may not have happened"
                     )
-                    inbox.forget(index)
+                outstanding.clear()
         finally:
             await inbox.close()
         return [r if r is not None else Internal(f"{what}: no result") for r in results]
@@ -1107,6 +1153,25 @@ class Budget:
 
     def left(self) -> float:
         return max(self._end - time.monotonic(), 0.001)
+
+
+def _quick_pub_ack(data: bytes, prefix: bytes, stream: str) -> StreamPubAck | None:
+    """The common PubAck, ``{"stream":"<stream>","seq":N}`` with or without
+    ``,"duplicate":true``, read without a JSON parser; None for anything else (an error, a
+    domain, another stream, other fields, other spacing), which :func:`_pub_ack` reads in full.
+    ``prefix`` is ``{"stream":"<stream>","seq":`` as bytes."""
+    if not data.startswith(prefix) or not data.endswith(b"}"):
+        return None
+    digits = data[len(prefix) : -1]
+    duplicate = digits.endswith(_DUPLICATE)
+    if duplicate:
+        digits = digits[: -len(_DUPLICATE)]
+    if not digits.isdigit():  # bytes: ASCII digits only
+        return None
+    return StreamPubAck(stream=stream, sequence=int(digits), duplicate=duplicate)
+
+
+_DUPLICATE = b',"duplicate":true'
 
 
 def _pub_ack(msg: Msg, *, subject: str, stream: str) -> StreamPubAck | GatewayError:

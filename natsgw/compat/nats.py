@@ -129,3 +129,67 @@ class PubCommands:
         await client._send_command(command)
         if client._flush_queue is not None and client._flush_queue.empty():
             await client._flush_pending()
+
+
+#: Header names ``Client.publish`` accepts (nats-py 2.16's ``_HEADER_KEY_RE``, RFC 7230 tokens).
+_HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: What ``Client.publish`` turns into spaces in a header value (its ``_HEADER_VALUE_NEWLINES``).
+_VALUE_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
+
+
+def header_block(headers: Mapping[str, str]) -> bytes:
+    """The header block ``Client.publish`` writes for ``headers`` (``NATS/1.0``, one
+    ``key: value`` line each, a blank line); BadHeaderError for a name it would refuse.
+
+    Why: :class:`HPubCommands` queues messages with headers as ready-made commands, so it needs
+    the bytes nats-py would send; nats-py builds them inline in the private ``_send_publish``.
+    Upstream fix that removes it: the batch publish named at :class:`PubCommands`.
+    """
+    block = bytearray(b"NATS/1.0\r\n")
+    for name, value in headers.items():
+        key = name.strip()
+        if not key:
+            continue  # as nats-py: an empty name is skipped
+        if not _HEADER_KEY.fullmatch(key):
+            raise nats_errors.BadHeaderError(key)
+        block += f"{key}: {value.strip().translate(_VALUE_NEWLINES)}\r\n".encode()
+    block += _CRLF
+    return bytes(block)
+
+
+class HPubCommands(PubCommands):
+    """:class:`PubCommands` for messages with a header block (``HPUB``), each with its own
+    reply subject: a JetStream batch publish is one request per message.
+
+    Why: a 1000-message PublishToStreamBatch spent ~25 % of the gateway's CPU in
+    ``Client.publish`` with headers (header dict copies, per-header regex and encoding, three
+    coroutines), around the ``Nats-Expected-Stream`` header every message carries; the block is
+    built once per batch (:func:`header_block`) and the commands queued once per window through
+    :meth:`PubCommands.send` (same private members, same checks).
+    Upstream fix that removes it: the batch publish named at :class:`PubCommands`.
+    """
+
+    __slots__ = ("_subject",)
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(client)
+        self._subject: str | None = None  # the last subject found valid
+
+    def add_with_headers(self, subject: str, reply: str, block: bytes, data: bytes) -> None:
+        """Queue one message with header ``block`` (from :func:`header_block`); BadSubjectError
+        when ``Client.publish`` would refuse its subject or reply."""
+        if subject != self._subject:  # a batch mostly repeats one subject
+            if not subject or _BAD_SUBJECT.search(subject):
+                raise nats_errors.BadSubjectError
+            self._subject = subject
+        if _BAD_SUBJECT.search(reply):
+            raise nats_errors.BadSubjectError
+        size = len(block)
+        self._parts += (
+            f"HPUB {subject} {reply} {size} {size + len(data)}\r\n".encode(),
+            block,
+            data,
+            _CRLF,
+        )
+        self.count += 1
+        self.bytes += len(data)

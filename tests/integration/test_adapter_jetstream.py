@@ -25,10 +25,11 @@ from natsgw.adapter.types import (
     PullOutcome,
     PullRefused,
     RequestExpired,
+    StreamPubAck,
     StreamSpec,
     TooLarge,
 )
-from natsgw.errors import NotFound, ResourceExhausted
+from natsgw.errors import InvalidArgument, NotFound, ResourceExhausted
 from natsgw.ops.embedded import EmbeddedNatsServer
 from tests.conftest import NatsFactory, settled
 
@@ -264,3 +265,41 @@ async def test_an_unanswered_request_in_a_window_is_deadline_exceeded(
     assert [type(r).__name__ for r in results] == [
         "NoneType", "NoneType", "DeadlineExceeded", "NoneType", "NoneType",
     ]  # fmt: skip
+
+
+async def test_batched_stream_publishes_store_headers_as_nats_py_does(
+    adapter: NatsAdapter,
+) -> None:
+    """The batch's ready-made HPUB commands store the headers nats-py's publish stores (values
+    trimmed, Nats-Expected-Stream added); a name nats-py refuses fails that item only;
+    a repeated Nats-Msg-Id comes back as a duplicate of the first one's sequence."""
+    js = JetStreamAdapter(adapter)
+    nc = adapter.client()
+    name = f"hdrs-{uuid.uuid4().hex[:10]}"
+    await js.add_stream(StreamSpec(name=name, subjects=(f"{name}.>",), storage="memory"))
+    headers = {"Trace-Id": " a b ", "k": "v", "Nats-Msg-Id": "one"}
+    items: list[tuple[str, bytes, dict[str, str]]] = [
+        (f"{name}.a", b"first", headers),
+        (f"{name}.a", b"plain", {}),
+        (f"{name}.a", b"refused", {"caf\u00e9": "x"}),  # printable, not an RFC 7230 token
+        (f"{name}.a", b"again", {"Nats-Msg-Id": "one"}),
+    ]
+    results = await js.publish_many(items, stream=name, inflight=2)
+    first, plain, refused, again = results
+    assert isinstance(first, StreamPubAck) and not first.duplicate
+    assert isinstance(plain, StreamPubAck) and plain.sequence == first.sequence + 1
+    assert isinstance(refused, InvalidArgument)
+    assert isinstance(again, StreamPubAck) and again.duplicate
+    assert again.sequence == first.sequence
+
+    await nc.publish(f"{name}.b", b"by nats-py", headers=headers | {"Nats-Msg-Id": "two"})
+    await nc.flush()
+    ours = await js.get_message(name, seq=first.sequence, what="test")
+    theirs = await js.get_message(name, seq=plain.sequence + 1, what="test")
+    assert ours is not None and theirs is not None and theirs.data == b"by nats-py"
+    assert ours.headers == dict(theirs.headers) | {
+        "Nats-Msg-Id": "one",
+        "Nats-Expected-Stream": name,
+    }
+    bare = await js.get_message(name, seq=plain.sequence, what="test")
+    assert bare is not None and bare.headers == {"Nats-Expected-Stream": name}
