@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -187,7 +188,7 @@ def test_compiled_conversion_refuses_like_to_dataclass() -> None:
 
 
 @given(st.one_of(messages, st.builds(pb.KvGetResponse, value=data, revision=i64, created=times)))
-def test_compiled_answer_building_is_to_upb(message: object) -> None:
+def test_compiled_answer_building_is_to_upb(message: Any) -> None:
     """encode()'s straight-line builders produce what the generic field-plan walk does."""
     bridge = codec.bridge
     assert bridge is not None

@@ -91,6 +91,6 @@ async def test_a_burst_stops_at_the_requested_batch_and_at_its_byte_budget() -> 
     bursts, _ = await _bursts([_delivery(i) for i in range(1, 9)], 5)
     assert [d.stream_seq for r in bursts[0].responses for d in r[0]] == [1, 2, 3, 4, 5]
     # Large messages: a burst holds about a MiB (the first goes whatever its size).
-    big = [_delivery(i, 400 * 1024) for i in range(1, 6)]
+    big: list[PullOutcome] = [_delivery(i, 400 * 1024) for i in range(1, 6)]
     bursts, _ = await _bursts(big, 1000, count=2)
     assert [len(b.responses) for b in bursts] == [3, 2]
