@@ -216,11 +216,17 @@ class UpbBridge:
             return _FieldPlan(
                 name,
                 lambda v: [self.to_dataclass(sub_cls, x) for x in v],
-                lambda v: [self.to_upb(x) for x in v],
+                lambda v: list(map(self.builder(sub_cls), v)),  # e.g. 1000 batch results
                 False,
                 None,
             )
-        return _FieldPlan(name, lambda v: self.to_dataclass(sub_cls, v), self.to_upb, True, None)
+        return _FieldPlan(
+            name,
+            lambda v: self.to_dataclass(sub_cls, v),
+            lambda v: self.builder(sub_cls)(v),
+            True,
+            None,
+        )
 
     def to_dataclass(self, cls: type[Any], upb_msg: Any, longest_item: int | None = None) -> Any:
         """``longest_item``: the pre-scan's longest top-level item, in bytes (None: unknown)."""
@@ -261,6 +267,13 @@ class UpbBridge:
                     elif item.HasField(name) and convert is not None:
                         convert(getattr(item, name))  # only to refuse what would not convert
         return out
+
+    def builder(self, cls: type[Any]) -> Callable[[Any], Any]:
+        """``cls``'s compiled :meth:`to_upb` (:func:`_compile_builder`), made on first use."""
+        build = self._builders.get(cls)
+        if build is None:
+            build = self._builders[cls] = _compile_builder(self._pairs[cls], self._plans[cls])
+        return build
 
     def to_upb(self, message: Any) -> Any:
         cls = type(message)
@@ -310,10 +323,7 @@ class UpbBridge:
         payload = self._spliced.get(cls)
         if payload is not None and len(getattr(message, payload[0])) > SPLICE_ABOVE:
             return self._encode_spliced(message, *payload)
-        build = self._builders.get(cls)
-        if build is None:
-            build = self._builders[cls] = _compile_builder(self._pairs[cls], self._plans[cls])
-        return bytes(build(message).SerializeToString())
+        return bytes(self.builder(cls)(message).SerializeToString())
 
     def _decode_spliced(self, data: bytes, cls: type[Any]) -> Any | None:
         """A message whose object payload is a read-only ``memoryview`` into ``data``; None when
