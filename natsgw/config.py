@@ -114,7 +114,9 @@ class Settings:
     object_max_bytes: int = 0
     object_storage: BucketStorageKind = BucketStorageKind.FILE
     object_replicas: int = 1
-    object_chunk_size: int = 128 * 1024
+    # Four times nats-py's 128 KiB: a fourth of the publishes and acks per object (unary 8 MiB
+    # puts ~0.7x -> ~0.87x nats-py's own put); any client reads any chunk size.
+    object_chunk_size: int = 512 * 1024
 
     # Authentication (natsgw.auth.identity, natsgw.auth)
     auth_mode: AuthMode = AuthMode.TRUSTED
@@ -238,7 +240,7 @@ class Settings:
                 "NATSGW_OBJECT_STORAGE", BucketStorageKind, BucketStorageKind.FILE
             ),
             object_replicas=e.get("NATSGW_OBJECT_REPLICAS", _replicas, 1),
-            object_chunk_size=e.get("NATSGW_OBJECT_CHUNK_SIZE", _chunk_size, 128 * 1024),
+            object_chunk_size=e.get("NATSGW_OBJECT_CHUNK_SIZE", _chunk_size, 512 * 1024),
             auth_mode=e.get("NATSGW_AUTH_MODE", AuthMode, AuthMode.TRUSTED),
             trusted_allow_remote=e.get("NATSGW_TRUSTED_ALLOW_REMOTE", _bool, False),
             auth_tokens_file=e.get("NATSGW_AUTH_TOKENS_FILE", Path, None),

@@ -189,17 +189,18 @@ async def test_stream_put_with_wrong_digest_stores_nothing(stub: Stub, nc: nats.
     assert info.state.messages == 0  # the chunks were purged
 
 
-async def test_corrupted_chunk_is_data_loss(stub: Stub, nc: nats.NATS) -> None:
+async def test_corrupted_chunk_is_data_loss(stub: Stub, nc: nats.NATS, gateway: Gateway) -> None:
     user = tenant()
-    put = await put_stream(stub, user, "cr", "x", os.urandom(200_000))
+    chunk = gateway.settings.object_chunk_size
+    size = chunk + chunk // 2
+    put = await put_stream(stub, user, "cr", "x", os.urandom(size))
     bucket = obj_bucket(user, "cr")
     js = nc.jetstream()
     # Replace the content behind the gateway's back: same chunk count, different bytes.
     subject = f"$O.{bucket}.C.{put.object_id}"
     await js.purge_stream("OBJ_" + bucket, subject=subject)
-    chunk = 128 * 1024
     await js.publish(subject, b"\0" * chunk)
-    await js.publish(subject, b"\0" * (200_000 - chunk))
+    await js.publish(subject, b"\0" * (size - chunk))
     with pytest.raises(GRPCError) as err:
         await get_stream(stub, user, "cr", "x")
     assert err.value.status is Status.DATA_LOSS

@@ -137,7 +137,7 @@ def test_kv_and_object_settings_from_env() -> None:
     assert s.object_chunk_size == 256 * 1024
     defaults = Settings.from_env({})
     assert defaults.kv_history == 5
-    assert defaults.object_chunk_size == 128 * 1024
+    assert defaults.object_chunk_size == 512 * 1024
 
 
 @pytest.mark.parametrize(
