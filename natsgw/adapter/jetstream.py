@@ -787,7 +787,6 @@ class JetStreamAdapter:
         one answer: no future, timer or error-translation frame of its own.
         """
         nc = self._nc()
-        loop = asyncio.get_running_loop()
         wait = timeout or self._timeout
         step = max(inflight, 1)
         what = "acknowledge"
@@ -822,18 +821,8 @@ class JetStreamAdapter:
                     for unsent in range(index, stop):
                         outstanding.discard(unsent)
                         results[unsent] = exc
-                # A publish may yield (nats-py flushing a full buffer) and answers come in
-                # meanwhile, so the event may be set already: wait until nothing is outstanding.
-                deadline = loop.time() + wait
-                while outstanding and loop.time() < deadline:
-                    all_in.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(all_in.wait(), deadline - loop.time())
-                for late in outstanding:
-                    results[late] = DeadlineExceeded(
-                        f"{what}: no answer within {wait:g}s; it may or may not have happened"
-                    )
-                outstanding.clear()
+                # A send may yield (nats-py flushing a full buffer) and answers come in meanwhile.
+                await _answered(outstanding, all_in, results, wait, what)
         finally:
             await inbox.close()
         for index, msg in answers.items():
@@ -857,7 +846,6 @@ class JetStreamAdapter:
         :meth:`ack_many` does: per request one HPUB and one answer, no future or timer.
         """
         nc = self._nc()
-        loop = asyncio.get_running_loop()
         wait = timeout or self._timeout
         step = max(inflight, 1)
         results: list[Msg | GatewayError | None] = [
@@ -906,18 +894,8 @@ class JetStreamAdapter:
                         if index in outstanding:
                             outstanding.discard(index)
                             results[index] = exc
-                # Answers may come in while the send yields, so the event may be set already:
-                # wait until nothing is outstanding.
-                deadline = loop.time() + wait
-                while outstanding and loop.time() < deadline:
-                    all_in.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(all_in.wait(), deadline - loop.time())
-                for late in outstanding:
-                    results[late] = DeadlineExceeded(
-                        f"{what}: no answer within {wait:g}s; it may or may not have happened"
-                    )
-                outstanding.clear()
+                # A send may yield (nats-py flushing a full buffer) and answers come in meanwhile.
+                await _answered(outstanding, all_in, results, wait, what)
         finally:
             await inbox.close()
         return [r if r is not None else Internal(f"{what}: no result") for r in results]
@@ -1212,3 +1190,25 @@ def _pull_refused(status: _Status) -> GatewayError:
     if "maxwaiting" in lowered.replace(" ", "") or "max_waiting" in lowered:
         return ResourceExhausted(f"pull: too many pulls are waiting on this consumer ({text})")
     return FailedPrecondition(f"pull: NATS refused it ({status.code} {text})")
+
+
+async def _answered(
+    outstanding: set[int],
+    all_in: asyncio.Event,
+    results: list[Any],
+    wait: float,
+    what: str,
+) -> None:
+    """Wait up to ``wait`` seconds until no index is ``outstanding`` (``all_in`` is set whenever
+    the last answer came in, maybe already); the rest are DEADLINE_EXCEEDED, outcome unknown."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while outstanding and loop.time() < deadline:
+        all_in.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_in.wait(), deadline - loop.time())
+    for late in outstanding:
+        results[late] = DeadlineExceeded(
+            f"{what}: no answer within {wait:g}s; it may or may not have happened"
+        )
+    outstanding.clear()
