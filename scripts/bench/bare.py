@@ -46,8 +46,9 @@ class BarePublish:
         }
 
 
-async def serve(port: int) -> None:
-    server = Server([BarePublish()], codec=RawCodec())
+async def serve(port: int, handler: Any = None) -> None:
+    """Serve ``handler`` (the bare Publish by default) with raw bytes until SIGTERM/SIGINT."""
+    server = Server([handler or BarePublish()], codec=RawCodec())
     await server.start("127.0.0.1", port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -12,17 +12,16 @@ are read by the same client. Run as its own process:
 from __future__ import annotations
 
 import asyncio
-import signal
 import struct
 import sys
 import time
 
 import grpc
 from grpclib.const import Cardinality, Handler
-from grpclib.server import Server, Stream
+from grpclib.server import Stream
 
 from natsgw._generated import nats_service_pb2 as pb2
-from scripts.bench.bare import RawCodec
+from scripts.bench.bare import serve
 
 PATH = "/natsgw.bench.StreamFloor/Stream"
 #: Bytes per write, as natsgw.pipeline.streaming.WRITE_SLICE.
@@ -82,17 +81,5 @@ async def read_rate(port: int, count: int) -> float:
         return got / (time.perf_counter() - started)
 
 
-async def serve(port: int) -> None:
-    server = Server([StreamFloor()], codec=RawCodec())
-    await server.start("127.0.0.1", port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    server.close()
-    await server.wait_closed()
-
-
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1])))
+    asyncio.run(serve(int(sys.argv[1]), StreamFloor()))
