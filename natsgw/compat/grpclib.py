@@ -13,8 +13,10 @@ import grpclib.protocol
 import grpclib.server
 from grpclib.exceptions import ProtocolError
 from grpclib.metadata import encode_metadata
+from hpack import NeverIndexedHeaderTuple
 from multidict import MultiDict
 
+from natsgw.compat import h2 as h2_compat
 from natsgw.compat import require
 
 PINNED = "0.4.9"
@@ -61,6 +63,7 @@ def add_response_header(name: str, value: str) -> None:
     """
     extra = (name, value)
     _EXTRA_HEADERS.append(extra)
+    _HEAD_BLOCKS.clear()
 
     async def send_initial_metadata(
         self: grpclib.server.Stream[Any, Any], *, metadata: Any = None
@@ -216,9 +219,22 @@ def transport_of(stream: grpclib.server.Stream[Any, Any]) -> asyncio.BaseTranspo
 
 
 _PREFIX = struct.Struct(">?I")
-_OK_TRAILERS = (("grpc-status", "0"),)
 #: Larger messages leave as prefix and message, not joined (natsgw.wire.frames: no extra copy).
 _JOIN_BELOW = 64 * 1024
+
+#: Response header blocks by content type: status, content type and the extra headers.
+_HEAD_BLOCKS: dict[str, bytes] = {}
+
+
+def _head_block(content_type: str, metadata: tuple[tuple[str, str], ...]) -> bytes:
+    block = _HEAD_BLOCKS.get(content_type)
+    if block is None:
+        extra = b"".join(h2_compat.hpack_literal(name, value) for name, value in _EXTRA_HEADERS)
+        block = _HEAD_BLOCKS[content_type] = h2_compat.response_head(content_type, extra)
+    for item in metadata:
+        never = isinstance(item, NeverIndexedHeaderTuple)
+        block += h2_compat.hpack_literal(item[0], item[1], never_indexed=never)
+    return block
 
 
 async def send_unary_answer(
@@ -229,12 +245,13 @@ async def send_unary_answer(
     Why: grpclib sends them in three steps, each dispatching an event, encoding and validating
     its metadata, waiting for the connection and writing its frame; for a small answer that is
     a large part of a unary call's cost (issue 8 point 8). When the answer fits the flow-control
-    window and one frame, and nobody listens to grpclib's send events, the three frames are built
-    on the h2 connection and leave in one socket write, with grpclib's stream state and counters
-    updated as its own methods would. Otherwise the same frames go out one by one, each when
-    flow control lets it. ``metadata`` must be valid gRPC metadata (it is not re-checked).
-    Private: ``_codec``, ``_send_type``, ``_content_type``, ``_dispatch``, the ``_send_*_done``
-    flags, ``_messages_sent`` and the h2 stream ``_stream`` with its connection.
+    window and one frame, and nobody listens to grpclib's send events, the three frames leave in
+    one socket write (:func:`natsgw.compat.h2.write_answer`, which also skips h2's encoder),
+    with grpclib's stream state and counters updated as its own methods would. Otherwise the
+    same frames go out one by one, each when flow control lets it. ``metadata`` must be valid
+    gRPC metadata (it is not re-checked). Private: ``_codec``, ``_send_type``,
+    ``_content_type``, ``_dispatch``, the ``_send_*_done`` flags, ``_messages_sent`` and the h2
+    stream ``_stream`` with its connection.
     Upstream fix that removes it: a "send whole unary response" (or write batching) in grpclib.
     """
     if stream._dispatch._listeners or stream._send_initial_metadata_done:
@@ -248,21 +265,16 @@ async def send_unary_answer(
     h2c = h2s._h2_connection
     connection = h2s.connection
     sid = h2s.id
-    headers = [(":status", "200"), ("content-type", stream._content_type)]
-    headers += _EXTRA_HEADERS
-    headers += metadata
     size = len(encoded) + 5
     if (
         size < _JOIN_BELOW
+        and sid is not None
         and connection.write_ready.is_set()
-        and sid in h2c.streams
-        and size <= h2c.local_flow_control_window(sid)
-        and size <= h2c.max_outbound_frame_size
-    ):
-        h2c.send_headers(sid, headers)
-        h2c.send_data(sid, _PREFIX.pack(False, len(encoded)) + encoded)
-        h2c.send_headers(sid, _OK_TRAILERS, end_stream=True)
-        h2s._transport.write(h2c.data_to_send())
+        and h2_compat.write_answer(
+            h2c, sid, h2s._transport, _head_block(stream._content_type, metadata),
+            _PREFIX.pack(False, len(encoded)) + encoded,
+        )
+    ):  # fmt: skip
         h2s.data_sent += size
         connection.data_sent += size
         connection.data_send_process()  # what headers_send_process does, and more
@@ -270,6 +282,9 @@ async def send_unary_answer(
         _count_message(stream)
         stream._send_trailing_metadata_done = True
         return
+    headers = [(":status", "200"), ("content-type", stream._content_type)]
+    headers += _EXTRA_HEADERS
+    headers += metadata
     await h2s.send_headers(headers)
     stream._send_initial_metadata_done = True
     prefix = _PREFIX.pack(False, len(encoded))

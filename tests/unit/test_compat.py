@@ -11,6 +11,7 @@ import pytest
 from natsgw import compat
 from natsgw.compat import betterproto2 as betterproto2_compat
 from natsgw.compat import grpclib as grpclib_compat
+from natsgw.compat import h2 as h2_compat
 from natsgw.compat import hyperframe as hyperframe_compat
 from natsgw.compat import nats as nats_compat
 
@@ -32,6 +33,7 @@ def pinned(distribution: str) -> str:
         ("nats-py", nats_compat),
         ("grpclib", grpclib_compat),
         ("hyperframe", hyperframe_compat),
+        ("h2", h2_compat),
         ("betterproto2", betterproto2_compat),
     ],
 )
