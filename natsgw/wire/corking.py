@@ -1,12 +1,15 @@
-"""One socket write for a unary call's response, instead of one per HTTP/2 frame.
+"""One socket write for what a connection's calls write in one pass of the event loop.
 
 grpclib writes every frame it produces straight to the transport: a unary call's response
 headers, message and trailers are three ``write`` calls, three ``send`` syscalls and, with
-TCP_NODELAY, three packets the client has to wake up for. :class:`CorkedTransport` passes writes
-through unchanged until :meth:`~CorkedTransport.cork` is called; from then until
-:meth:`~CorkedTransport.uncork` what is written is kept and leaves as one write. The call
-pipeline corks around the three frames of a unary answer, which it produces without waiting for
-anything in between, so nothing is delayed: the client needs the trailers before it has an answer.
+TCP_NODELAY, three packets the client has to wake up for; and when NATS answers many calls at
+once (one read of its socket resolves dozens of requests), each of their answers is a syscall of
+its own, which on loopback also runs the receiving side's TCP work. :class:`CorkedTransport`
+keeps what is written until the end of the event loop's current pass (``loop.call_soon``: the
+flush is the first thing the next pass runs, before it waits for anything) and hands it to the
+socket as one write. :meth:`~CorkedTransport.cork` holds writes longer, until the matching
+:meth:`~CorkedTransport.uncork`: the call pipeline corks around the three frames of a unary
+answer it produces through grpclib's own steps. Nothing waits for more input to arrive.
 
 Bounded: once :data:`FLUSH_AT` bytes wait they are written at once. Closing writes what waits
 first. Flow control is untouched: the real transport still pauses and resumes the protocol as its
@@ -25,14 +28,19 @@ FLUSH_AT = 64 * 1024
 class CorkedTransport(asyncio.Transport):
     """A transport that can hold its writes for a moment and send them as one."""
 
-    __slots__ = ("_corks", "_inner", "_pending", "_size")
+    __slots__ = ("_corks", "_inner", "_loop", "_pending", "_scheduled", "_size")
 
-    def __init__(self, inner: asyncio.Transport) -> None:
+    def __init__(
+        self, inner: asyncio.Transport, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
+        """With ``loop``, writes are also gathered until the end of that loop's current pass."""
         super().__init__()
         self._inner = inner
+        self._loop = loop
         self._pending: list[bytes] = []
         self._size = 0
         self._corks = 0
+        self._scheduled = False
 
     def cork(self) -> None:
         """Hold writes until the matching :meth:`uncork` (nestable)."""
@@ -46,13 +54,22 @@ class CorkedTransport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self._corks:
-            self._inner.write(data)
-            return
+            if self._loop is None:
+                self._inner.write(data)
+                return
+            if not self._scheduled:
+                self._scheduled = True
+                self._loop.call_soon(self._flush_pass)
         if not data:
             return
         self._pending.append(bytes(data))
         self._size += len(data)
         if self._size >= FLUSH_AT:
+            self.flush()
+
+    def _flush_pass(self) -> None:
+        self._scheduled = False
+        if not self._corks:
             self.flush()
 
     def flush(self) -> None:
@@ -111,7 +128,8 @@ class CorkedTransport(asyncio.Transport):
 
 
 def corked(transport: asyncio.BaseTransport) -> asyncio.BaseTransport:
-    """``transport`` behind a :class:`CorkedTransport` (for grpclib's server connections)."""
+    """``transport`` behind a :class:`CorkedTransport` gathering each loop pass's writes (for
+    grpclib's server connections, made on the running loop)."""
     if isinstance(transport, asyncio.Transport):
-        return CorkedTransport(transport)
+        return CorkedTransport(transport, asyncio.get_running_loop())
     return transport

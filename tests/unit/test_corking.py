@@ -28,7 +28,7 @@ class RecordingTransport(asyncio.Transport):
         return 0
 
 
-def test_uncorked_writes_pass_through_one_by_one() -> None:
+def test_without_a_loop_uncorked_writes_pass_through_one_by_one() -> None:
     inner = RecordingTransport()
     transport = CorkedTransport(inner)
     transport.write(b"headers")
@@ -69,3 +69,39 @@ def test_close_writes_what_waits_first() -> None:
     transport.close()
     assert inner.writes == [b"goaway"]
     assert inner.closed and transport.is_closing()
+
+
+async def test_writes_of_one_loop_pass_leave_as_one_write_at_its_end() -> None:
+    inner = RecordingTransport()
+    transport = CorkedTransport(inner, asyncio.get_running_loop())
+    for answer in (b"a1", b"a2", b"a3"):  # three calls answering in the same pass
+        transport.write(answer)
+    assert inner.writes == []
+    assert transport.get_write_buffer_size() == 6
+    await asyncio.sleep(0)  # the next pass
+    assert inner.writes == [b"a1a2a3"]
+    transport.write(b"later")
+    await asyncio.sleep(0)
+    assert inner.writes == [b"a1a2a3", b"later"]
+
+
+async def test_a_pass_does_not_end_a_cork() -> None:
+    inner = RecordingTransport()
+    transport = CorkedTransport(inner, asyncio.get_running_loop())
+    transport.write(b"window-update")
+    transport.cork()
+    transport.write(b"headers")
+    await asyncio.sleep(0)
+    assert inner.writes == []
+    transport.write(b"trailers")
+    transport.uncork()
+    assert inner.writes == [b"window-updateheaderstrailers"]
+    await asyncio.sleep(0)
+    assert inner.writes == [b"window-updateheaderstrailers"]
+
+
+async def test_a_pass_that_gathers_a_lot_writes_at_once() -> None:
+    inner = RecordingTransport()
+    transport = CorkedTransport(inner, asyncio.get_running_loop())
+    transport.write(b"x" * FLUSH_AT)
+    assert inner.writes == [b"x" * FLUSH_AT]
