@@ -81,7 +81,8 @@ class Settings:
     request_timeout: float = 5.0
     publish_confirm_timeout: float = 5.0
     # Server streams: buffers, slow consumers (natsgw.service.subscriptions, .fanout)
-    subscription_buffer_msgs: int = 1024
+    #: A burst of a few full PublishBatch calls (1000 each) fits; bytes bound the memory.
+    subscription_buffer_msgs: int = 4096
     #: 0: twice max_message_size. Never below max_message_size (checked in validated()).
     subscription_buffer_bytes: int = 0
     slow_consumer_policy: SlowConsumerPolicy = SlowConsumerPolicy.DROP
@@ -214,7 +215,7 @@ class Settings:
             max_message_size=e.get("NATSGW_MAX_MESSAGE_SIZE", _size, 10 * MIB),
             request_timeout=e.get("NATSGW_REQUEST_TIMEOUT", _seconds, 5.0),
             publish_confirm_timeout=e.get("NATSGW_PUBLISH_CONFIRM_TIMEOUT", _seconds, 5.0),
-            subscription_buffer_msgs=e.get("NATSGW_SUBSCRIPTION_BUFFER_MSGS", _positive, 1024),
+            subscription_buffer_msgs=e.get("NATSGW_SUBSCRIPTION_BUFFER_MSGS", _positive, 4096),
             subscription_buffer_bytes=e.get("NATSGW_SUBSCRIPTION_BUFFER_BYTES", _size, 0),
             slow_consumer_policy=e.get(
                 "NATSGW_SLOW_CONSUMER_POLICY", SlowConsumerPolicy, SlowConsumerPolicy.DROP

@@ -93,3 +93,35 @@ async def test_max_batch_above_the_gateway_limit_is_capped_to_it(
     messages = [m for r in responses for m in (r, *r.batch)]
     assert [m.sequence for m in messages] == list(range(1, 201))
     assert max(1 + len(r.batch) for r in responses) == 20
+
+
+async def test_a_reader_that_keeps_up_loses_nothing_to_a_burst_of_full_batches(
+    make_gateway: GatewayFactory,
+) -> None:
+    """Issue 12.3: four PublishBatch calls of 1000 in flight at once (the bench's feed) reach a
+    subscriber reading one message per response, none dropped, under the default buffer."""
+    gw = await make_gateway()
+    channel = Channel("127.0.0.1", gw.port)
+    stub = pb.NatsServiceStub(channel)
+    user = tenant()
+    batch = pb.PublishBatchRequest(
+        user_id=user, messages=[pb.NatsMessage(subject="burst", data=b"x" * 128)] * 1000
+    )
+    received: list[pb.MessageResponse] = []
+    try:
+        async with open_subscription(stub, pb.SubscribeRequest(user_id=user, subject="burst")) as s:
+
+            async def read() -> None:
+                while len(received) < 4000:  # or nothing more came for 2 s (some were dropped)
+                    try:
+                        received.append(await asyncio.wait_for(s.recv_message(), 2))
+                    except TimeoutError:
+                        return
+
+            reader = asyncio.create_task(read())
+            await asyncio.gather(*(stub.publish_batch(batch) for _ in range(4)))
+            await asyncio.wait_for(reader, 30)
+    finally:
+        channel.close()
+    assert max(r.dropped for r in received) == 0, f"{len(received)} of 4000 arrived"
+    assert [r.sequence for r in received] == list(range(1, 4001))
