@@ -42,6 +42,7 @@ ROWS: dict[str, Measure] = {
     "publish_batch": publish.publish_batch,
     "subscribe": publish.subscribe,
     "subscribe_batched": publish.subscribe_batched,
+    "subscribe_grpclib": publish.subscribe_grpclib,
     "kv": kv.kv,
     "consume": streams.consume,
     "consume_batched": streams.consume_batched,
@@ -49,8 +50,9 @@ ROWS: dict[str, Measure] = {
     "unary_publish": unary.unary_publish,
 }
 #: Print order: the issue's table.
-ORDER = ["publish_batch", "subscribe", "subscribe_batched", "kv", "consume", "consume_batched",
-         "publish_to_stream_batch", "objects", "unary_publish", "streamed_objects"]  # fmt: skip
+ORDER = ["publish_batch", "subscribe", "subscribe_grpclib", "subscribe_batched", "kv", "consume",
+         "consume_batched", "publish_to_stream_batch", "objects", "unary_publish",
+         "streamed_objects"]  # fmt: skip
 
 
 def machine() -> str:

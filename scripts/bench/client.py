@@ -3,6 +3,9 @@
 Calls go through grpcio (the clients that exist in the field) with Google's upb message classes,
 built from the service descriptor, so the client spends as little CPU as possible per call.
 Requests may be passed pre-serialized (``bytes``) to keep encoding out of the timed loops.
+Server streams can also be read by a grpclib client (:func:`open_stream`), the stack natsgw's
+own client library uses: on a small machine grpc.aio's reader, not the server, bounds a stream
+of one message per response.
 """
 
 from __future__ import annotations
@@ -10,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+import grpclib.client
+from grpclib.const import Cardinality
+from grpclib.exceptions import GRPCError
 
 from natsgw._generated import nats_service_pb2 as pb2
 
@@ -32,29 +38,85 @@ class GatewayClient:
         self.channel = channel
         self._methods = pb2.DESCRIPTOR.services_by_name["NATSService"].methods_by_name
 
-    def _response_type(self, name: str) -> Any:
+    def response_type(self, name: str) -> Any:
         return getattr(pb2, self._methods[name].output_type.name)
 
     def unary(self, name: str) -> grpc.aio.UnaryUnaryMultiCallable:
         return self.channel.unary_unary(
             f"/{SERVICE}/{name}",
             request_serializer=_serialize,
-            response_deserializer=self._response_type(name).FromString,
+            response_deserializer=self.response_type(name).FromString,
         )
 
     def client_stream(self, name: str) -> grpc.aio.StreamUnaryMultiCallable:
         return self.channel.stream_unary(
             f"/{SERVICE}/{name}",
             request_serializer=_serialize,
-            response_deserializer=self._response_type(name).FromString,
+            response_deserializer=self.response_type(name).FromString,
         )
 
     def stream(self, name: str) -> grpc.aio.UnaryStreamMultiCallable:
         return self.channel.unary_stream(
             f"/{SERVICE}/{name}",
             request_serializer=_serialize,
-            response_deserializer=self._response_type(name).FromString,
+            response_deserializer=self.response_type(name).FromString,
         )
+
+
+class StreamEnded(Exception):
+    """The server ended a stream with an error status (``code``: its name)."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class ServerStream:
+    """A server stream being read: iterate for responses; :meth:`cancel` to stop."""
+
+    def __init__(self, responses: AsyncIterator[Any], cancel: Callable[[], object]) -> None:
+        self._responses = responses
+        self.cancel = cancel
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._responses
+
+
+async def open_stream(
+    client: GatewayClient, port: int, reader: str, method: str, request: Any
+) -> ServerStream:
+    """Call server-streaming ``method`` with a ``reader`` ("grpc.aio" through ``client``, or
+    "grpclib" on a channel of its own); returns once the response headers arrived (natsgw sends
+    them when the stream is in place)."""
+    if reader == "grpc.aio":
+        call = client.stream(method)(request)
+        await call.initial_metadata()
+
+        async def aio_responses() -> AsyncIterator[Any]:
+            try:
+                async for response in call:
+                    yield response
+            except grpc.aio.AioRpcError as exc:
+                raise StreamEnded(exc.code().name) from exc
+
+        return ServerStream(aio_responses(), call.cancel)
+    channel = grpclib.client.Channel("127.0.0.1", port)
+    response_type = client.response_type(method)
+    stream = channel.request(
+        f"/{SERVICE}/{method}", Cardinality.UNARY_STREAM, type(request), response_type
+    )
+    await stream.__aenter__()  # left by closing the channel (cancel)
+    await stream.send_message(request, end=True)
+    await stream.recv_initial_metadata()
+
+    async def grpclib_responses() -> AsyncIterator[Any]:
+        try:
+            async for response in stream:
+                yield response
+        except GRPCError as exc:
+            raise StreamEnded(exc.status.name) from exc
+
+    return ServerStream(grpclib_responses(), channel.close)
 
 
 def channel(port: int) -> grpc.aio.Channel:

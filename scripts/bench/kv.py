@@ -5,6 +5,7 @@ from __future__ import annotations
 from natsgw._generated import nats_service_pb2 as pb2
 from scripts.bench.client import USER, in_flight
 from scripts.bench.context import PAYLOAD, Context
+from scripts.bench.processes import cpu_seconds
 from scripts.bench.table import Row
 
 IN_FLIGHT = 64
@@ -31,10 +32,13 @@ async def kv(ctx: Context) -> list[Row]:
         if not (await get(gets[i % KEYS])).found:
             raise RuntimeError("KVGet did not find a key just put")
 
+    cpu = cpu_seconds(ctx.gateway_pid)
     async with ctx.profiler.record("kv_put"):
         gateway_put = n / await in_flight(IN_FLIGHT, n, lambda i: put(puts[i % KEYS]))
+    cpu, put_cpu = cpu_seconds(ctx.gateway_pid), cpu_seconds(ctx.gateway_pid) - cpu
     async with ctx.profiler.record("kv_get"):
         gateway_get = n / await in_flight(IN_FLIGHT, n, get_one)
+    get_cpu = cpu_seconds(ctx.gateway_pid) - cpu
 
     store = await ctx.js.create_key_value(bucket="bench_native")
     for i in range(KEYS):
@@ -53,9 +57,11 @@ async def kv(ctx: Context) -> list[Row]:
         Row(
             f"KVPut, {IN_FLIGHT} in flight", "ops/s", gateway_put,
             "nats-py sequential put", native_put_rate, "≥ 0.55x",
+            [f"gateway CPU {put_cpu / n * 1e6:.0f} µs/call"],
         ),
         Row(
             f"KVGet, {IN_FLIGHT} in flight", "ops/s", gateway_get,
             "nats-py sequential get", native_get_rate, "≥ 0.75x",
+            [f"gateway CPU {get_cpu / n * 1e6:.0f} µs/call"],
         ),
     ]  # fmt: skip

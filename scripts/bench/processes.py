@@ -177,16 +177,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def client_ceiling(messages: int) -> float:
-    """Responses/s the load generator's grpc.aio reads from a bare grpclib stream (one message
-    per response, several per write): the most any gateway can deliver to this client."""
+async def client_ceiling(messages: int, reader: str) -> float:
+    """Responses/s the load generator's ``reader`` ("grpc.aio" or "grpclib") reads from a bare
+    grpclib stream (one message per response, several per write): the most any gateway can
+    deliver to that client."""
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "scripts.bench.stream_floor", str(port), cwd=ROOT
     )
     try:
         await wait_listening(port, proc)
-        return await stream_floor.read_rate(port, messages)
+        return await stream_floor.read_rate(port, messages, reader)
     finally:
         with contextlib.suppress(ProcessLookupError):
             await stop_process(proc)
+
+
+async def ceiling_note(messages: int, reader: str, baseline: float) -> str:
+    """The row note: how fast ``reader`` reads any server stream (:func:`client_ceiling`)."""
+    ceiling = await client_ceiling(messages, reader)
+    return (
+        f"client ceiling: {reader} reads {ceiling:,.0f} responses/s from a bare grpclib stream "
+        f"({ceiling / baseline:.2f}x of the baseline)"
+    )

@@ -7,12 +7,10 @@ import asyncio
 import contextlib
 import time
 
-import grpc
-
 from natsgw._generated import nats_service_pb2 as pb2
-from scripts.bench.client import USER
+from scripts.bench.client import USER, StreamEnded, open_stream
 from scripts.bench.context import BATCH, IN_FLIGHT, PAYLOAD, Context
-from scripts.bench.processes import client_ceiling, cpu_seconds
+from scripts.bench.processes import ceiling_note, cpu_seconds
 from scripts.bench.table import Row
 
 #: Nothing may arrive for this long before a subscriber is declared finished.
@@ -81,34 +79,37 @@ class Counter:
 
 
 async def subscribe(ctx: Context) -> Row:
-    """One message per response, as every existing client reads a Subscribe stream."""
-    return await _subscribe(ctx, max_batch=0)
+    """One message per response, as every existing client reads a Subscribe stream (grpc.aio)."""
+    return await _subscribe(ctx, max_batch=0, client="grpc.aio")
+
+
+async def subscribe_grpclib(ctx: Context) -> Row:
+    """One message per response, read by a grpclib client (the stack of natsgw's own client)."""
+    return await _subscribe(ctx, max_batch=0, client="grpclib")
 
 
 async def subscribe_batched(ctx: Context) -> Row:
     """The opt-in batched delivery (``SubscribeRequest.max_batch``)."""
-    return await _subscribe(ctx, max_batch=100)
+    return await _subscribe(ctx, max_batch=100, client="grpc.aio")
 
 
-async def _subscribe(ctx: Context, max_batch: int) -> Row:
+async def _subscribe(ctx: Context, max_batch: int, client: str) -> Row:
     n = ctx.sizes.subscribe_msgs // BATCH * BATCH
-    subject = f"bench.subscribe{max_batch}"
+    subject = f"bench.subscribe{max_batch}{client}"
+    request = pb2.SubscribeRequest(user_id=USER, subject=subject, max_batch=max_batch)
 
-    # natsgw: a Subscribe stream, read as fast as grpc.aio allows.
+    # natsgw: a Subscribe stream, read as fast as the client allows.
     counter = Counter(n)
     ended = "stream kept"
-    call = ctx.gateway.stream("Subscribe")(
-        pb2.SubscribeRequest(user_id=USER, subject=subject, max_batch=max_batch)
-    )
-    await call.initial_metadata()  # sent once the NATS subscription is in place
+    call = await open_stream(ctx.gateway, ctx.gateway_port, client, "Subscribe", request)
 
     async def read() -> None:
         nonlocal ended
         try:
             async for response in call:
                 counter.hit(1 + len(response.batch))
-        except grpc.aio.AioRpcError as exc:
-            ended = f"stream ended {exc.code().name} after {counter.count:,}"
+        except StreamEnded as exc:
+            ended = f"stream ended {exc.code} after {counter.count:,}"
             counter.done.set()
 
     reader = asyncio.create_task(read())
@@ -146,14 +147,11 @@ async def _subscribe(ctx: Context, max_batch: int) -> Row:
         f"gateway CPU {cpu / n * 1e6:.0f} µs/msg (feed + delivery)",
     ]
     if not max_batch:
-        ceiling = await client_ceiling(n)
-        notes.append(
-            f"client ceiling: grpc.aio reads {ceiling:,.0f} responses/s from a bare grpclib "
-            f"stream ({ceiling / native:.2f}x of the baseline)"
-        )
+        notes.append(await ceiling_note(n, client, native))
     return Row(
-        "Subscribe delivery, fed by PublishBatch"
-        + (f" (max_batch={max_batch})" if max_batch else ""),
+        "Subscribe delivery, fed by PublishBatch, "
+        + (f"max_batch={max_batch}" if max_batch else "one message per response")
+        + f", {client} reader",
         "msg/s",
         gateway,
         "nats-py subscriber, same feed",

@@ -1,10 +1,10 @@
-"""The client's ceiling on server streams: how many responses per second grpc.aio can read.
+"""The client's ceiling on server streams: how many responses per second a client can read.
 
 A bare grpclib server streams ``count`` copies of one pre-encoded ``ConsumeResponse`` (a 128-byte
 message with an ack token), written as natsgw writes a burst: many length-prefixed responses per
-socket write. No natsgw code, no NATS. What the load generator's grpc.aio reader achieves here is
-the most any gateway can deliver to it one message per response; the Consume and Subscribe rows
-are read by the same client. Run as its own process:
+socket write. No natsgw code, no NATS. What the load generator's reader (grpc.aio, or grpclib)
+achieves here is the most any gateway can deliver to it one message per response; the Consume
+and Subscribe rows are read by the same clients. Run as its own process:
 
     python -m scripts.bench.stream_floor PORT
 """
@@ -15,9 +15,12 @@ import asyncio
 import struct
 import sys
 import time
+from typing import Any
 
 import grpc
+import grpclib.client
 from grpclib.const import Cardinality, Handler
+from grpclib.encoding.base import CodecBase
 from grpclib.server import Stream
 
 from natsgw._generated import nats_service_pb2 as pb2
@@ -64,10 +67,38 @@ class StreamFloor:
         return {PATH: Handler(self.stream, Cardinality.UNARY_STREAM, bytes, bytes)}
 
 
-async def read_rate(port: int, count: int) -> float:
-    """Responses per second a grpc.aio client reads from the floor server on ``port``."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.unary_stream(
+class _RequestBytes(CodecBase):
+    """grpclib codec: requests are raw bytes (the count), responses protobuf messages."""
+
+    __content_subtype__ = "proto"
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        return bytes(message)
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        return message_type.FromString(data)
+
+
+async def read_rate(port: int, count: int, reader: str) -> float:
+    """Responses per second a ``reader`` ("grpc.aio" or "grpclib") client reads from the floor
+    server on ``port``."""
+    if reader == "grpclib":
+        channel = grpclib.client.Channel("127.0.0.1", port, codec=_RequestBytes())
+        try:
+            for rounds in (1, count):  # connection and first response, then the timed read
+                async with channel.request(
+                    PATH, Cardinality.UNARY_STREAM, bytes, pb2.ConsumeResponse
+                ) as stream:
+                    await stream.send_message(str(rounds).encode(), end=True)
+                    started = time.perf_counter()
+                    got = 0
+                    async for _ in stream:
+                        got += 1
+            return got / (time.perf_counter() - started)
+        finally:
+            channel.close()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as aio_channel:
+        call = aio_channel.unary_stream(
             PATH,
             request_serializer=bytes,
             response_deserializer=pb2.ConsumeResponse.FromString,

@@ -12,7 +12,7 @@ from nats.js.api import StorageType
 from natsgw._generated import nats_service_pb2 as pb2
 from scripts.bench.client import USER
 from scripts.bench.context import BATCH, IN_FLIGHT, PAYLOAD, Context
-from scripts.bench.processes import client_ceiling, cpu_seconds
+from scripts.bench.processes import ceiling_note, cpu_seconds
 from scripts.bench.table import Row
 
 WINDOW = 1000
@@ -155,11 +155,7 @@ async def _consume(ctx: Context, max_batch: int) -> Row:
     # The gateway's own cost, whatever the client and the machine's load let through.
     notes = [f"gateway CPU {cpu / n * 1e6:.0f} µs/msg"]
     if not max_batch:
-        ceiling = await client_ceiling(n)
-        notes.append(
-            f"client ceiling: grpc.aio reads {ceiling:,.0f} responses/s from a bare grpclib "
-            f"stream ({ceiling / native:.2f}x of the baseline)"
-        )
+        notes.append(await ceiling_note(n, "grpc.aio", native))
     return Row(
         f"Consume ({window}) + AckMessages x {ACK_BATCH}",
         "msg/s",
