@@ -1,7 +1,9 @@
-"""h2 internals the gateway uses: a small answer's frames built and sent without h2's encoder.
+"""h2 internals the gateway uses: a small answer's frames built and sent without h2's encoder,
+and received frames handed to h2's no-op trace logger without being formatted first.
 
 Private names: ``H2Connection.state_machine``/``streams``/``outbound_flow_control_window``/
-``encoder.header_table.resized`` and ``H2Stream.state_machine``/``outbound_flow_control_window``.
+``encoder.header_table.resized``, ``H2Stream.state_machine``/``outbound_flow_control_window``,
+and the module namespace of ``h2.connection``.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import struct
 
+import h2.connection
 from h2.connection import ConnectionInputs, H2Connection
 from h2.stream import StreamInputs
 
@@ -23,6 +26,23 @@ _DATA, _HEADERS = 0x0, 0x1
 _END_STREAM, _END_HEADERS = 0x1, 0x4
 #: ``grpc-status: 0`` as an HPACK literal without indexing.
 OK_TRAILERS = b"\x00\x0bgrpc-status\x010"
+
+
+def _frame_name(frame: object) -> str:
+    return type(frame).__name__
+
+
+def skip_received_frame_reprs() -> None:
+    """Make h2 stop formatting every received frame for a logger that discards it.
+
+    Why: h2 4.4.1's ``_receive_frame`` calls ``logger.trace("Received frame: %s", repr(frame))``:
+    the repr (flags, body, a hexdump of the payload's head) is built eagerly for every frame,
+    and grpclib never configures an h2 logger (h2's no-op ``DummyLogger``). That was ~4 % of a
+    KVGet's gateway CPU. The name ``repr`` in ``h2.connection`` (used only there; a test checks)
+    is shadowed by one giving the frame's class name, which is what a trace log would still show.
+    Upstream fix that removes it: lazy formatting, ``logger.trace("Received frame: %r", frame)``.
+    """
+    setattr(h2.connection, "repr", _frame_name)  # noqa: B010 - a module global, on purpose
 
 
 def hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:

@@ -5,8 +5,9 @@ large as the client allows (grpc-core allows 16 MiB), and every frame is copied 
 on its way to the socket. For an 8 MiB ObjectGet that was five 8 MiB buffers alive at once besides
 the response itself. :func:`install` makes the server send the 5-byte prefix and a large message
 as separate writes (small messages are still joined: one frame, one write) and caps outbound DATA
-frames at :data:`MAX_FRAME`, so what is copied on the way out is one frame at a time. It also makes
-the repr h2 builds of every received frame cheap (natsgw.compat.hyperframe). The grpclib internals
+frames at :data:`MAX_FRAME`, so what is copied on the way out is one frame at a time. It also stops
+h2 formatting every received frame for its no-op trace logger (natsgw.compat.h2), and keeps a
+frame's repr cheap where one is still made (natsgw.compat.hyperframe). The grpclib internals
 this needs are patched by natsgw.compat.grpclib.
 """
 
@@ -16,6 +17,7 @@ import struct
 from typing import Any
 
 from natsgw.compat import grpclib as grpclib_compat
+from natsgw.compat import h2 as h2_compat
 from natsgw.compat import hyperframe as hyperframe_compat
 
 #: Largest outbound DATA frame: big enough that framing costs little, small enough to copy freely.
@@ -47,4 +49,5 @@ def install() -> None:
     grpclib_compat.replace_message_sender(send_message)
     grpclib_compat.cap_outbound_frames(MAX_FRAME)
     hyperframe_compat.short_frame_reprs()
+    h2_compat.skip_received_frame_reprs()
     _installed = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import h2.config
 import h2.connection
@@ -163,3 +164,17 @@ def test_an_answer_beyond_the_window_is_left_to_h2() -> None:
 @given(st.integers(min_value=0, max_value=2**32), st.integers(min_value=1, max_value=8))
 def test_hpack_integers_match_hpacks_own(value: int, prefix_bits: int) -> None:
     assert h2_compat.hpack_int(value, prefix_bits) == bytes(encode_integer(value, prefix_bits))
+
+
+def test_the_only_repr_in_h2_connection_is_the_received_frame_trace() -> None:
+    """skip_received_frame_reprs() shadows ``repr`` for the whole module: it must be that one."""
+    source = Path(h2.connection.__file__).read_text()
+    assert source.count("repr(") == 1
+    assert 'self.config.logger.trace("Received frame: %s", repr(frame))' in source
+
+
+def test_received_frames_still_reach_h2_after_the_reprs_are_skipped() -> None:
+    h2_compat.skip_received_frame_reprs()
+    client, server = _pair()
+    sid = _request(client, server)
+    assert server.streams[sid].state_machine.state.name == "HALF_CLOSED_REMOTE"
