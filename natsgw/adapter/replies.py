@@ -103,9 +103,10 @@ class Requester:
     token, decodes it twice, adds a done-callback, publishes through ``Client.publish`` and waits
     through ``asyncio.wait_for`` (a second future and task callbacks): ~7 % of the gateway's CPU
     in the KVGet benchmark (py-spy). Here a request is a counter, a dict entry, one ready-made
-    PUB and one timer. Outcomes are ``Client.request``'s: the reply, or nats-py's
-    NoRespondersError, TimeoutError, or the error publishing raised. nats-py resubscribes the
-    inbox after a reconnect, as it does every subscription.
+    PUB and one timer, and its reply is handed over in nats-py's read loop. Outcomes are
+    ``Client.request``'s: the reply, or nats-py's NoRespondersError, TimeoutError, or the error
+    publishing raised. nats-py resubscribes the inbox after a reconnect, as it does every
+    subscription.
     """
 
     def __init__(self, nc: NatsClient) -> None:
@@ -117,9 +118,10 @@ class Requester:
 
     async def open(self) -> None:
         with translated("request inbox"):
-            await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+            # Replies are handed over inside nats-py's read loop: no queue, no task per reply.
+            await nats_compat.subscribe_inline(self._nc, self._prefix + "*", self._on_reply)
 
-    async def _on_reply(self, msg: Msg) -> None:
+    def _on_reply(self, msg: Msg) -> None:
         future = self._waiting.get(msg.subject)
         if future is not None and not future.done():
             future.set_result(msg)

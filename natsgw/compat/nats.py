@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 import nats.aio.client
 from nats import errors as nats_errors
@@ -13,6 +14,8 @@ from natsgw.compat import require
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
 
 PINNED = "2.16.0"
 require("nats-py", PINNED, __name__)
@@ -235,3 +238,38 @@ async def publish_request(
     else:
         command = b"".join((f"PUB {subject} {reply} {size}\r\n".encode(), data, _CRLF))
     await _queue(client, command, 1, size)
+
+
+class _Inline:
+    """Stands in for the future nats-py resolves with an old-style request's reply."""
+
+    __slots__ = ("_on_msg",)
+
+    def __init__(self, on_msg: Callable[[Msg], None]) -> None:
+        self._on_msg = on_msg
+
+    def cancelled(self) -> bool:
+        return False
+
+    def set_result(self, msg: Msg) -> None:
+        self._on_msg(msg)
+
+
+async def subscribe_inline(
+    client: Client, subject: str, on_msg: Callable[[Msg], None]
+) -> Subscription:
+    """Subscribe to ``subject``, ``on_msg`` called for each message inside nats-py's read loop.
+    ``on_msg`` must be quick and must not raise (it would end the read loop).
+
+    Why: with a callback, nats-py puts each message on the subscription's queue for a task of
+    its own, which then awaits the callback: a queue round trip and a task step per message, for
+    natsgw.adapter.replies.Requester whose handling of a reply is a dict lookup and a
+    ``set_result``. Uses the private path ``_process_msg`` takes for a subscription made with
+    ``future=`` (old-style requests): it checks ``future.cancelled()`` and calls
+    ``future.set_result(msg)``, for every message while the subscription has no ``max_msgs``;
+    no task, no queue, and it is resubscribed after a reconnect like any subscription.
+    Upstream fix that removes it: a synchronous message handler on ``Client.subscribe`` (as
+    nats.go's ``Subscribe`` handlers run on the connection's delivery goroutine), or a cheaper
+    ``Client.request``.
+    """
+    return await client.subscribe(subject, future=cast("asyncio.Future[Any]", _Inline(on_msg)))

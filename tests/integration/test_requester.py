@@ -66,16 +66,16 @@ async def test_concurrent_requests_each_get_their_own_reply(
     adapter: NatsAdapter, nc: nats.NATS
 ) -> None:
     name = subject()
-
-    async def late_echo(msg: Msg) -> None:  # answers out of order
-        await asyncio.sleep(0.05 * (3 - int(msg.data) % 3))
-        await msg.respond(msg.data)
-
-    await nc.subscribe(name, cb=late_echo)
-    await settled(nc)
+    heard: list[Msg] = []
+    await silent(nc, name, heard)
     requester = adapter.requester()
-    replies = await asyncio.gather(*(requester.request(name, b"%d" % i, 5) for i in range(30)))
-    assert [msg.data for msg in replies] == [b"%d" % i for i in range(30)]
+    calls = asyncio.gather(*(requester.request(name, b"%d" % i, 5) for i in range(30)))
+    await wait_for(lambda: len(heard) == 30)
+    assert requester.waiting == 30
+    for msg in reversed(heard):  # answered in the opposite order
+        await msg.respond(b"re " + msg.data)
+    replies = await calls
+    assert [msg.data for msg in replies] == [b"re %d" % i for i in range(30)]
     assert requester.waiting == 0
 
 
