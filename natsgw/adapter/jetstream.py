@@ -97,6 +97,8 @@ def parse_time(text: str | None) -> datetime.datetime | None:
     match = _TIME_RE.match(text)
     if match is None:
         return None
+    if text[-1] == "Z":  # as NATS writes it (every stored message's time): read whole, cut to µs
+        return datetime.datetime.fromisoformat(text)
     base, fraction, zone = match.groups()
     micros = int((fraction or "0")[:6].ljust(6, "0"))
     offset = "+00:00" if zone == "Z" else zone
