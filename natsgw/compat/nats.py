@@ -63,6 +63,7 @@ def set_read_size(size: int) -> None:
 #: What ``Client.publish`` refuses in a subject or reply (nats-py 2.16's ``_SUBJECT_INVALID_RE``).
 _BAD_SUBJECT = re.compile(r"[ \t\r\n]")
 _CRLF = b"\r\n"
+_CONNECTED = nats.aio.client.Client.CONNECTED
 
 
 class PubCommands:
@@ -121,16 +122,18 @@ class PubCommands:
 
 async def _queue(client: Client, command: bytes, count: int, size: int) -> None:
     """Queue ready-made commands of ``count`` messages (``size`` payload bytes) as
-    ``Client.publish`` queues one, after the same state checks."""
-    if client.is_closed:
-        raise nats_errors.ConnectionClosedError
-    if client.is_draining_pubs:
-        raise nats_errors.ConnectionDrainingError
-    if not client.is_connected and (
-        client._max_pending_size <= 0
-        or len(command) + client._pending_data_size > client._max_pending_size
-    ):
-        raise nats_errors.OutboundBufferLimitError
+    ``Client.publish`` queues one, after the same state checks (``_status`` read once for the
+    usual connected case: three state properties cost ~0.9 µs)."""
+    if client._status != _CONNECTED:
+        if client.is_closed:
+            raise nats_errors.ConnectionClosedError
+        if client.is_draining_pubs:
+            raise nats_errors.ConnectionDrainingError
+        if not client.is_connected and (
+            client._max_pending_size <= 0
+            or len(command) + client._pending_data_size > client._max_pending_size
+        ):
+            raise nats_errors.OutboundBufferLimitError
     client.stats["out_msgs"] += count
     client.stats["out_bytes"] += size
     await client._send_command(command)
