@@ -21,7 +21,7 @@ from nats.aio.subscription import Subscription as NatsSubscription
 from nats.errors import NoRespondersError, SlowConsumerError
 
 from natsgw.adapter.errors import ApiError, as_gateway_error, translated
-from natsgw.adapter.replies import no_responders
+from natsgw.adapter.replies import Requester, no_responders
 from natsgw.adapter.types import ConnectionState, JetStreamAccount, Message, ServerFacts
 from natsgw.backoff import Backoff
 from natsgw.compat import nats as nats_compat
@@ -222,6 +222,7 @@ class NatsAdapter:
         self._gateway_max_message = gateway_max_message
         self._jetstream_domain = jetstream_domain or None
         self._nc: NatsClient | None = None
+        self._requester: Requester | None = None
         self._deliveries: NatsClient | None = None
         self._confirmer: _Confirmer | None = None
         self._connect_task: asyncio.Task[None] | None = None
@@ -251,6 +252,9 @@ class NatsAdapter:
             reconnected_cb=self._on_reconnected,
             closed_cb=self._on_closed,
         )
+        requester = Requester(nc)
+        await requester.open()
+        self._requester = requester  # before _nc: whoever finds the connection finds its inbox
         self._nc = nc
         self._confirmer = _Confirmer(nc, self._confirm_timeout)
         self._status = "CONNECTED"
@@ -382,12 +386,21 @@ class NatsAdapter:
             )
         return nc
 
+    def requester(self) -> Requester:
+        """The live connection's request inbox, for the modules of this package only;
+        Unavailable when down (as :meth:`client`)."""
+        self.client()
+        requester = self._requester
+        if requester is None:  # unreachable: set before the connection is
+            raise Unavailable("not connected to NATS yet; the gateway keeps retrying")
+        return requester
+
     async def jetstream_account(self, timeout: float) -> JetStreamAccount:
         """Proves JetStream answers (used by deep health checks): ``$JS.API.INFO``."""
         what = "JetStream account info"
         with translated(what):
             try:
-                msg = await self.client().request(f"{self.api_prefix}.INFO", b"", timeout=timeout)
+                msg = await self.requester().request(f"{self.api_prefix}.INFO", b"", timeout)
             except NoRespondersError:
                 raise Unavailable(f"{what}: JetStream is not enabled or not answering") from None
             try:

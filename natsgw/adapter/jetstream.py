@@ -40,7 +40,7 @@ from natsgw.adapter.errors import (
     as_gateway_error,
     translated,
 )
-from natsgw.adapter.replies import ReplyInbox, no_responders
+from natsgw.adapter.replies import ReplyInbox, Requester, no_responders
 from natsgw.adapter.types import (
     REQUEST_ENDED,
     BatchCompleted,
@@ -97,6 +97,8 @@ def parse_time(text: str | None) -> datetime.datetime | None:
     match = _TIME_RE.match(text)
     if match is None:
         return None
+    if text[-1] == "Z":  # as NATS writes it (every stored message's time): read whole, cut to µs
+        return datetime.datetime.fromisoformat(text)
     base, fraction, zone = match.groups()
     micros = int((fraction or "0")[:6].ljust(6, "0"))
     offset = "+00:00" if zone == "Z" else zone
@@ -431,12 +433,12 @@ class JetStreamAdapter:
         timeout: float | None = None,
     ) -> Any:
         """One JetStream API request (``$JS.API.<suffix>``); its JSON answer, or the error."""
-        nc = self._nc()
+        requester = self._core.requester()
         subject = f"{self._core.api_prefix}.{suffix}"
         payload = json.dumps(body).encode() if body is not None else b""
         with translated(what):
             try:
-                msg = await nc.request(subject, payload, timeout=timeout or self._timeout)
+                msg = await requester.request(subject, payload, timeout or self._timeout)
             except NoRespondersError:
                 raise Unavailable(f"{what}: JetStream is not enabled or not answering") from None
             response = _json(msg, what)
@@ -612,7 +614,7 @@ class JetStreamAdapter:
         Direct get first (any replica answers; KV and Object buckets are made with it). A stream
         made without direct get has no responder for it, so then the stream leader is asked.
         """
-        nc = self._nc()
+        requester = self._core.requester()
         wait = timeout or self._timeout
         prefix = self._core.api_prefix
         if subject:  # as the NATS clients ask for it: the subject in the request subject, no body
@@ -621,7 +623,7 @@ class JetStreamAdapter:
             direct, body = f"{prefix}.DIRECT.GET.{stream}", json.dumps({"seq": seq}).encode()
         with translated(what):
             try:
-                msg = await nc.request(direct, body, timeout=wait)
+                msg = await requester.request(direct, body, wait)
             except NoRespondersError:
                 msg = None
         if msg is not None:
@@ -655,12 +657,12 @@ class JetStreamAdapter:
         self._core.check_payload(data, hdrs)
         if expect_stream:
             hdrs["Nats-Expected-Stream"] = stream
-        nc = self._nc()
+        requester = self._core.requester()
         budget = timeout or self._timeout
         with translated(f"publish to stream {stream}"):
             try:
                 msg = await request_while_leaderless(
-                    nc,
+                    requester,
                     subject,
                     data,
                     hdrs,
@@ -691,8 +693,8 @@ class JetStreamAdapter:
         """True when no stream leader answers an info request (so nothing can have been stored:
         storing takes a leader); an answer, even an error, means a leader may have stored."""
         try:
-            reply = await self._nc().request(
-                f"{self._core.api_prefix}.STREAM.INFO.{stream}", b"", timeout=LEADER_PROBE_WAIT
+            reply = await self._core.requester().request(
+                f"{self._core.api_prefix}.STREAM.INFO.{stream}", b"", LEADER_PROBE_WAIT
             )
             error = json.loads(reply.data).get("error") or {}
         except Exception:  # timeout, no responders, unreadable reply: nobody leads it
@@ -702,8 +704,8 @@ class JetStreamAdapter:
     async def _stream_gone(self, stream: str) -> bool:
         """True only when JetStream says the stream does not exist; no answer proves nothing."""
         try:
-            reply = await self._nc().request(
-                f"{self._core.api_prefix}.STREAM.INFO.{stream}", b"", timeout=1.0
+            reply = await self._core.requester().request(
+                f"{self._core.api_prefix}.STREAM.INFO.{stream}", b"", 1.0
             )
             error = json.loads(reply.data).get("error") or {}
         except Exception:  # timeout, no responders, unreadable reply
@@ -965,10 +967,10 @@ class JetStreamAdapter:
 
     async def ack(self, reply: str, payload: bytes, timeout: float | None = None) -> None:
         """Send an ack/nak/progress/term and wait until the server has processed it."""
-        nc = self._nc()
+        requester = self._core.requester()
         with translated("acknowledge"):
             try:
-                await nc.request(reply, payload, timeout=timeout or self._timeout)
+                await requester.request(reply, payload, timeout or self._timeout)
             except NoRespondersError:
                 raise _nobody_acks() from None
 
@@ -1005,7 +1007,7 @@ LEADER_PROBE_WAIT = 0.5
 
 
 async def request_while_leaderless(
-    nc: NatsClient,
+    requester: Requester,
     subject: str,
     data: bytes,
     headers: Mapping[str, str],
@@ -1031,11 +1033,8 @@ async def request_while_leaderless(
     attempts = 0
     while True:
         try:
-            msg = await nc.request(
-                subject,
-                data,
-                timeout=max(deadline - loop.time(), 0.001),
-                headers=dict(headers) or None,
+            msg = await requester.request(
+                subject, data, max(deadline - loop.time(), 0.001), headers or None
             )
         except NoRespondersError:
             if not attempts and await gone():
