@@ -23,6 +23,7 @@ import pytest_asyncio
 from grpclib.client import Channel
 
 from natsgw._generated.isa import nats as pb
+from natsgw.adapter import NatsAdapter
 from natsgw.config import Settings
 from natsgw.ops.embedded import ClusterSpec, EmbeddedNatsServer, EmbeddedServerError
 from natsgw.server import Gateway
@@ -108,6 +109,15 @@ async def stub(gateway: Gateway) -> AsyncIterator[pb.NatsServiceStub]:
     channel = Channel("127.0.0.1", gateway.port)
     yield pb.NatsServiceStub(channel)
     channel.close()
+
+
+@pytest_asyncio.fixture
+async def adapter(nats_server: EmbeddedNatsServer) -> AsyncIterator[NatsAdapter]:
+    """natsgw's NATS adapter on the session's server (what the services are given)."""
+    core = NatsAdapter([nats_server.url])
+    await core.start(wait=5)
+    yield core
+    await core.close()
 
 
 @pytest_asyncio.fixture

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import AsyncIterator
 
 import nats
 import pytest
-import pytest_asyncio
 from nats.js import api
 
 from natsgw.adapter import NatsAdapter
@@ -30,18 +28,9 @@ from natsgw.adapter.types import (
     TooLarge,
 )
 from natsgw.errors import InvalidArgument, NotFound, ResourceExhausted
-from natsgw.ops.embedded import EmbeddedNatsServer
 from tests.conftest import NatsFactory, settled
 
 KIB = 1024
-
-
-@pytest_asyncio.fixture
-async def adapter(nats_server: EmbeddedNatsServer) -> AsyncIterator[NatsAdapter]:
-    core = NatsAdapter([nats_server.url])
-    await core.start(wait=5)
-    yield core
-    await core.close()
 
 
 async def stream_with_consumer(js: JetStreamAdapter, *, messages: int = 0) -> tuple[str, str]:

@@ -13,7 +13,6 @@ from typing import Any
 
 import nats
 import pytest
-import pytest_asyncio
 from nats.js import api
 from nats.js import errors as js_errors
 
@@ -22,17 +21,8 @@ from natsgw.adapter.kv import KeyValueStore
 from natsgw.adapter.objects import ObjectStoreClient
 from natsgw.adapter.types import BucketDefaults
 from natsgw.errors import AlreadyExists, FailedPrecondition
-from natsgw.ops.embedded import EmbeddedNatsServer
 
 DEFAULTS = BucketDefaults(history=3, ttl=600.0, max_bytes=1 << 20, storage="memory")
-
-
-@pytest_asyncio.fixture
-async def adapter(nats_server: EmbeddedNatsServer) -> AsyncIterator[NatsAdapter]:
-    core = NatsAdapter([nats_server.url])
-    await core.start(wait=5)
-    yield core
-    await core.close()
 
 
 def name(kind: str) -> str:

@@ -5,12 +5,10 @@ what nats-py's own ``publish`` sends, in the batch's order, with refused items r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
 import pytest
-import pytest_asyncio
 from nats import errors as nats_errors
 
 from natsgw.adapter import NatsAdapter
@@ -18,14 +16,6 @@ from natsgw.adapter.core import Outgoing
 from natsgw.compat.nats import PubCommands
 from natsgw.errors import InvalidArgument, ResourceExhausted
 from natsgw.ops.embedded import EmbeddedNatsServer
-
-
-@pytest_asyncio.fixture
-async def adapter(nats_server: EmbeddedNatsServer) -> AsyncIterator[NatsAdapter]:
-    adapter = NatsAdapter([nats_server.url])
-    await adapter.start(wait=5)
-    yield adapter
-    await adapter.close()
 
 
 def _record(adapter: NatsAdapter) -> list[bytes]:

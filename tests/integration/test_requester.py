@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
 
 import nats
 import pytest
-import pytest_asyncio
 from nats import errors as nats_errors
 from nats.aio.msg import Msg
 
@@ -21,14 +19,6 @@ from natsgw.adapter.replies import Requester
 from natsgw.errors import DeadlineExceeded, Unavailable
 from natsgw.ops.embedded import EmbeddedNatsServer
 from tests.conftest import NatsFactory, settled, wait_for
-
-
-@pytest_asyncio.fixture
-async def adapter(nats_server: EmbeddedNatsServer) -> AsyncIterator[NatsAdapter]:
-    core = NatsAdapter([nats_server.url])
-    await core.start(wait=5)
-    yield core
-    await core.close()
 
 
 def subject() -> str:
