@@ -30,7 +30,7 @@ import structlog
 from natsgw.adapter import NatsAdapter
 from natsgw.adapter.core import Subscription
 from natsgw.adapter.types import Message
-from natsgw.service.subscriptions import Mailbox
+from natsgw.service.subscriptions import Mailbox, buffered_size
 
 log = structlog.get_logger("natsgw.service.fanout")
 
@@ -60,7 +60,7 @@ class _Group:
         if not count:
             return
         start = self._next
-        size = len(message.data)
+        size = buffered_size(message)
         for step in range(count):
             box = members[(start + step) % count]
             if box.has_room(size):

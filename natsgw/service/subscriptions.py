@@ -15,9 +15,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from natsgw.adapter.core import header_bytes
 from natsgw.adapter.types import Message
 from natsgw.config import SlowConsumerPolicy
 from natsgw.errors import ResourceExhausted
+
+
+def buffered_size(message: Message) -> int:
+    """What a message counts against a stream's byte budget: its data, its header block and its
+    subject (a message may carry nearly all of max_payload as headers and no data)."""
+    size = len(message.data) + len(message.subject)
+    if message.headers:
+        size += header_bytes(message.headers)
+    return size
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs 3x to build, once per message
@@ -29,6 +39,8 @@ class Delivery:
     #: When the gateway received it from NATS, in nanoseconds since the epoch (cheap to take
     #: per message; see :attr:`received_at`).
     received_ns: int
+    #: :func:`buffered_size`, counted once.
+    size: int = 0
 
     @property
     def received_at(self) -> datetime.datetime:
@@ -74,14 +86,14 @@ class Mailbox:
         if self._overflowed:
             self.dropped += 1
             return
-        size = len(message.data)
+        size = buffered_size(message)
         # An empty mailbox takes any message, so one larger than the byte budget still goes
         # (alone) to a subscriber that keeps up.
         queue = self._queue
         if queue and (len(queue) >= self.max_msgs or self._bytes + size > self.max_bytes):
             self.overflow()
             return
-        queue.append(Delivery(message, self.received, received_ns or time.time_ns()))
+        queue.append(Delivery(message, self.received, received_ns or time.time_ns(), size))
         self._bytes += size
         if len(queue) == 1:
             self._ready.set()
@@ -111,12 +123,12 @@ class Mailbox:
             queue = self._queue
             if queue:
                 first = queue.popleft()
-                size = len(first.message.data)
+                size = first.size
                 batch = [first]
                 if limit > 1:
                     budget = max_bytes or self.max_bytes
                     while queue and len(batch) < limit:
-                        more = len(queue[0].message.data)
+                        more = queue[0].size
                         if size + more > budget:
                             break
                         batch.append(queue.popleft())

@@ -3,9 +3,9 @@ import asyncio
 import pytest
 
 from natsgw.adapter.types import Message
-from natsgw.config import SlowConsumerPolicy
+from natsgw.config import Settings, SlowConsumerPolicy
 from natsgw.errors import ResourceExhausted
-from natsgw.service.subscriptions import Mailbox, SubscriptionRegistry
+from natsgw.service.subscriptions import Mailbox, SubscriptionRegistry, buffered_size
 
 
 def msg(n: int, size: int = 1) -> Message:
@@ -61,3 +61,21 @@ def test_registry_ends_only_that_tenants_subject() -> None:
     assert reg.end("ualice", "x.>") == 2
     assert reg.end("ualice", "x.>") == 0
     assert reg.active == 1
+
+
+def test_headers_and_subjects_count_against_the_byte_budget() -> None:
+    """A message may carry nearly all of max_payload as headers and no data: such messages must
+    fill a slow reader's budget as data would (review: 4096 of them held ~3.9 GiB of 20 MiB)."""
+    settings = Settings()
+    box = Mailbox(
+        settings.subscription_buffer_msgs, settings.stream_buffer_bytes, SlowConsumerPolicy.DROP
+    )
+    headers = {f"h{i}": "v" * 4000 for i in range(250)}  # ~1 MB of headers, no data
+    message = Message(subject="t.x", data=b"", headers=headers)
+    size = buffered_size(message)
+    assert size > sum(len(k) + len(v) for k, v in headers.items())
+    for _ in range(settings.subscription_buffer_msgs):
+        box.offer(message)
+    # One message larger than the budget may sit alone (documented); no more than the budget else.
+    assert box.buffered * size <= box.max_bytes + size
+    assert box.dropped == settings.subscription_buffer_msgs - box.buffered
