@@ -51,8 +51,8 @@ from natsgw.pipeline.rejects import RejectLog
 from natsgw.service.fanout import FanOut
 from natsgw.service.gateway import NATSGateway, Services
 from natsgw.wire import compression, frames
+from natsgw.wire.coalescing import coalesced
 from natsgw.wire.codec import GatewayCodec, RepeatedLimits, UpbBridge
-from natsgw.wire.corking import corked
 from natsgw.wire.items import UPB_ITEMS
 from natsgw.wire.reflection import DocumentedReflection
 
@@ -228,8 +228,8 @@ class Gateway:
             DocumentedReflection.extend([gateway, health]),
             codec=build_codec(settings.max_message_size, request_limits(settings)),
         )
-        # A unary answer's frames can leave in one socket write (natsgw.wire.corking).
-        wrap_transports(self._server, corked)
+        # What a connection's calls write in one event-loop pass leaves in one socket write.
+        wrap_transports(self._server, coalesced)
         try:
             sock = bind_tcp(settings.grpc_host, settings.grpc_port, reuse_port=settings.workers > 1)
         except OSError as exc:

@@ -7,6 +7,7 @@ nats-py, and translates what goes wrong. It knows nothing of tenants or of the w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 from collections.abc import Callable, Iterable, Mapping
@@ -245,15 +246,26 @@ class NatsAdapter:
                 self._connect_task.result()
 
     async def _connect_forever(self) -> None:
-        nc = await self._connect_until_up(
-            name=self._options["name"],
-            error_cb=self._on_error,
-            disconnected_cb=self._on_disconnected,
-            reconnected_cb=self._on_reconnected,
-            closed_cb=self._on_closed,
-        )
-        requester = Requester(nc)
-        await requester.open()
+        attempt = 0
+        while True:
+            nc = await self._connect_until_up(
+                name=self._options["name"],
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnected,
+                reconnected_cb=self._on_reconnected,
+                closed_cb=self._on_closed,
+            )
+            requester = Requester(nc)
+            try:
+                await requester.open()
+                break
+            except GatewayError as exc:  # the connection went away at once: start over
+                delay = backoff_delay(attempt)
+                log.warning("nats_request_inbox_failed", error=str(exc), retry_in=delay)
+                attempt += 1
+                with contextlib.suppress(Exception):
+                    await nc.close()
+                await asyncio.sleep(delay)
         self._requester = requester  # before _nc: whoever finds the connection finds its inbox
         self._nc = nc
         self._confirmer = _Confirmer(nc, self._confirm_timeout)

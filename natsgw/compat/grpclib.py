@@ -1,5 +1,5 @@
 """grpclib internals the gateway needs: response-header state, compressed request frames,
-coalesced response writes, the transport of its connections and ending calls from outside."""
+coalesced response writes, the transports of its connections and ending calls from outside."""
 
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ def wrap_transports(server: grpclib.server.Server, wrap: TransportWrapper) -> No
     """Make every connection ``server`` accepts (from now on) write through ``wrap(transport)``.
 
     Why: grpclib writes each HTTP/2 frame with its own ``transport.write``; coalescing them
-    (natsgw.wire.corking) needs the transport its protocol is given, and the protocol factory,
+    (natsgw.wire.coalescing) needs the transport its protocol is given, and the protocol factory,
     ``Server._protocol_factory``, is private with no hook. Call before ``Server.start``.
     Upstream fix that removes it: a protocol/transport factory argument on ``grpclib.server.Server``
     (or write coalescing in grpclib's ``Stream``).
@@ -206,16 +206,6 @@ def wrap_transports(server: grpclib.server.Server, wrap: TransportWrapper) -> No
         return protocol
 
     server._protocol_factory = protocol_factory  # type: ignore[method-assign]
-
-
-def transport_of(stream: grpclib.server.Stream[Any, Any]) -> asyncio.BaseTransport:
-    """The transport a call's frames are written to (the one given to its connection).
-
-    Why: corking a unary answer (natsgw.wire.corking) needs the connection's transport, which
-    grpclib only keeps in the private ``Stream._stream._transport``.
-    Upstream fix that removes it: the same transport hook as :func:`wrap_transports`.
-    """
-    return stream._stream._transport
 
 
 _PREFIX = struct.Struct(">?I")

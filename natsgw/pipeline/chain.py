@@ -69,7 +69,6 @@ from natsgw.pipeline.policy import Audit, Policy
 from natsgw.pipeline.quotas import QuotaEnforcer, tenant_label
 from natsgw.pipeline.streaming import Frames, FrameWriter
 from natsgw.tenancy import Namespace, Tenant, public_text
-from natsgw.wire.corking import CorkedTransport
 
 log = structlog.get_logger("natsgw.pipeline")
 
@@ -321,16 +320,8 @@ class Pipeline:
             call.headers_sent = True
             await grpclib_compat.send_unary_answer(stream, reply, _request_id_header(call))
             return
-        transport = grpclib_compat.transport_of(stream)
-        if not isinstance(transport, CorkedTransport):
-            await cls._send(call, stream, reply)
-            return
-        transport.cork()
-        try:
-            await cls._send(call, stream, reply)
-            await stream.send_trailing_metadata()
-        finally:
-            transport.uncork()
+        await cls._send(call, stream, reply)  # headers went earlier; one write still
+        await stream.send_trailing_metadata()  # (natsgw.wire.coalescing)
 
     @staticmethod
     def _end(stream: Stream, reason: str) -> None:

@@ -184,3 +184,29 @@ async def test_the_inbox_is_resubscribed_after_a_reconnect(make_nats: NatsFactor
         assert core.requester().waiting == 0
     finally:
         await core.close()
+
+
+async def test_a_request_inbox_that_fails_to_open_is_retried_on_a_new_connection(
+    nats_server: EmbeddedNatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: a failed ``Requester.open()`` used to end the connect task for good (the gateway
+    stayed UNAVAILABLE); now that connection is closed and the next one opens its inbox."""
+    opened = Requester.open
+    failures: list[Requester] = []
+
+    async def open_once_failing(self: Requester) -> None:
+        if not failures:
+            failures.append(self)
+            raise Unavailable("request inbox: the connection closed under us")
+        await opened(self)
+
+    monkeypatch.setattr(Requester, "open", open_once_failing)
+    core = NatsAdapter([nats_server.url])
+    try:
+        await core.start(wait=10)
+        await wait_for(lambda: core.state().status == "CONNECTED", 10)
+        assert failures
+        reply = await core.requester().request("$JS.API.INFO", b"", timeout=5)
+        assert b"io.nats.jetstream.api.v1.account_info_response" in reply.data
+    finally:
+        await core.close()

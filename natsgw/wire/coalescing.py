@@ -4,12 +4,10 @@ grpclib writes every frame it produces straight to the transport: a unary call's
 headers, message and trailers are three ``write`` calls, three ``send`` syscalls and, with
 TCP_NODELAY, three packets the client has to wake up for; and when NATS answers many calls at
 once (one read of its socket resolves dozens of requests), each of their answers is a syscall of
-its own, which on loopback also runs the receiving side's TCP work. :class:`CorkedTransport`
+its own, which on loopback also runs the receiving side's TCP work. :class:`CoalescingTransport`
 keeps what is written until the end of the event loop's current pass (``loop.call_soon``: the
 flush is the first thing the next pass runs, before it waits for anything) and hands it to the
-socket as one write. :meth:`~CorkedTransport.cork` holds writes longer, until the matching
-:meth:`~CorkedTransport.uncork`: the call pipeline corks around the three frames of a unary
-answer it produces through grpclib's own steps. Nothing waits for more input to arrive.
+socket as one write. Nothing waits for more input to arrive, and nothing is held past the pass.
 
 Bounded: once :data:`FLUSH_AT` bytes wait they are written at once. Closing writes what waits
 first. Flow control is untouched: the real transport still pauses and resumes the protocol as its
@@ -25,43 +23,25 @@ from typing import Any
 FLUSH_AT = 64 * 1024
 
 
-class CorkedTransport(asyncio.Transport):
-    """A transport that can hold its writes for a moment and send them as one."""
+class CoalescingTransport(asyncio.Transport):
+    """A transport whose writes of one event-loop pass leave as one."""
 
-    __slots__ = ("_corks", "_inner", "_loop", "_pending", "_scheduled", "_size")
+    __slots__ = ("_inner", "_loop", "_pending", "_scheduled", "_size")
 
-    def __init__(
-        self, inner: asyncio.Transport, loop: asyncio.AbstractEventLoop | None = None
-    ) -> None:
-        """With ``loop``, writes are also gathered until the end of that loop's current pass."""
+    def __init__(self, inner: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
         self._inner = inner
         self._loop = loop
         self._pending: list[bytes] = []
         self._size = 0
-        self._corks = 0
         self._scheduled = False
 
-    def cork(self) -> None:
-        """Hold writes until the matching :meth:`uncork` (nestable)."""
-        self._corks += 1
-
-    def uncork(self) -> None:
-        self._corks -= 1
-        if self._corks <= 0:
-            self._corks = 0
-            self.flush()
-
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._corks:
-            if self._loop is None:
-                self._inner.write(data)
-                return
-            if not self._scheduled:
-                self._scheduled = True
-                self._loop.call_soon(self._flush_pass)
         if not data:
             return
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush_pass)
         self._pending.append(bytes(data))
         self._size += len(data)
         if self._size >= FLUSH_AT:
@@ -69,8 +49,7 @@ class CorkedTransport(asyncio.Transport):
 
     def _flush_pass(self) -> None:
         self._scheduled = False
-        if not self._corks:
-            self.flush()
+        self.flush()
 
     def flush(self) -> None:
         """Hand everything waiting to the wrapped transport now."""
@@ -127,9 +106,9 @@ class CorkedTransport(asyncio.Transport):
         return self._inner.get_protocol()
 
 
-def corked(transport: asyncio.BaseTransport) -> asyncio.BaseTransport:
-    """``transport`` behind a :class:`CorkedTransport` gathering each loop pass's writes (for
-    grpclib's server connections, made on the running loop)."""
+def coalesced(transport: asyncio.BaseTransport) -> asyncio.BaseTransport:
+    """``transport`` behind a :class:`CoalescingTransport` on the running loop (for grpclib's
+    server connections)."""
     if isinstance(transport, asyncio.Transport):
-        return CorkedTransport(transport, asyncio.get_running_loop())
+        return CoalescingTransport(transport, asyncio.get_running_loop())
     return transport
