@@ -202,6 +202,23 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 # -- a 3-node nats-server cluster (tests/integration/test_cluster*.py) ---------------------------
 
 
+def record_writes(transport: Any) -> list[bytes]:
+    """Everything written to a nats-py transport from now on (it still goes out)."""
+    writes: list[bytes] = []
+    write, writelines = transport.write, transport.writelines
+
+    def spy_write(data: bytes) -> None:
+        writes.append(bytes(data))
+        write(data)
+
+    def spy_writelines(chunks: list[bytes]) -> None:
+        writes.extend(bytes(c) for c in chunks)
+        writelines(chunks)
+
+    transport.write, transport.writelines = spy_write, spy_writelines
+    return writes
+
+
 def free_port() -> int:
     import socket
 

@@ -11,6 +11,7 @@ import pytest_asyncio
 from natsgw.adapter import Message, NatsAdapter
 from natsgw.adapter.core import _settle
 from natsgw.ops.embedded import EmbeddedNatsServer
+from tests.conftest import record_writes
 
 
 @pytest_asyncio.fixture
@@ -35,19 +36,7 @@ async def _recording(
 ) -> AsyncIterator[tuple[NatsAdapter, list[bytes]]]:
     adapter = NatsAdapter([nats_server.url])
     await adapter.start(wait=5)
-    writes: list[bytes] = []
-    transport: Any = getattr(adapter, connection)._transport
-    write, writelines = transport.write, transport.writelines
-
-    def spy_write(data: bytes) -> None:
-        writes.append(bytes(data))
-        write(data)
-
-    def spy_writelines(chunks: list[bytes]) -> None:
-        writes.extend(bytes(c) for c in chunks)
-        writelines(chunks)
-
-    transport.write, transport.writelines = spy_write, spy_writelines
+    writes = record_writes(getattr(adapter, connection)._transport)
     yield adapter, writes
     await adapter.close()
 

@@ -16,23 +16,11 @@ from natsgw.adapter.core import Outgoing
 from natsgw.compat.nats import PubCommands
 from natsgw.errors import InvalidArgument, ResourceExhausted
 from natsgw.ops.embedded import EmbeddedNatsServer
+from tests.conftest import record_writes
 
 
 def _record(adapter: NatsAdapter) -> list[bytes]:
-    writes: list[bytes] = []
-    transport: Any = adapter._nc._transport  # type: ignore[union-attr]
-    write, writelines = transport.write, transport.writelines
-
-    def spy_write(data: bytes) -> None:
-        writes.append(bytes(data))
-        write(data)
-
-    def spy_writelines(chunks: list[bytes]) -> None:
-        writes.extend(bytes(c) for c in chunks)
-        writelines(chunks)
-
-    transport.write, transport.writelines = spy_write, spy_writelines
-    return writes
+    return record_writes(adapter._nc._transport)  # type: ignore[union-attr]
 
 
 def _commands(writes: list[bytes]) -> bytes:
