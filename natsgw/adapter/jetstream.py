@@ -22,7 +22,7 @@ import datetime
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, MutableSequence, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -794,21 +794,10 @@ class JetStreamAdapter:
         what = "acknowledge"
         results: list[GatewayError | None] = [None] * len(acks)
         answers: dict[int, Msg] = {}
-        outstanding: set[int] = set()
-        all_in = asyncio.Event()
         inbox = ReplyInbox(nc, f"{what} (replies)")
-        prefix = inbox.subject("")
-
-        def on_answer(msg: Msg) -> None:
-            token = msg.subject[len(prefix) :]
-            index = int(token) if token.isdigit() else -1
-            if index in outstanding:
-                outstanding.discard(index)
-                answers[index] = msg
-                if not outstanding:
-                    all_in.set()
-
-        await inbox.open(on_answer)
+        window = _AnswerWindow(inbox.subject(""), answers)
+        outstanding = window.outstanding
+        await inbox.open(window.on_answer)
         try:
             for start in range(0, len(acks), step):
                 stop = min(start + step, len(acks))
@@ -824,7 +813,7 @@ class JetStreamAdapter:
                         outstanding.discard(unsent)
                         results[unsent] = exc
                 # A send may yield (nats-py flushing a full buffer) and answers come in meanwhile.
-                await _answered(outstanding, all_in, results, wait, what)
+                await window.answered(results, wait, what)
         finally:
             await inbox.close()
         for index, msg in answers.items():
@@ -853,22 +842,11 @@ class JetStreamAdapter:
         results: list[Msg | GatewayError | None] = [
             r if isinstance(r, GatewayError) else None for r in requests
         ]
-        outstanding: set[int] = set()
-        all_in = asyncio.Event()
         inbox = ReplyInbox(nc, f"{what} (replies)")
         prefix = inbox.subject("")
-        cut = len(prefix)
-
-        def on_answer(msg: Msg) -> None:
-            token = msg.subject[cut:]
-            index = int(token) if token.isdigit() else -1
-            if index in outstanding:
-                outstanding.discard(index)
-                results[index] = msg
-                if not outstanding:
-                    all_in.set()
-
-        await inbox.open(on_answer)
+        answers = _AnswerWindow(prefix, results)
+        outstanding = answers.outstanding
+        await inbox.open(answers.on_answer)
         commands = nats_compat.HPubCommands(nc)
         add = commands.add_with_headers
         try:
@@ -897,7 +875,7 @@ class JetStreamAdapter:
                             outstanding.discard(index)
                             results[index] = exc
                 # A send may yield (nats-py flushing a full buffer) and answers come in meanwhile.
-                await _answered(outstanding, all_in, results, wait, what)
+                await answers.answered(results, wait, what)
         finally:
             await inbox.close()
         return [r if r is not None else Internal(f"{what}: no result") for r in results]
@@ -1191,23 +1169,42 @@ def _pull_refused(status: _Status) -> GatewayError:
     return FailedPrecondition(f"pull: NATS refused it ({status.code} {text})")
 
 
-async def _answered(
-    outstanding: set[int],
-    all_in: asyncio.Event,
-    results: list[Any],
-    wait: float,
-    what: str,
-) -> None:
-    """Wait up to ``wait`` seconds until no index is ``outstanding`` (``all_in`` is set whenever
-    the last answer came in, maybe already); the rest are DEADLINE_EXCEEDED, outcome unknown."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    while outstanding and loop.time() < deadline:
-        all_in.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(all_in.wait(), deadline - loop.time())
-    for late in outstanding:
-        results[late] = DeadlineExceeded(
-            f"{what}: no answer within {wait:g}s; it may or may not have happened"
-        )
-    outstanding.clear()
+class _AnswerWindow:
+    """Answers to requests sent with reply subjects ``<prefix><index>``, counted in as they come
+    (:meth:`JetStreamAdapter.ack_many`, :meth:`JetStreamAdapter._publish_windows`): per request
+    one entry in a set, no future or timer. An answer is stored at its index in ``store``."""
+
+    __slots__ = ("_all_in", "_cut", "_store", "outstanding")
+
+    def __init__(self, prefix: str, store: MutableSequence[Any] | MutableMapping[int, Any]) -> None:
+        self._cut = len(prefix)
+        self._store = store
+        self._all_in = asyncio.Event()
+        #: Indexes sent and not answered yet (the caller adds them as it sends).
+        self.outstanding: set[int] = set()
+
+    def on_answer(self, msg: Msg) -> None:
+        token = msg.subject[self._cut :]
+        index = int(token) if token.isdigit() else -1
+        outstanding = self.outstanding
+        if index in outstanding:
+            outstanding.discard(index)
+            self._store[index] = msg
+            if not outstanding:
+                self._all_in.set()
+
+    async def answered(self, results: list[Any], wait: float, what: str) -> None:
+        """Wait up to ``wait`` seconds until no index is outstanding; the rest are
+        DEADLINE_EXCEEDED in ``results``, outcome unknown."""
+        outstanding, all_in = self.outstanding, self._all_in
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while outstanding and loop.time() < deadline:
+            all_in.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(all_in.wait(), deadline - loop.time())
+        for late in outstanding:
+            results[late] = DeadlineExceeded(
+                f"{what}: no answer within {wait:g}s; it may or may not have happened"
+            )
+        outstanding.clear()
