@@ -51,25 +51,25 @@ class _Group:
 
     def deliver(self, message: Message) -> None:
         now = time.time_ns()
+        size = buffered_size(message)  # once, whatever the number of streams
         members = self.members
         if not self.interest[1]:
             for box in members:
-                box.offer(message, now)
+                box.offer(message, now, size)
             return
         count = len(members)
         if not count:
             return
         start = self._next
-        size = buffered_size(message)
         for step in range(count):
             box = members[(start + step) % count]
             if box.has_room(size):
                 self._next = (start + step + 1) % count
-                box.offer(message, now)
+                box.offer(message, now, size)
                 return
         # Every stream of the group is full: the next in turn records the loss.
         self._next = (start + 1) % count
-        members[start % count].offer(message, now)
+        members[start % count].offer(message, now, size)
 
     def lost(self) -> None:
         """nats-py dropped a message of this subscription before it reached us."""

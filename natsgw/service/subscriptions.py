@@ -79,14 +79,16 @@ class Mailbox:
         queue = self._queue
         return not queue or (len(queue) < self.max_msgs and self._bytes + size <= self.max_bytes)
 
-    def offer(self, message: Message, received_ns: int = 0) -> None:
+    def offer(self, message: Message, received_ns: int = 0, size: int = -1) -> None:
+        """Buffer ``message`` (``size``: its :func:`buffered_size`, when the caller has it)."""
         self.received += 1
         if self._ended:
             return
         if self._overflowed:
             self.dropped += 1
             return
-        size = buffered_size(message)
+        if size < 0:
+            size = buffered_size(message)
         # An empty mailbox takes any message, so one larger than the byte budget still goes
         # (alone) to a subscriber that keeps up.
         queue = self._queue
