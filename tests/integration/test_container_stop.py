@@ -30,6 +30,9 @@ from tests.integration.test_container import DOCKERFILE, image_env
 
 #: `docker stop`'s default wait between SIGTERM and SIGKILL.
 DOCKER_STOP_TIMEOUT = 10.0
+#: Make the command PID 1 of a new PID namespace; killing unshare kills it (and the namespace).
+AS_PID_1 = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]
+NATSGW_SERVE = [sys.executable, "-m", "natsgw", "serve"]
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -72,7 +75,7 @@ def _can_make_pid_namespaces() -> bool:
     if shutil.which("unshare") is None:
         return False
     probe = subprocess.run(
-        ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", "echo $$"],
+        [*AS_PID_1, "sh", "-c", "echo $$"],
         capture_output=True,
         text=True,
         timeout=10,
@@ -111,7 +114,7 @@ def test_a_pid_1_without_a_handler_ignores_sigterm(
     as_pid_1: list[subprocess.Popen[bytes]],
 ) -> None:
     """The control: this namespace really has PID 1's rules, so the next test can fail."""
-    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "sleep", "30"])
+    proc = subprocess.Popen([*AS_PID_1, "sleep", "30"])
     as_pid_1.append(proc)
     os.kill(_pid_1_of(proc), signal.SIGTERM)
     with pytest.raises(subprocess.TimeoutExpired):
@@ -139,7 +142,7 @@ def test_natsgw_serve_as_pid_1_drains_on_sigterm_and_exits_0(
     log_path = tmp_path / "natsgw.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "natsgw", "serve"],
+            [*AS_PID_1, *NATSGW_SERVE],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=log,
