@@ -64,13 +64,27 @@ def tls_context(
 
 
 def parse_target(target: str) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port`` or ``host`` (port 50056)."""
+    """``host:port``, ``[v6]:port``, ``host`` (port 50056), or ``port``/``:port`` (this machine)."""
+    target = target.strip()
+    if target.isdigit():
+        return _LOCAL, _port(target, target)
     host, sep, port = target.rpartition(":")
     if not sep or "]" in port:
-        return target.strip("[]"), DEFAULT_PORT
+        return target.strip("[]") or _LOCAL, DEFAULT_PORT
     if not port.isdigit():
-        raise InvalidArgument(f"target {target!r}: expected host:port")
-    return host.strip("[]"), int(port)
+        raise InvalidArgument(f"target {target[:80]!r}: expected host:port, host or port")
+    return host.strip("[]") or _LOCAL, _port(port, target)
+
+
+#: A bare port means this machine; the IPv4 loopback, as the gateway binds by default.
+_LOCAL = "127.0.0.1"
+
+
+def _port(text: str, target: str) -> int:
+    port = int(text)
+    if not 0 < port < 65536:
+        raise InvalidArgument(f"target {target[:80]!r}: port {port} is not in 1-65535")
+    return port
 
 
 def _msg(m: pb.MessageResponse) -> Msg:
@@ -657,6 +671,12 @@ class Client:
         whatever the size. With ``sha256`` (64 hex digits) the gateway stores nothing unless
         the content matches (DataLoss).
         """
+        if isinstance(source, str | os.PathLike):
+            # Opened here, so a missing file is the caller's FileNotFoundError, not a failed call.
+            with open(source, "rb") as handle:  # noqa: ASYNC230 - chunks_of reads in a thread
+                return await self.put_object(
+                    bucket, name, handle, metadata=metadata, sha256=sha256, chunk_size=chunk_size
+                )
         header = pb.ObjectPutHeader(
             bucket=bucket,
             object_name=name,
