@@ -11,6 +11,9 @@ The rule (README "Client retries"):
   connection lost, or the gateway ending it while shutting down) is opened again; KVWatch resumes
   after the last revision it delivered. If it cannot be reopened within its attempts, the
   iterator raises ``Unavailable``: a stream never ends silently.
+- A gateway that is shutting down refuses new calls before running them ("the gateway is
+  shutting down; retry elsewhere"): such a refusal is repeated for every RPC, on a new
+  connection (the old one belongs to a process on its way out).
 - Attempts are bounded, with exponential backoff and jitter between them.
 """
 
@@ -84,11 +87,29 @@ STREAM = Retry(attempts=10)
 NEVER = Retry(attempts=1)
 
 
+#: What a draining gateway answers before running anything (natsgw/pipeline/chain.py, step 1).
+DRAINING = "the gateway is shutting down; retry elsewhere"
+
+
+def refused_while_draining(error: NatsgwError) -> bool:
+    """The gateway refused the call unrun because it is shutting down: go to a new connection."""
+    return isinstance(error, Unavailable) and error.message == DRAINING
+
+
 def retryable(rpc: str, error: NatsgwError) -> bool:
     """Whether a unary ``rpc`` that failed with ``error`` may be sent again."""
     if not isinstance(error, Unavailable):
         return False
-    return rpc in IDEMPOTENT or not error.sent
+    return rpc in IDEMPOTENT or not error.sent or refused_while_draining(error)
 
 
-__all__ = ["IDEMPOTENT", "NEVER", "STREAM", "UNARY", "Retry", "retryable"]
+__all__ = [
+    "DRAINING",
+    "IDEMPOTENT",
+    "NEVER",
+    "STREAM",
+    "UNARY",
+    "Retry",
+    "refused_while_draining",
+    "retryable",
+]

@@ -19,10 +19,13 @@ from typing import Any, Generic, Self, TypeVar
 from grpclib.client import Channel, Stream
 from grpclib.const import Cardinality
 
-from natsgw.client._retry import Retry
+from natsgw.client._retry import Retry, refused_while_draining
 from natsgw.client.errors import Unavailable, translated
 
 log = logging.getLogger("natsgw.client")
+
+#: How long one attempt to open a broken stream again may take.
+REOPEN_TIMEOUT = 10.0
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -57,6 +60,7 @@ class ServerStream(Generic[Req, Resp, Out]):
         retry: Retry | None = None,
         resume: Callable[[Req], Req] | None = None,
         ended_early: Callable[[], bool] | None = None,
+        reconnect: Callable[[], None] | None = None,
     ) -> None:
         self._channel = channel
         self._path = path
@@ -74,6 +78,7 @@ class ServerStream(Generic[Req, Resp, Out]):
         self._retry = retry
         self._resume = resume
         self._ended_early = ended_early
+        self._reconnect = reconnect
         self._closing = False
         #: How often the call was opened again after it broke.
         self.resumed = 0
@@ -143,9 +148,16 @@ class ServerStream(Generic[Req, Resp, Out]):
             self._request = self._resume(self._request)
         last = cause
         for delay in self._retry.delays():
+            if refused_while_draining(last) and self._reconnect is not None:
+                self._reconnect()  # that connection's gateway is on its way out
             await asyncio.sleep(delay)
             try:
-                await self.open()
+                async with asyncio.timeout(REOPEN_TIMEOUT):
+                    await self.open()
+            except TimeoutError:
+                await self._drop()
+                last = Unavailable(f"no answer to the new call within {REOPEN_TIMEOUT:g} s")
+                continue
             except Unavailable as exc:
                 last = exc
                 continue

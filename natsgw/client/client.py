@@ -25,7 +25,7 @@ from grpclib.const import Cardinality
 from natsgw._generated.isa import nats as pb
 from natsgw.client import _retry
 from natsgw.client._codec import build_codec
-from natsgw.client._retry import Retry, retryable
+from natsgw.client._retry import Retry, refused_while_draining, retryable
 from natsgw.client._streams import ServerStream
 from natsgw.client.consumer import DEFAULT_ACK_WAIT, AckBatcher, Consumer
 from natsgw.client.errors import InvalidArgument, NatsgwError, NotFound, translated
@@ -242,8 +242,17 @@ class Client:
                 delay = next(delays, None)
                 if delay is None or not retryable(rpc, exc):
                     raise
+                if refused_while_draining(exc):
+                    self._reconnect()
                 log.info("%s failed (%s); retrying in %.2f s", rpc, exc, delay)
                 await asyncio.sleep(delay)
+
+    def _reconnect(self) -> None:
+        """Drop the connection (its gateway is shutting down): the next call opens a new one.
+
+        grpclib's ``Channel`` connects again on the next request after ``close()``.
+        """
+        self._channel.close()
 
     def _stream(
         self,
@@ -270,6 +279,7 @@ class Client:
             retry=self.stream_retry if resume is not None else None,
             resume=resume,
             ended_early=ended_early,
+            reconnect=self._reconnect,
         )
 
     def _until_unsubscribed(self, subject: str) -> Callable[[], bool]:
