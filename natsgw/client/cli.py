@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from natsgw.client import smoke
-from natsgw.client.client import DEFAULT_PORT, Client
+from natsgw.client.client import DEFAULT_PORT, Client, parse_target
 from natsgw.client.errors import AlreadyExists, NatsgwError, NotFound, Unavailable
 from natsgw.client.types import (
     ConsumerInfo,
@@ -441,6 +441,8 @@ async def cmd_kv_del(client: Client, args: argparse.Namespace) -> int:
 
 async def cmd_kv_keys(client: Client, args: argparse.Namespace) -> int:
     keys = await client.kv_keys(args.bucket)
+    if not keys:  # the gateway lists a missing bucket as empty: say which it is
+        await client.kv_bucket_status(args.bucket)  # NotFound names the bucket
     if args.json:
         emit(args, "", {"bucket": args.bucket, "keys": keys})
     elif not keys:
@@ -802,7 +804,8 @@ def _hint(exc: NatsgwError, args: argparse.Namespace, token: str) -> str:
     if name == "PERMISSION_DENIED":
         return "the credentials are valid but not allowed to do this (--token-file, --user-id)"
     if isinstance(exc, Unavailable) and "connection to the gateway failed" in exc.message:
-        return f"is a gateway listening at {args.target}? (--target or NATSGW_TARGET)"
+        host, port = parse_target(args.target)
+        return f"is a gateway listening at {host}:{port}? (--target or NATSGW_TARGET)"
     return ""
 
 

@@ -248,10 +248,10 @@ async def _jetstream(client: Client, report: Report, stream: str, made: Made) ->
         pulled = await client.pull(stream, "smoke", 2, max_wait=5)
         expect([m.sequence for m in pulled] == [1, 2], f"pulled {[m.sequence for m in pulled]}")
     async with report.rpc("AckMessage"):
-        expect(len(pulled) == 2, "nothing pulled")
+        expect(len(pulled) == 2, "not run: PullMessages did not deliver")
         await stub.ack_message(pb.AckMessageRequest(ack_token=pulled[0].ack_token, **ids))
     async with report.rpc("NakMessage"):
-        expect(len(pulled) == 2, "nothing pulled")
+        expect(len(pulled) == 2, "not run: PullMessages did not deliver")
         await stub.nak_message(pb.NakMessageRequest(ack_token=pulled[1].ack_token, **ids))
     tokens: list[str] = []
     async with report.rpc("Consume") as d:
