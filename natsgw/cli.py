@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the gateway until SIGTERM/SIGINT")
     sub.add_parser("check-config", help="parse the environment and print the settings")
-    client_cli.add_commands(sub)  # pub, sub, req, reply, stream, consume, kv, obj, smoke
+    client_cli.add_commands(sub)  # pub, sub, req, reply, stream, consumer, consume, kv, obj, smoke
     args = parser.parse_args(argv)
     if getattr(args, "client_command", None) is not None:
         return client_cli.run(args)

@@ -419,8 +419,8 @@ def _entry(args: argparse.Namespace, entry: KvEntry) -> None:
 async def cmd_kv_get(client: Client, args: argparse.Namespace) -> int:
     entry = await client.kv_get(args.bucket, args.key, revision=args.revision)
     if entry is None:
-        print(f"natsgw: key {args.key!r} not found in bucket {args.bucket!r}", file=sys.stderr)
-        return 1
+        await client.kv_bucket_status(args.bucket)  # a missing bucket says so (NotFound)
+        raise NotFound(f"key {args.key!r} not found in bucket {args.bucket!r}")
     _entry(args, entry)
     return 0
 
@@ -454,7 +454,11 @@ async def cmd_kv_keys(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_kv_history(client: Client, args: argparse.Namespace) -> int:
-    for entry in await client.kv_history(args.bucket, args.key):
+    history = await client.kv_history(args.bucket, args.key)
+    if not history:
+        await client.kv_bucket_status(args.bucket)  # a missing bucket says so (NotFound)
+        raise NotFound(f"key {args.key!r} has no history in bucket {args.bucket!r}")
+    for entry in history:
         _entry(args, entry)
     return 0
 
