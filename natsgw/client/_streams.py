@@ -125,6 +125,8 @@ class ServerStream(Generic[Req, Resp, Out]):
                 if self._retry is None or self._closing:
                     raise
                 await self._reopen(exc)
+                if self._closing:  # closed by another task while it was being reopened
+                    return None
 
     async def _receive(self) -> Resp | None:
         assert self._stream is not None
@@ -151,6 +153,8 @@ class ServerStream(Generic[Req, Resp, Out]):
             if refused_while_draining(last) and self._reconnect is not None:
                 self._reconnect()  # that connection's gateway is on its way out
             await asyncio.sleep(delay)
+            if self._closing:
+                return
             try:
                 async with asyncio.timeout(REOPEN_TIMEOUT):
                     await self.open()
@@ -161,6 +165,9 @@ class ServerStream(Generic[Req, Resp, Out]):
             except Unavailable as exc:
                 last = exc
                 continue
+            if self._closing:
+                await self._drop()
+                return
             self.resumed += 1
             return
         self._done = True
