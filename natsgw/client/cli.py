@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from natsgw.client import smoke
+from natsgw.client._retry import Retry
 from natsgw.client.client import DEFAULT_PORT, Client, parse_target
 from natsgw.client.errors import AlreadyExists, NatsgwError, NotFound, Unavailable
 from natsgw.client.types import (
@@ -46,6 +47,9 @@ Handler = Callable[[Client, argparse.Namespace], Awaitable[int]]
 
 #: Environment variables the commands read (the gateway's settings ignore them).
 CLIENT_VARIABLES = ("NATSGW_TARGET", "NATSGW_TOKEN", "NATSGW_TOKEN_FILE", "NATSGW_USER_ID")
+
+#: Long-running commands (sub, consume, kv watch) ride out a gateway restart of up to ~1 minute.
+CLI_STREAM_RETRY = Retry(attempts=30)
 
 #: Objects at least this big get a progress bar on ``obj put/get`` (when stderr is a terminal).
 PROGRESS_FROM = 1024 * 1024
@@ -868,6 +872,7 @@ def run(args: argparse.Namespace) -> int:
                 ca_file=args.ca_file,
                 cert_file=args.cert_file,
                 key_file=args.key_file,
+                stream_retry=CLI_STREAM_RETRY,
             ) as client:
                 return await handler(client, args)
 
