@@ -158,13 +158,15 @@ class Progress:
 # ---- bodies -------------------------------------------------------------------------------
 
 
-def _body(value: str | None, *, what: str = "body") -> tuple[bytes, bool]:
-    """A message body as ``nats pub`` users give it: text, ``@file``, ``-`` or piped stdin.
+def _body(value: str | None, *, what: str = "body", piped: bool = False) -> tuple[bytes, bool]:
+    """A body as ``nats pub`` users give it: text, ``@file``, ``-`` (stdin), or nothing, which
+    with ``piped`` reads stdin when it is not a terminal (``pub`` only: a ``req`` inside a
+    ``while read`` loop must not swallow the loop's input).
 
     Returns the bytes and whether they are literal text (where ``{{Count}}`` is expanded).
     """
     if value is None:
-        if sys.stdin is None or sys.stdin.isatty():
+        if not piped or sys.stdin is None or sys.stdin.isatty():
             return b"", True
         return sys.stdin.buffer.read(), False
     if value == "-":
@@ -183,7 +185,7 @@ def _body(value: str | None, *, what: str = "body") -> tuple[bytes, bool]:
 
 async def cmd_pub(client: Client, args: argparse.Namespace) -> int:
     headers = _header_args(args.header)
-    body, literal = _body(args.data)
+    body, literal = _body(args.data, piped=True)
     for i in range(args.count):
         data = body.replace(b"{{Count}}", str(i + 1).encode()) if literal else body
         await client.publish(args.subject, data, headers=headers)
@@ -722,7 +724,7 @@ def add_commands(sub: Any) -> None:
     p = _command(ks, "put", cmd_kv_put, "set a key (the bucket is made on first put)")
     p.add_argument("bucket")
     p.add_argument("key")
-    p.add_argument("value", nargs="?", default=None, help="text, @FILE, or - for stdin")
+    p.add_argument("value", help="text, @FILE, or - for stdin")
     p = _command(ks, "del", cmd_kv_del, "delete a key (its history stays unless --purge)")
     p.add_argument("bucket")
     p.add_argument("key")
