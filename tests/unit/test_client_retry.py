@@ -94,3 +94,12 @@ def test_the_token_comes_from_flag_file_or_environment_and_the_flag_warns(
     (tmp_path / "empty").write_text("  \n")
     with pytest.raises(UsageError, match="empty"):
         token_of(_args(token_file=str(tmp_path / "empty")), {})
+
+
+def test_the_gateway_does_not_call_the_clients_variables_unknown() -> None:
+    from natsgw.client.cli import CLIENT_VARIABLES
+    from natsgw.config import CLIENT_VARIABLES as KNOWN_TO_THE_GATEWAY
+    from natsgw.config import unknown_variables
+
+    assert set(CLIENT_VARIABLES) <= KNOWN_TO_THE_GATEWAY
+    assert list(unknown_variables(dict.fromkeys(CLIENT_VARIABLES, "x"))) == []
