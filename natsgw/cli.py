@@ -1,4 +1,8 @@
-"""``natsgw`` command line: ``natsgw serve`` runs the gateway with settings from the environment."""
+"""``natsgw`` command line: ``natsgw serve`` runs the gateway with settings from the environment.
+
+The client commands (``pub``, ``kv`` ...) import only the client: the gateway's modules are
+imported for ``serve`` and ``check-config`` alone, so a try-it command starts fast.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,13 @@ import argparse
 import asyncio
 import os
 import sys
-
-import structlog
+from typing import TYPE_CHECKING
 
 from natsgw import __version__
 from natsgw.client import cli as client_cli
-from natsgw.config import ConfigError, Settings, describe, unknown_variables
-from natsgw.ops.datadir import DataDirInUse
-from natsgw.ops.embedded import EmbeddedServerError
-from natsgw.ops.logs import configure
+
+if TYPE_CHECKING:
+    from natsgw.config import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,10 +29,18 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the gateway until SIGTERM/SIGINT")
     sub.add_parser("check-config", help="parse the environment and print the settings")
-    client_cli.add_commands(sub)  # pub, sub, req, reply, stream, consume, kv, obj, smoke
+    client_cli.add_commands(sub)  # pub, sub, req, reply, stream, consumer, consume, kv, obj, smoke
     args = parser.parse_args(argv)
     if getattr(args, "client_command", None) is not None:
         return client_cli.run(args)
+    return _gateway_command(args.command)
+
+
+def _gateway_command(command: str) -> int:
+    import structlog
+
+    from natsgw.config import ConfigError, Settings, describe, unknown_variables
+    from natsgw.ops.logs import configure
 
     try:
         settings = Settings.from_env()
@@ -45,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             hint=f"did you mean {suggestion}?" if suggestion else "natsgw does not read it",
         )
 
-    if args.command == "check-config":
+    if command == "check-config":
         for variable, value in describe(settings):  # secrets masked (natsgw.ops.secrets)
             print(f"{variable}={value}")
         return 0
@@ -60,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(settings: Settings) -> int:
     """Exit status: 0 after a clean stop; 2 when start-up failed (one line on stderr says why,
     nothing started is left behind); 1 when the gateway stopped because it could not serve."""
+    from natsgw.config import ConfigError
+    from natsgw.ops.datadir import DataDirInUse
+    from natsgw.ops.embedded import EmbeddedServerError
     from natsgw.server import Gateway, GatewayFailed, StartupError  # heavy imports: serve only
 
     try:

@@ -351,7 +351,9 @@ _SEED_VARIABLES = {
 }
 
 #: NATSGW_ variables read by natsgw's client commands (pub, sub, smoke ...), not by the gateway.
-CLIENT_VARIABLES = frozenset({"NATSGW_TARGET", "NATSGW_TOKEN", "NATSGW_USER_ID"})
+CLIENT_VARIABLES = frozenset(
+    {"NATSGW_TARGET", "NATSGW_TOKEN", "NATSGW_TOKEN_FILE", "NATSGW_USER_ID"}
+)
 
 
 def variable_name(field: str) -> str:

@@ -6,24 +6,29 @@ nothing of the server (no nats-py): ``pip install 'natsgw[client]'`` is enough.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime
+import logging
 import os
 import ssl
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 
 from natsgw._generated.isa import nats as pb
+from natsgw.client import _retry
 from natsgw.client._codec import build_codec
+from natsgw.client._retry import Retry, refused_while_draining, retryable
 from natsgw.client._streams import ServerStream
 from natsgw.client.consumer import DEFAULT_ACK_WAIT, AckBatcher, Consumer
-from natsgw.client.errors import InvalidArgument, NotFound, translated
+from natsgw.client.errors import InvalidArgument, NatsgwError, NotFound, translated
 from natsgw.client.objects import ObjectDownload, ObjectSource, chunks_of
 from natsgw.client.types import (
     AckAction,
@@ -40,6 +45,9 @@ from natsgw.client.types import (
     StreamConfig,
     StreamInfo,
 )
+
+T = TypeVar("T")
+log = logging.getLogger("natsgw.client")
 
 _SERVICE = "/isa.nats.NATSService/"
 DEFAULT_PORT = 50056
@@ -64,13 +72,27 @@ def tls_context(
 
 
 def parse_target(target: str) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port`` or ``host`` (port 50056)."""
+    """``host:port``, ``[v6]:port``, ``host`` (port 50056), or ``port``/``:port`` (this machine)."""
+    target = target.strip()
+    if target.isdigit():
+        return _LOCAL, _port(target, target)
     host, sep, port = target.rpartition(":")
     if not sep or "]" in port:
-        return target.strip("[]"), DEFAULT_PORT
+        return target.strip("[]") or _LOCAL, DEFAULT_PORT
     if not port.isdigit():
-        raise InvalidArgument(f"target {target!r}: expected host:port")
-    return host.strip("[]"), int(port)
+        raise InvalidArgument(f"target {target[:80]!r}: expected host:port, host or port")
+    return host.strip("[]") or _LOCAL, _port(port, target)
+
+
+#: A bare port means this machine; the IPv4 loopback, as the gateway binds by default.
+_LOCAL = "127.0.0.1"
+
+
+def _port(text: str, target: str) -> int:
+    port = int(text)
+    if not 0 < port < 65536:
+        raise InvalidArgument(f"target {target[:80]!r}: port {port} is not in 1-65535")
+    return port
 
 
 def _msg(m: pb.MessageResponse) -> Msg:
@@ -79,6 +101,11 @@ def _msg(m: pb.MessageResponse) -> Msg:
 
 def _batch_of(m: pb.MessageResponse) -> list[pb.MessageResponse]:
     return m.batch
+
+
+def _same(request: T) -> T:
+    """Resume a stream with its first request (Subscribe, Consume)."""
+    return request
 
 
 def _seconds(value: float | datetime.timedelta | None) -> datetime.timedelta | None:
@@ -108,6 +135,11 @@ class Client:
     ``user_id`` names the caller in trusted mode (or whom to act for, with the act-as role);
     ``organization_id`` makes every call work in that organization's namespace (see
     :meth:`in_organization` for one client serving both).
+
+    ``retry`` bounds how unary calls are repeated after UNAVAILABLE (only idempotent RPCs, or
+    requests that never left); ``stream_retry`` how a broken Subscribe, Consume or KVWatch is
+    opened again (KVWatch from its last revision). ``_retry.NEVER`` turns either off; the rule
+    is in :mod:`natsgw.client._retry`.
     """
 
     def __init__(
@@ -123,10 +155,17 @@ class Client:
         key_file: str | os.PathLike[str] | None = None,
         timeout: float | None = 30.0,
         metadata: Mapping[str, str] | None = None,
+        retry: Retry = _retry.UNARY,
+        stream_retry: Retry = _retry.STREAM,
         _channel: Channel | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
+        self.retry = retry
+        self.stream_retry = stream_retry
+        #: Unsubscribe calls per subject: a Subscribe stream that the gateway ends after one is
+        #: over; any other end (the gateway restarting) is resumed.
+        self._unsubscribes: dict[str, int] = {}
         self._identity = _Identity(user_id, organization_id)
         self._metadata = dict(metadata or {})
         if token:
@@ -153,8 +192,11 @@ class Client:
             organization_id=organization_id,
             timeout=self.timeout,
             metadata=self._metadata,
+            retry=self.retry,
+            stream_retry=self.stream_retry,
             _channel=self._channel,
         )
+        other._unsubscribes = self._unsubscribes
         return other
 
     def close(self) -> None:
@@ -187,6 +229,31 @@ class Client:
     def _ids(self) -> dict[str, Any]:
         return self._identity.fields()
 
+    async def _call(
+        self, rpc: str, make: Callable[[], Awaitable[T]], retry: Retry | None = None
+    ) -> T:
+        """One unary call, repeated after UNAVAILABLE when :func:`retryable` allows it."""
+        delays = (retry or self.retry).delays()
+        while True:
+            try:
+                async with translated():
+                    return await make()
+            except NatsgwError as exc:
+                delay = next(delays, None)
+                if delay is None or not retryable(rpc, exc):
+                    raise
+                if refused_while_draining(exc):
+                    self._reconnect()
+                log.info("%s failed (%s); retrying in %.2f s", rpc, exc, delay)
+                await asyncio.sleep(delay)
+
+    def _reconnect(self) -> None:
+        """Drop the connection (its gateway is shutting down): the next call opens a new one.
+
+        grpclib's ``Channel`` connects again on the next request after ``close()``.
+        """
+        self._channel.close()
+
     def _stream(
         self,
         method: str,
@@ -195,7 +262,11 @@ class Client:
         convert: Any,
         timeout: float | None = None,
         riders: Any = None,
+        *,
+        resume: Callable[[Any], Any] | None = None,
+        ended_early: Callable[[], bool] | None = None,
     ) -> ServerStream[Any, Any, Any]:
+        """A server stream; with ``resume`` it is opened again when it breaks (stream_retry)."""
         return ServerStream(
             self._channel,
             _SERVICE + method,
@@ -205,17 +276,30 @@ class Client:
             self._metadata,
             timeout,
             riders,
+            retry=self.stream_retry if resume is not None else None,
+            resume=resume,
+            ended_early=ended_early,
+            reconnect=self._reconnect,
         )
+
+    def _until_unsubscribed(self, subject: str) -> Callable[[], bool]:
+        """For a Subscribe stream: an OK end is early unless this client unsubscribed it since."""
+        seen = self._unsubscribes.get(subject, 0)
+        return lambda: self._unsubscribes.get(subject, 0) == seen
 
     # ---- health --------------------------------------------------------------------------
 
     async def health(self, deep: bool = False) -> pb.NatsHealthCheckResponse:
-        async with translated():
-            return await self._stub.health_check(pb.NatsHealthCheckRequest(deep_check=deep))
+        return await self._call(
+            "HealthCheck",
+            lambda: self._stub.health_check(pb.NatsHealthCheckRequest(deep_check=deep)),
+        )
 
     async def statistics(self) -> pb.GetStatisticsResponse:
-        async with translated():
-            return await self._stub.get_statistics(pb.GetStatisticsRequest(**self._ids()))
+        return await self._call(
+            "GetStatistics",
+            lambda: self._stub.get_statistics(pb.GetStatisticsRequest(**self._ids())),
+        )
 
     # ---- core messaging ------------------------------------------------------------------
 
@@ -228,8 +312,9 @@ class Client:
         reply_to: str = "",
     ) -> None:
         """Returns once the NATS server has the message (the gateway confirms it)."""
-        async with translated():
-            await self._stub.publish(
+        await self._call(
+            "Publish",
+            lambda: self._stub.publish(
                 pb.PublishRequest(
                     subject=subject,
                     data=data,
@@ -237,7 +322,8 @@ class Client:
                     reply_to=reply_to,
                     **self._ids(),
                 )
-            )
+            ),
+        )
 
     async def publish_batch(
         self, messages: Iterable[tuple[str, bytes] | tuple[str, bytes, Mapping[str, str]]]
@@ -250,10 +336,10 @@ class Client:
             pb.NatsMessage(subject=m[0], data=m[1], headers=dict(m[2]) if len(m) > 2 else {})
             for m in messages
         ]
-        async with translated():
-            answer = await self._stub.publish_batch(
-                pb.PublishBatchRequest(messages=batch, **self._ids())
-            )
+        answer = await self._call(
+            "PublishBatch",
+            lambda: self._stub.publish_batch(pb.PublishBatchRequest(messages=batch, **self._ids())),
+        )
         return BatchResult(answer.published_count, tuple(answer.errors))
 
     def subscribe(
@@ -264,21 +350,45 @@ class Client:
         Use ``async with client.subscribe(...) as sub`` to know the subscription is live before
         publishing, and to end it when the block ends. Messages already waiting on the gateway
         arrive up to ``max_batch`` per response (1: one each); the iterator yields them one by one.
+
+        If the gateway restarts, the subscription is made again (messages published meanwhile
+        are lost: core NATS keeps nothing); it ends when this client unsubscribes the subject,
+        and raises ``Unavailable`` when it cannot be made again within ``stream_retry``.
         """
+        early = self._until_unsubscribed(subject)
         if queue_group:  # NATS shares the messages among the group's subscribers
             queued = pb.QueueSubscribeRequest(
                 subject=subject, queue_group=queue_group, max_batch=max_batch, **self._ids()
             )
-            return self._stream("QueueSubscribe", queued, pb.MessageResponse, _msg, None, _batch_of)
+            return self._stream(
+                "QueueSubscribe",
+                queued,
+                pb.MessageResponse,
+                _msg,
+                None,
+                _batch_of,
+                resume=_same,
+                ended_early=early,
+            )
         request = pb.SubscribeRequest(subject=subject, max_batch=max_batch, **self._ids())
-        return self._stream("Subscribe", request, pb.MessageResponse, _msg, None, _batch_of)
+        return self._stream(
+            "Subscribe",
+            request,
+            pb.MessageResponse,
+            _msg,
+            None,
+            _batch_of,
+            resume=_same,
+            ended_early=early,
+        )
 
     async def unsubscribe(self, subject: str) -> bool:
         """End this tenant's subscriptions on ``subject`` on the gateway; False if none was open."""
-        async with translated():
-            answer = await self._stub.unsubscribe(
-                pb.UnsubscribeRequest(subject=subject, **self._ids())
-            )
+        self._unsubscribes[subject] = self._unsubscribes.get(subject, 0) + 1
+        answer = await self._call(
+            "Unsubscribe",
+            lambda: self._stub.unsubscribe(pb.UnsubscribeRequest(subject=subject, **self._ids())),
+        )
         return answer.success
 
     async def request(
@@ -290,8 +400,9 @@ class Client:
         headers: Mapping[str, str] | None = None,
     ) -> Reply:
         """Request/reply; Unavailable if nobody listens, DeadlineExceeded if no answer in time."""
-        async with translated():
-            answer = await self._stub.request(
+        answer = await self._call(
+            "Request",
+            lambda: self._stub.request(
                 pb.RequestRequest(
                     subject=subject,
                     data=data,
@@ -300,7 +411,8 @@ class Client:
                     **self._ids(),
                 ),
                 timeout=timeout + 5.0,
-            )
+            ),
+        )
         return Reply(answer.data, dict(answer.headers))
 
     # ---- JetStream streams and consumers -------------------------------------------------
@@ -317,52 +429,65 @@ class Client:
         cfg.name = name
         if subjects:
             cfg.subjects = list(subjects)
-        async with translated():
-            answer = await self._stub.create_stream(
-                pb.CreateStreamRequest(config=cfg, **self._ids())
-            )
+        answer = await self._call(
+            "CreateStream",
+            lambda: self._stub.create_stream(pb.CreateStreamRequest(config=cfg, **self._ids())),
+        )
         assert answer.stream is not None
         return answer.stream
 
     async def update_stream(self, name: str, config: StreamConfig) -> StreamInfo:
         config.name = name
-        async with translated():
-            answer = await self._stub.update_stream(
+        answer = await self._call(
+            "UpdateStream",
+            lambda: self._stub.update_stream(
                 pb.UpdateStreamRequest(stream_name=name, config=config, **self._ids())
-            )
+            ),
+        )
         assert answer.stream is not None
         return answer.stream
 
     async def delete_stream(self, name: str) -> None:
-        async with translated():
-            await self._stub.delete_stream(pb.DeleteStreamRequest(stream_name=name, **self._ids()))
+        await self._call(
+            "DeleteStream",
+            lambda: self._stub.delete_stream(
+                pb.DeleteStreamRequest(stream_name=name, **self._ids())
+            ),
+        )
 
     async def stream_info(self, name: str) -> StreamInfo:
-        async with translated():
-            answer = await self._stub.get_stream_info(
+        answer = await self._call(
+            "GetStreamInfo",
+            lambda: self._stub.get_stream_info(
                 pb.GetStreamInfoRequest(stream_name=name, **self._ids())
-            )
+            ),
+        )
         assert answer.stream is not None
         return answer.stream
 
     async def streams(self) -> list[StreamInfo]:
-        async with translated():
-            answer = await self._stub.list_streams(pb.ListStreamsRequest(**self._ids()))
+        answer = await self._call(
+            "ListStreams", lambda: self._stub.list_streams(pb.ListStreamsRequest(**self._ids()))
+        )
         return list(answer.streams)
 
     async def purge_stream(self, name: str, subject: str = "") -> int:
         """Remove messages (only those on ``subject`` if given); returns how many."""
-        async with translated():
-            answer = await self._stub.purge_stream(
+        answer = await self._call(
+            "PurgeStream",
+            lambda: self._stub.purge_stream(
                 pb.PurgeStreamRequest(stream_name=name, subject=subject, **self._ids())
-            )
+            ),
+        )
         return answer.purged_count
 
     async def stream_stats(self, name: str) -> pb.GetStreamStatsResponse:
-        async with translated():
-            return await self._stub.get_stream_stats(
+        return await self._call(
+            "GetStreamStats",
+            lambda: self._stub.get_stream_stats(
                 pb.GetStreamStatsRequest(stream_name=name, **self._ids())
-            )
+            ),
+        )
 
     async def create_consumer(
         self, stream: str, durable_name: str = "", *, config: ConsumerConfig | None = None
@@ -371,32 +496,40 @@ class Client:
         cfg = config or ConsumerConfig()
         if durable_name:
             cfg.durable_name = durable_name
-        async with translated():
-            answer = await self._stub.create_consumer(
+        answer = await self._call(
+            "CreateConsumer",
+            lambda: self._stub.create_consumer(
                 pb.CreateConsumerRequest(stream_name=stream, config=cfg, **self._ids())
-            )
+            ),
+        )
         assert answer.consumer is not None
         return answer.consumer
 
     async def delete_consumer(self, stream: str, consumer: str) -> None:
-        async with translated():
-            await self._stub.delete_consumer(
+        await self._call(
+            "DeleteConsumer",
+            lambda: self._stub.delete_consumer(
                 pb.DeleteConsumerRequest(stream_name=stream, consumer_name=consumer, **self._ids())
-            )
+            ),
+        )
 
     async def consumer_info(self, stream: str, consumer: str) -> ConsumerInfo:
-        async with translated():
-            answer = await self._stub.get_consumer_info(
+        answer = await self._call(
+            "GetConsumerInfo",
+            lambda: self._stub.get_consumer_info(
                 pb.GetConsumerInfoRequest(stream_name=stream, consumer_name=consumer, **self._ids())
-            )
+            ),
+        )
         assert answer.consumer is not None
         return answer.consumer
 
     async def consumers(self, stream: str) -> list[ConsumerInfo]:
-        async with translated():
-            answer = await self._stub.list_consumers(
+        answer = await self._call(
+            "ListConsumers",
+            lambda: self._stub.list_consumers(
                 pb.ListConsumersRequest(stream_name=stream, **self._ids())
-            )
+            ),
+        )
         return list(answer.consumers)
 
     # ---- JetStream messages --------------------------------------------------------------
@@ -414,12 +547,14 @@ class Client:
         hdrs = dict(headers or {})
         if msg_id:
             hdrs["Nats-Msg-Id"] = msg_id
-        async with translated():
-            answer = await self._stub.publish_to_stream(
+        answer = await self._call(
+            "PublishToStream",
+            lambda: self._stub.publish_to_stream(
                 pb.PublishToStreamRequest(
                     stream_name=stream, subject=subject, data=data, headers=hdrs, **self._ids()
                 )
-            )
+            ),
+        )
         return PubAck(answer.sequence, answer.duplicate, answer.timestamp)
 
     async def publish_to_stream_batch(
@@ -430,10 +565,12 @@ class Client:
             m if isinstance(m, pb.StreamMessage) else pb.StreamMessage(subject=m[0], data=m[1])
             for m in messages
         ]
-        async with translated():
-            answer = await self._stub.publish_to_stream_batch(
+        answer = await self._call(
+            "PublishToStreamBatch",
+            lambda: self._stub.publish_to_stream_batch(
                 pb.PublishToStreamBatchRequest(stream_name=stream, messages=batch, **self._ids())
-            )
+            ),
+        )
         return [PubAck(r.sequence, r.duplicate, None, r.error) for r in answer.results]
 
     async def pull(
@@ -443,8 +580,9 @@ class Client:
 
         Acknowledge them with :meth:`ack`; :meth:`consume` does that for you, batched.
         """
-        async with translated():
-            answer = await self._stub.pull_messages(
+        answer = await self._call(
+            "PullMessages",
+            lambda: self._stub.pull_messages(
                 pb.PullMessagesRequest(
                     stream_name=stream,
                     consumer_name=consumer,
@@ -453,7 +591,8 @@ class Client:
                     **self._ids(),
                 ),
                 timeout=max_wait + 10.0,
-            )
+            ),
+        )
         return [JsMsg.from_wire(m) for m in answer.messages]
 
     async def ack(
@@ -471,12 +610,14 @@ class Client:
     async def _ack_tokens(
         self, tokens: list[str], action: AckAction, delay: datetime.timedelta | None
     ) -> pb.AckMessagesResponse:
-        async with translated():
-            return await self._stub.ack_messages(
+        return await self._call(
+            "AckMessages",
+            lambda: self._stub.ack_messages(
                 pb.AckMessagesRequest(
                     ack_tokens=tokens, action=action, nak_delay=delay, **self._ids()
                 )
-            )
+            ),
+        )
 
     def consume(
         self,
@@ -496,6 +637,9 @@ class Client:
         At most ``max_messages`` (and ``max_bytes``) are outstanding; acks are batched and unsettled
         messages have their ack deadline extended for up to ``max_lease`` seconds (see
         :mod:`natsgw.client.consumer`). Waiting messages arrive up to ``max_batch`` per response.
+        When the block ends, what was delivered but not settled is nak'ed (redelivered at once).
+        If the gateway restarts, the stream is opened again (``stream_retry``); messages held
+        keep their ack tokens, which stay valid.
         """
         request = pb.ConsumeRequest(
             stream_name=stream,
@@ -521,17 +665,26 @@ class Client:
                 max_lease=max_lease,
             )
 
-        stream_call = self._stream("Consume", request, pb.ConsumeResponse, lambda r: r)
+        stream_call = self._stream(
+            "Consume",
+            request,
+            pb.ConsumeResponse,
+            lambda r: r,
+            resume=_same,
+            ended_early=lambda: True,  # a Consume stream ends only when the gateway stops
+        )
         return Consumer(stream_call, ack_wait, batcher)
 
     # ---- Key-Value -----------------------------------------------------------------------
 
     async def kv_get(self, bucket: str, key: str, *, revision: int = 0) -> KvEntry | None:
         """The key's latest value (or ``revision``); None when the key or bucket is missing."""
-        async with translated():
-            answer = await self._stub.kv_get(
+        answer = await self._call(
+            "KVGet",
+            lambda: self._stub.kv_get(
                 pb.KvGetRequest(bucket=bucket, key=key, revision=revision, **self._ids())
-            )
+            ),
+        )
         if not answer.found:
             return None
         return KvEntry(
@@ -540,56 +693,71 @@ class Client:
 
     async def kv_put(self, bucket: str, key: str, value: bytes) -> int:
         """Store ``value`` (the bucket is made on first put); returns the new revision."""
-        async with translated():
-            answer = await self._stub.kv_put(
+        answer = await self._call(
+            "KVPut",
+            lambda: self._stub.kv_put(
                 pb.KvPutRequest(bucket=bucket, key=key, value=value, **self._ids())
-            )
+            ),
+        )
         return answer.revision
 
     async def kv_create(self, bucket: str, key: str, value: bytes) -> int:
         """Put only if the key does not exist; AlreadyExists otherwise."""
-        async with translated():
-            answer = await self._stub.kv_create(
+        answer = await self._call(
+            "KVCreate",
+            lambda: self._stub.kv_create(
                 pb.KvCreateRequest(bucket=bucket, key=key, value=value, **self._ids())
-            )
+            ),
+        )
         return answer.revision
 
     async def kv_update(self, bucket: str, key: str, value: bytes, revision: int) -> int:
         """Compare-and-set: put only if the key is at ``revision``; FailedPrecondition otherwise."""
-        async with translated():
-            answer = await self._stub.kv_update(
+        answer = await self._call(
+            "KVUpdate",
+            lambda: self._stub.kv_update(
                 pb.KvUpdateRequest(
                     bucket=bucket, key=key, value=value, expected_revision=revision, **self._ids()
                 )
-            )
+            ),
+        )
         return answer.revision
 
     async def kv_delete(
         self, bucket: str, key: str, *, revision: int = 0, purge: bool = False
     ) -> None:
-        async with translated():
-            await self._stub.kv_delete(
+        await self._call(
+            "KVDelete",
+            lambda: self._stub.kv_delete(
                 pb.KvDeleteRequest(
                     bucket=bucket, key=key, expected_revision=revision, purge=purge, **self._ids()
                 )
-            )
+            ),
+        )
 
     async def kv_keys(self, bucket: str) -> list[str]:
-        async with translated():
-            answer = await self._stub.kv_keys(pb.KvKeysRequest(bucket=bucket, **self._ids()))
+        answer = await self._call(
+            "KVKeys", lambda: self._stub.kv_keys(pb.KvKeysRequest(bucket=bucket, **self._ids()))
+        )
         return list(answer.keys)
 
     async def kv_history(self, bucket: str, key: str) -> list[KvEntry]:
-        async with translated():
-            answer = await self._stub.kv_history(
+        answer = await self._call(
+            "KVHistory",
+            lambda: self._stub.kv_history(
                 pb.KvHistoryRequest(bucket=bucket, key=key, **self._ids())
-            )
+            ),
+        )
         return list(answer.entries)
 
     def kv_watch(
         self, bucket: str, key: str = "", *, from_revision: int = 0, updates_only: bool = False
     ) -> ServerStream[Any, Any, KvEntry]:
-        """``async for entry in client.kv_watch("cfg", "app.*")``: current values, then changes."""
+        """``async for entry in client.kv_watch("cfg", "app.*")``: current values, then changes.
+
+        If the gateway restarts, the watch is opened again from the revision after the last one
+        it delivered, so no change is missed or repeated (``stream_retry``).
+        """
         request = pb.KvWatchRequest(
             bucket=bucket,
             key=key,
@@ -597,7 +765,20 @@ class Client:
             updates_only=updates_only,
             **self._ids(),
         )
-        return self._stream("KVWatch", request, pb.KvEntry, lambda e: e)
+        last = [0]
+
+        def seen(entry: pb.KvEntry) -> pb.KvEntry:
+            last[0] = max(last[0], entry.revision)
+            return entry
+
+        def resume(previous: pb.KvWatchRequest) -> pb.KvWatchRequest:
+            if not last[0]:
+                return previous  # nothing delivered yet: the same start
+            return dataclasses.replace(previous, from_revision=last[0] + 1, updates_only=False)
+
+        return self._stream(
+            "KVWatch", request, pb.KvEntry, seen, resume=resume, ended_early=lambda: True
+        )
 
     async def kv_create_bucket(
         self,
@@ -607,8 +788,9 @@ class Client:
         ttl: float = 0.0,
         max_bytes: int = 0,
     ) -> KvBucketInfo:
-        async with translated():
-            answer = await self._stub.kv_create_bucket(
+        answer = await self._call(
+            "KVCreateBucket",
+            lambda: self._stub.kv_create_bucket(
                 pb.KvCreateBucketRequest(
                     bucket=bucket,
                     history=history,
@@ -616,26 +798,33 @@ class Client:
                     max_bytes=max_bytes,
                     **self._ids(),
                 )
-            )
+            ),
+        )
         assert answer.bucket is not None
         return answer.bucket
 
     async def kv_delete_bucket(self, bucket: str) -> None:
-        async with translated():
-            await self._stub.kv_delete_bucket(
+        await self._call(
+            "KVDeleteBucket",
+            lambda: self._stub.kv_delete_bucket(
                 pb.KvDeleteBucketRequest(bucket=bucket, **self._ids())
-            )
+            ),
+        )
 
     async def kv_buckets(self) -> list[KvBucketInfo]:
-        async with translated():
-            answer = await self._stub.kv_list_buckets(pb.KvListBucketsRequest(**self._ids()))
+        answer = await self._call(
+            "KVListBuckets",
+            lambda: self._stub.kv_list_buckets(pb.KvListBucketsRequest(**self._ids())),
+        )
         return list(answer.buckets)
 
     async def kv_bucket_status(self, bucket: str) -> KvBucketInfo:
-        async with translated():
-            answer = await self._stub.kv_bucket_status(
+        answer = await self._call(
+            "KVBucketStatus",
+            lambda: self._stub.kv_bucket_status(
                 pb.KvBucketStatusRequest(bucket=bucket, **self._ids())
-            )
+            ),
+        )
         assert answer.bucket is not None
         return answer.bucket
 
@@ -657,6 +846,12 @@ class Client:
         whatever the size. With ``sha256`` (64 hex digits) the gateway stores nothing unless
         the content matches (DataLoss).
         """
+        if isinstance(source, str | os.PathLike):
+            # Opened here, so a missing file is the caller's FileNotFoundError, not a failed call.
+            with open(source, "rb") as handle:  # noqa: ASYNC230 - chunks_of reads in a thread
+                return await self.put_object(
+                    bucket, name, handle, metadata=metadata, sha256=sha256, chunk_size=chunk_size
+                )
         header = pb.ObjectPutHeader(
             bucket=bucket,
             object_name=name,
@@ -717,16 +912,18 @@ class Client:
             return obj.info
 
     async def delete_object(self, bucket: str, name: str) -> None:
-        async with translated():
-            await self._stub.object_delete(
+        await self._call(
+            "ObjectDelete",
+            lambda: self._stub.object_delete(
                 pb.ObjectDeleteRequest(bucket=bucket, object_name=name, **self._ids())
-            )
+            ),
+        )
 
     async def objects(self, bucket: str) -> list[ObjectInfo]:
-        async with translated():
-            answer = await self._stub.object_list(
-                pb.ObjectListRequest(bucket=bucket, **self._ids())
-            )
+        answer = await self._call(
+            "ObjectList",
+            lambda: self._stub.object_list(pb.ObjectListRequest(bucket=bucket, **self._ids())),
+        )
         return list(answer.objects)
 
 
@@ -742,6 +939,8 @@ async def connect(
     key_file: str | os.PathLike[str] | None = None,
     timeout: float | None = 30.0,
     metadata: Mapping[str, str] | None = None,
+    retry: Retry = _retry.UNARY,
+    stream_retry: Retry = _retry.STREAM,
 ) -> Client:
     """A :class:`Client` whose gateway has answered a health check (fails fast otherwise)."""
     client = Client(
@@ -755,9 +954,15 @@ async def connect(
         key_file=key_file,
         timeout=timeout,
         metadata=metadata,
+        retry=retry,
+        stream_retry=stream_retry,
     )
-    try:
-        await client.health()
+    try:  # fails fast: no retries when nothing answers
+        await client._call(
+            "HealthCheck",
+            lambda: client.stub.health_check(pb.NatsHealthCheckRequest()),
+            retry=_retry.NEVER,
+        )
     except BaseException:
         client.close()
         raise

@@ -8,6 +8,9 @@
 - **Lease extension**: while a message is held unsettled, it is sent ``IN_PROGRESS`` every half
   ``ack_wait``, so a slow handler keeps it instead of seeing it redelivered elsewhere, up to
   ``max_lease`` after delivery (then it is left to redeliver).
+- **Release on exit**: leaving ``async with`` ends the stream, then naks every message that was
+  delivered but not settled (not yet handed out, or handed out and neither acked nor nak'ed), so
+  another consumer gets it at once instead of after ``ack_wait``.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ class AckBatcher:
         #: Settlements sent and confirmed, and lease extensions sent.
         self.settled = 0
         self.extended = 0
+        #: Unsettled messages nak'ed when the consumer stopped.
+        self.released = 0
 
     def start(self) -> None:
         self._tasks = [
@@ -91,6 +96,15 @@ class AckBatcher:
             self._wake.set()
         elif self._queued_count == 1:
             asyncio.get_running_loop().call_later(self._ack_interval, self._wake.set)
+
+    def release_held(self) -> int:
+        """Queue a NAK for every unsettled message (the consumer stops); returns how many."""
+        tokens, self._held = list(self._held), {}
+        if tokens:
+            self._queued.setdefault((AckAction.NAK, None), []).extend(tokens)
+            self._queued_count += len(tokens)
+        self.released += len(tokens)
+        return len(tokens)
 
     async def flush(self) -> None:
         """Send everything queued now."""
@@ -186,12 +200,17 @@ class Consumer:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Send queued acks, then end the stream (unsettled messages redeliver after ack_wait)."""
+        """End the stream, then send queued acks and nak what was delivered but not settled.
+
+        The stream ends first so that released messages are not delivered to it again.
+        """
         try:
-            if self._batcher is not None:
-                await self._batcher.close()
-        finally:
             await self._stream.aclose()
+        finally:
+            self._ready.clear()
+            if self._batcher is not None:
+                self._batcher.release_held()
+                await self._batcher.close()
 
     def __aiter__(self) -> Self:
         return self

@@ -6,6 +6,7 @@ Every failure the gateway reports is a gRPC status with an actionable message; c
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -59,9 +60,17 @@ class FailedPrecondition(NatsgwError):
 
 
 class Unavailable(NatsgwError):
-    """The gateway or NATS cannot serve now (no responder, disconnected, shutting down)."""
+    """The gateway or NATS cannot serve now (no responder, disconnected, shutting down).
+
+    ``sent`` is False when the request surely never left this process (the connection could
+    not be made), so even a call that is not idempotent may be repeated.
+    """
 
     status = Status.UNAVAILABLE
+
+    def __init__(self, message: str, status: Status | None = None, *, sent: bool = True) -> None:
+        super().__init__(message, status)
+        self.sent = sent
 
 
 class DeadlineExceeded(NatsgwError):
@@ -112,5 +121,7 @@ async def translated() -> AsyncIterator[None]:
         yield
     except GRPCError as exc:
         raise from_status(exc.status, exc.message) from exc
+    except (ConnectionRefusedError, socket.gaierror) as exc:  # before anything was sent
+        raise Unavailable(f"connection to the gateway failed: {exc}", sent=False) from exc
     except (StreamTerminatedError, ConnectionError, OSError) as exc:
         raise Unavailable(f"connection to the gateway failed: {exc}") from exc

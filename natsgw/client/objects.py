@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -61,13 +61,18 @@ class ObjectDownload:
             if response.chunk:
                 yield response.chunk
 
-    async def save(self, path: Path) -> None:
-        """Write to ``path`` through a temporary file, so a failed download leaves nothing half."""
+    async def save(self, path: Path, on_chunk: Callable[[int], None] | None = None) -> None:
+        """Write to ``path`` through a temporary file, so a failed download leaves nothing half.
+
+        ``on_chunk`` hears the size of each chunk written (progress bars).
+        """
         partial = path.with_name(path.name + ".part")
         handle = await asyncio.to_thread(open, partial, "wb")
         try:
             async for chunk in self:
                 await asyncio.to_thread(handle.write, chunk)
+                if on_chunk is not None:
+                    on_chunk(len(chunk))
             await asyncio.to_thread(handle.close)
             await asyncio.to_thread(os.replace, partial, path)
         except BaseException:

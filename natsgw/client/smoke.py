@@ -2,7 +2,10 @@
 
 What an operator runs after a deploy. Everything it makes is named ``smoke-<random>`` in the
 caller's namespace and removed at the end (also after a failure); the exit status is non-zero
-when any RPC failed.
+when any RPC failed. Every RPC gets its line whatever happens (no credentials, a wrong token,
+nothing listening): a failure is a ``FAIL`` line with the reason, never a traceback. The clean-up
+deletes only what this run made and has not deleted yet, so it provokes no refusals (and no
+failed audit events) on a run that went well.
 """
 
 from __future__ import annotations
@@ -10,15 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
 from natsgw._generated.isa import nats as pb
 from natsgw.client.client import Client
-from natsgw.client.errors import NatsgwError
+from natsgw.client.errors import NatsgwError, Unauthenticated, Unavailable, from_status
 
 #: Every RPC of isa.nats.NATSService; the run fails if one of them was not exercised.
 ALL_RPCS = (
@@ -42,65 +49,120 @@ def expect(condition: bool, what: str) -> None:
         raise SmokeFailure(what)
 
 
+#: What the run made and has not deleted yet; the clean-up removes exactly these.
+Made = dict[str, Callable[[], Awaitable[Any]]]
+
+
 @dataclass
 class Report:
+    """Prints one line (or one JSON object) per RPC; an RPC's block never raises out of it."""
+
     out: TextIO
+    as_json: bool = False
+    timeout: float = 10.0
     results: dict[str, tuple[bool, str]] = field(default_factory=dict)
+    #: The first failure's error, for the summary's hint (credentials, reachability).
+    first_error: NatsgwError | None = None
 
     @contextlib.asynccontextmanager
     async def rpc(self, name: str) -> AsyncIterator[list[str]]:
-        """Time one RPC; the block may append a detail. Failures are reported, not raised."""
+        """Time one RPC (bounded by ``timeout``); the block may append a detail.
+
+        Failures of any kind are reported, not raised: a smoke run must finish its list.
+        """
         detail: list[str] = []
         started = time.perf_counter()
         try:
-            yield detail
-        except (NatsgwError, SmokeFailure, TimeoutError) as exc:
-            reason = str(exc) or type(exc).__name__
-            self.line(name, False, f"{(time.perf_counter() - started) * 1000:7.1f} ms  {reason}")
-            return
-        self.line(
-            name, True, f"{(time.perf_counter() - started) * 1000:7.1f} ms  {' '.join(detail)}"
-        )
+            async with asyncio.timeout(self.timeout):
+                yield detail
+        except TimeoutError:
+            self._failed(name, started, f"no answer within {self.timeout:g} s")
+        except GRPCError as exc:  # a call made through the raw stub
+            self._failed(name, started, from_status(exc.status, exc.message))
+        except (NatsgwError, SmokeFailure) as exc:
+            self._failed(name, started, exc)
+        except Exception as exc:  # a smoke run reports whatever broke
+            self._failed(name, started, f"{type(exc).__name__}: {exc}")
+        else:
+            self.line(name, True, (time.perf_counter() - started) * 1000, " ".join(detail))
 
-    def line(self, name: str, ok: bool, text: str) -> None:
+    def _failed(self, name: str, started: float, error: object) -> None:
+        if isinstance(error, NatsgwError) and self.first_error is None:
+            self.first_error = error
+        reason = str(error) or type(error).__name__
+        self.line(name, False, (time.perf_counter() - started) * 1000, reason)
+
+    def line(self, name: str, ok: bool, ms: float | None, text: str) -> None:
+        if name in self.results:
+            return  # one line per RPC
         self.results[name] = (ok, text)
-        print(f"{'ok  ' if ok else 'FAIL'}  {name:<22}{text}".rstrip(), file=self.out, flush=True)
+        if self.as_json:
+            record: dict[str, Any] = {"rpc": name, "ok": ok, "detail" if ok else "error": text}
+            if ms is not None:
+                record["ms"] = round(ms, 1)
+            print(json.dumps(record, sort_keys=True), file=self.out, flush=True)
+            return
+        took = f"{ms:7.1f} ms  " if ms is not None else ""
+        mark = "ok  " if ok else "FAIL"
+        print(f"{mark}  {name:<22}{took}{text}".rstrip(), file=self.out, flush=True)
 
     @property
     def passed(self) -> bool:
         return all(ok for ok, _ in self.results.values()) and set(self.results) >= set(ALL_RPCS)
+
+    def hint(self) -> str:
+        """What to do about the first failure, when it is about credentials or reachability."""
+        error = self.first_error
+        if isinstance(error, Unauthenticated) or (
+            error is not None and error.status is Status.PERMISSION_DENIED
+        ):
+            return (
+                "check the credentials: --token-file PATH (or NATSGW_TOKEN_FILE), NATSGW_TOKEN, "
+                "or --user-id in trusted mode"
+            )
+        if isinstance(error, Unavailable):
+            return "is the gateway running at --target (NATSGW_TARGET)?"
+        return ""
 
 
 async def _read(stream: Any, timeout: float = 5.0) -> Any:
     return await asyncio.wait_for(anext(stream), timeout)
 
 
-async def run(client: Client, out: TextIO, *, timeout: float = 10.0) -> bool:
-    """Exercise every RPC; True when all of them did what they should."""
-    report = Report(out)
+async def run(
+    client: Client, out: TextIO, *, timeout: float = 10.0, as_json: bool = False
+) -> Report:
+    """Exercise every RPC (each bounded by ``timeout``); ``report.passed`` says if all did well."""
+    report = Report(out, as_json, timeout)
     tag = f"smoke-{uuid.uuid4().hex[:8]}"
-    stream, bucket = tag, tag
+    made: Made = {}
+    reachable = True
     try:
-        await asyncio.wait_for(_core(client, report, tag), 6 * timeout)
-        await asyncio.wait_for(_jetstream(client, report, stream), 10 * timeout)
-        await asyncio.wait_for(_kv(client, report, bucket), 6 * timeout)
-        await asyncio.wait_for(_objects(client, report, tag), 6 * timeout)
-        async with report.rpc("GetStatistics") as d:
-            stats = await client.statistics()
-            d.append(f"streams={stats.total_streams} connections={stats.connections}")
+        async with report.rpc("HealthCheck") as d:
+            health = await client.health(deep=True)
+            expect(health.healthy, f"unhealthy: {health.nats_status} {health.message}")
+            d.append(f"{health.nats_status} jetstream={health.jetstream_enabled}")
+        # Nothing listening: 43 more connection errors would say nothing new.
+        reachable = not isinstance(report.first_error, Unavailable)
+        if reachable:
+            for phase in (_core, _jetstream, _kv, _objects):
+                try:
+                    await phase(client, report, tag, made)
+                except Exception as exc:  # outside an RPC's block: go on
+                    report.first_error = report.first_error or NatsgwError(str(exc))
+            async with report.rpc("GetStatistics") as d:
+                stats = await client.statistics()
+                d.append(f"streams={stats.total_streams} connections={stats.connections}")
     finally:
-        await _clean_up(client, stream, bucket, tag)
-    missing = [name for name in ALL_RPCS if name not in report.results]
-    for name in missing:
-        report.line(name, False, "not reached")
-    return report.passed
+        await _clean_up(made)
+    why = "not run: the gateway did not answer HealthCheck" if not reachable else "not reached"
+    for name in ALL_RPCS:
+        if name not in report.results:
+            report.line(name, False, None, why)
+    return report
 
 
-async def _core(client: Client, report: Report, tag: str) -> None:
-    async with report.rpc("HealthCheck") as d:
-        health = await client.health(deep=True)
-        expect(health.healthy, f"unhealthy: {health.nats_status} {health.message}")
-        d.append(f"{health.nats_status} jetstream={health.jetstream_enabled}")
+async def _core(client: Client, report: Report, tag: str, made: Made) -> None:
     subject = f"{tag}.core"
     sub = client.subscribe(f"{tag}.*")
     queue = client.subscribe(f"{tag}.*", queue_group="smoke")
@@ -143,13 +205,14 @@ async def _core(client: Client, report: Report, tag: str) -> None:
         await queue.aclose()
 
 
-async def _jetstream(client: Client, report: Report, stream: str) -> None:
+async def _jetstream(client: Client, report: Report, stream: str, made: Made) -> None:
     ids = client.identity()
     stub = client.stub
     async with report.rpc("CreateStream"):
         await client.create_stream(
             stream, [f"{stream}.>"], config=pb.StreamConfig(storage=pb.StorageType.STORAGE_MEMORY)
         )
+        made["stream"] = lambda: client.delete_stream(stream)
     async with report.rpc("UpdateStream"):
         info = await client.update_stream(
             stream,
@@ -185,10 +248,10 @@ async def _jetstream(client: Client, report: Report, stream: str) -> None:
         pulled = await client.pull(stream, "smoke", 2, max_wait=5)
         expect([m.sequence for m in pulled] == [1, 2], f"pulled {[m.sequence for m in pulled]}")
     async with report.rpc("AckMessage"):
-        expect(len(pulled) == 2, "nothing pulled")
+        expect(len(pulled) == 2, "not run: PullMessages did not deliver")
         await stub.ack_message(pb.AckMessageRequest(ack_token=pulled[0].ack_token, **ids))
     async with report.rpc("NakMessage"):
-        expect(len(pulled) == 2, "nothing pulled")
+        expect(len(pulled) == 2, "not run: PullMessages did not deliver")
         await stub.nak_message(pb.NakMessageRequest(ack_token=pulled[1].ack_token, **ids))
     tokens: list[str] = []
     async with report.rpc("Consume") as d:
@@ -215,11 +278,13 @@ async def _jetstream(client: Client, report: Report, stream: str) -> None:
         await client.delete_consumer(stream, "smoke")
     async with report.rpc("DeleteStream"):
         await client.delete_stream(stream)
+        made.pop("stream", None)
 
 
-async def _kv(client: Client, report: Report, bucket: str) -> None:
+async def _kv(client: Client, report: Report, bucket: str, made: Made) -> None:
     async with report.rpc("KVCreateBucket"):
         await client.kv_create_bucket(bucket, history=5)
+        made["bucket"] = lambda: client.kv_delete_bucket(bucket)
     revision = 0
     async with report.rpc("KVPut"):
         revision = await client.kv_put(bucket, "k", b"v1")
@@ -246,13 +311,14 @@ async def _kv(client: Client, report: Report, bucket: str) -> None:
         await client.kv_delete(bucket, "k", revision=revision)
     async with report.rpc("KVDeleteBucket"):
         await client.kv_delete_bucket(bucket)
+        made.pop("bucket", None)
 
 
 #: The API has no call that deletes an object bucket, so every run uses this one (left empty).
 OBJECT_BUCKET = "natsgw-smoke"
 
 
-async def _objects(client: Client, report: Report, tag: str) -> None:
+async def _objects(client: Client, report: Report, tag: str, made: Made) -> None:
     ids = client.identity()
     bucket, unary, streamed = OBJECT_BUCKET, f"{tag}-unary", f"{tag}-streamed"
     content = b"natsgw smoke " * 20_000  # 260 kB: more than one chunk
@@ -260,6 +326,7 @@ async def _objects(client: Client, report: Report, tag: str) -> None:
         await client.stub.object_put(
             pb.ObjectPutRequest(bucket=bucket, object_name=unary, data=b"small", **ids)
         )
+        made[unary] = lambda: client.delete_object(bucket, unary)
     async with report.rpc("ObjectGet"):
         got = await client.stub.object_get(
             pb.ObjectGetRequest(bucket=bucket, object_name=unary, **ids)
@@ -267,6 +334,7 @@ async def _objects(client: Client, report: Report, tag: str) -> None:
         expect(got.found and got.data == b"small", "ObjectGet content")
     async with report.rpc("ObjectPutStream"):
         sha = hashlib.sha256(content).hexdigest()
+        made[streamed] = lambda: client.delete_object(bucket, streamed)  # even if half-stored
         await client.put_object(bucket, streamed, content, sha256=sha, chunk_size=64 * 1024)
     async with report.rpc("ObjectGetStream"):
         expect(await client.get_object_bytes(bucket, streamed) == content, "content differs")
@@ -274,18 +342,13 @@ async def _objects(client: Client, report: Report, tag: str) -> None:
         names = {o.name for o in await client.objects(bucket)}
         expect({unary, streamed} <= names, f"listed {sorted(names)}")
     async with report.rpc("ObjectDelete"):
-        await client.delete_object(bucket, unary)
-        await client.delete_object(bucket, streamed)
+        for name in (unary, streamed):
+            made.pop(name, None)
+            await client.delete_object(bucket, name)
 
 
-async def _clean_up(client: Client, stream: str, bucket: str, tag: str) -> None:
-    """Best effort: whatever a failed step left behind."""
-    attempts: list[Callable[[], Any]] = [
-        lambda: client.delete_stream(stream),
-        lambda: client.kv_delete_bucket(bucket),
-        lambda: client.delete_object(OBJECT_BUCKET, f"{tag}-unary"),
-        lambda: client.delete_object(OBJECT_BUCKET, f"{tag}-streamed"),
-    ]
-    for attempt in attempts:
-        with contextlib.suppress(NatsgwError, TimeoutError):
-            await asyncio.wait_for(attempt(), 5)
+async def _clean_up(made: Made) -> None:
+    """Best effort: delete what a failed step left behind (only what this run made)."""
+    for delete in made.values():
+        with contextlib.suppress(NatsgwError, GRPCError, TimeoutError, OSError):
+            await asyncio.wait_for(delete(), 5)

@@ -201,6 +201,7 @@ class KeyValueService:
         registry.add(ns.key, registry_key, stop)
         stopped = asyncio.ensure_future(stop.get())
         last = from_revision - 1 if from_revision else 0
+        following: asyncio.Future[KVEntry] | None = None
         try:
             await call.ready()
             while True:
@@ -219,6 +220,11 @@ class KeyValueService:
         finally:
             registry.remove(ns.key, registry_key, stop)
             stopped.cancel()
+            if following is not None and not following.done():
+                # The call ended (client cancelled) while waiting: the read must end with it,
+                # not live on as an orphan task that fails later with nobody to retrieve it.
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
             await watch.close()
 
     async def kv_create_bucket(
