@@ -48,12 +48,12 @@ def containing_file(pool: Any, symbol: str) -> FileDescriptor | None:
     except KeyError:
         pass
     else:
-        return service.file if leaf in service.methods_by_name else None  # type: ignore[no-any-return]
+        return service.file if leaf in service.methods_by_name else None
     try:
         enum = pool.FindEnumTypeByName(parent)
     except KeyError:
         return None
-    return enum.file if leaf in enum.values_by_name else None  # type: ignore[no-any-return]
+    return enum.file if leaf in enum.values_by_name else None
 
 
 @functools.cache
