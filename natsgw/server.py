@@ -406,11 +406,12 @@ def _loki_shipper(settings: Settings) -> LokiShipper | None:
 
 
 def _announce_auth(settings: Settings) -> None:
-    """Say at start-up how callers are identified, loudly when that is on trust."""
+    """Say at start-up how callers are identified; a warning only when trust reaches further
+    than this machine (trusted on loopback is the default start: info, not a warning each time)."""
     if settings.auth_mode is not AuthMode.TRUSTED:
         log.info("auth_mode", mode=settings.auth_mode.value)
     elif is_loopback(settings.grpc_host):
-        log.warning(
+        log.info(
             "auth_mode_trusted",
             detail="callers are identified by the user_id they send, unverified; listening on "
             "loopback only. Use NATSGW_AUTH_MODE=token or jwt for anything else",
