@@ -66,6 +66,7 @@ def _die_with_parent() -> None:
 #: A nats-server warning about a setting natsgw chose (NATSGW_MAX_MESSAGE_SIZE): logged at info.
 _OWN_CHOICE = "Maximum payloads over"
 
+
 class EmbeddedServerError(RuntimeError):
     """nats-server could not be found, did not come up, or could not be kept up; says why."""
 
