@@ -102,7 +102,7 @@ class Gateway:
         self.monitor: NatsMonitor | None = None
         self.subscriptions = MeteredSubscriptionRegistry(self.settings.quota_streaming_calls)
         self.fanout: FanOut | None = None
-        self.metrics = Metrics()
+        self.metrics = Metrics(self.settings)
         self.audit = AuditLog(_loki_shipper(self.settings))
         self.quota_policy = QuotaPolicy.from_settings(self.settings)
         self.quotas: QuotaEnforcer | None = None
@@ -216,6 +216,7 @@ class Gateway:
             self.fanout,
             self.monitor,
             self.authenticator,
+            tenants=self.metrics.tenants,
         )
         gateway = NATSGateway(services, self.pipeline)
         adapter = self.adapter
