@@ -44,6 +44,7 @@ from natsgw.ops.metrics import MeteredSubscriptionRegistry, Metrics
 from natsgw.ops.monitoring import NatsMonitor
 from natsgw.ops.secrets import mask_url
 from natsgw.ops.sockets import bind_tcp, bound_port
+from natsgw.ops.status import StatusPage
 from natsgw.ops.tls import server_context
 from natsgw.pipeline.chain import InFlight, Pipeline
 from natsgw.pipeline.quotas import QuotaEnforcer, QuotaPolicy
@@ -247,11 +248,25 @@ class Gateway:
             raise
         self.metrics.bind(self.adapter, self.subscriptions, self.audit, self.fanout)
         if settings.http_port is not None:
+            status = StatusPage(
+                self.metrics,
+                self.adapter,
+                self.subscriptions,
+                self.fanout,
+                jetstream=settings.jetstream_enabled,
+                about={
+                    "service": settings.service_name,
+                    "grpc_port": self.port,
+                    "auth_mode": settings.auth_mode.value,
+                    "embedded_nats": settings.embedded,
+                },
+            )
             self.http = HttpSide(
                 self.metrics,
                 self.adapter,
                 jetstream=settings.jetstream_enabled,
                 failure=lambda: self.failure,
+                status=status,
             )
             http_host = settings.http_host or settings.grpc_host
             try:

@@ -148,6 +148,7 @@ class TenantMeter:
         top: int = 10,
         listed: Collection[str] = (),
         names: bool = False,
+        pseudonym_key: bytes = b"",
     ) -> None:
         self.capacity = max(1, capacity)
         self.top = top
@@ -156,15 +157,24 @@ class TenantMeter:
         self._entries: OrderedDict[str, TenantTraffic] = OrderedDict()
         #: Totals of tenants dropped from the table (still in ``other``, counters never go down).
         self.evicted = TenantTraffic("other")
-        self._key = os.urandom(16)
+        self._key = pseudonym_key or os.urandom(16)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TenantMeter:
+        """Pseudonyms are keyed by NATSGW_ACK_TOKEN_SECRET when set (the same on every worker
+        and replica, and across restarts), else by a random key of this process."""
+        secret = settings.ack_token_secret
+        key = (
+            hashlib.blake2b(secret.encode(), person=b"natsgw-tenants", digest_size=32).digest()
+            if secret
+            else b""
+        )
         return cls(
             capacity=settings.tenant_stats_max,
             top=settings.metrics_tenants_top,
             listed=settings.metrics_tenants,
             names=settings.status_tenant_names,
+            pseudonym_key=key,
         )
 
     def entry(self, ns: Namespace) -> TenantTraffic:
@@ -494,6 +504,12 @@ class Metrics:
         counters[0] += 1
         if error:
             counters[1] += 1
+
+    def calls(self) -> tuple[int, int]:
+        """(calls ended, calls open) over every RPC, for the status page."""
+        ended = sum(entry[0] for entry in self._rpcs.per_status.values())
+        open_calls = sum(entry[0] for entry in self._rpcs.per_rpc.values())
+        return ended, open_calls
 
     def tenant_ended(self, ns: Namespace, rpc: str, request: Any, ok: bool, failed: bool) -> None:
         """One of the tenant's calls is over (every call: one lookup, a few additions)."""
