@@ -11,16 +11,19 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import nats
 import pytest
 from grpclib.client import Channel
 from prometheus_client.parser import text_string_to_metric_families
 
 from natsgw._generated.isa import nats as pb
 from natsgw.server import Gateway
+from natsgw.tenancy import Namespace, Tenant
 from tests.conftest import GatewayFactory, tenant
 from tests.integration._jetstream import make_consumer, make_stream, publish
 
@@ -189,3 +192,63 @@ async def test_the_page_shows_tenant_rows_in_a_real_browser(
     assert '<tr class="other" data-tenant="other">' in page
     assert "<dt>connected</dt><dd>true</dd>" in page
     assert 'id="updated">as of ' in page
+
+
+_STALLED = Path(__file__).with_name("_stalled_client.py")
+
+
+async def test_a_slow_readers_drops_and_open_streams_are_its_tenants(
+    make_gateway: GatewayFactory, nc: nats.NATS
+) -> None:
+    """A reader that never reads: its stream's drops show on its tenant's row, and stay there
+    after the stream ended; its open stream shows while it is open."""
+    reader, neighbour = tenant("reader"), tenant("neighbour")
+    gw = await make_gateway(
+        http_port=0, status_tenant_names=True, subscription_buffer_msgs=8, max_message_size=65536
+    )
+
+    async def row_of(user: str) -> dict[str, Any]:
+        rows = {row["tenant"]: row for row in (await _status(gw))["tenants"]}
+        found: dict[str, Any] = rows[f"user:{user}"]
+        return found
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(_STALLED),
+        str(gw.port),
+        "Subscribe",
+        reader,
+        "slow",
+        "1",
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        assert (await asyncio.wait_for(proc.stdout.readline(), 20)).strip() == b"ready"
+        channel = Channel("127.0.0.1", gw.port)
+        try:
+            await _calls(pb.NatsServiceStub(channel), neighbour, 1)
+        finally:
+            channel.close()
+        subject = Namespace(Tenant.user(reader)).subject("slow")
+        for _ in range(400):  # far more than its HTTP/2 window and 8 buffered messages
+            await nc.publish(subject, b"d" * 32768)
+        await nc.flush()
+
+        deadline = asyncio.get_running_loop().time() + 10
+        while (await row_of(reader))["dropped"] == 0:
+            assert asyncio.get_running_loop().time() < deadline, "no drops counted"
+            await asyncio.sleep(0.05)
+        open_row = await row_of(reader)
+        assert open_row["open_streams"] == 1
+        assert (await row_of(neighbour))["dropped"] == 0
+    finally:
+        proc.kill()
+        await proc.wait()
+    deadline = asyncio.get_running_loop().time() + 10
+    while (closed := await row_of(reader))["open_streams"] != 0:
+        assert asyncio.get_running_loop().time() < deadline, "the stream did not end"
+        await asyncio.sleep(0.05)
+    assert closed["dropped"] >= open_row["dropped"]  # a closed stream's drops stay counted
+    status = await _status(gw)
+    assert status["nats"]["slow_consumer_drops"] >= closed["dropped"]
