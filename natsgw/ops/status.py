@@ -17,9 +17,9 @@ The side port has no authentication, so tenant names appear only with
 pseudonym ``t-<hex>``, and no stream, subject or consumer name appears at all.
 
 Serving it costs NATS little whoever polls it: the JetStream figures are read at most every
-:data:`_JETSTREAM_TTL` seconds (one stream listing plus at most :data:`_MAX_CONSUMER_LISTS`
-consumer listings), one read at a time; rates come from samples kept here, so a page refresh
-does no work on the call path.
+:data:`_JETSTREAM_TTL` seconds (one stream listing per shown tenant plus at most
+:data:`_MAX_CONSUMER_LISTS` consumer listings), one read at a time; rates come from samples
+kept here, so a page refresh does no work on the call path.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from natsgw.adapter.types import StreamDetails
 from natsgw.errors import GatewayError
 from natsgw.ops.metrics import MeteredSubscriptionRegistry, Metrics, TenantRow, tenant_rows
 from natsgw.service.fanout import FanOut
+from natsgw.service.jetstream import own_streams
 
 log = structlog.get_logger("natsgw.ops.status")
 
@@ -239,21 +240,20 @@ class StatusPage:
         return self._stored
 
     async def _read(self, rows: list[TenantRow]) -> tuple[dict[str, _StoredFigures], str]:
-        """One stream listing, and the consumers of (at most 50 of) the shown tenants' streams
-        that have any; with a note when some were left out."""
+        """Each shown tenant's streams (one listing each, as ListStreams reads them), and the
+        consumers of at most :data:`_MAX_CONSUMER_LISTS` of those streams that have any; with a
+        note when some were left out."""
         assert self.jetstream is not None
         js = self.jetstream
+        shown = [row.traffic for row in rows if row.traffic.ns is not None]
+        listings = await asyncio.gather(
+            *(own_streams(js, traffic.ns) for traffic in shown if traffic.ns is not None)
+        )
         found: dict[str, _StoredFigures] = {}
         owned: list[tuple[_StoredFigures, StreamDetails]] = []
-        streams = await js.list_streams()
-        for row in rows:
-            ns = row.traffic.ns
-            if ns is None:
-                continue
-            figures = found[row.traffic.label] = _StoredFigures()
+        for traffic, streams in zip(shown, listings, strict=True):
+            figures = found[traffic.label] = _StoredFigures()
             for details in streams:
-                if ns.from_name(details.spec.name) is None:
-                    continue  # another tenant's, or a Key-Value / Object bucket
                 state = details.state
                 figures.streams += 1
                 figures.messages += state.messages
@@ -261,11 +261,11 @@ class StatusPage:
                 figures.consumers += state.consumer_count
                 if state.consumer_count:
                     owned.append((figures, details))
-        partial = len(owned) > _MAX_CONSUMER_LISTS
         for figures, details in owned[:_MAX_CONSUMER_LISTS]:
             for consumer in await js.list_consumers(details.spec.name):
                 figures.pending += consumer.state.num_pending
                 figures.ack_pending += consumer.state.num_ack_pending
+        partial = len(owned) > _MAX_CONSUMER_LISTS
         return found, "consumer lag of some streams left out" if partial else ""
 
 

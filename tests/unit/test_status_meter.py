@@ -54,7 +54,7 @@ def test_the_settings() -> None:
     )
     assert s.metrics_tenants == ("user:a", "organization:acme")
     assert (s.metrics_tenants_top, s.status_tenant_names, s.tenant_stats_max) == (3, True, 500)
-    with pytest.raises(ConfigError, match="NATSGW_METRICS_TENANTS=.*user:ID or organization:ID"):
+    with pytest.raises(ConfigError, match=r"NATSGW_METRICS_TENANTS=.*user:ID or organization:ID"):
         Settings.from_env({"NATSGW_METRICS_TENANTS": "alice"})
     with pytest.raises(ConfigError, match="NATSGW_METRICS_TENANTS_TOP"):
         Settings.from_env({"NATSGW_METRICS_TENANTS_TOP": "5000"})
