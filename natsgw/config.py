@@ -173,6 +173,17 @@ class Settings:
     #: Streams opened with a token or JWT re-verify it this often (and at a JWT's expiry);
     #: the tokens file is re-read on the same rhythm (natsgw.auth.expiry).
     auth_recheck_interval: float = 5.0
+    # -- operators (issue #20: per-tenant metrics and the /status page) --------------------------
+    #: Tenants always shown by name in natsgw_tenant_* metrics and on /status (``user:ID``,
+    #: ``organization:ID``, as in the quotas file).
+    metrics_tenants: tuple[str, ...] = ()
+    #: How many of the busiest other tenants are shown; the rest are summed as ``other``.
+    metrics_tenants_top: int = 10
+    #: Show tenant names on the side port (it has no authentication); otherwise pseudonyms.
+    status_tenant_names: bool = False
+    #: Tenants whose counters are kept; beyond it the least recently active are folded into
+    #: ``other`` (their GetStatistics traffic figures start again from zero).
+    tenant_stats_max: int = 10_000
 
     def __repr__(self) -> str:
         """Masked like ``check-config``: a Settings printed by accident shows no secret."""
@@ -284,6 +295,11 @@ class Settings:
             max_headers=e.get("NATSGW_MAX_HEADERS", _positive, 256),
             max_list_items=e.get("NATSGW_MAX_LIST_ITEMS", _positive, 1024),
             auth_recheck_interval=e.get("NATSGW_AUTH_RECHECK_INTERVAL", _seconds, 5.0),
+            # -- operators (issue #20) --
+            metrics_tenants=e.get("NATSGW_METRICS_TENANTS", _tenant_labels, ()),
+            metrics_tenants_top=e.get("NATSGW_METRICS_TENANTS_TOP", _tenants_top, 10),
+            status_tenant_names=e.get("NATSGW_STATUS_TENANT_NAMES", _bool, False),
+            tenant_stats_max=e.get("NATSGW_TENANT_STATS_MAX", _tenant_stats_max, 10_000),
         ).validated()
 
     def validated(self) -> Settings:
@@ -328,6 +344,17 @@ class Settings:
                 "NATSGW_AUTH_MODE=token or jwt, or set NATSGW_TRUSTED_ALLOW_REMOTE=true to "
                 "accept that any client reaching the port can act as any user"
             )
+        # -- operators (issue #20) --
+        for label in self.metrics_tenants:
+            if not _TENANT_LABEL.fullmatch(label):
+                raise ConfigError(
+                    f"NATSGW_METRICS_TENANTS: {mask_text(label)[:40]!r} is not user:ID or "
+                    "organization:ID"
+                )
+        if not 0 <= self.metrics_tenants_top <= 1000:
+            raise ConfigError("NATSGW_METRICS_TENANTS_TOP must be from 0 to 1000")
+        if self.tenant_stats_max < 1:
+            raise ConfigError("NATSGW_TENANT_STATS_MAX must be at least 1")
         return self
 
 
@@ -587,3 +614,26 @@ def _log_format(raw: str) -> str:
     if fmt not in ("auto", "json", "console"):
         raise ValueError("expected auto (console on a terminal, else json), json or console")
     return fmt
+
+
+# -- operators (issue #20) ------------------------------------------------------------------------
+
+_TENANT_LABEL = re.compile(r"(user|organization):\S{1,256}")
+
+
+def _tenant_labels(raw: str) -> tuple[str, ...]:
+    labels = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for label in labels:
+        if not _TENANT_LABEL.fullmatch(label):
+            raise ValueError(
+                f"{label[:40]!r} is not user:ID or organization:ID (comma-separated list)"
+            )
+    return labels
+
+
+def _tenants_top(raw: str) -> int:
+    return _int(raw, 0, 1000)
+
+
+def _tenant_stats_max(raw: str) -> int:
+    return _int(raw, 1, 10_000_000)

@@ -44,6 +44,7 @@ from natsgw.ops.metrics import MeteredSubscriptionRegistry, Metrics
 from natsgw.ops.monitoring import NatsMonitor
 from natsgw.ops.secrets import mask_url
 from natsgw.ops.sockets import bind_tcp, bound_port
+from natsgw.ops.status import StatusPage
 from natsgw.ops.tls import server_context
 from natsgw.pipeline.chain import InFlight, Pipeline
 from natsgw.pipeline.quotas import QuotaEnforcer, QuotaPolicy
@@ -102,7 +103,7 @@ class Gateway:
         self.monitor: NatsMonitor | None = None
         self.subscriptions = MeteredSubscriptionRegistry(self.settings.quota_streaming_calls)
         self.fanout: FanOut | None = None
-        self.metrics = Metrics()
+        self.metrics = Metrics(self.settings)
         self.audit = AuditLog(_loki_shipper(self.settings))
         self.quota_policy = QuotaPolicy.from_settings(self.settings)
         self.quotas: QuotaEnforcer | None = None
@@ -216,6 +217,7 @@ class Gateway:
             self.fanout,
             self.monitor,
             self.authenticator,
+            tenants=self.metrics.tenants,
         )
         gateway = NATSGateway(services, self.pipeline)
         adapter = self.adapter
@@ -246,11 +248,25 @@ class Gateway:
             raise
         self.metrics.bind(self.adapter, self.subscriptions, self.audit, self.fanout)
         if settings.http_port is not None:
+            status = StatusPage(
+                self.metrics,
+                self.adapter,
+                self.subscriptions,
+                self.fanout,
+                jetstream=settings.jetstream_enabled,
+                about={
+                    "service": settings.service_name,
+                    "grpc_port": self.port,
+                    "auth_mode": settings.auth_mode.value,
+                    "embedded_nats": settings.embedded,
+                },
+            )
             self.http = HttpSide(
                 self.metrics,
                 self.adapter,
                 jetstream=settings.jetstream_enabled,
                 failure=lambda: self.failure,
+                status=status,
             )
             http_host = settings.http_host or settings.grpc_host
             try:
@@ -406,11 +422,12 @@ def _loki_shipper(settings: Settings) -> LokiShipper | None:
 
 
 def _announce_auth(settings: Settings) -> None:
-    """Say at start-up how callers are identified, loudly when that is on trust."""
+    """Say at start-up how callers are identified; a warning only when trust reaches further
+    than this machine (trusted on loopback is the default start: info, not a warning each time)."""
     if settings.auth_mode is not AuthMode.TRUSTED:
         log.info("auth_mode", mode=settings.auth_mode.value)
     elif is_loopback(settings.grpc_host):
-        log.warning(
+        log.info(
             "auth_mode_trusted",
             detail="callers are identified by the user_id they send, unverified; listening on "
             "loopback only. Use NATSGW_AUTH_MODE=token or jwt for anything else",

@@ -182,10 +182,6 @@ class _Confirmer:
                 future.set_exception(Unavailable("the gateway is shutting down"))
 
 
-async def _on_deliveries_disconnected() -> None:
-    log.warning("nats_disconnected", connection="deliveries")
-
-
 async def _on_deliveries_reconnected() -> None:
     log.info("nats_reconnected", connection="deliveries")
 
@@ -278,7 +274,7 @@ class NatsAdapter:
         self._deliveries = await self._connect_until_up(
             name=f"{self._options['name']}:deliveries",
             error_cb=self._on_delivery_error,
-            disconnected_cb=_on_deliveries_disconnected,
+            disconnected_cb=self._on_deliveries_disconnected,
             reconnected_cb=_on_deliveries_reconnected,
         )
 
@@ -339,6 +335,10 @@ class NatsAdapter:
                 callback()
             return
         log.warning("nats_error", connection="deliveries", error=str(exc) or type(exc).__name__)
+
+    async def _on_deliveries_disconnected(self) -> None:
+        if self._deliveries is not None:  # None: our own close(), not news
+            log.warning("nats_disconnected", connection="deliveries")
 
     async def _on_disconnected(self) -> None:
         if self._status == "CONNECTED":

@@ -9,7 +9,8 @@ Everything it writes lives in the data directory: ``nats-server.conf``, ``nats-s
 output, appended across restarts, written by the server itself so natsgw never blocks it) and
 the JetStream store. Warnings and errors nats-server prints
 are also logged through natsgw's own logging (``nats_server_log``), so an operator reading
-natsgw's log sees, e.g., "Maximum payloads over 8.00 MB are generally discouraged".
+natsgw's log sees, e.g., a JetStream store running out of space (its warning about the
+max_payload natsgw chose itself is logged at info).
 
 With ``supervise=True`` an unexpected exit is logged with its status and the tail of the server's
 output, and the server is restarted with backoff on the same store and ports. More than
@@ -60,6 +61,10 @@ def _die_with_parent() -> None:
         return
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+#: A nats-server warning about a setting natsgw chose (NATSGW_MAX_MESSAGE_SIZE): logged at info.
+_OWN_CHOICE = "Maximum payloads over"
 
 
 class EmbeddedServerError(RuntimeError):
@@ -290,6 +295,8 @@ class EmbeddedNatsServer:
         self._tail.append(text)
         if "[WRN]" in text or "[ERR]" in text or "[FTL]" in text:
             level = "warning" if "[WRN]" in text else "error"
+            if _OWN_CHOICE in text:  # natsgw set that max_payload itself: not news every start
+                level = "info"
             message = text.split("] ", 2)[-1] if "] " in text else text
             getattr(log, level)("nats_server_log", line=message, pid=pid)
 

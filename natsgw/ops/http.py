@@ -4,7 +4,12 @@
   recover (its embedded nats-server failed too often), so an orchestrator replaces it;
 - ``/readyz``: 200 when NATS is connected and, with JetStream enabled, JetStream answers an
   account-info request within 2 s; 503 with the reason otherwise (readiness);
-- ``/metrics``: Prometheus text exposition of :class:`natsgw.ops.metrics.Metrics`.
+- ``/metrics``: Prometheus text exposition of :class:`natsgw.ops.metrics.Metrics`;
+- ``/status`` (HTML) and ``/status.json``: the operators' read-only status page
+  (:mod:`natsgw.ops.status`).
+
+Everything here is read-only (GET and HEAD; other methods answer 405) and unauthenticated: bind
+it (NATSGW_HTTP_HOST) where only operators and their scrapers reach it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from natsgw.adapter import NatsAdapter
 from natsgw.errors import GatewayError
 from natsgw.ops.metrics import Metrics
 from natsgw.ops.sockets import bind_tcp, bound_port
+from natsgw.ops.status import StatusPage
 
 _READY_TIMEOUT = 2.0
 
@@ -30,8 +36,10 @@ class HttpSide:
         *,
         jetstream: bool,
         failure: Callable[[], str] = lambda: "",
+        status: StatusPage | None = None,
     ) -> None:
         self.metrics = metrics
+        self.status = status
         self.failure = failure
         self.adapter = adapter
         self.jetstream = jetstream
@@ -43,6 +51,8 @@ class HttpSide:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        if self.status is not None:
+            self.status.routes(app)
         return app
 
     async def _metrics(self, _request: web.Request) -> web.Response:

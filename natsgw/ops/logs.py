@@ -104,4 +104,9 @@ def _route_stdlib_logging(renderer: structlog.types.Processor, level: int, out: 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # grpclib logs every call a client cancelled ("Request was cancelled: Stream reset by remote
+    # party") or let run past its deadline at info: one line per client disconnect, nothing an
+    # operator acts on. Shown with NATSGW_LOG_LEVEL=debug; its errors still always are.
+    quiet = level if level <= logging.DEBUG else max(level, logging.WARNING)
+    logging.getLogger("grpclib.server").setLevel(quiet)
     logging.captureWarnings(True)

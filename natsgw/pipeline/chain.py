@@ -246,6 +246,7 @@ class Pipeline:
                             await call.ready()
                         writer = writer or FrameWriter(stream)
                         await writer.write(reply)
+                        self.metrics.delivered(call.namespace, reply.bodies)  # per tenant
                 finally:
                     # The sends are awaited here, outside the handler's generator, so a cancelled
                     # or reset call would leave the generator suspended with its subscription
@@ -374,6 +375,8 @@ class Pipeline:
             rpc = call.policy.rpc
             failed = status is not _OK and status is not _CANCELLED
             self.metrics.ended(rpc, status.name, elapsed, failed)
+            if call.namespace is not None:  # per tenant: one lookup (natsgw.ops.metrics)
+                self.metrics.tenant_ended(call.namespace, rpc, call.request, status is _OK, failed)
             if audited and (
                 status in REFUSED
                 or (audit_ok if status is _OK else call.policy.audit is not _REFUSALS)

@@ -17,6 +17,7 @@ from natsgw.adapter import NatsAdapter
 from natsgw.adapter.jetstream import JetStreamAdapter
 from natsgw.auth.identity import Authenticator
 from natsgw.config import Settings
+from natsgw.ops.metrics import TenantMeter
 from natsgw.ops.monitoring import NatsMonitor
 from natsgw.pipeline.chain import Endpoint, Pipeline
 from natsgw.pipeline.policy import POLICIES, SERVICE
@@ -50,6 +51,7 @@ class Services:
         fanout: FanOut,
         monitor: NatsMonitor,
         authenticator: Authenticator,
+        tenants: TenantMeter | None = None,
     ) -> Services:
         js = JetStreamAdapter(adapter, settings.request_timeout)
         return cls(
@@ -57,7 +59,7 @@ class Services:
             jetstream=JetStreamService(settings, js, subscriptions),
             kv=KeyValueService(settings, adapter, subscriptions),
             objects=ObjectStoreService(settings, adapter),
-            statistics=StatisticsService(settings, js, monitor),
+            statistics=StatisticsService(settings, js, tenants, subscriptions),
             health=HealthService(settings, adapter, monitor, authenticator),
         )
 

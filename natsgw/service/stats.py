@@ -1,9 +1,20 @@
-"""GetStatistics and GetStreamStats.
+"""GetStatistics and GetStreamStats: the caller's own figures only, never other tenants'.
 
 - ``GetStatistics``: the caller's own JetStream streams (not Key-Value or Object buckets) summed
-  from NATS's stream state, plus server-wide counters from the NATS monitoring endpoint
-  (``/varz``: connections, in/out messages and bytes). Without a reachable monitoring endpoint
-  the server counters read 0 (logged), the caller's own figures are still exact.
+  from NATS's stream state; the traffic fields are the caller's own, counted by this gateway
+  process since it first saw the tenant (:class:`natsgw.ops.metrics.TenantMeter`):
+
+  - ``in_msgs`` / ``in_bytes``: messages the tenant published in successful Publish,
+    PublishBatch, Request, PublishToStream and PublishToStreamBatch calls, and their payload
+    bytes;
+  - ``out_msgs`` / ``out_bytes``: responses (and their encoded bytes) the gateway wrote on the
+    tenant's Subscribe, QueueSubscribe and Consume streams (a batched Subscribe response, or
+    a Consume response carrying several messages, counts once);
+  - ``connections``: the tenant's streaming calls open on this gateway right now.
+
+  They used to be the NATS server's own counters (``/varz``), which include every other
+  tenant's traffic. With several gateway processes (NATSGW_WORKERS, replicas) each counts what
+  it served.
 - ``GetStreamStats``: ``message_rate`` is the number of messages the stream stored during the
   last ``NATSGW_STREAM_STATS_WINDOW`` seconds (default 60) divided by that window, read from
   NATS itself (the sequence of the first message stored at or after ``now - window``), so it is
@@ -15,56 +26,53 @@ from __future__ import annotations
 
 import datetime
 
-import structlog
-
 from natsgw._generated.isa import nats as pb
 from natsgw.adapter.jetstream import JetStreamAdapter
 from natsgw.config import Settings
-from natsgw.errors import GatewayError
-from natsgw.ops.monitoring import NatsMonitor
+from natsgw.ops.metrics import TenantMeter
 from natsgw.pipeline.call import Call
 from natsgw.service.jetstream import own_streams
+from natsgw.service.subscriptions import SubscriptionRegistry
 
-log = structlog.get_logger("natsgw.service.stats")
-
-
-def _int(value: object) -> int:
-    try:
-        return int(value)  # type: ignore[call-overload, no-any-return]
-    except (TypeError, ValueError):
-        return 0
+_INT32_MAX = 2**31 - 1
 
 
 class StatisticsService:
     """Statistics of the caller's JetStream streams (same JetStream adapter as the JetStream
-    service), plus the server's counters from the monitoring endpoint."""
+    service) and of the caller's own traffic through this gateway."""
 
-    def __init__(self, settings: Settings, js: JetStreamAdapter, monitor: NatsMonitor) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        js: JetStreamAdapter,
+        tenants: TenantMeter | None = None,
+        subscriptions: SubscriptionRegistry | None = None,
+    ) -> None:
         self.settings = settings
         self.js = js
-        self.monitor = monitor
+        self.tenants = tenants
+        self.subscriptions = subscriptions
 
     async def get_statistics(
         self, call: Call, message: pb.GetStatisticsRequest
     ) -> pb.GetStatisticsResponse:
         ns = call.ns
         own = await own_streams(self.js, ns)
-        varz: dict[str, object] = {}
-        try:
-            varz = await self.monitor.varz()
-        except GatewayError as exc:
-            log.warning("nats_monitor_unavailable", error=exc.message)
-        return pb.GetStatisticsResponse(
+        traffic = self.tenants.find(ns.key) if self.tenants is not None else None
+        streams = self.subscriptions.open_streams(ns.key) if self.subscriptions else 0
+        reply = pb.GetStatisticsResponse(
             total_streams=len(own),
             total_consumers=sum(d.state.consumer_count for d in own),
             total_messages=sum(d.state.messages for d in own),
             total_bytes=sum(d.state.bytes for d in own),
-            connections=min(_int(varz.get("connections")), 2**31 - 1),
-            in_msgs=_int(varz.get("in_msgs")),
-            out_msgs=_int(varz.get("out_msgs")),
-            in_bytes=_int(varz.get("in_bytes")),
-            out_bytes=_int(varz.get("out_bytes")),
+            connections=min(streams, _INT32_MAX),
         )
+        if traffic is not None:
+            reply.in_msgs = traffic.published
+            reply.in_bytes = traffic.published_bytes
+            reply.out_msgs = traffic.delivered
+            reply.out_bytes = traffic.delivered_bytes
+        return reply
 
     async def get_stream_stats(
         self, call: Call, message: pb.GetStreamStatsRequest

@@ -5,6 +5,11 @@ source info, so every comment in ``api/nats_service.proto`` would be lost. ``nox
 writes the file with its source info (``natsgw/_generated/nats_service.binpb``); for that file the
 services below answer with those bytes, and for every other file (health, reflection) as grpclib
 does.
+
+``file_containing_symbol`` also finds what upb's ``FindFileContainingSymbol`` does not: a method
+(``isa.nats.NATSService.Publish``, what ``grpcurl describe`` sends for one) and an enum value
+written under its enum (``isa.nats.StorageType.STORAGE_MEMORY``); services, messages (nested
+too), fields, enums and package-scoped enum values it finds itself.
 """
 
 from __future__ import annotations
@@ -23,6 +28,34 @@ from grpclib.reflection.v1alpha import reflection_pb2 as v1alpha
 from grpclib.utils import _service_name
 
 
+def containing_file(pool: Any, symbol: str) -> FileDescriptor | None:
+    """The file that defines ``symbol`` (any kind of symbol), or None when there is none.
+
+    Why more than ``pool.FindFileContainingSymbol``: upb's pool indexes services, messages,
+    fields, enums and enum values, but not a service's methods, and an enum value only at its
+    package scope; grpcurl asks for methods by their full name.
+    """
+    try:
+        found: FileDescriptor = pool.FindFileContainingSymbol(symbol)
+        return found
+    except KeyError:
+        pass
+    parent, _, leaf = symbol.rpartition(".")
+    if not parent or not leaf:
+        return None
+    try:
+        service = pool.FindServiceByName(parent)
+    except KeyError:
+        pass
+    else:
+        return service.file if leaf in service.methods_by_name else None
+    try:
+        enum = pool.FindEnumTypeByName(parent)
+    except KeyError:
+        return None
+    return enum.file if leaf in enum.values_by_name else None
+
+
 @functools.cache
 def documented_files() -> dict[str, bytes]:
     """File name -> serialized FileDescriptorProto with source info (comments)."""
@@ -31,7 +64,13 @@ def documented_files() -> dict[str, bytes]:
 
 
 class DocumentedReflection(ServerReflection):
-    """grpc.reflection.v1 with comments."""
+    """grpc.reflection.v1 with comments, finding every kind of symbol."""
+
+    def _file_containing_symbol_response(self, symbol: str) -> Any:
+        found = containing_file(self._pool, symbol)
+        if found is None:
+            return self._not_found_response()
+        return self._file_descriptor_response(found)
 
     def _file_descriptor_response(self, file_descriptor: FileDescriptor) -> Any:
         documented = documented_files().get(file_descriptor.name)
@@ -52,7 +91,13 @@ class DocumentedReflection(ServerReflection):
 
 
 class _DocumentedReflectionV1Alpha(_deprecated.ServerReflection):
-    """grpc.reflection.v1alpha (what older grpcurl asks) with comments."""
+    """grpc.reflection.v1alpha (what older grpcurl asks) with comments, every kind of symbol."""
+
+    def _file_containing_symbol_response(self, symbol: str) -> Any:
+        found = containing_file(self._pool, symbol)
+        if found is None:
+            return self._not_found_response()
+        return self._file_descriptor_response(found)
 
     def _file_descriptor_response(self, file_descriptor: FileDescriptor) -> Any:
         documented = documented_files().get(file_descriptor.name)

@@ -154,9 +154,10 @@ def test_serve_exits_non_zero_when_its_nats_server_keeps_dying(tmp_path: Path) -
     names = [e["event"] for e in events]
     assert names.count("embedded_nats_exited") == 6
     assert "embedded_nats_gave_up" in names and "natsgw_stopped" in names
-    # nats-server's own warning about the default 10 MiB max_payload is in natsgw's log.
+    # nats-server's own warning about the default 10 MiB max_payload is in natsgw's log (at
+    # info: natsgw chose that size, so it is not news on every start).
     assert any(
-        e["event"] == "nats_server_log" and "discouraged" in e["line"] and e["level"] == "warning"
+        e["event"] == "nats_server_log" and "discouraged" in e["line"] and e["level"] == "info"
         for e in events
     )
     assert wait_pid_gone(pid, 5)

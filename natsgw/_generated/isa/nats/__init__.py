@@ -964,7 +964,8 @@ default_message_pool.register_message("isa.nats", "GetStatisticsRequest", GetSta
 @dataclass(eq=False, repr=False)
 class GetStatisticsResponse(betterproto2.Message):
     """
-    Totals over the caller's streams, and the NATS server's counters.
+    Totals over the caller's streams, and the caller's own traffic through this gateway process
+    (never other tenants': counted since the gateway first saw the caller).
     """
 
     total_streams: "int" = betterproto2.field(1, betterproto2.TYPE_INT64)
@@ -977,19 +978,28 @@ class GetStatisticsResponse(betterproto2.Message):
 
     connections: "int" = betterproto2.field(5, betterproto2.TYPE_INT32)
     """
-    The NATS server's client connections.
+    The caller's streaming calls (Subscribe, Consume, KVWatch ...) open on this gateway.
     """
 
     in_msgs: "int" = betterproto2.field(6, betterproto2.TYPE_INT64)
     """
-    NATS server-wide traffic counters (in_msgs..out_bytes), from its monitoring endpoint.
+    Messages the caller published (Publish, PublishBatch, Request, PublishToStream[Batch]).
     """
 
     out_msgs: "int" = betterproto2.field(7, betterproto2.TYPE_INT64)
+    """
+    Responses written on the caller's Subscribe, QueueSubscribe and Consume streams.
+    """
 
     in_bytes: "int" = betterproto2.field(8, betterproto2.TYPE_INT64)
+    """
+    Payload bytes of the messages counted in in_msgs.
+    """
 
     out_bytes: "int" = betterproto2.field(9, betterproto2.TYPE_INT64)
+    """
+    Encoded bytes of the responses counted in out_msgs.
+    """
 
 
 default_message_pool.register_message("isa.nats", "GetStatisticsResponse", GetStatisticsResponse)
