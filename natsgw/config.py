@@ -173,6 +173,11 @@ class Settings:
     #: Streams opened with a token or JWT re-verify it this often (and at a JWT's expiry);
     #: the tokens file is re-read on the same rhythm (natsgw.auth.expiry).
     auth_recheck_interval: float = 5.0
+    # -- task "embedded" (issue #17 row I): the embedded nats-server (natsgw.ops.embedded) --
+    #: Open the embedded nats-server's HTTP monitoring port (loopback, a free port, no
+    #: authentication: it shows every tenant's subjects). Off: GetStatistics' server-wide
+    #: counters and NatsHealthCheck's connections read 0 unless NATSGW_NATS_MONITOR_URL is set.
+    embedded_monitor: bool = False
 
     def __repr__(self) -> str:
         """Masked like ``check-config``: a Settings printed by accident shows no secret."""
@@ -284,6 +289,8 @@ class Settings:
             max_headers=e.get("NATSGW_MAX_HEADERS", _positive, 256),
             max_list_items=e.get("NATSGW_MAX_LIST_ITEMS", _positive, 1024),
             auth_recheck_interval=e.get("NATSGW_AUTH_RECHECK_INTERVAL", _seconds, 5.0),
+            # -- task "embedded" --
+            embedded_monitor=e.get("NATSGW_EMBEDDED_MONITOR", _bool, False),
         ).validated()
 
     def validated(self) -> Settings:
