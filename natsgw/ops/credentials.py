@@ -19,6 +19,7 @@ stops start-up with a message saying what to do.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -120,7 +121,12 @@ def _private_temp(path: Path, text: str) -> str:
 
 def _read(path: Path) -> NatsCredentials:
     """Read and check the file; FileNotFoundError when there is none yet."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise CredentialsError(f"{path} is a symbolic link, not natsgw's file; remove it") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
