@@ -143,6 +143,8 @@ class Supervisor:
         #: Set whenever a slot starts or stops serving or starts crash-looping.
         self._changed = asyncio.Event()
         self._nats_secret: dict[str, str] = {}
+        #: Every slot has served once or is crash-looping: the gateway has started.
+        self.announced = False
         self._loop = asyncio.get_running_loop()
         self.http: WorkersHttp | None = None
         self._consul: ConsulRegistration | None = None
@@ -177,7 +179,7 @@ class Supervisor:
         self.port = bound_port(self._hold)
         self._keepers = [asyncio.create_task(self._keep(w)) for w in self.workers]
         if settings.http_port is not None:
-            self.http = WorkersHttp(self.workers)
+            self.http = WorkersHttp(self.workers, started=lambda: self.announced)
             await self.http.start(settings.http_host or settings.grpc_host, settings.http_port)
 
     async def wait_serving(self) -> bool:
@@ -210,6 +212,7 @@ class Supervisor:
         try:
             await self.start()
             if await self.wait_serving():
+                self.announced = True
                 await self._announce()
             await self._stop.wait()
         finally:

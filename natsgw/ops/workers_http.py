@@ -8,9 +8,11 @@ whole gateway rather than whichever worker the kernel picked:
   not help a worker that keeps dying, and would take the healthy ones down), listing each
   worker's pid (null while it is not serving) and, under ``unhealthy``, why a slot is not
   healthy (crash-looping);
-- ``/readyz``: 200 while at least one worker serves and its own ``/readyz`` says ready (the
-  kernel hands new connections only to listening workers, so the port serves); the body names
-  the workers that are not ready (restarting, crash-looping, NATS away, ...). 503 when none is;
+- ``/readyz``: 503 until the gateway has started (every worker served once, or its slot is
+  crash-looping); then 200 while at least one worker serves and its own ``/readyz`` says ready
+  (the kernel hands new connections only to listening workers, so the port serves); the body
+  names the workers that are not ready (restarting, crash-looping, NATS away, ...). 503 when
+  none is;
 - ``/metrics``: every worker's metrics, each sample labelled ``worker="<index>"`` (sum over the
   label for gateway totals), plus the supervisor's own per worker: ``natsgw_worker_restarts``,
   ``natsgw_worker_serving``, ``natsgw_worker_crash_looping`` and
@@ -22,7 +24,7 @@ whole gateway rather than whichever worker the kernel picked:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 import aiohttp
@@ -108,8 +110,12 @@ def _gauge(name: str, documentation: str, values: Iterable[tuple[int, bool]]) ->
 
 
 class WorkersHttp:
-    def __init__(self, workers: Sequence[WorkerView]) -> None:
+    def __init__(
+        self, workers: Sequence[WorkerView], started: Callable[[], bool] = lambda: True
+    ) -> None:
         self.workers = workers
+        #: Whether the supervisor has finished starting (before: not ready).
+        self._started = started
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
         self.port = 0
@@ -192,10 +198,17 @@ class WorkersHttp:
         pairs = list(zip(self.workers, answers, strict=True))
         reasons = {str(w.index): body for w, (code, body) in pairs if code != 200}
         ready = len(pairs) - len(reasons)
-        body: dict[str, object] = {"ready": ready > 0, "workers": len(pairs), "serving": ready}
+        started = self._started()
+        body: dict[str, object] = {
+            "ready": started and ready > 0,
+            "workers": len(pairs),
+            "serving": ready,
+        }
+        if not started:
+            body["starting"] = True
         if reasons:
             body["not_ready"] = reasons
-        return web.json_response(body, status=200 if ready else 503)
+        return web.json_response(body, status=200 if body["ready"] else 503)
 
     async def start(self, host: str, port: int) -> None:
         self._client = aiohttp.ClientSession(timeout=_TIMEOUT)

@@ -17,6 +17,7 @@ from pathlib import Path
 import nats
 import pytest
 from grpclib.client import Channel
+from structlog.testing import capture_logs
 
 from natsgw._generated.isa import nats as pb
 from natsgw.config import Settings
@@ -82,8 +83,12 @@ async def published_through(gw: Gateway) -> bool:
 
 async def test_an_unauthenticated_client_is_refused_and_natsgw_connects(tmp_path: Path) -> None:
     gw = Gateway(embedded_settings(tmp_path / "data"))
-    await gw.start()
+    with capture_logs() as events:  # before any redaction: what natsgw hands its logger
+        await gw.start()
     try:
+        password = json.loads((tmp_path / "data" / CREDENTIALS).read_text())["password"]
+        assert events and password not in repr(events)
+        assert password not in repr(gw.embedded) + repr(gw.settings)
         assert gw.embedded is not None and gw.adapter is not None
         plain = f"nats://127.0.0.1:{gw.embedded.port}"
         error = await refused(plain)
