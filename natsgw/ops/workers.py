@@ -30,9 +30,10 @@ Supervision (issue #17 row K: one worker an attacker can crash must not become a
   gauges), and still restarted with backoff, while the other workers keep serving. A worker
   that then lives ``_STABLE`` seconds clears it (``worker_recovered``);
 - the gateway gives up (exit status 1) only when no worker can serve: every slot is
-  crash-looping at once. A worker that cannot start at all before any worker ever served (a
-  configuration error, status 2) stops the gateway with status 2, as a single gateway does;
-  so does an embedded nats-server that keeps failing (status 1).
+  crash-looping at once and none serves at that moment. A worker that cannot start at all
+  before any worker ever served (a configuration error, status 2) stops the gateway with
+  status 2, as a single gateway does; an embedded nats-server that keeps failing stops it
+  with status 1.
 
 Workers run in their own session (a terminal's Ctrl-C reaches the supervisor only, which
 forwards SIGTERM) and die with it (PR_SET_PDEATHSIG).
@@ -200,7 +201,11 @@ class Supervisor:
         return False
 
     def _nobody_can_serve(self) -> bool:
-        return all(w.crash_looping for w in self.workers)
+        """Every slot keeps dying and none serves now: the rule for giving up."""
+        workers = self.workers
+        return all(w.crash_looping for w in workers) and not any(
+            w.serving.is_set() for w in workers
+        )
 
     def _ever_served(self) -> bool:
         return any(w.served_once for w in self.workers)

@@ -363,7 +363,8 @@ async def test_a_killed_worker_is_replaced_and_sigterm_stops_everything(tmp_path
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", served.port)) != 0
     drained = [e for e in served.events if e["event"] == "natsgw_stopped" and "worker" in e]
-    assert sorted(e["worker"] for e in drained) == [0, 1]  # each worker drained, none was cut
+    # Each worker drained, none was cut.
+    assert sorted(e["worker"] for e in drained) == [0, 1], "".join(served.lines[-30:])
 
 
 def test_workers_that_cannot_start_stop_the_gateway_with_status_2(tmp_path: Path) -> None:
@@ -495,9 +496,11 @@ async def test_a_crash_looping_worker_never_takes_the_healthy_one_down(tmp_path:
         code = served.stop()
     assert code == 0, "".join(served.lines[-20:])
     deaths = [e for e in served.events if e["event"] == "worker_died" and e["worker"] == 0]
-    assert [e["failures"] for e in deaths][-5:] == [1, 2, 3, 4, 5]
+    failures = [e["failures"] for e in deaths]  # counted in a row (the test may kill once more)
+    assert failures == list(range(failures[0], failures[0] + len(failures)))
+    assert failures[-1] >= 5
     delays = [e["delay"] for e in served.events if e["event"] == "worker_restarting"]
-    assert len(delays) == len(deaths) and max(delays) <= 16.0  # backed off, capped
+    assert len(delays) == len(deaths) and max(delays) <= 30.0  # backed off, capped
 
 
 def kill_at_start_after(served: Supervised, first: int) -> None:
