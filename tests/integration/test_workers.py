@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from natsgw._generated.isa import nats as pb
 from tests.conftest import tenant, wait_for
 from tests.integration._jetstream import make_consumer, make_stream, ns_of, publish
+from tests.integration.test_embedded_auth import refused
 
 pytestmark = pytest.mark.integration
 
@@ -291,6 +292,8 @@ async def test_connections_land_on_both_workers_and_acks_cross_them(
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+        address = str(two_workers.event(lambda e: e["event"] == "embedded_nats_started")["url"])
+        assert await refused(address), "the supervisor's nats-server let an anonymous client in"
         nc = await nats.connect(two_workers.nats_url)
         try:
             info = await nc.jetstream().consumer_info(ns_of(user).stream("spread"), "c")
