@@ -175,8 +175,9 @@ class Settings:
     auth_recheck_interval: float = 5.0
     # -- task "embedded" (issue #17 row I): the embedded nats-server (natsgw.ops.embedded) --
     #: Open the embedded nats-server's HTTP monitoring port (loopback, a free port, no
-    #: authentication: it shows every tenant's subjects). Off: GetStatistics' server-wide
-    #: counters and NatsHealthCheck's connections read 0 unless NATSGW_NATS_MONITOR_URL is set.
+    #: authentication: it shows every tenant's subjects). Off: what natsgw reads from /varz
+    #: (server-wide counters, e.g. NatsHealthCheck's connections) reads 0 unless
+    #: NATSGW_NATS_MONITOR_URL is set.
     embedded_monitor: bool = False
 
     def __repr__(self) -> str:

@@ -4,9 +4,9 @@ NATS's client protocol does not report connection counts or traffic totals; the 
 does. It is optional, and off by default: the embedded nats-server opens it only with
 ``NATSGW_EMBEDDED_MONITOR=true`` (it shows every tenant's subjects to any local process), and an
 external one is read only with ``NATSGW_NATS_MONITOR_URL``. Without one :meth:`NatsMonitor.varz`
-is empty, so GetStatistics' server-wide counters and NatsHealthCheck's ``connections`` read 0;
-that is said once when the gateway starts, not on every call (a per-call warning would let any
-caller fill the log). A configured endpoint that does not answer raises Unavailable.
+is empty, so every server-wide counter read from it (NatsHealthCheck's ``connections``, ...)
+reads 0; that is said once when the gateway starts, not on every call (a per-call warning would
+let any caller fill the log). A configured endpoint that does not answer raises Unavailable.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ class NatsMonitor:
         if not self.url:
             log.info(
                 "nats_monitor_off",
-                detail="GetStatistics server-wide counters and NatsHealthCheck connections read "
-                "0; set NATSGW_EMBEDDED_MONITOR=true (embedded nats-server) or "
-                "NATSGW_NATS_MONITOR_URL to report them",
+                detail="server-wide counters from nats-server's /varz (NatsHealthCheck "
+                "connections, ...) read 0; set NATSGW_EMBEDDED_MONITOR=true (embedded "
+                "nats-server) or NATSGW_NATS_MONITOR_URL to report them",
             )
 
     @property
