@@ -1,16 +1,18 @@
 """The embedded nats-server's credentials: generated once per data directory, kept private.
 
 Without them any local process could connect to the embedded nats-server and read or write every
-tenant's data, bypassing natsgw's tenancy (issue #17, row I). natsgw draws a user name and a
-random password the first time it starts on a data directory and keeps them in
-``<data dir>/nats-credentials.json``:
+tenant's data, bypassing natsgw's tenancy (issue #17, row I). natsgw draws a random token (32
+bytes, base64url) the first time it starts on a data directory and keeps it in
+``<data dir>/nats-credentials.json`` (``{"token": "..."}``). A token rather than a user and
+password: nats-server warns at every start about a plaintext password in its config, not about
+a token, and the file holding either is private anyway:
 
 - mode 0600, created atomically (written to a private temporary file, then hard-linked into
   place, so a reader never sees it half written and two starters never overwrite each other:
   the second one reads the first one's file);
 - reused across restarts of the same data directory (the server and natsgw agree without any
-  setting, and a supervisor's workers read them from it through the supervisor);
-- never logged, never on a command line (nats-server reads them from its 0600 config file).
+  setting; a supervisor hands it to its workers through a pipe);
+- never logged, never on a command line (nats-server reads it from its 0600 config file).
 
 A file whose mode lets others read it is tightened to 0600 (and said so); one that is not valid
 stops start-up with a message saying what to do.
@@ -34,11 +36,12 @@ import structlog
 log = structlog.get_logger("natsgw.ops.credentials")
 
 CREDENTIALS_NAME = "nats-credentials.json"
-USER = "natsgw"
-#: What a user name or password may be made of: safe unquoted in a URL and in the server config.
-_SAFE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+#: The user of cluster routes (test clusters), whose password is the token.
+ROUTE_USER = "natsgw"
+#: What a token may be made of: safe in a URL's userinfo and in the server config.
+_SAFE = re.compile(r"[A-Za-z0-9_-]{32,128}")
 #: 32 random bytes, base64url: 43 characters.
-_PASSWORD_BYTES = 32
+_TOKEN_BYTES = 32
 _MAX_FILE = 4096
 
 
@@ -48,24 +51,31 @@ class CredentialsError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class NatsCredentials:
-    """A user and password nats-server takes; printed (repr) without the password."""
+    """The token nats-server takes; printed (repr) without it."""
 
-    user: str
-    password: str
+    token: str
 
     def __repr__(self) -> str:
-        return f"NatsCredentials(user={self.user!r}, password='***')"
+        return "NatsCredentials(token='***')"
 
     def url(self, address: str) -> str:
-        """``address`` (``scheme://host:port``) with these credentials as its userinfo."""
+        """``address`` (``scheme://host:port``) with the token as its userinfo, as nats clients
+        take it (``nats://TOKEN@host:port``)."""
         scheme, sep, rest = address.partition("://")
         if not sep or "@" in rest:
             return address
-        return f"{scheme}://{self.user}:{self.password}@{rest}"
+        return f"{scheme}://{self.token}@{rest}"
+
+    def route_url(self, address: str) -> str:
+        """A cluster route's ``address`` with the route user and the token as its password."""
+        scheme, sep, rest = address.partition("://")
+        if not sep or "@" in rest:
+            return address
+        return f"{scheme}://{ROUTE_USER}:{self.token}@{rest}"
 
 
 def generate() -> NatsCredentials:
-    return NatsCredentials(USER, secrets.token_urlsafe(_PASSWORD_BYTES))
+    return NatsCredentials(secrets.token_urlsafe(_TOKEN_BYTES))
 
 
 def load_or_create(data_dir: Path) -> NatsCredentials:
@@ -91,7 +101,7 @@ def write_private(path: Path, text: str) -> None:
 
 
 def _create(path: Path, creds: NatsCredentials) -> None:
-    text = json.dumps({"user": creds.user, "password": creds.password}) + "\n"
+    text = json.dumps({"token": creds.token}) + "\n"
     tmp = _private_temp(path, text)
     try:
         # link(), unlike rename(), fails when the name exists: the first creator wins.
@@ -146,20 +156,13 @@ def _read(path: Path) -> NatsCredentials:
         data = json.loads(raw) if len(raw) <= _MAX_FILE else None
     except ValueError:
         data = None
-    user = data.get("user") if isinstance(data, dict) else None
-    password = data.get("password") if isinstance(data, dict) else None
-    if not (
-        isinstance(user, str)
-        and isinstance(password, str)
-        and _SAFE.fullmatch(user)
-        and _SAFE.fullmatch(password)
-        and len(password) >= 32
-    ):
+    token = data.get("token") if isinstance(data, dict) else None
+    if not (isinstance(token, str) and _SAFE.fullmatch(token)):
         raise CredentialsError(
-            f"{path} is not a valid natsgw credentials file (JSON with a user and a password "
-            "of at least 32 letters, digits, '-' or '_'); remove it and natsgw makes new ones"
+            f"{path} is not a valid natsgw credentials file (JSON with a token of 32 to 128 "
+            "letters, digits, '-' or '_'); remove it and natsgw makes a new one"
         )
-    return NatsCredentials(user, password)
+    return NatsCredentials(token)
 
 
 def _fsync_dir(directory: Path) -> None:

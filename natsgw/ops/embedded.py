@@ -6,13 +6,13 @@ itself (``-1``) and read back from its ports file, which avoids the race of prob
 port; a restart reuses them, so clients reconnect to the address they know.
 
 Everything it writes lives in the data directory: ``nats-server.conf`` (mode 0600: it holds
-the password), ``nats-credentials.json`` (natsgw.ops.credentials), ``nats-server.log`` (its
+the token), ``nats-credentials.json`` (natsgw.ops.credentials), ``nats-server.log`` (its
 output, appended across restarts, written by the server itself so natsgw never blocks it) and
 the JetStream store. A new data directory is made 0700.
 
 Clients must authenticate (issue #17, row I): the config file carries an ``authorization``
-block with the data directory's generated user and password (never a command-line argument,
-which ``ps`` shows), so a local process that is not natsgw cannot read tenants' data. The HTTP
+block with the data directory's generated token (never a command-line argument, which ``ps``
+shows), so a local process that is not natsgw cannot read tenants' data. The HTTP
 monitoring port (``/connz``, ``/subsz``: every tenant's subjects, unauthenticated by design in
 nats-server) listens only when asked for (``monitor=True``; natsgw: NATSGW_EMBEDDED_MONITOR).
 :attr:`address` is the plain client address (for logs); :attr:`url` carries the credentials
@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from natsgw.ops.credentials import (
+    ROUTE_USER,
     CredentialsError,
     NatsCredentials,
     load_or_create,
@@ -223,8 +224,7 @@ class EmbeddedNatsServer:
         # max_pending must hold at least one maximal message.
         max_pending = max(64 * 1024 * 1024, 2 * self.max_payload)
         creds = self.credentials
-        auth = f"authorization {{ user: {json.dumps(creds.user)}, password: "
-        auth += f"{json.dumps(creds.password)} }}"
+        auth = f"authorization {{ token: {json.dumps(creds.token)} }}"
         lines = [f'listen: "127.0.0.1:{self.port or -1}"', auth]
         if self.monitor:
             lines.append(f'http: "127.0.0.1:{self.monitor_port or -1}"')
@@ -238,11 +238,15 @@ class EmbeddedNatsServer:
         if self.jetstream:
             store = self.data_dir / "jetstream"
             lines.append(f"jetstream {{ store_dir: {json.dumps(str(store))} }}")
-        if self.cluster is not None:  # routes authenticate too (the same credentials)
-            routes = ", ".join(json.dumps(creds.url(r)) for r in self.cluster.routes)
+        if self.cluster is not None:  # routes authenticate too (routes take no token)
+            routes = ", ".join(json.dumps(creds.route_url(r)) for r in self.cluster.routes)
+            route_auth = (
+                f"authorization {{ user: {json.dumps(ROUTE_USER)}, "
+                f"password: {json.dumps(creds.token)} }}"
+            )
             lines.append(
                 f"cluster {{ name: {json.dumps(self.cluster.name)}, "
-                f'listen: "127.0.0.1:{self.cluster.port}", routes: [{routes}], {auth} }}'
+                f'listen: "127.0.0.1:{self.cluster.port}", routes: [{routes}], {route_auth} }}'
             )
         return "\n".join(lines) + "\n"
 
@@ -268,7 +272,7 @@ class EmbeddedNatsServer:
     async def _spawn(self) -> None:
         """Start the process and wait for its ports file; on failure nothing is left running."""
         conf = self.data_dir / "nats-server.conf"
-        write_private(conf, self._config())  # 0600: it holds the password
+        write_private(conf, self._config())  # 0600: it holds the token
         for stale in self.data_dir.glob("nats-server_*.ports"):
             stale.unlink(missing_ok=True)
         self._tail.clear()

@@ -167,7 +167,7 @@ class Supervisor:
             await self.embedded.start()
             self._nats_env["NATS_URLS"] = self.embedded.address
             creds = self.embedded.credentials  # through the pipe, never the environment
-            self._nats_secret = {"nats_username": creds.user, "nats_password": creds.password}
+            self._nats_secret = {"nats_token": creds.token}
             if not settings.nats_monitor_url and self.embedded.monitor_url:
                 self._nats_env["NATSGW_NATS_MONITOR_URL"] = self.embedded.monitor_url
         try:
@@ -521,12 +521,8 @@ def worker_main() -> int:
         settings = dataclasses.replace(
             Settings.from_env(), ack_token_secret=SecretStr(given["ack_token_secret"])
         )
-        if "nats_password" in given:  # the supervisor's embedded nats-server
-            settings = dataclasses.replace(
-                settings,
-                nats_username=given.get("nats_username", ""),
-                nats_password=SecretStr(given["nats_password"]),
-            )
+        if "nats_token" in given:  # the supervisor's embedded nats-server
+            settings = dataclasses.replace(settings, nats_token=SecretStr(given["nats_token"]))
     except ConfigError as exc:
         print(f"natsgw: configuration error: {exc}", file=sys.stderr)
         return _CONFIG_ERROR

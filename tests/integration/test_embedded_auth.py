@@ -86,16 +86,18 @@ async def test_an_unauthenticated_client_is_refused_and_natsgw_connects(tmp_path
     with capture_logs() as events:  # before any redaction: what natsgw hands its logger
         await gw.start()
     try:
-        password = json.loads((tmp_path / "data" / CREDENTIALS).read_text())["password"]
-        assert events and password not in repr(events)
-        assert password not in repr(gw.embedded) + repr(gw.settings)
+        token = json.loads((tmp_path / "data" / CREDENTIALS).read_text())["token"]
+        assert events and token not in repr(events)
+        assert token not in repr(gw.embedded) + repr(gw.settings)
+        assert "Plaintext" not in repr(events)  # a token: nats-server has nothing to warn about
         assert gw.embedded is not None and gw.adapter is not None
         plain = f"nats://127.0.0.1:{gw.embedded.port}"
         error = await refused(plain)
         print(f"\nunauthenticated connect to the embedded nats-server: {error or 'ACCEPTED'}")
         assert error, "an unauthenticated client was let into the embedded nats-server"
         assert "authorization" in error.lower() or "NoServers" in error
-        assert await refused(f"nats://natsgw:wrong-password@127.0.0.1:{gw.embedded.port}")
+        assert await refused(f"nats://wrong-token-{'x' * 32}@127.0.0.1:{gw.embedded.port}")
+        assert await refused(f"nats://natsgw:{token}@127.0.0.1:{gw.embedded.port}")
         assert gw.adapter.connected
         assert await published_through(gw)  # JetStream (KV) through natsgw works
     finally:
@@ -114,11 +116,11 @@ async def test_credentials_are_private_and_reused_across_restarts(tmp_path: Path
             mode = stat.S_IMODE(private.stat().st_mode)
             print(f"\n{private.name}: mode {mode:o}")
             assert mode == 0o600, f"{private.name} is {mode:o}"
-        password = json.loads(first)["password"]
-        assert len(password) >= 32
+        token = json.loads(first)["token"]
+        assert len(token) >= 32
         assert gw.embedded is not None and gw.embedded.pid is not None
-        assert password.encode() not in cmdline(gw.embedded.pid)  # not visible in ps
-        assert password not in (data / "nats-server.log").read_text()
+        assert token.encode() not in cmdline(gw.embedded.pid)  # not visible in ps
+        assert token not in (data / "nats-server.log").read_text()
         assert not [p.name for p in data.iterdir() if p.name.startswith(".")]  # no temp left
     finally:
         await gw.stop()

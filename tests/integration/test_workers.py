@@ -174,7 +174,7 @@ class Supervised:
         """The embedded nats-server's client URL, with the credentials natsgw generated."""
         address = str(self.event(lambda e: e["event"] == "embedded_nats_started")["url"])
         creds = json.loads((self.data_dir / "nats-credentials.json").read_text())
-        return address.replace("://", f"://{creds['user']}:{creds['password']}@", 1)
+        return address.replace("://", f"://{creds['token']}@", 1)
 
     def worker_pids(self) -> dict[str, int]:
         """Worker index -> pid, of the workers serving now (the supervisor's /healthz)."""
@@ -393,15 +393,15 @@ def test_workers_that_cannot_start_stop_the_gateway_with_status_2(tmp_path: Path
 def test_the_generated_ack_secret_is_never_printed(two_workers: Supervised) -> None:
     """The secret travels through a pipe: not in any worker's environment, not in the log."""
     pids = json.loads(two_workers.http("/healthz")[1])["workers"].values()
-    password = json.loads((two_workers.data_dir / "nats-credentials.json").read_text())["password"]
+    token = json.loads((two_workers.data_dir / "nats-credentials.json").read_text())["token"]
     for pid in pids:
         environ = Path(f"/proc/{pid}/environ").read_bytes()
         assert b"NATSGW_ACK_TOKEN_SECRET" not in environ
-        assert password.encode() not in environ  # the nats-server's credentials neither
-        assert password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert token.encode() not in environ  # the nats-server's token neither
+        assert token.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
     logged = "".join(two_workers.lines)
     assert "secret" not in logged.lower()
-    assert password not in logged
+    assert token not in logged
 
 
 def test_a_port_taken_by_another_process_is_refused_at_start(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ def test_created_once_private_and_reused(tmp_path: Path) -> None:
     path = tmp_path / CREDENTIALS_NAME
     assert mode(path) == 0o600
     assert load_or_create(tmp_path) == first
-    assert len(first.password) >= 32 and first.user == "natsgw"
+    assert len(first.token) >= 32
     assert [p.name for p in tmp_path.iterdir()] == [CREDENTIALS_NAME]  # no temporary file left
 
 
@@ -59,7 +59,14 @@ def test_a_readable_file_is_tightened(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "content",
-    ["", "not json", "[]", '{"user": "natsgw"}', '{"user": "a b", "password": "' + "x" * 40 + '"}'],
+    [
+        "",
+        "not json",
+        "[]",
+        '{"user": "natsgw"}',
+        '{"token": "short"}',
+        '{"token": "a b' + "x" * 40 + '"}',
+    ],
 )
 def test_an_invalid_file_stops_start_up_saying_what_to_do(tmp_path: Path, content: str) -> None:
     (tmp_path / CREDENTIALS_NAME).write_text(content)
@@ -69,16 +76,18 @@ def test_an_invalid_file_stops_start_up_saying_what_to_do(tmp_path: Path, conten
 
 def test_a_symlink_is_not_followed(tmp_path: Path) -> None:
     target = tmp_path / "elsewhere.json"
-    target.write_text(json.dumps({"user": "natsgw", "password": "p" * 43}))
+    target.write_text(json.dumps({"token": "p" * 43}))
     (tmp_path / CREDENTIALS_NAME).symlink_to(target)
     with pytest.raises(CredentialsError, match="symbolic link"):
         load_or_create(tmp_path)
 
 
-def test_the_password_is_never_in_a_repr() -> None:
+def test_the_token_is_never_in_a_repr() -> None:
     creds = generate()
-    assert creds.password not in repr(creds)
-    assert creds.url("nats://127.0.0.1:4222") == f"nats://natsgw:{creds.password}@127.0.0.1:4222"
+    assert creds.token not in repr(creds)
+    assert creds.url("nats://127.0.0.1:4222") == f"nats://{creds.token}@127.0.0.1:4222"
+    route = creds.route_url("nats-route://127.0.0.1:6222")
+    assert route == f"nats-route://natsgw:{creds.token}@127.0.0.1:6222"
     assert creds.url("nats://u:p@h:1") == "nats://u:p@h:1"  # already has userinfo
 
 
