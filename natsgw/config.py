@@ -184,6 +184,12 @@ class Settings:
     #: Tenants whose counters are kept; beyond it the least recently active are folded into
     #: ``other`` (their GetStatistics traffic figures start again from zero).
     tenant_stats_max: int = 10_000
+    # -- task "embedded" (issue #17 row I): the embedded nats-server (natsgw.ops.embedded) --
+    #: Open the embedded nats-server's HTTP monitoring port (loopback, a free port, no
+    #: authentication: it shows every tenant's subjects). Off: what natsgw reads from /varz
+    #: (server-wide counters, e.g. NatsHealthCheck's connections) reads 0 unless
+    #: NATSGW_NATS_MONITOR_URL is set.
+    embedded_monitor: bool = False
 
     def __repr__(self) -> str:
         """Masked like ``check-config``: a Settings printed by accident shows no secret."""
@@ -300,6 +306,8 @@ class Settings:
             metrics_tenants_top=e.get("NATSGW_METRICS_TENANTS_TOP", _tenants_top, 10),
             status_tenant_names=e.get("NATSGW_STATUS_TENANT_NAMES", _bool, False),
             tenant_stats_max=e.get("NATSGW_TENANT_STATS_MAX", _tenant_stats_max, 10_000),
+            # -- task "embedded" --
+            embedded_monitor=e.get("NATSGW_EMBEDDED_MONITOR", _bool, False),
         ).validated()
 
     def validated(self) -> Settings:

@@ -155,18 +155,20 @@ class Gateway:
             self._trimming = asyncio.create_task(trimmer.run(), name="natsgw-heap-trim")
         servers = list(settings.nats_urls)
         monitor_url = settings.nats_monitor_url
+        user, password, token = settings.nats_username, settings.nats_password, settings.nats_token
         if settings.embedded:
             self.lock = DataDirLock(settings.data_dir)
             self.lock.acquire()  # before the store is touched: one owner per data directory
             self.embedded = EmbeddedNatsServer.owning(settings, self.lock, self._give_up)
             await self.embedded.start()
-            servers = [self.embedded.url]
+            servers = [self.embedded.address]  # its credentials go as options, not in the URL
+            user, password, token = "", "", self.embedded.credentials.token
             monitor_url = monitor_url or self.embedded.monitor_url
         self.adapter = NatsAdapter(
             servers,
-            user=settings.nats_username,
-            password=settings.nats_password,
-            token=settings.nats_token,
+            user=user,
+            password=password,
+            token=token,
             name=f"natsgw:{settings.service_hostname or settings.service_name}",
             publish_confirm_timeout=settings.publish_confirm_timeout,
             gateway_max_message=settings.max_message_size,

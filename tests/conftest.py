@@ -2,6 +2,10 @@
 
 Everything runs on free loopback ports in temporary directories. Tests isolate themselves by
 using fresh user ids (:func:`tenant`), so one nats-server and one gateway serve the session.
+
+Every nats-server here requires credentials, as natsgw's embedded one does: ``server.url``
+carries them (``nats.connect(server.url)`` and ``NatsAdapter([server.url])`` just work), while
+``server.address`` is the bare address an unauthenticated client would use.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from grpclib.client import Channel
 from natsgw._generated.isa import nats as pb
 from natsgw.adapter import NatsAdapter
 from natsgw.config import Settings
+from natsgw.ops import credentials
 from natsgw.ops.embedded import ClusterSpec, EmbeddedNatsServer, EmbeddedServerError
 from natsgw.server import Gateway
 
@@ -40,7 +45,10 @@ def tenant(prefix: str = "user") -> str:
 async def nats_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[EmbeddedNatsServer]:
-    server = EmbeddedNatsServer(tmp_path_factory.mktemp("nats"), max_payload=10 * 1024 * 1024)
+    # The monitoring port is on here: tests count subscriptions and slow consumers through it.
+    server = EmbeddedNatsServer(
+        tmp_path_factory.mktemp("nats"), max_payload=10 * 1024 * 1024, monitor=True
+    )
     await server.start()
     yield server
     await server.stop()
@@ -81,7 +89,8 @@ NatsFactory = Callable[..., Awaitable[EmbeddedNatsServer]]
 
 @pytest_asyncio.fixture
 async def make_nats(tmp_path: Path) -> AsyncIterator[NatsFactory]:
-    """A nats-server of the test's own (to restart it, or to give it other limits)."""
+    """A nats-server of the test's own (to restart it, or to give it other limits; its
+    monitoring port is off unless ``monitor=True``)."""
     started: list[EmbeddedNatsServer] = []
 
     async def make(**options: Any) -> EmbeddedNatsServer:
@@ -300,12 +309,14 @@ async def start_cluster(base: Path, size: int = 3, attempts: int = 3) -> NatsClu
 async def _start_cluster(base: Path, size: int) -> NatsCluster:
     route_ports = [free_port() for _ in range(size)]
     routes = [f"nats-route://127.0.0.1:{port}" for port in route_ports]
+    shared = credentials.generate()  # one user for clients and routes on every node
     nodes = [
         EmbeddedNatsServer(
             base / f"n{i}",
             server_name=f"n{i}",
             cluster=ClusterSpec("natsgw-test", route_ports[i], routes),
             max_payload=8 * 1024 * 1024,
+            credentials=shared,
         )
         for i in range(size)
     ]

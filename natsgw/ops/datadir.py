@@ -42,7 +42,8 @@ class DataDirLock:
     def acquire(self) -> None:
         if self._fd is not None:
             return
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # 0700: the JetStream store and the nats-server credentials live here (a new directory).
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # O_CLOEXEC: only a child explicitly given the descriptor (our nats-server) shares it.
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:

@@ -5,9 +5,18 @@ default run and the tests exercise one code path. On first start ports are chose
 itself (``-1``) and read back from its ports file, which avoids the race of probing for a free
 port; a restart reuses them, so clients reconnect to the address they know.
 
-Everything it writes lives in the data directory: ``nats-server.conf``, ``nats-server.log`` (its
+Everything it writes lives in the data directory: ``nats-server.conf`` (mode 0600: it holds
+the token), ``nats-credentials.json`` (natsgw.ops.credentials), ``nats-server.log`` (its
 output, appended across restarts, written by the server itself so natsgw never blocks it) and
-the JetStream store. Warnings and errors nats-server prints
+the JetStream store. A new data directory is made 0700.
+
+Clients must authenticate (issue #17, row I): the config file carries an ``authorization``
+block with the data directory's generated token (never a command-line argument, which ``ps``
+shows), so a local process that is not natsgw cannot read tenants' data. The HTTP
+monitoring port (``/connz``, ``/subsz``: every tenant's subjects, unauthenticated by design in
+nats-server) listens only when asked for (``monitor=True``; natsgw: NATSGW_EMBEDDED_MONITOR).
+:attr:`address` is the plain client address (for logs); :attr:`url` carries the credentials
+(for clients in this process, tests and the bench). Warnings and errors nats-server prints
 are also logged through natsgw's own logging (``nats_server_log``), so an operator reading
 natsgw's log sees, e.g., a JetStream store running out of space (its warning about the
 max_payload natsgw chose itself is logged at info).
@@ -35,6 +44,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
+
+from natsgw.ops.credentials import (
+    ROUTE_USER,
+    CredentialsError,
+    NatsCredentials,
+    load_or_create,
+    write_private,
+)
 
 if TYPE_CHECKING:
     from natsgw.config import Settings
@@ -120,6 +137,8 @@ class EmbeddedNatsServer:
         restart_window: float = 60.0,
         on_give_up: Callable[[str], None] | None = None,
         inherit_fds: Sequence[int] = (),
+        monitor: bool = False,
+        credentials: NatsCredentials | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.port = port
@@ -134,7 +153,11 @@ class EmbeddedNatsServer:
         #: Descriptors the child keeps: the data-dir lock, so the store stays locked until the
         #: nats-server on it is gone too (it outlives a SIGKILLed natsgw by its shutdown time).
         self.inherit_fds = tuple(inherit_fds)
+        #: Open the HTTP monitoring port (on a free loopback port) too.
+        self.monitor = monitor
         self.monitor_port = 0
+        #: Given (a cluster's nodes share one), or the data directory's, read at start.
+        self._credentials = credentials
         #: Why supervision gave up (empty while the server is, or can be brought, up).
         self.failure = ""
         #: Restarts done by supervision since construction.
@@ -162,15 +185,30 @@ class EmbeddedNatsServer:
             supervise=True,
             on_give_up=on_give_up,
             inherit_fds=[lock.fd] if lock.fd is not None else [],
+            monitor=settings.embedded_monitor,
         )
 
     @property
-    def url(self) -> str:
+    def credentials(self) -> NatsCredentials:
+        """What a client must present (available once started)."""
+        if self._credentials is None:
+            raise RuntimeError("the embedded nats-server has not been started")
+        return self._credentials
+
+    @property
+    def address(self) -> str:
+        """The client address without credentials: what may be logged or shown."""
         return f"nats://127.0.0.1:{self.port}"
 
     @property
+    def url(self) -> str:
+        """The client address with the credentials in it: for clients, never for a log."""
+        return self.credentials.url(self.address)
+
+    @property
     def monitor_url(self) -> str:
-        return f"http://127.0.0.1:{self.monitor_port}"
+        """The monitoring endpoint; empty when it is off (natsgw then reads no /varz)."""
+        return f"http://127.0.0.1:{self.monitor_port}" if self.monitor_port else ""
 
     @property
     def log_file(self) -> Path:
@@ -190,9 +228,12 @@ class EmbeddedNatsServer:
     def _config(self) -> str:
         # max_pending must hold at least one maximal message.
         max_pending = max(64 * 1024 * 1024, 2 * self.max_payload)
-        lines = [
-            f'listen: "127.0.0.1:{self.port or -1}"',
-            f'http: "127.0.0.1:{self.monitor_port or -1}"',
+        creds = self.credentials
+        auth = f"authorization {{ token: {json.dumps(creds.token)} }}"
+        lines = [f'listen: "127.0.0.1:{self.port or -1}"', auth]
+        if self.monitor:
+            lines.append(f'http: "127.0.0.1:{self.monitor_port or -1}"')
+        lines += [
             f"max_payload: {self.max_payload}",
             f"max_pending: {max_pending}",
             f"ports_file_dir: {json.dumps(str(self.data_dir))}",
@@ -202,11 +243,15 @@ class EmbeddedNatsServer:
         if self.jetstream:
             store = self.data_dir / "jetstream"
             lines.append(f"jetstream {{ store_dir: {json.dumps(str(store))} }}")
-        if self.cluster is not None:
-            routes = ", ".join(json.dumps(r) for r in self.cluster.routes)
+        if self.cluster is not None:  # routes authenticate too (routes take no token)
+            routes = ", ".join(json.dumps(creds.route_url(r)) for r in self.cluster.routes)
+            route_auth = (
+                f"authorization {{ user: {json.dumps(ROUTE_USER)}, "
+                f"password: {json.dumps(creds.token)} }}"
+            )
             lines.append(
                 f"cluster {{ name: {json.dumps(self.cluster.name)}, "
-                f'listen: "127.0.0.1:{self.cluster.port}", routes: [{routes}] }}'
+                f'listen: "127.0.0.1:{self.cluster.port}", routes: [{routes}], {route_auth} }}'
             )
         return "\n".join(lines) + "\n"
 
@@ -215,7 +260,13 @@ class EmbeddedNatsServer:
             return
         self._stopping = False
         self.failure = ""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # 0700: the store holds every tenant's data (only a new directory gets this mode).
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self._credentials is None:
+            try:
+                self._credentials = load_or_create(self.data_dir)
+            except (CredentialsError, OSError) as exc:
+                raise EmbeddedServerError(f"nats-server credentials: {exc}") from None
         _rotate(self.log_file)
         await self._spawn()
         if self.supervise:
@@ -226,7 +277,7 @@ class EmbeddedNatsServer:
     async def _spawn(self) -> None:
         """Start the process and wait for its ports file; on failure nothing is left running."""
         conf = self.data_dir / "nats-server.conf"
-        conf.write_text(self._config())
+        write_private(conf, self._config())  # 0600: it holds the token
         for stale in self.data_dir.glob("nats-server_*.ports"):
             stale.unlink(missing_ok=True)
         self._tail.clear()
@@ -262,10 +313,12 @@ class EmbeddedNatsServer:
                 )
             await asyncio.sleep(0.02)
         self.port = int(ports["nats"][0].rsplit(":", 1)[1])
-        self.monitor_port = int(ports["monitoring"][0].rsplit(":", 1)[1])
+        monitoring = ports.get("monitoring") or []
+        self.monitor_port = int(monitoring[0].rsplit(":", 1)[1]) if monitoring else 0
         log.info(
             "embedded_nats_started",
-            url=self.url,
+            url=self.address,
+            monitor=self.monitor_url or None,
             pid=proc.pid,
             data_dir=str(self.data_dir),
             log_file=str(self.log_file),

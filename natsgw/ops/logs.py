@@ -74,7 +74,9 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         # Secrets are masked after the traceback is text, before either renderer sees the event.
         processors=[*_SHARED, structlog.processors.format_exc_info, redact_event, *tail, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        # One write per line (print() makes two: with PYTHONUNBUFFERED two system calls), so
+        # the lines of workers sharing one stderr never interleave.
+        logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
     _route_stdlib_logging(renderer, numeric, out)

@@ -18,11 +18,23 @@ What the workers share, and how:
   quotas that count it, is shared by construction.
 - the ack-token secret: NATSGW_ACK_TOKEN_SECRET, or a random one drawn here, goes to each worker
   through a pipe (never the environment or a log), so a token issued by one worker verifies on
-  every other.
+  every other. The embedded nats-server's credentials travel the same pipe.
 
-Supervision: a worker that dies is restarted after a jittered backoff; one that keeps dying soon
-after start (or cannot start at all: a configuration error) stops the whole gateway with a
-non-zero exit rather than flapping forever; so does an embedded nats-server that keeps failing.
+Supervision (issue #17 row K: one worker an attacker can crash must not become a full outage):
+
+- a worker that dies is restarted in its slot after a jittered backoff that grows with the
+  slot's deaths in a row (``_RESTART``: ceilings 1, 2, 4, 8, 16, then 30 s), each death
+  counted when the worker lived less than ``_STABLE`` seconds;
+- after ``_MAX_FAILURES`` such deaths in a row the slot is *crash-looping*: logged
+  (``worker_crash_looping``), shown on the side port (/healthz, /readyz, ``natsgw_worker_*``
+  gauges), and still restarted with backoff, while the other workers keep serving. A worker
+  that then lives ``_STABLE`` seconds clears it (``worker_recovered``);
+- the gateway gives up (exit status 1) only when no worker can serve: every slot is
+  crash-looping at once and none serves at that moment. A worker that cannot start at all
+  before any worker ever served (a configuration error, status 2) stops the gateway with
+  status 2, as a single gateway does; an embedded nats-server that keeps failing stops it
+  with status 1.
+
 Workers run in their own session (a terminal's Ctrl-C reaches the supervisor only, which
 forwards SIGTERM) and die with it (PR_SET_PDEATHSIG).
 """
@@ -59,10 +71,10 @@ ENV_PARENT = "NATSGW_WORKER_PARENT"
 ENV_SECRET_FD = "NATSGW_WORKER_SECRET_FD"
 ENV_STATUS_FD = "NATSGW_WORKER_STATUS_FD"
 
-_RESTART = Backoff(base=0.5, cap=10.0)
-#: A worker that served this long before dying starts its slot's failure count afresh.
+_RESTART = Backoff(base=0.5, cap=30.0)
+#: A worker that lived this long starts its slot's failure count afresh.
 _STABLE = 30.0
-#: Deaths in a row, each within _STABLE of its start, after which the supervisor gives up.
+#: Deaths in a row, each within _STABLE of its start, after which a slot is crash-looping.
 _MAX_FAILURES = 5
 #: Beyond NATSGW_SHUTDOWN_GRACE: how long a worker may take to close NATS and exit.
 _EXIT_MARGIN = 10.0
@@ -84,10 +96,30 @@ class Worker:
     http_port: int = 0
     restarts: int = 0
     serving: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    #: Deaths in a row, each within _STABLE seconds of the worker's start.
+    failures: int = 0
+    #: How the last worker in this slot ended ("" before any died).
+    last_exit: str = ""
+    #: A worker in this slot served at least once.
+    served_once: bool = False
 
     @property
     def pid(self) -> int:
         return self.proc.pid if self.proc is not None else 0
+
+    @property
+    def crash_looping(self) -> bool:
+        return self.failures >= _MAX_FAILURES
+
+    @property
+    def unhealthy(self) -> str:
+        """Why this slot is unhealthy, for the side port; empty when it is not."""
+        if not self.crash_looping:
+            return ""
+        return (
+            f"crash-looping: died {self.failures} times in a row within {_STABLE:g} s of "
+            f"starting (last: {self.last_exit}); restarted with backoff"
+        )
 
 
 class Supervisor:
@@ -109,6 +141,11 @@ class Supervisor:
         self._keepers: list[asyncio.Task[None]] = []
         self._stopping = False
         self._stop = asyncio.Event()
+        #: Set whenever a slot starts or stops serving or starts crash-looping.
+        self._changed = asyncio.Event()
+        self._nats_secret: dict[str, str] = {}
+        #: Every slot has served once or is crash-looping: the gateway has started.
+        self.announced = False
         self._loop = asyncio.get_running_loop()
         self.http: WorkersHttp | None = None
         self._consul: ConsulRegistration | None = None
@@ -128,8 +165,10 @@ class Supervisor:
             self.lock.acquire()
             self.embedded = EmbeddedNatsServer.owning(settings, self.lock, self._give_up)
             await self.embedded.start()
-            self._nats_env["NATS_URLS"] = self.embedded.url
-            if not settings.nats_monitor_url:
+            self._nats_env["NATS_URLS"] = self.embedded.address
+            creds = self.embedded.credentials  # through the pipe, never the environment
+            self._nats_secret = {"nats_token": creds.token}
+            if not settings.nats_monitor_url and self.embedded.monitor_url:
                 self._nats_env["NATSGW_NATS_MONITOR_URL"] = self.embedded.monitor_url
         try:
             self._hold = bind_tcp(
@@ -141,17 +180,35 @@ class Supervisor:
         self.port = bound_port(self._hold)
         self._keepers = [asyncio.create_task(self._keep(w)) for w in self.workers]
         if settings.http_port is not None:
-            self.http = WorkersHttp(self.workers)
+            self.http = WorkersHttp(self.workers, started=lambda: self.announced)
             await self.http.start(settings.http_host or settings.grpc_host, settings.http_port)
 
     async def wait_serving(self) -> bool:
-        """True once every worker serves; False if a stop came first."""
-        every = asyncio.ensure_future(asyncio.gather(*(w.serving.wait() for w in self.workers)))
-        stop = asyncio.ensure_future(self._stop.wait())
-        await asyncio.wait((every, stop), return_when=asyncio.FIRST_COMPLETED)
-        every.cancel()
-        stop.cancel()
-        return not self._stop.is_set()
+        """True once every slot has served or is crash-looping, and a worker serves now (a
+        slot that keeps dying does not hold back the others); False if a stop came first."""
+        while not self._stop.is_set():
+            workers = self.workers
+            if all(w.served_once or w.crash_looping for w in workers) and any(
+                w.serving.is_set() for w in workers
+            ):
+                return True
+            self._changed.clear()
+            changed = asyncio.ensure_future(self._changed.wait())
+            stop = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait((changed, stop), return_when=asyncio.FIRST_COMPLETED)
+            changed.cancel()
+            stop.cancel()
+        return False
+
+    def _nobody_can_serve(self) -> bool:
+        """Every slot keeps dying and none serves now: the rule for giving up."""
+        workers = self.workers
+        return all(w.crash_looping for w in workers) and not any(
+            w.serving.is_set() for w in workers
+        )
+
+    def _ever_served(self) -> bool:
+        return any(w.served_once for w in self.workers)
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; the exit status (see :func:`supervise`)."""
@@ -160,6 +217,7 @@ class Supervisor:
         try:
             await self.start()
             if await self.wait_serving():
+                self.announced = True
                 await self._announce()
             await self._stop.wait()
         finally:
@@ -223,7 +281,6 @@ class Supervisor:
 
     async def _keep(self, worker: Worker) -> None:
         """Run a worker in this slot until stopping; restart it with backoff when it dies."""
-        failures = 0
         while not self._stopping:
             try:
                 served = await self._run_once(worker)
@@ -235,16 +292,17 @@ class Supervisor:
             proc = worker.proc
             code = proc.returncode if proc is not None else None
             lived = self._loop.time() - worker.started_at
-            failures = 0 if lived >= _STABLE else failures + 1
+            worker.failures = 0 if lived >= _STABLE else worker.failures + 1
+            worker.last_exit = _describe(code)
             log.error(
                 "worker_died",
                 worker=worker.index,
                 pid=worker.pid,
-                exit=_describe(code),
+                exit=worker.last_exit,
                 lived=round(lived, 1),
-                failures=failures,
+                failures=worker.failures,
             )
-            if code == _CONFIG_ERROR and not served:
+            if code == _CONFIG_ERROR and not served and not self._ever_served():
                 log.error("workers_failing", worker=worker.index, detail="cannot start")
                 self._give_up(
                     f"cannot start: worker {worker.index} exited with status {code} before "
@@ -252,23 +310,44 @@ class Supervisor:
                     status=_CONFIG_ERROR,
                 )
                 return
-            if failures >= _MAX_FAILURES:
+            if worker.failures == _MAX_FAILURES:
+                self._changed.set()
+                log.error(
+                    "worker_crash_looping",
+                    worker=worker.index,
+                    failures=worker.failures,
+                    last_exit=worker.last_exit,
+                    serving=[w.index for w in self.workers if w.serving.is_set()],
+                    detail="restarted with backoff; the other workers keep serving",
+                )
+            if self._nobody_can_serve():
                 log.error("workers_failing", worker=worker.index, detail="keeps dying")
                 self._give_up(
-                    f"worker {worker.index} died {failures} times in a row within {_STABLE:g} s "
-                    f"of starting (last: {_describe(code)})"
+                    f"every worker keeps dying: each died {_MAX_FAILURES} or more times in a "
+                    f"row within {_STABLE:g} s of starting (last: worker {worker.index}, "
+                    f"{worker.last_exit})"
                 )
                 return
             worker.restarts += 1
+            delay = _RESTART.delay(worker.failures)
+            log.info("worker_restarting", worker=worker.index, delay=round(delay, 2))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), _RESTART.delay(failures))
+                await asyncio.wait_for(self._stop.wait(), delay)
+
+    def _stable(self, worker: Worker) -> None:
+        """The worker in ``worker``'s slot lived _STABLE seconds: its slot is healthy again."""
+        if worker.crash_looping:
+            log.info("worker_recovered", worker=worker.index, pid=worker.pid)
+        worker.failures = 0
+        self._changed.set()
 
     async def _run_once(self, worker: Worker) -> bool:
         """Start a worker process and wait for it to exit; True if it served meanwhile."""
         secret_r, secret_w = os.pipe()
         status_r, status_w = os.pipe()
+        secrets_out = {"ack_token_secret": self._secret, **self._nats_secret}
         try:
-            os.write(secret_w, self._secret.encode())  # far below a pipe's buffer
+            os.write(secret_w, json.dumps(secrets_out).encode())  # far below a pipe's buffer
         finally:
             os.close(secret_w)
         env = self._worker_env(worker.index, secret_r, status_w)
@@ -289,19 +368,33 @@ class Supervisor:
         if self._stopping:  # stop() came while it was being started
             _signal(worker.proc, signal.SIGTERM)
         log.info("worker_started", worker=worker.index, pid=worker.proc.pid)
-        status = await _read_status(status_r)
-        served = status is not None
-        if status is not None:
-            worker.http_port = int(status.get("http_port") or 0)
-            worker.serving.set()
-        await worker.proc.wait()
-        worker.serving.clear()
-        worker.http_port = 0
+        exited = asyncio.ensure_future(worker.proc.wait())
+        try:
+            status = await _read_status(status_r)
+            served = status is not None
+            if status is not None:
+                worker.http_port = int(status.get("http_port") or 0)
+                worker.served_once = True
+                worker.serving.set()
+                self._changed.set()
+            left = _STABLE - (self._loop.time() - worker.started_at)
+            done, _ = await asyncio.wait((exited,), timeout=max(left, 0.0))
+            if not done:
+                self._stable(worker)
+            await exited
+        finally:
+            exited.cancel()
+            worker.serving.clear()
+            worker.http_port = 0
+            self._changed.set()
         return served
 
     def _worker_env(self, index: int, secret_fd: int, status_fd: int) -> dict[str, str]:
         env = dict(self.env)
         env.pop("NATSGW_ACK_TOKEN_SECRET", None)  # it comes through the pipe
+        if self._nats_secret:  # the embedded server's credentials come through it too
+            for name in ("NATS_USERNAME", "NATS_PASSWORD", "NATS_TOKEN"):
+                env.pop(name, None)
         env.update(self._nats_env)
         env.update(
             {
@@ -380,12 +473,17 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _read_secret(fd: int) -> str:
+def _read_secrets(fd: int) -> dict[str, str]:
+    """What the supervisor wrote to the pipe: the ack-token secret, the embedded server's
+    credentials when it runs one."""
     chunks = []
     while chunk := os.read(fd, 4096):
         chunks.append(chunk)
     os.close(fd)
-    return b"".join(chunks).decode()
+    given = json.loads(b"".join(chunks))
+    if not isinstance(given, dict) or not isinstance(given.get("ack_token_secret"), str):
+        raise ValueError("malformed secrets from the supervisor")
+    return {k: v for k, v in given.items() if isinstance(v, str)}
 
 
 async def _serve(settings: Settings, status_fd: int) -> None:
@@ -414,13 +512,17 @@ def worker_main() -> int:
     try:
         index = int(os.environ[ENV_INDEX])
         _die_with_parent(int(os.environ[ENV_PARENT]))
-        secret = _read_secret(int(os.environ.pop(ENV_SECRET_FD)))
+        given = _read_secrets(int(os.environ.pop(ENV_SECRET_FD)))
         status_fd = int(os.environ.pop(ENV_STATUS_FD))
     except (KeyError, ValueError, OSError):
         print("natsgw.ops.workers: started by natsgw serve (NATSGW_WORKERS) only", file=sys.stderr)
         return _CONFIG_ERROR
     try:
-        settings = dataclasses.replace(Settings.from_env(), ack_token_secret=SecretStr(secret))
+        settings = dataclasses.replace(
+            Settings.from_env(), ack_token_secret=SecretStr(given["ack_token_secret"])
+        )
+        if "nats_token" in given:  # the supervisor's embedded nats-server
+            settings = dataclasses.replace(settings, nats_token=SecretStr(given["nats_token"]))
     except ConfigError as exc:
         print(f"natsgw: configuration error: {exc}", file=sys.stderr)
         return _CONFIG_ERROR

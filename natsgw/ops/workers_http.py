@@ -4,30 +4,46 @@ Each worker runs the ordinary side port (natsgw.ops.http) on a private loopback 
 to the supervisor; ``NATSGW_HTTP_PORT`` itself is served here, so a scrape or probe sees the
 whole gateway rather than whichever worker the kernel picked:
 
-- ``/healthz``: 200 while the supervisor runs (liveness), listing each worker's pid;
-- ``/readyz``: 200 when every worker serves and its own ``/readyz`` says ready; 503 naming the
-  workers that are not (restarting, NATS away, ...);
+- ``/healthz``: 200 while the supervisor runs (liveness: restarting the whole gateway would
+  not help a worker that keeps dying, and would take the healthy ones down), listing each
+  worker's pid (null while it is not serving) and, under ``unhealthy``, why a slot is not
+  healthy (crash-looping);
+- ``/readyz``: 503 until the gateway has started (every worker served once, or its slot is
+  crash-looping); then 200 while at least one worker serves and its own ``/readyz`` says ready
+  (the kernel hands new connections only to listening workers, so the port serves); the body
+  names the workers that are not ready (restarting, crash-looping, NATS away, ...). 503 when
+  none is;
 - ``/metrics``: every worker's metrics, each sample labelled ``worker="<index>"`` (sum over the
-  label for gateway totals), plus the supervisor's own ``natsgw_worker_restarts``.
+  label for gateway totals), plus the supervisor's own per worker: ``natsgw_worker_restarts``,
+  ``natsgw_worker_serving``, ``natsgw_worker_crash_looping`` and
+  ``natsgw_worker_metrics_scraped`` (0: that worker's samples are missing from this scrape: it
+  was not serving, or did not answer within ``_METRICS_TIMEOUT``; logged when that changes),
+  so a missing worker is never silently left out.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 import aiohttp
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample
 
 from natsgw.ops.http import serve_app
 
+log = structlog.get_logger("natsgw.ops.workers_http")
+
+#: Probes answer within this (a worker that cannot is reported not ready).
 _TIMEOUT = aiohttp.ClientTimeout(total=3.0)
+#: A busy worker's /metrics may take longer than a probe; Prometheus waits 10 s by default.
+_METRICS_TIMEOUT = aiohttp.ClientTimeout(total=6.0)
 
 
 class WorkerView(Protocol):
@@ -43,6 +59,10 @@ class WorkerView(Protocol):
     def restarts(self) -> int: ...
     @property
     def serving(self) -> asyncio.Event: ...
+    @property
+    def crash_looping(self) -> bool: ...
+    @property
+    def unhealthy(self) -> str: ...
 
 
 class _Families(Collector):
@@ -53,8 +73,13 @@ class _Families(Collector):
         return self._families
 
 
-def merge_metrics(texts: Sequence[tuple[int, str]], restarts: Sequence[tuple[int, int]]) -> bytes:
-    """One exposition from the workers' ones (``(index, text)``), samples labelled by worker."""
+def merge_metrics(
+    texts: Sequence[tuple[int, str]],
+    restarts: Sequence[tuple[int, int]],
+    extra: Sequence[Metric] = (),
+) -> bytes:
+    """One exposition from the workers' ones (``(index, text)``), samples labelled by worker,
+    plus the supervisor's restart counter and ``extra`` families."""
     merged: dict[str, Metric] = {}
     for index, text in texts:
         for family in text_string_to_metric_families(text):
@@ -73,16 +98,29 @@ def merge_metrics(texts: Sequence[tuple[int, str]], restarts: Sequence[tuple[int
     for index, count in restarts:
         restarted.add_metric([str(index)], count)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families([*merged.values(), restarted]))
+    registry.register(_Families([*merged.values(), restarted, *extra]))
     return generate_latest(registry)
 
 
+def _gauge(name: str, documentation: str, values: Iterable[tuple[int, bool]]) -> Metric:
+    gauge = GaugeMetricFamily(name, documentation, labels=["worker"])
+    for index, value in values:
+        gauge.add_metric([str(index)], 1.0 if value else 0.0)
+    return gauge
+
+
 class WorkersHttp:
-    def __init__(self, workers: Sequence[WorkerView]) -> None:
+    def __init__(
+        self, workers: Sequence[WorkerView], started: Callable[[], bool] = lambda: True
+    ) -> None:
         self.workers = workers
+        #: Whether the supervisor has finished starting (before: not ready).
+        self._started = started
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
         self.port = 0
+        #: Workers whose last /metrics was missing (logged once per change, not per scrape).
+        self._missing: set[int] = set()
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -91,34 +129,86 @@ class WorkersHttp:
         app.router.add_get("/readyz", self._readyz)
         return app
 
-    async def _get(self, worker: WorkerView, path: str) -> tuple[int, str]:
+    async def _get(
+        self, worker: WorkerView, path: str, timeout: aiohttp.ClientTimeout = _TIMEOUT
+    ) -> tuple[int, str]:
         """Status and body of a worker's own side port; 0 when it cannot be asked."""
         if not worker.serving.is_set() or not worker.http_port or self._client is None:
-            return 0, "not serving (starting or restarting)"
+            return 0, worker.unhealthy or "not serving (starting or restarting)"
+        url = f"http://127.0.0.1:{worker.http_port}{path}"
         try:
-            async with self._client.get(f"http://127.0.0.1:{worker.http_port}{path}") as answer:
+            async with self._client.get(url, timeout=timeout) as answer:
                 return answer.status, await answer.text()
         except (aiohttp.ClientError, TimeoutError) as exc:
             return 0, f"side port unreachable: {exc or type(exc).__name__}"
 
     async def _metrics(self, _request: web.Request) -> web.Response:
-        answers = await asyncio.gather(*(self._get(w, "/metrics") for w in self.workers))
-        pairs = zip(self.workers, answers, strict=True)
-        texts = [(w.index, body) for w, (code, body) in pairs if code == 200]
-        body = merge_metrics(texts, [(w.index, w.restarts) for w in self.workers])
+        workers = self.workers
+        answers = await asyncio.gather(
+            *(self._get(w, "/metrics", _METRICS_TIMEOUT) for w in workers)
+        )
+        texts = [
+            (w.index, body) for w, (code, body) in zip(workers, answers, strict=True) if code == 200
+        ]
+        scraped = {index for index, _ in texts}
+        self._note_missing(workers, answers, scraped)
+        extra = [
+            _gauge(
+                "natsgw_worker_serving",
+                "1 while the worker in this slot serves",
+                ((w.index, w.serving.is_set()) for w in workers),
+            ),
+            _gauge(
+                "natsgw_worker_crash_looping",
+                "1 while this slot's workers keep dying soon after start (restarted with backoff)",
+                ((w.index, w.crash_looping) for w in workers),
+            ),
+            _gauge(
+                "natsgw_worker_metrics_scraped",
+                "1 when this worker's own samples are in this scrape, 0 when they are missing",
+                ((w.index, w.index in scraped) for w in workers),
+            ),
+        ]
+        body = merge_metrics(texts, [(w.index, w.restarts) for w in workers], extra)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _note_missing(
+        self,
+        workers: Sequence[WorkerView],
+        answers: Sequence[tuple[int, str]],
+        scraped: set[int],
+    ) -> None:
+        """Log a worker's metrics going missing, and coming back, once each."""
+        for worker, (code, body) in zip(workers, answers, strict=True):
+            if worker.index not in scraped and worker.index not in self._missing:
+                self._missing.add(worker.index)
+                reason = body[:200] if code == 0 else f"status {code}"
+                log.warning("worker_metrics_missing", worker=worker.index, reason=reason)
+            elif worker.index in scraped and worker.index in self._missing:
+                self._missing.discard(worker.index)
+                log.info("worker_metrics_back", worker=worker.index)
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         workers = {str(w.index): w.pid if w.serving.is_set() else None for w in self.workers}
-        return web.json_response({"status": "alive", "workers": workers})
+        unhealthy = {str(w.index): w.unhealthy for w in self.workers if w.unhealthy}
+        return web.json_response({"status": "alive", "workers": workers, "unhealthy": unhealthy})
 
     async def _readyz(self, _request: web.Request) -> web.Response:
         answers = await asyncio.gather(*(self._get(w, "/readyz") for w in self.workers))
-        pairs = zip(self.workers, answers, strict=True)
+        pairs = list(zip(self.workers, answers, strict=True))
         reasons = {str(w.index): body for w, (code, body) in pairs if code != 200}
+        ready = len(pairs) - len(reasons)
+        started = self._started()
+        body: dict[str, object] = {
+            "ready": started and ready > 0,
+            "workers": len(pairs),
+            "serving": ready,
+        }
+        if not started:
+            body["starting"] = True
         if reasons:
-            return web.json_response({"ready": False, "workers": reasons}, status=503)
-        return web.json_response({"ready": True, "workers": len(self.workers)})
+            body["not_ready"] = reasons
+        return web.json_response(body, status=200 if body["ready"] else 503)
 
     async def start(self, host: str, port: int) -> None:
         self._client = aiohttp.ClientSession(timeout=_TIMEOUT)

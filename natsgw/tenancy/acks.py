@@ -15,6 +15,9 @@ design, one C call, ~4x cheaper than HMAC-SHA256) under a key derived from the s
 tokens (``1~<payload>~<HMAC-SHA256>``, issued before the change) are still accepted, so nothing
 handed out before an upgrade is refused; a replica not yet upgraded refuses version 2 tokens.
 
+A token is accepted only in the exact spelling it was issued in (canonical base64url, no
+padding): re-encodings that decode to the same bytes are refused as not ours.
+
 Without that setting every process draws a random secret at import: tokens then work only on the
 replica (process) that issued them. Pure module: no I/O, no NATS client.
 """
@@ -90,9 +93,20 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    """Strict base64url (no padding expected); binascii.Error on anything else."""
-    raw = text.encode("ascii").translate(_FROM_URLSAFE)
-    return binascii.a2b_base64(raw + b"=" * (-len(raw) % 4), strict_mode=True)
+    """The bytes of ``text`` if it is their canonical base64url spelling (what :func:`_b64`
+    writes); binascii.Error (or UnicodeEncodeError) on anything else.
+
+    A decoder alone would also take padding, the standard ``+/`` alphabet and non-zero unused
+    bits in the last character: several texts for one token. A token is a capability for one
+    delivery, so exactly one spelling is accepted: the decoded bytes must encode back to it.
+    """
+    raw = text.encode("ascii")
+    data = binascii.a2b_base64(
+        raw.translate(_FROM_URLSAFE) + b"=" * (-len(raw) % 4), strict_mode=True
+    )
+    if binascii.b2a_base64(data, newline=False).translate(_TO_URLSAFE).rstrip(b"=") != raw:
+        raise binascii.Error("not the canonical base64url encoding")
+    return data
 
 
 def _not_ours(field: str) -> InvalidArgument:

@@ -78,7 +78,7 @@ async def test_no_secret_is_printed_or_answered(
     loki = FakeLoki()
     await loki.start()
     grpc_port, http_port, closed = free_port(), free_port(), free_port()
-    host = nats_server.url.split("://", 1)[1]
+    host = nats_server.address.split("://", 1)[1]  # no credentials: the test adds its own
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS", "GRPC_", "LOKI"))}
     env |= {
         "NATS_URLS": f"nats://natsuser:{SECRETS['NATS URL password']}@{host},"

@@ -87,12 +87,9 @@ def test_any_single_byte_change_breaks_the_token(position: int, replacement: int
     if token[index] == char:
         return
     altered = token[:index] + char + token[index + 1 :]
-    try:
-        result = tokens.verify(altered, "uAlice")
-    except (InvalidArgument, PermissionDenied):
-        return
-    # Unused base64 padding bits can make two texts decode alike: then it is the same delivery.
-    assert result.subject == V1
+    # Even a change only in the last character's unused bits (same bytes) is refused.
+    with pytest.raises((InvalidArgument, PermissionDenied)):
+        tokens.verify(altered, "uAlice")
 
 
 def test_oversized_token_refused_early() -> None:
@@ -151,3 +148,61 @@ def test_version_2_tokens_are_keyed_blake2b_as_specified() -> None:
 @pytest.mark.parametrize("count", ["+2", "2_0", "-2", " 2", "²"])
 def test_ack_subject_numbers_are_plain_digits(count: str) -> None:
     assert parse_ack_subject(f"$JS.ACK.s.c.{count}.2.3.4.5") is None
+
+
+_URLSAFE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def reencodings(token: str) -> dict[str, str]:
+    """Other spellings of ``token`` that decode to the same bytes (issue #17 row K): what an
+    attacker gets for free when the decoder is lenient. Keyed by what was changed."""
+    prefix, _, body = token.rpartition("~")
+    prefix += "~"
+    found = {"padded": prefix + body + "=" * (-len(body) % 4 or 4)}
+    if "-" in body or "_" in body:  # the standard alphabet instead of base64url
+        found["std alphabet"] = prefix + body.replace("-", "+").replace("_", "/")
+    if len(body) % 4:  # the last character has unused low bits: set one
+        last = _URLSAFE.index(body[-1])
+        found["unused bits"] = prefix + body[:-1] + _URLSAFE[last + 1]
+    found["newline"] = prefix + body[:8] + "\n" + body[8:]
+    return found
+
+
+def token_with_every_variant(tokens: AckTokens, tenant_key: str) -> tuple[str, str]:
+    """An ack subject and its token whose encoding has a '-' or '_' and unused bits."""
+    for seq in range(1, 10_000):
+        subject = f"$JS.ACK.natsgw-uAlice-orders.worker.1.{seq}.{seq}.1795833147091652016.0"
+        token = tokens.issue(tenant_key, subject)
+        body = token[2:]
+        if ("-" in body or "_" in body) and len(body) % 4:
+            return subject, token
+    raise AssertionError("no such token")
+
+
+def test_only_the_canonical_encoding_of_a_token_is_accepted() -> None:
+    tokens = AckTokens("s" * 32)
+    subject, token = token_with_every_variant(tokens, "uAlice")
+    assert tokens.verify(token, "uAlice").subject == subject
+    variants = reencodings(token)
+    assert set(variants) == {"padded", "std alphabet", "unused bits", "newline"}
+    accepted = []
+    for what, variant in variants.items():
+        assert variant != token
+        try:
+            tokens.verify(variant, "uAlice")
+        except InvalidArgument:
+            continue
+        accepted.append(what)
+    print(f"\nre-encoded ack tokens accepted: {len(accepted)}/{len(variants)} {accepted}")
+    assert accepted == []
+
+
+def test_a_version_1_token_is_refused_when_re_encoded() -> None:
+    tokens = AckTokens("s" * 32)
+    old = _v1_token(b"s" * 32, "uAlice", V1)
+    assert tokens.verify(old, "uAlice").subject == V1
+    payload, _, mac = old[2:].partition("~")
+    padded = "1~" + payload + "=" * (-len(payload) % 4 or 4) + "~" + mac
+    for variant in (padded, *reencodings(old).values()):
+        with pytest.raises(InvalidArgument):
+            tokens.verify(variant, "uAlice")
