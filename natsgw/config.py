@@ -173,6 +173,15 @@ class Settings:
     #: Streams opened with a token or JWT re-verify it this often (and at a JWT's expiry);
     #: the tokens file is re-read on the same rhythm (natsgw.auth.expiry).
     auth_recheck_interval: float = 5.0
+    # -- authfirst (issue 17 C/G/J): what a caller may make the gateway hold before it is known --
+    #: A request message must have fully arrived this many seconds after the gateway started
+    #: waiting for it (each message of a client stream on its own), else DEADLINE_EXCEEDED.
+    request_read_timeout: float = 10.0
+    #: Trusted mode: bytes of a request read before its user_id is known (it must lie within
+    #: them); also the largest request a public RPC (HealthCheck) takes, in every mode.
+    trusted_preauth_bytes: int = 64 * 1024
+    #: Longest user_id / organization_id (characters), checked before audit, logging or naming.
+    max_id_length: int = 256
 
     def __repr__(self) -> str:
         """Masked like ``check-config``: a Settings printed by accident shows no secret."""
@@ -284,6 +293,10 @@ class Settings:
             max_headers=e.get("NATSGW_MAX_HEADERS", _positive, 256),
             max_list_items=e.get("NATSGW_MAX_LIST_ITEMS", _positive, 1024),
             auth_recheck_interval=e.get("NATSGW_AUTH_RECHECK_INTERVAL", _seconds, 5.0),
+            # -- authfirst --
+            request_read_timeout=e.get("NATSGW_REQUEST_READ_TIMEOUT", _seconds, 10.0),
+            trusted_preauth_bytes=e.get("NATSGW_TRUSTED_PREAUTH_BYTES", _size, 64 * 1024),
+            max_id_length=e.get("NATSGW_MAX_ID_LENGTH", _id_length, 256),
         ).validated()
 
     def validated(self) -> Settings:
@@ -328,6 +341,14 @@ class Settings:
                 "NATSGW_AUTH_MODE=token or jwt, or set NATSGW_TRUSTED_ALLOW_REMOTE=true to "
                 "accept that any client reaching the port can act as any user"
             )
+        # -- authfirst --
+        if self.trusted_preauth_bytes < 1024:
+            raise ConfigError(
+                f"NATSGW_TRUSTED_PREAUTH_BYTES={self.trusted_preauth_bytes} must be at least 1KiB "
+                "(a request's ids must fit in it)"
+            )
+        if not 1 <= self.max_id_length <= 65536:
+            raise ConfigError(f"NATSGW_MAX_ID_LENGTH={self.max_id_length} must be 1 to 65536")
         return self
 
 
@@ -523,6 +544,10 @@ def _seconds_or_zero(raw: str) -> float:
     if not 0 <= value <= 10 * 365 * 86400:
         raise ValueError("expected seconds, 0 (forever) or more")
     return value
+
+
+def _id_length(raw: str) -> int:
+    return _int(raw, 1, 65536)
 
 
 def _kv_history(raw: str) -> int:
