@@ -18,8 +18,9 @@ from natsgw.ops.secrets import mask_text
 EXCERPT = 48
 #: Longest error text a caller receives.
 MAX_TEXT = 1024
-#: Quoted runs (``'...'`` or ``"..."``, or cut off by the end) longer than :data:`EXCERPT`.
-_LONG_QUOTED = re.compile(rf"(['\"])([^'\"\n]{{{EXCERPT + 1},}})(?:\1|\Z)")
+#: Quoted values (``'...'`` or ``"..."`` opening after a non-word character, or cut off by the
+#: end) longer than :data:`EXCERPT`; an apostrophe inside a word opens none.
+_LONG_QUOTED = re.compile(rf"(?<![\w'\"])(['\"])([^'\"\n]{{{EXCERPT + 1},}})(?:\1|\Z)")
 
 
 def excerpt(value: str, limit: int = EXCERPT) -> str:
