@@ -62,3 +62,16 @@ def discard_received(stream: grpclib.server.Stream[Any, Any]) -> int:
     acked.clear()
     buffer._acked_size = 0
     return size
+
+
+def fully_received(h2_stream: Any) -> bool:
+    """Whether the client has ended its side of the call, so all it sent is buffered already.
+
+    Why: the request reader bounds each message's arrival with a timer (natsgw.wire.compression),
+    which costs a few microseconds a message; a unary request usually arrives whole, ended, before
+    its handler runs, and reading it then cannot wait, so it needs no timer. Only the private
+    ``Buffer._eof`` of grpclib's h2 stream says the end was received.
+    Upstream fix that removes it: a public "end of stream received" on grpclib's stream.
+    """
+    buffer = getattr(h2_stream, "buffer", None)
+    return bool(getattr(buffer, "_eof", False))

@@ -33,6 +33,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from natsgw.compat import grpclib as grpclib_compat
+from natsgw.compat import grpclib_requests
 
 ACCEPT_ENCODING = "gzip,deflate,identity"
 _installed = False
@@ -107,7 +108,7 @@ async def recv_message(
     The whole read is bounded by the codec's ``read_timeout``.
     """
     timeout = getattr(codec, "read_timeout", None)
-    if not timeout:
+    if not timeout or grpclib_requests.fully_received(stream):  # nothing left to wait for
         return await _read(stream, codec, message_type, limit, head, inspect)
     try:
         async with asyncio.timeout(timeout):
