@@ -180,7 +180,7 @@ class Settings:
     #: Trusted mode: bytes of a request read before its user_id is known (it must lie within
     #: them); also the largest request a public RPC (HealthCheck) takes, in every mode.
     trusted_preauth_bytes: int = 64 * 1024
-    #: Longest user_id / organization_id (characters), checked before audit, logging or naming.
+    #: Longest user_id / organization_id (UTF-8 bytes), checked before audit, logging or naming.
     max_id_length: int = 256
 
     def __repr__(self) -> str:

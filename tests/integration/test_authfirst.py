@@ -223,6 +223,21 @@ async def test_an_upload_is_timed_per_message_not_as_a_whole(
         channel.close()
 
 
+async def test_calls_nobody_admits_take_only_small_requests(token_gateway: Gateway) -> None:
+    """Public RPCs (HealthCheck) and grpclib's own health service read at most
+    NATSGW_TRUSTED_PREAUTH_BYTES, in token mode too: no anonymous 10 MiB body through them."""
+    conn = await RawH2.open(token_gateway.port)
+    try:
+        ours = conn.start("/isa.nats.NATSService/HealthCheck", [], grpc_prefix(10 * MIB), MIB)
+        grpclibs = conn.start("/grpc.health.v1.Health/Check", [], grpc_prefix(10 * MIB), MIB)
+        await wait_for(lambda: conn.answered() == 2, timeout=5)
+    finally:
+        await conn.close()
+    for sid in (ours, grpclibs):
+        assert conn.statuses[sid] == str(Status.RESOURCE_EXHAUSTED.value), conn.messages[sid]
+        assert "NATSGW_TRUSTED_PREAUTH_BYTES" in conn.messages[sid]
+
+
 # -- G: trusted mode's bounded first read, id lengths, echoed values ---------------------------
 
 
