@@ -190,6 +190,15 @@ class Settings:
     #: (server-wide counters, e.g. NatsHealthCheck's connections) reads 0 unless
     #: NATSGW_NATS_MONITOR_URL is set.
     embedded_monitor: bool = False
+    # -- authfirst (issue 17 C/G/J): what a caller may make the gateway hold before it is known --
+    #: A request message must have fully arrived this many seconds after the gateway started
+    #: waiting for it (each message of a client stream on its own), else DEADLINE_EXCEEDED.
+    request_read_timeout: float = 10.0
+    #: Trusted mode: bytes of a request read before its user_id is known (it must lie within
+    #: them); also the largest request a public RPC (HealthCheck) takes, in every mode.
+    trusted_preauth_bytes: int = 64 * 1024
+    #: Longest user_id / organization_id (UTF-8 bytes), checked before audit, logging or naming.
+    max_id_length: int = 256
 
     def __repr__(self) -> str:
         """Masked like ``check-config``: a Settings printed by accident shows no secret."""
@@ -308,6 +317,10 @@ class Settings:
             tenant_stats_max=e.get("NATSGW_TENANT_STATS_MAX", _tenant_stats_max, 10_000),
             # -- task "embedded" --
             embedded_monitor=e.get("NATSGW_EMBEDDED_MONITOR", _bool, False),
+            # -- authfirst --
+            request_read_timeout=e.get("NATSGW_REQUEST_READ_TIMEOUT", _seconds, 10.0),
+            trusted_preauth_bytes=e.get("NATSGW_TRUSTED_PREAUTH_BYTES", _size, 64 * 1024),
+            max_id_length=e.get("NATSGW_MAX_ID_LENGTH", _id_length, 256),
         ).validated()
 
     def validated(self) -> Settings:
@@ -363,6 +376,14 @@ class Settings:
             raise ConfigError("NATSGW_METRICS_TENANTS_TOP must be from 0 to 1000")
         if self.tenant_stats_max < 1:
             raise ConfigError("NATSGW_TENANT_STATS_MAX must be at least 1")
+        # -- authfirst --
+        if self.trusted_preauth_bytes < 1024:
+            raise ConfigError(
+                f"NATSGW_TRUSTED_PREAUTH_BYTES={self.trusted_preauth_bytes} must be at least 1KiB "
+                "(a request's ids must fit in it)"
+            )
+        if not 1 <= self.max_id_length <= 65536:
+            raise ConfigError(f"NATSGW_MAX_ID_LENGTH={self.max_id_length} must be 1 to 65536")
         return self
 
 
@@ -560,6 +581,10 @@ def _seconds_or_zero(raw: str) -> float:
     if not 0 <= value <= 10 * 365 * 86400:
         raise ValueError("expected seconds, 0 (forever) or more")
     return value
+
+
+def _id_length(raw: str) -> int:
+    return _int(raw, 1, 65536)
 
 
 def _kv_history(raw: str) -> int:

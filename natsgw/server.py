@@ -72,15 +72,25 @@ class GatewayFailed(RuntimeError):
     """The gateway stopped because it could no longer serve (its nats-server kept failing)."""
 
 
-def build_codec(max_message_size: int, limits: RepeatedLimits | None = None) -> GatewayCodec:
+def build_codec(
+    max_message_size: int, limits: RepeatedLimits | None = None, settings: Settings | None = None
+) -> GatewayCodec:
     """Every generated dataclass of isa.nats goes through the upb bridge (see wire.codec), each
-    repeated/map field bounded by ``limits`` before it is expanded (None: unbounded)."""
+    repeated/map field bounded by ``limits`` before it is expanded (None: unbounded); with
+    ``settings``, requests are read within their read timeout and preauth bound."""
     bridge = UpbBridge(nats_service_pb2, default_message_pool, limits, UPB_ITEMS)
     for name in pb.__all__:
         cls = getattr(pb, name)
         if isinstance(cls, type) and issubclass(cls, betterproto2.Message):
             bridge.register(cls)
-    return GatewayCodec(bridge, max_message_size)
+    if settings is None:
+        return GatewayCodec(bridge, max_message_size)
+    return GatewayCodec(
+        bridge,
+        max_message_size,
+        read_timeout=settings.request_read_timeout,
+        unadmitted_limit=settings.trusted_preauth_bytes,
+    )
 
 
 def request_limits(settings: Settings) -> RepeatedLimits:
@@ -204,6 +214,9 @@ class Gateway:
             credential_recheck=settings.auth_recheck_interval,
             on_undecodable=RejectLog(),
             stream_leases=lambda call: self._stream_lease(call.ns.key),
+            preauth_bytes=settings.trusted_preauth_bytes,
+            max_id_length=settings.max_id_length,
+            on_request_dropped=trimmer.ended if trimmer is not None else None,
         )
         # Shared subscriptions queue little in nats-py (delivery into mailboxes never blocks);
         # its limits only bound a burst the event loop has not caught up with yet.
@@ -230,7 +243,7 @@ class Gateway:
         health = Health({gateway: [ServiceCheck(nats_connected, check_ttl=2.0)]})
         self._server = Server(
             DocumentedReflection.extend([gateway, health]),
-            codec=build_codec(settings.max_message_size, request_limits(settings)),
+            codec=build_codec(settings.max_message_size, request_limits(settings), settings),
         )
         # What a connection's calls write in one event-loop pass leaves in one socket write.
         wrap_transports(self._server, coalesced)

@@ -12,7 +12,11 @@ decides is invisible to it:
   and an organization's namespace is open to its members only.
 
 The call pipeline (:mod:`natsgw.pipeline.chain`) calls the authenticator once per call with the
-call's metadata and keeps the principal for the handler's namespace and the audit trail.
+call's metadata and keeps the principal for the handler's namespace and the audit trail. With a
+:class:`BearerAuthenticator` it proves the credential (:meth:`~BearerAuthenticator.identify`)
+before it reads any of the request, and applies the policy to the request's ids afterwards
+(:meth:`~BearerAuthenticator.admit`); other authenticators need the request, which in trusted
+mode is read only so far as :meth:`TrustedAuthenticator.precheck` finds its user_id.
 """
 
 from __future__ import annotations
@@ -23,10 +27,25 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
-from natsgw.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from natsgw.errors import InvalidArgument, PermissionDenied, Unauthenticated, excerpt
 from natsgw.tenancy import Tenant
 
 Metadata = Mapping[str, str | bytes]
+#: What the first bytes of a request showed of its ids (natsgw.wire.codec ``IdsSeen``):
+#: field name -> (length in bytes, value, or None when it runs past those bytes).
+IdsSeen = Mapping[str, tuple[int, bytes | None]]
+
+
+def check_id_lengths(user_id: str, organization_id: str, limit: int) -> None:
+    """Refuse ids longer than ``limit`` UTF-8 bytes (NATSGW_MAX_ID_LENGTH) before anything
+    (authentication, naming, audit, a log line) handles them."""
+    for field, value in (("user_id", user_id), ("organization_id", organization_id)):
+        if len(value) > limit or (len(value) * 4 > limit and len(value.encode()) > limit):
+            raise InvalidArgument(field, _too_long(len(value.encode()), limit))
+
+
+def _too_long(size: int, limit: int) -> str:
+    return f"is {size} bytes long; the limit is {limit} bytes (NATSGW_MAX_ID_LENGTH)"
 
 
 class Scope(Enum):
@@ -87,6 +106,24 @@ class TrustedAuthenticator:
     nothing here can prove membership.
     """
 
+    @staticmethod
+    def precheck(seen: IdsSeen, head: int, limit: int) -> None:
+        """Refuse a request from its first ``head`` bytes (NATSGW_TRUSTED_PREAUTH_BYTES), before
+        the rest is read: its user_id must lie within them, and no id may be over ``limit``.
+
+        Every protobuf encoder writes fields in number order, and user_id is field 1 (of a
+        streamed put's header, field 1): only a hand-made encoding puts it later.
+        """
+        for field in ("user_id", "organization_id"):
+            size = seen.get(field, (0, b""))[0]
+            if size > limit:
+                raise InvalidArgument(field, _too_long(size, limit))
+        if seen.get("user_id", (0, None))[1] is None:
+            raise Unauthenticated(
+                f"user_id is required and must come first: the gateway reads at most {head} "
+                "bytes of a request before it knows who sends it (NATSGW_TRUSTED_PREAUTH_BYTES)"
+            )
+
     async def authenticate(
         self, metadata: Metadata, user_id: str, organization_id: str, scope: Scope
     ) -> Principal:
@@ -139,7 +176,8 @@ class BearerAuthenticator:
         self.act_as_role = act_as_role
 
     async def identify(self, metadata: Metadata) -> Identity:
-        """The identity the call's credential proves."""
+        """The identity the call's credential proves (the pipeline asks before it reads any of
+        the request: an unauthenticated caller gets no byte of its body buffered)."""
         return await self.verifier.verify(bearer_token(metadata))
 
     async def close(self) -> None:
@@ -150,16 +188,21 @@ class BearerAuthenticator:
     async def authenticate(
         self, metadata: Metadata, user_id: str, organization_id: str, scope: Scope
     ) -> Principal:
-        identity = await self.identify(metadata)
+        return self.admit(await self.identify(metadata), user_id, organization_id, scope)
+
+    def admit(
+        self, identity: Identity, user_id: str, organization_id: str, scope: Scope
+    ) -> Principal:
+        """The principal a proven ``identity`` gets for a request's ids (the policy above)."""
         may_act_as = self.act_as_role in identity.roles
         acting = False
         effective = identity.user_id
         if user_id and user_id != identity.user_id:
             if not may_act_as:
                 raise PermissionDenied(
-                    f"user_id {user_id!r} is not the authenticated user {identity.user_id!r}: "
-                    "leave user_id empty or set it to your own id (acting for another user "
-                    f"needs the role {self.act_as_role!r})"
+                    f"user_id {excerpt(user_id)} is not the authenticated user "
+                    f"{excerpt(identity.user_id)}: leave user_id empty or set it to your own id "
+                    f"(acting for another user needs the role {self.act_as_role!r})"
                 )
             effective, acting = user_id, True
         if scope is Scope.ORGANIZATION:
@@ -170,8 +213,8 @@ class BearerAuthenticator:
             if organization_id not in identity.organizations:
                 if not may_act_as:
                     raise PermissionDenied(
-                        f"{identity.user_id!r} is not a member of organization "
-                        f"{organization_id!r}; only its members may use its namespace"
+                        f"{excerpt(identity.user_id)} is not a member of organization "
+                        f"{excerpt(organization_id)}; only its members may use its namespace"
                     )
                 acting = True
             tenant = Tenant.organization(organization_id)

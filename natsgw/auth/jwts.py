@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from natsgw.auth.identity import Identity
 from natsgw.config import ConfigError, Settings
-from natsgw.errors import Unauthenticated, Unavailable
+from natsgw.errors import Unauthenticated, Unavailable, excerpt
 from natsgw.ops.secrets import mask_url
 
 log = structlog.get_logger("natsgw.auth")
@@ -233,7 +233,7 @@ class JwtVerifier:
                     f"unreachable ({self._jwks.last_error}); retry shortly"
                 )
             if self._jwks is not None and kid is not None:
-                raise Unauthenticated(f"token signed with unknown key id {kid!r}")
+                raise Unauthenticated(f"token signed with unknown key id {excerpt(kid)}")
             raise Unauthenticated(f"no configured key verifies {alg} tokens")
         return usable[0].key
 
@@ -245,7 +245,8 @@ class JwtVerifier:
         alg = str(header.get("alg", ""))
         if alg not in self.algorithms:
             raise Unauthenticated(
-                f"token algorithm {alg!r} is not accepted (allowed: {', '.join(self.algorithms)})"
+                f"token algorithm {excerpt(alg)} is not accepted "
+                f"(allowed: {', '.join(self.algorithms)})"
             )
         kid = header.get("kid")
         key = await self._key(str(kid) if kid is not None else None, alg)

@@ -14,7 +14,9 @@ Each event is logged through structlog (logger ``natsgw.ops.audit``, event ``aud
   dropped.
 
 So a slow or dead Loki costs memory up to the queue bound and a growing ``dropped`` counter, never
-a client call's latency or success.
+a client call's latency or success. No field of an event is longer than :data:`MAX_FIELD`
+characters (a caller's values are bounded before the pipeline records them; this is the backstop
+that keeps one event one short line whatever a field holds).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ log = structlog.get_logger("natsgw.ops.audit")
 _ship_log = structlog.get_logger("natsgw.ops.audit.loki")
 
 PUSH_PATH = "/loki/api/v1/push"
+#: Longest text field of an audit event, in characters.
+MAX_FIELD = 1024
 _BACKOFF_BASE = 0.2
 _BACKOFF_CAP = 30.0
 
@@ -196,6 +200,9 @@ class AuditLog:
 
     def record(self, **event: Any) -> None:
         self.recorded += 1
+        for key, value in event.items():
+            if isinstance(value, str) and len(value) > MAX_FIELD:
+                event[key] = f"{value[:MAX_FIELD]}… ({len(value)} characters)"
         try:
             log.info("audit", **event)
             if self.shipper is not None:

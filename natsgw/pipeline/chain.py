@@ -5,13 +5,21 @@ Every call then takes these steps, each a small method below (read top to bottom
 
     1. refuse while draining        UNAVAILABLE once shutdown began (before anything is counted)
     2. in-flight + metrics start    counted so shutdown can wait; natsgw_rpc_in_flight
-    3. receive the request          the first message (for a streamed put: its header message);
-                                    a W3C traceparent is stamped on what it publishes (ops.tracing)
-    4. identity                     authenticate ONCE from metadata + the request's ids
-                                    (skipped for public RPCs: HealthCheck); a streaming call's
-                                    bearer credential is then watched while it runs
-                                    (natsgw.auth.expiry) and the call ends UNAUTHENTICATED when
-                                    it stops verifying
+    3. receive the request          token/JWT mode: the bearer credential is proven from the
+       (authenticate first)         metadata BEFORE any of the body is read (an anonymous
+                                    caller is answered UNAUTHENTICATED with nothing buffered);
+                                    trusted mode: the first NATSGW_TRUSTED_PREAUTH_BYTES only,
+                                    until its user_id is found there; public RPCs: at most that
+                                    much in all. Then the first message (for a streamed put: its
+                                    header message), which must arrive whole within
+                                    NATSGW_REQUEST_READ_TIMEOUT (natsgw.wire.compression); a W3C
+                                    traceparent is stamped on what it publishes (ops.tracing)
+    4. identity                     ids no longer than NATSGW_MAX_ID_LENGTH, then the principal,
+                                    decided ONCE from the credential (or trusted user_id) + the
+                                    request's ids (skipped for public RPCs: HealthCheck); a
+                                    streaming call's bearer credential is then watched while it
+                                    runs (natsgw.auth.expiry) and the call ends UNAUTHENTICATED
+                                    when it stops verifying
     5. namespace                    the principal's Namespace, handed to the handler in ``call.ns``
     6. quotas                       the RPC's Cost (natsgw.pipeline.policy) against the tenant's
                                     limits; may hand the handler an adjusted copy of the request
@@ -29,7 +37,8 @@ Every call then takes these steps, each a small method below (read top to bottom
    10. finish                       credential watch stopped, quota ticket released, metrics
                                     recorded, audit event when the RPC's audit rule asks for one
                                     (never for undecodable bytes: those are logged rate-limited
-                                    per peer), in-flight count released
+                                    per peer), request bytes a refused or timed-out call had read
+                                    dropped, in-flight count released
 
 Nothing here allocates per call beyond one :class:`Call` (and the request id; a streaming call
 with a bearer credential also its watch); no context variables, no proxies around grpclib's
@@ -58,8 +67,16 @@ from hpack import NeverIndexedHeaderTuple
 
 from natsgw._generated.isa import nats as pb
 from natsgw.auth import expiry
-from natsgw.auth.identity import Authenticator, BearerAuthenticator, Scope
+from natsgw.auth.identity import (
+    Authenticator,
+    BearerAuthenticator,
+    Identity,
+    Scope,
+    TrustedAuthenticator,
+    check_id_lengths,
+)
 from natsgw.compat import grpclib as grpclib_compat
+from natsgw.compat import grpclib_requests
 from natsgw.errors import InvalidArgument, UndecodableRequest, to_grpc_error
 from natsgw.ops import tracing
 from natsgw.ops.audit import AuditLog
@@ -69,6 +86,7 @@ from natsgw.pipeline.policy import Audit, Policy
 from natsgw.pipeline.quotas import QuotaEnforcer, tenant_label
 from natsgw.pipeline.streaming import Frames, FrameWriter
 from natsgw.tenancy import Namespace, Tenant, public_text
+from natsgw.wire import compression
 
 log = structlog.get_logger("natsgw.pipeline")
 
@@ -149,6 +167,9 @@ class Pipeline:
         credential_recheck: float = 5.0,
         on_undecodable: Callable[[str, str], None] | None = None,
         stream_leases: Callable[[Call], AbstractContextManager[None]] | None = None,
+        preauth_bytes: int = 64 * 1024,
+        max_id_length: int = 256,
+        on_request_dropped: Callable[[], None] | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.metrics = metrics
@@ -166,6 +187,26 @@ class Pipeline:
         #: natsgw.service.subscriptions), held from admission until the stream ends.
         self.stream_leases = stream_leases
         self._public = functools.partial(public_text, root=root)
+        #: Token/JWT: the credential is proven from metadata before the body is read.
+        self._bearer = authenticator if isinstance(authenticator, BearerAuthenticator) else None
+        #: Longest user_id / organization_id (NATSGW_MAX_ID_LENGTH).
+        self.max_id_length = max_id_length
+        # How requests are read (natsgw.wire.compression), chosen once: an admitted call's with
+        # the full size limit; a public RPC's, at most NATSGW_TRUSTED_PREAUTH_BYTES; a trusted
+        # call's first message, NATSGW_TRUSTED_PREAUTH_BYTES until its user_id is found there.
+        self._read_admitted: grpclib_requests.Reader = compression.recv_message
+        self._read_public: grpclib_requests.Reader = functools.partial(
+            compression.recv_message, limit=preauth_bytes
+        )
+        self._read_unknown: grpclib_requests.Reader = self._read_admitted
+        if isinstance(authenticator, TrustedAuthenticator):
+            self._read_unknown = functools.partial(
+                compression.recv_message, head=preauth_bytes, inspect=self._precheck
+            )
+        self._preauth_bytes = preauth_bytes
+        #: Told when a call ended holding request bytes it had read (ops.memory's HeapTrimmer:
+        #: a burst of stalled uploads then goes back to the OS, not just to the heap).
+        self.on_request_dropped = on_request_dropped
 
     def handler(self, policy: Policy, cardinality: Cardinality, endpoint: Endpoint) -> GrpcHandler:
         """grpclib's handler for one RPC: the steps above around ``endpoint``."""
@@ -211,6 +252,8 @@ class Pipeline:
                     raise
                 raise error from exc
             finally:
+                if status is not _OK:  # what a half-read request held goes now, not later
+                    self._drop_request(stream)
                 # Undecodable bytes are logged (rate-limited, per peer), not audited per call.
                 self._finish(call, status, error, started, audit_ok, not undecodable)  # 10
 
@@ -220,7 +263,7 @@ class Pipeline:
 
     def _unary(self, endpoint: Unary) -> Callable[[Call, Stream], Awaitable[None]]:
         async def body(call: Call, stream: Stream) -> None:
-            request = await self._admit(call, await stream.recv_message())
+            request = await self._receive(call, stream)
             reply = await endpoint(call, request)
             if call.ticket is not None:
                 await call.ticket.created()
@@ -232,7 +275,7 @@ class Pipeline:
         self, endpoint: ServerStreaming
     ) -> Callable[[Call, Stream], Awaitable[None]]:
         async def body(call: Call, stream: Stream) -> None:
-            request = await self._admit(call, await stream.recv_message(), long_lived=True)
+            request = await self._receive(call, stream, long_lived=True)
             lease = self.stream_leases(call) if self.stream_leases is not None else _NO_LEASE
             with lease:  # one of the tenant's streaming-call slots while the stream runs
                 replies = endpoint(call, request)
@@ -260,18 +303,49 @@ class Pipeline:
         self, endpoint: ClientStreaming
     ) -> Callable[[Call, Stream], Awaitable[None]]:
         async def body(call: Call, stream: Stream) -> None:
-            first = await self._admit(call, await stream.recv_message(), long_lived=True)
-            reply = await endpoint(call, first, _rest(stream))
+            first = await self._receive(call, stream, long_lived=True)
+            reply = await endpoint(call, first, self._rest(stream))
             if call.ticket is not None:
                 await call.ticket.created()
             await self._answer(call, stream, reply)
 
         return body
 
-    async def _admit(self, call: Call, request: Any, long_lived: bool = False) -> Any:
+    async def _receive(self, call: Call, stream: Stream, long_lived: bool = False) -> Any:
+        """Step 3, and 4-6 through :meth:`_admit`: nothing of the body is read for a caller whose
+        credential does not verify, and only a little before a trusted caller's id is seen."""
+        identity: Identity | None = None
+        read: grpclib_requests.Reader
+        if call.policy.public:
+            read = self._read_public
+        elif self._bearer is not None:
+            identity = await self._bearer.identify(stream.metadata or {})  # 4: before the body
+            read = self._read_admitted
+        else:
+            read = self._read_unknown
+        request = await grpclib_requests.recv_message_with(stream, read)
+        return await self._admit(call, request, identity, long_lived)
+
+    def _precheck(self, prefix: bytes, codec: Any, message_type: Any) -> None:
+        """Trusted mode: refuse from its first bytes a request whose user_id is not among them."""
+        ids_seen = getattr(codec, "ids_seen", None)
+        if ids_seen is not None:
+            seen = ids_seen(prefix, message_type)
+            TrustedAuthenticator.precheck(seen, self._preauth_bytes, self.max_id_length)
+
+    async def _rest(self, stream: Stream) -> AsyncIterator[Any]:
+        """The messages of a client stream after the first one (each within the read timeout)."""
+        read = self._read_admitted
+        while (message := await grpclib_requests.recv_message_with(stream, read)) is not None:
+            yield message
+
+    async def _admit(
+        self, call: Call, request: Any, identity: Identity | None, long_lived: bool = False
+    ) -> Any:
         """Steps 4-6: who calls, in which namespace, and whether quotas let it through.
 
-        A ``long_lived`` (streaming) call may outlive its credential: it is watched from here
+        ``identity``: what the call's bearer credential proved (None in other modes). A
+        ``long_lived`` (streaming) call may outlive its credential: it is watched from here
         until :meth:`_finish` (the one place a watch starts and stops).
         """
         policy = call.policy
@@ -290,12 +364,14 @@ class Pipeline:
         call.trace = tracing.on_request(policy.rpc, request, metadata)
         if policy.public:
             return request
-        principal = await self.authenticator.authenticate(  # 4: the only authentication
-            metadata,
-            ids.user_id,
-            ids.organization_id,
-            _ORGANIZATION if ids.scope == _ORGANIZATION_SCOPE else _USER,
-        )
+        check_id_lengths(ids.user_id, ids.organization_id, self.max_id_length)
+        scope = _ORGANIZATION if ids.scope == _ORGANIZATION_SCOPE else _USER
+        if identity is not None and self._bearer is not None:  # 4: proven in _receive
+            principal = self._bearer.admit(identity, ids.user_id, ids.organization_id, scope)
+        else:  # 4: the only authentication
+            principal = await self.authenticator.authenticate(
+                metadata, ids.user_id, ids.organization_id, scope
+            )
         call.principal = principal
         if long_lived and isinstance(self.authenticator, BearerAuthenticator):
             stream = call.stream
@@ -336,6 +412,10 @@ class Pipeline:
             call.headers_sent = True
             await stream.send_initial_metadata(metadata={"x-request-id": call.request_id})
         await stream.send_message(reply)
+
+    def _drop_request(self, stream: Stream) -> None:
+        if grpclib_requests.discard_received(stream) and self.on_request_dropped is not None:
+            self.on_request_dropped()
 
     # -- 9: error mapping -----------------------------------------------------------------------
 
@@ -437,12 +517,6 @@ def resource_of(target: Any, request: Any = None) -> dict[str, Any]:
     if isinstance(messages, list):
         found["messages"] = len(messages)
     return found
-
-
-async def _rest(stream: Stream) -> AsyncIterator[Any]:
-    """The messages of a client stream after the first one."""
-    while (message := await stream.recv_message()) is not None:
-        yield message
 
 
 #: New request ids: 16 random hex digits per process, then a counter (unique, no syscall per call).

@@ -24,7 +24,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from natsgw.errors import InvalidArgument
+from natsgw.errors import InvalidArgument, excerpt
 
 DEFAULT_ROOT = "natsgw"
 
@@ -152,24 +152,27 @@ def check_subject(subject: str, field: str, *, wildcards: bool) -> None:
     if bad is not None:
         raise InvalidArgument(
             field,
-            f"{subject!r} contains {bad!r}; whitespace and control characters are not allowed",
+            f"{excerpt(subject)} contains {bad!r}; "
+            "whitespace and control characters are not allowed",
         )
     tokens = subject.split(".")
     for index, token in enumerate(tokens):
         if not token:
             raise InvalidArgument(
-                field, f"{subject!r} has an empty token (leading, trailing or '..')"
+                field, f"{excerpt(subject)} has an empty token (leading, trailing or '..')"
             )
         if token in ("*", ">") and wildcards:
             if token == ">" and index != len(tokens) - 1:
-                raise InvalidArgument(field, f"{subject!r}: '>' is only allowed as the last token")
+                raise InvalidArgument(
+                    field, f"{excerpt(subject)}: '>' is only allowed as the last token"
+                )
             continue
         if "*" in token or ">" in token:
             where = (
                 "as whole tokens in a subscription" if wildcards else "in a subscription pattern"
             )
             raise InvalidArgument(
-                field, f"{subject!r}: '*' and '>' are only allowed {where}, not here"
+                field, f"{excerpt(subject)}: '*' and '>' are only allowed {where}, not here"
             )
 
 
@@ -183,11 +186,11 @@ def check_name(name: str, field: str, *, max_bytes: int = MAX_NAME_BYTES) -> Non
     if bad is not None:
         raise InvalidArgument(
             field,
-            f"{name!r} contains {bad!r}; "
+            f"{excerpt(name)} contains {bad!r}; "
             "names may not contain whitespace, '.', '*', '>', '/' or '\\'",
         )
     if _utf8_len(name) > max_bytes:
-        raise InvalidArgument(field, f"{name!r} is longer than {max_bytes} bytes")
+        raise InvalidArgument(field, f"{excerpt(name)} is longer than {max_bytes} bytes")
 
 
 #: Longest Key-Value key or watch pattern, in bytes (it becomes a subject inside the bucket).
@@ -207,14 +210,16 @@ def check_kv_key(key: str, field: str = "key") -> None:
     if not _KV_KEY_RE.fullmatch(key):
         raise InvalidArgument(
             field,
-            f"{key!r} is not a valid key: use letters, digits and '-', '/', '_', '=', '.'",
+            f"{excerpt(key)} is not a valid key: use letters, digits and '-', '/', '_', '=', '.'",
         )
     if key.startswith(".") or key.endswith("."):
         raise InvalidArgument(
-            field, f"{key!r} is not a valid key: it may not start or end with '.'"
+            field, f"{excerpt(key)} is not a valid key: it may not start or end with '.'"
         )
     if ".." in key:
-        raise InvalidArgument(field, f"{key!r} is not a valid key: it has an empty token ('..')")
+        raise InvalidArgument(
+            field, f"{excerpt(key)} is not a valid key: it has an empty token ('..')"
+        )
 
 
 def kv_watch_pattern(pattern: str, field: str = "key") -> str:
@@ -231,15 +236,18 @@ def kv_watch_pattern(pattern: str, field: str = "key") -> str:
         if token == "*" or (token == ">" and index == len(tokens) - 1):
             continue
         if token == ">":
-            raise InvalidArgument(field, f"{pattern!r}: '>' is only allowed as the last token")
+            raise InvalidArgument(
+                field, f"{excerpt(pattern)}: '>' is only allowed as the last token"
+            )
         if not token:
             raise InvalidArgument(
-                field, f"{pattern!r} has an empty token (leading, trailing or '..')"
+                field, f"{excerpt(pattern)} has an empty token (leading, trailing or '..')"
             )
         if not _KV_PATTERN_TOKEN_RE.fullmatch(token):
             raise InvalidArgument(
                 field,
-                f"{pattern!r} is not a valid key pattern: use letters, digits, '-', '/', '_', "
+                f"{excerpt(pattern)} is not a valid key pattern: use letters, digits, '-', '/', "
+                "'_', "
                 "'=', '.' and whole-token '*' or a final '>'",
             )
     return pattern
@@ -343,5 +351,5 @@ class Namespace:
             raise InvalidArgument(field, "must not be empty")
         if not _BUCKET_RE.fullmatch(bucket):
             raise InvalidArgument(
-                field, f"{bucket!r} may only contain letters A-Z a-z, digits, '_' and '-'"
+                field, f"{excerpt(bucket)} may only contain letters A-Z a-z, digits, '_' and '-'"
             )

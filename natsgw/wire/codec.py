@@ -117,6 +117,8 @@ class UpbBridge:
         self._converters: dict[type[Any], Callable[[Any], Any]] = {}
         #: Top-level answer conversions, compiled on first use (:func:`_compile_builder`).
         self._builders: dict[type[Any], Callable[[Any], Any]] = {}
+        #: Where a request class carries its ids (:meth:`ids_seen`), found on first use.
+        self._id_fields: dict[type[Any], tuple[tuple[int, ...], dict[int, str]]] = {}
 
     def register(self, cls: type[Any]) -> None:
         if cls in self._pairs:
@@ -350,6 +352,17 @@ class UpbBridge:
         head = _varint_bytes((number << 3) | 2) + _varint_bytes(len(payload))
         return b"".join((rest, head, payload))
 
+    def ids_seen(self, cls: type[Any], prefix: bytes) -> IdsSeen:
+        """``user_id`` / ``organization_id`` as far as the first bytes of a serialized ``cls``
+        show them (a streamed put's: inside its header), read on the wire before the rest of
+        the request has arrived: name -> (length in bytes, value; None when it runs past
+        ``prefix``). Names not seen are absent; so is everything of a class without ids."""
+        found = self._id_fields.get(cls)
+        if found is None:
+            found = self._id_fields[cls] = _id_fields(self._pairs[cls].DESCRIPTOR)
+        path, numbers = found
+        return _ids_in(prefix, path, numbers) if numbers else {}
+
     def _prescan(self, cls: type[Any], upb_cls: Any, data: bytes) -> int | None:
         """Count the top-level repeated fields on the wire, stopping at the first one over its
         limit: a million-item batch is refused after reading ``limit`` tags, before upb builds
@@ -550,6 +563,72 @@ def _scan(data: bytes, limits: dict[int, int]) -> tuple[int | None, int | None]:
     return None, longest
 
 
+#: What :meth:`UpbBridge.ids_seen` found: field name -> (length, value or None when cut off).
+IdsSeen = dict[str, tuple[int, bytes | None]]
+_ID_NAMES = ("user_id", "organization_id")
+
+
+def _id_fields(descriptor: Any) -> tuple[tuple[int, ...], dict[int, str]]:
+    """The path of field numbers to the message holding the ids (empty: the message itself),
+    and the ids' field numbers there; no numbers for a message without ids."""
+    fields = descriptor.fields_by_name
+    if "user_id" in fields:
+        return (), {fields[n].number: n for n in _ID_NAMES if n in fields}
+    for field in descriptor.fields:
+        inner = field.message_type
+        if inner is not None and "user_id" in inner.fields_by_name:
+            nested = inner.fields_by_name
+            return (field.number,), {nested[n].number: n for n in _ID_NAMES if n in nested}
+    return (), {}
+
+
+def _ids_in(data: bytes, path: tuple[int, ...], numbers: dict[int, str]) -> IdsSeen:
+    """Walk the top-level fields of ``data`` (a prefix of a message: it may stop anywhere),
+    down ``path``, recording the length-delimited fields ``numbers`` names."""
+    seen: IdsSeen = {}
+    pos, end = 0, len(data)
+    for outer in path:
+        for _ in range(_SINGULAR_FIELDS_ALLOWANCE):
+            if pos >= end:
+                return seen
+            key, pos = _varint(data, pos)
+            wire_type = key & 7
+            if wire_type == 2:
+                length, pos = _varint(data, pos)
+                if key >> 3 == outer:
+                    end = min(end, pos + length)
+                    break
+                pos += length
+            elif wire_type == 0:
+                _, pos = _varint(data, pos)
+            elif wire_type in (1, 5):
+                pos += 8 if wire_type == 1 else 4
+            else:
+                return seen
+        else:
+            return seen
+    for _ in range(_SINGULAR_FIELDS_ALLOWANCE):
+        if pos >= end:
+            break
+        key, pos = _varint(data, pos)
+        wire_type = key & 7
+        if wire_type == 2:
+            length, pos = _varint(data, pos)
+            if pos > end:
+                break
+            name = numbers.get(key >> 3)
+            if name is not None:  # occurring again, the last one counts (as in upb)
+                seen[name] = (length, data[pos : pos + length] if pos + length <= end else None)
+            pos += length
+        elif wire_type == 0:
+            _, pos = _varint(data, pos)
+        elif wire_type in (1, 5):
+            pos += 8 if wire_type == 1 else 4
+        else:
+            break
+    return seen
+
+
 def _split_field(data: bytes, number: int) -> tuple[int, int, bytes] | None:
     """Where the (last) length-delimited field ``number`` of a serialized message lies, and
     every other field joined; None when it is absent, or ``data`` is malformed or has more than
@@ -658,14 +737,32 @@ def constant(message: _M) -> _M:
 class GatewayCodec(ProtoCodec):
     """grpclib codec: upb-bridged for registered dataclasses, plain protobuf for the rest.
 
-    ``max_message_size`` (the largest payload plus :data:`ENVELOPE_ALLOWANCE`) is read by
-    natsgw.wire.compression when it receives a frame.
+    ``max_message_size`` (the largest payload plus :data:`ENVELOPE_ALLOWANCE`), ``read_timeout``
+    and ``unadmitted_limit`` are read by natsgw.wire.compression when it receives a frame.
     """
 
-    def __init__(self, bridge: UpbBridge | None, max_payload: int) -> None:
+    def __init__(
+        self,
+        bridge: UpbBridge | None,
+        max_payload: int,
+        *,
+        read_timeout: float | None = None,
+        unadmitted_limit: int | None = None,
+    ) -> None:
         self.bridge = bridge
         self.max_message_size = max_payload + ENVELOPE_ALLOWANCE
+        #: Seconds a request message may take to arrive whole (NATSGW_REQUEST_READ_TIMEOUT).
+        self.read_timeout = read_timeout
+        #: Most bytes of a message read for no admitted call (NATSGW_TRUSTED_PREAUTH_BYTES).
+        self.unadmitted_limit = unadmitted_limit
         self._constant_bytes: dict[int, bytes] = {}
+
+    def ids_seen(self, prefix: bytes, message_type: Any) -> IdsSeen:
+        """:meth:`UpbBridge.ids_seen` for request types the bridge knows; else nothing."""
+        bridge = self.bridge
+        if bridge is not None and bridge.knows(message_type):
+            return bridge.ids_seen(message_type, prefix)
+        return {}
 
     def encode(self, message: Any, message_type: Any) -> bytes:
         key = id(message)
