@@ -621,12 +621,19 @@ class JetStreamAdapter:
             direct, body = f"{prefix}.DIRECT.GET.{stream}.{subject}", b""
         else:
             direct, body = f"{prefix}.DIRECT.GET.{stream}", json.dumps({"seq": seq}).encode()
+        core = self._core
+        # The answer is at most one message: reserve what this stream's messages were seen to
+        # be (the server's max_payload until one was), so that many large reads at once never
+        # queue more at nats-server than the gateway's read window (natsgw.adapter.flow).
+        expected = core.sizes.reservation(stream, requester.max_payload)
         with translated(what):
-            try:
-                msg = await requester.request(direct, body, wait)
-            except NoRespondersError:
-                msg = None
+            async with core.inflow.reserved(expected):
+                try:
+                    msg = await requester.request(direct, body, wait)
+                except NoRespondersError:
+                    msg = None
         if msg is not None:
+            core.sizes.saw(stream, len(msg.data) + header_bytes(msg.headers))
             return _direct_message(msg, what)
         request = {"last_by_subj": subject} if subject else {"seq": seq}
         try:
@@ -654,9 +661,12 @@ class JetStreamAdapter:
         the stream in errors and leader checks.
         """
         hdrs = dict(headers or {})
-        self._core.check_payload(data, hdrs)
         if expect_stream:
             hdrs["Nats-Expected-Stream"] = stream
+        # Checked with every header the gateway adds: nats-server closes a connection that sends
+        # more than its max_payload, for every tenant (issue 17 row B).
+        self._core.check_payload(data, hdrs)
+        self._core.sizes.saw(stream, len(data) + header_bytes(hdrs))
         requester = self._core.requester()
         budget = timeout or self._timeout
         with translated(f"publish to stream {stream}"):
