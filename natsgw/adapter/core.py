@@ -271,6 +271,7 @@ class NatsAdapter:
         self._status = "CONNECTING"
         self._closing = False
         self._lost = asyncio.Event()
+        self._up = asyncio.Event()  # both connections opened the first time
         self._down_since: float | None = time.monotonic()
         self._down_reason = "not connected to NATS yet"
         #: Reply bytes in transit on the main connection (natsgw.adapter.flow).
@@ -288,7 +289,13 @@ class NatsAdapter:
         """Connect in the background; with ``wait``, give the first attempt that long to succeed."""
         self._connect_task = asyncio.create_task(self._supervise(), name="natsgw-connect")
         if wait:
-            done, _ = await asyncio.wait({self._connect_task}, timeout=wait)
+            up = asyncio.create_task(self._up.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    {self._connect_task, up}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                up.cancel()
             if self._connect_task in done:
                 self._connect_task.result()
 
@@ -297,6 +304,7 @@ class NatsAdapter:
         await self._open_main()
         await self._open_deliveries()
         self._check_up()
+        self._up.set()
         failures = 0
         while True:
             await self._lost.wait()

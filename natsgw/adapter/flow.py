@@ -24,9 +24,10 @@ MIN_RESERVATION = 4096
 class Inflow:
     """A byte budget; a reservation that fits is granted at once, others wait in order.
 
-    A waiter that fits may go before an earlier one that does not (a small KV read does not queue
-    behind a large object read). A reservation larger than the whole budget is granted alone
-    (it is clipped to the budget): one message of the server's max_payload must always pass.
+    A reservation that fits goes before earlier ones that do not (a small KV read does not queue
+    behind a large object read); waiters are woken in order as room comes back. A reservation
+    larger than the whole budget is clipped to it and so granted alone: one message of the
+    server's max_payload must always pass.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -44,7 +45,7 @@ class Inflow:
     async def take(self, size: int) -> int:
         """Reserve ``size`` bytes (clipped to the budget), waiting for room; the bytes taken."""
         size = min(max(size, MIN_RESERVATION), self.capacity)
-        if not self._waiters and self.used + size <= self.capacity:
+        if self.used + size <= self.capacity:  # fits: go, even past a larger waiter
             self._grant(size)
             return size
         self.waited += 1
