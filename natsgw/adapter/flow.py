@@ -103,9 +103,47 @@ class SizeHints:
     def reservation(self, stream: str, max_payload: int) -> int:
         return self._largest.get(stream, max_payload)
 
+    def known(self, stream: str) -> bool:
+        return stream in self._largest
+
     def saw(self, stream: str, size: int) -> None:
         largest = self._largest
         if size > largest.get(stream, 0):
             if len(largest) >= _HINTED_STREAMS and stream not in largest:
                 largest.clear()
             largest[stream] = max(size, MIN_RESERVATION)
+
+
+class Lease:
+    """Bytes of an :class:`Inflow` reserved for the answer to one pull request.
+
+    Given back as deliveries arrive (:meth:`arrived`), and the rest when the request ends or
+    ``hold`` seconds after it was sent, whichever is first: what a server has queued for a
+    request it queues at once (a backlog), later deliveries come at the pace they are published.
+    So an idle pull (a Consume stream waiting for news) holds nothing for long.
+    """
+
+    __slots__ = ("_inflow", "_timer", "remaining")
+
+    def __init__(self, inflow: Inflow, size: int, hold: float) -> None:
+        self._inflow = inflow
+        self.remaining = size
+        self._timer = asyncio.get_running_loop().call_later(hold, self.end)
+
+    @classmethod
+    async def take(cls, inflow: Inflow, size: int, hold: float) -> Lease:
+        return cls(inflow, await inflow.take(size), hold)
+
+    def arrived(self, size: int) -> None:
+        """``size`` bytes of the answer came off the socket: that much room is free again."""
+        if self.remaining:
+            given = min(size, self.remaining)
+            self.remaining -= given
+            self._inflow.give(given)
+
+    def end(self) -> None:
+        """The request is over (or old enough): give back all that is left."""
+        self._timer.cancel()
+        remaining, self.remaining = self.remaining, 0
+        if remaining:
+            self._inflow.give(remaining)

@@ -40,6 +40,7 @@ from natsgw.adapter.errors import (
     as_gateway_error,
     translated,
 )
+from natsgw.adapter.flow import Inflow, Lease, SizeHints
 from natsgw.adapter.replies import ReplyInbox, Requester, no_responders
 from natsgw.adapter.types import (
     REQUEST_ENDED,
@@ -85,6 +86,9 @@ _STATUS = "Status"
 _DESCRIPTION = "Description"
 #: Extra time a pull request gets beyond its ``expires`` for the server's 408 to arrive.
 _EXPIRY_GRACE = 1.0
+#: Longest a pull request keeps its flow-control reservation (natsgw.adapter.flow.Lease) when
+#: neither deliveries nor a status came: a backlog is sent at once, later news at publish pace.
+PULL_LEASE_HOLD = 0.5
 
 
 # -- time and duration helpers ----------------------------------------------------------------
@@ -321,9 +325,25 @@ class PullPipe:
     and heartbeats that would overflow it are dropped (they carry no data).
     """
 
-    def __init__(self, nc: NatsClient, api_subject: str, capacity: int, target: str) -> None:
+    def __init__(
+        self,
+        nc: NatsClient,
+        api_subject: str,
+        capacity: int,
+        target: str,
+        *,
+        inflow: Inflow | None = None,
+        sizes: SizeHints | None = None,
+        stream: str = "",
+    ) -> None:
         self._nc = nc
         self._api_subject = api_subject
+        #: Flow control (natsgw.adapter.flow): each request reserves what its answer can be,
+        #: from the largest message seen on ``stream`` (the server's max_payload until one was).
+        self._inflow = inflow
+        self._sizes = sizes or SizeHints()
+        self._stream = stream
+        self._lease: Lease | None = None
         #: What is pulled from, for messages ("consumer C of stream S").
         self.target = target
         self._inbox = ReplyInbox(nc, "pull subscription")
@@ -333,6 +353,14 @@ class PullPipe:
 
     async def open(self) -> None:
         def on_msg(msg: Msg) -> None:
+            lease = self._lease
+            if lease is not None and msg.subject == self._current:
+                if msg.headers and msg.headers.get("Status"):
+                    lease.end()  # a heartbeat or the end: nothing more is queued for it now
+                else:
+                    size = len(msg.data) + header_bytes(msg.headers) + len(msg.reply or "")
+                    lease.arrived(size)
+                    self._sizes.saw(self._stream, size)
             try:
                 self._queue.put_nowait(msg)
             except asyncio.QueueFull:
@@ -360,6 +388,14 @@ class PullPipe:
             body["idle_heartbeat"] = _ns(heartbeat)
         if no_wait:
             body["no_wait"] = True
+        self._end_lease()
+        if self._inflow is not None:
+            # At most max_bytes, and at most ``batch`` messages of the largest size seen.
+            limit = self._nc.max_payload
+            expected = batch * self._sizes.reservation(self._stream, limit)
+            if max_bytes:
+                expected = min(expected, max_bytes)
+            self._lease = await Lease.take(self._inflow, expected, PULL_LEASE_HOLD)
         self._requests += 1
         self._current = self._inbox.subject(self._requests)
         with translated("pull request"):
@@ -399,7 +435,13 @@ class PullPipe:
                 return delivery
             log.warning("pull_unexpected_message", subject=msg.subject)
 
+    def _end_lease(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.end()
+
     async def close(self) -> None:
+        self._end_lease()
         await self._inbox.close()
 
 
@@ -891,11 +933,16 @@ class JetStreamAdapter:
         return [r if r is not None else Internal(f"{what}: no result") for r in results]
 
     async def open_pull(self, stream: str, consumer: str, capacity: int) -> PullPipe:
+        nc = self._nc()
+        core = self._core
         pipe = PullPipe(
-            self._nc(),
-            f"{self._core.api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+            nc,
+            f"{core.api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
             capacity,
             f"consumer {consumer} of stream {stream}",
+            inflow=core.inflow,
+            sizes=core.sizes,
+            stream=stream,
         )
         await pipe.open()
         return pipe
