@@ -19,24 +19,35 @@ from collections.abc import AsyncIterator
 _HINTED_STREAMS = 4096
 #: The least a read reserves: a reply's subject, headers and JSON never come for free.
 MIN_RESERVATION = 4096
+#: Reservations up to this size are "small" (a KV value, an API answer): they may use the
+#: headroom large ones leave, so a quiet tenant's small reads never queue behind bulk reads.
+SMALL = 64 * 1024
 
 
 class Inflow:
     """A byte budget; a reservation that fits is granted at once, others wait in order.
 
     A reservation that fits goes before earlier ones that do not (a small KV read does not queue
-    behind a large object read); waiters are woken in order as room comes back. A reservation
-    larger than the whole budget is clipped to it and so granted alone: one message of the
-    server's max_payload must always pass.
+    behind a large object read), and large ones leave :attr:`headroom` for small ones; waiters
+    are woken in order as room comes back. A reservation larger than the whole budget is clipped
+    to it and so granted alone: one message of the server's max_payload must always pass.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = max(capacity, MIN_RESERVATION)
+        #: Room only small reservations may take (an eighth of the budget, at most 2 MiB).
+        self.headroom = min(self.capacity // 8, 2 * 1024 * 1024)
         self.used = 0
         #: Reservations that had to wait, and the most bytes ever in transit.
         self.waited = 0
         self.peak = 0
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    def _fits(self, size: int) -> bool:
+        if self.used == 0:
+            return True
+        limit = self.capacity if size <= SMALL else self.capacity - self.headroom
+        return self.used + size <= limit
 
     def _grant(self, size: int) -> None:
         self.used += size
@@ -45,7 +56,7 @@ class Inflow:
     async def take(self, size: int) -> int:
         """Reserve ``size`` bytes (clipped to the budget), waiting for room; the bytes taken."""
         size = min(max(size, MIN_RESERVATION), self.capacity)
-        if self.used + size <= self.capacity:  # fits: go, even past a larger waiter
+        if self._fits(size):  # go, even past a larger waiter
             self._grant(size)
             return size
         self.waited += 1
@@ -74,7 +85,7 @@ class Inflow:
             if future.done():
                 self._waiters.remove(entry)
                 continue
-            if self.used + size <= self.capacity or self.used == 0:
+            if self._fits(size):
                 self._waiters.remove(entry)
                 self._grant(size)
                 future.set_result(None)

@@ -5,6 +5,8 @@ process) and prints, per row, what a quiet tenant saw while another tenant attac
 
 - B: PublishToStream of exactly the server's max_payload (the gateway's added header puts it over).
 - D: many large reads at once (8 MiB KVGet and ObjectGet, 40 concurrent each).
+- DJ: JetStream reads of an 8 MiB backlog (PullMessages, Consume), 32 MiB ObjectGetStream,
+  and a Consume with max_bytes=2**40.
 
 Figures: slow-consumer events (nats-server's /varz), connections lost/replaced by the gateway, the
 quiet tenant's KVGet p99 and failed calls, and /healthz, /readyz afterwards. Run it from a
@@ -254,6 +256,101 @@ async def row_d(workdir: Path, concurrency: int = 40, size: int = 8 * MIB) -> Fi
         await server.stop()
 
 
+async def row_d_jetstream(workdir: Path, concurrency: int = 20, size: int = 8 * MIB) -> Figures:
+    """JetStream reads of a backlog of ``size`` messages: ``concurrency`` PullMessages and as many
+    Consume streams (max_bytes 16 MiB, what the fix allows) at once, plus 4 ObjectGetStream of a
+    32 MiB object; and one Consume with max_bytes=2**40 (counted in attack_errors)."""
+    figures = Figures("D-jetstream")
+    server = EmbeddedNatsServer(workdir / "dj", max_payload=10 * MIB)
+    await server.start()
+    gw = Gateway(_settings(server))
+    await gw.start()
+    channel = Channel("127.0.0.1", gw.port)
+    try:
+        stub = pb.NatsServiceStub(channel)
+        quiet = Quiet(stub)
+        await quiet.prepare()
+        attacker = _user("noisy")
+        await stub.create_stream(
+            pb.CreateStreamRequest(
+                user_id=attacker, config=pb.StreamConfig(name="big", subjects=["big.>"])
+            )
+        )
+        for _ in range(concurrency):
+            await stub.publish_to_stream(
+                pb.PublishToStreamRequest(
+                    user_id=attacker, stream_name="big", subject="big.a", data=b"m" * size
+                )
+            )
+        names = [f"c{i}" for i in range(2 * concurrency)]
+        for name in names:
+            await stub.create_consumer(
+                pb.CreateConsumerRequest(
+                    user_id=attacker,
+                    stream_name="big",
+                    config=pb.ConsumerConfig(durable_name=name, ack_wait=_seconds(60)),
+                )
+            )
+        blob = b"o" * (32 * MIB)
+        await stub.object_put_stream(
+            [
+                pb.ObjectPutStreamRequest(
+                    header=pb.ObjectPutHeader(user_id=attacker, bucket="ob", object_name="o")
+                ),
+                *(
+                    pb.ObjectPutStreamRequest(chunk=blob[i : i + MIB])
+                    for i in range(0, len(blob), MIB)
+                ),
+            ]
+        )
+        before = int((await _varz(server)).get("slow_consumers", 0))
+        task = asyncio.create_task(quiet.run())
+        await asyncio.sleep(0.3)
+
+        async def consume(name: str, max_bytes: int) -> None:
+            request = pb.ConsumeRequest(
+                user_id=attacker, stream_name="big", consumer_name=name, max_bytes=max_bytes
+            )
+            async for response in stub.consume(request, timeout=30.0):
+                if response.message is not None:
+                    return
+
+        async def get_stream() -> None:
+            request = pb.ObjectGetRequest(user_id=attacker, bucket="ob", object_name="o")
+            async for _ in stub.object_get_stream(request, timeout=30.0):
+                pass
+
+        calls: list[Callable[[], Awaitable[Any]]] = []
+        for name in names[:concurrency]:
+            calls.append(
+                lambda name=name: stub.pull_messages(  # type: ignore[misc]
+                    pb.PullMessagesRequest(
+                        user_id=attacker, stream_name="big", consumer_name=name, batch_size=10
+                    ),
+                    timeout=30.0,
+                )
+            )
+        for name in names[concurrency:]:
+            calls.append(lambda name=name: consume(name, 16 * MIB))  # type: ignore[misc]
+        calls += [get_stream for _ in range(4)]
+        calls.append(lambda: consume(names[0], 2**40))
+        await _attack(figures, calls)
+        quiet.stop()
+        await task
+        quiet.fill(figures)
+        return await _finish(figures, gw, server, quiet, before)
+    finally:
+        channel.close()
+        await gw.stop()
+        await server.stop()
+
+
+def _seconds(value: float) -> Any:
+    import datetime
+
+    return datetime.timedelta(seconds=value)
+
+
 async def main(rows: list[str], concurrency: int) -> None:
     print(f"natsgw from {Path(natsgw.__file__).parent}")
     with tempfile.TemporaryDirectory(prefix="natsgw-attack-") as tmp:
@@ -262,11 +359,13 @@ async def main(rows: list[str], concurrency: int) -> None:
                 print((await row_b(Path(tmp))).line())
             elif row == "D":
                 print((await row_d(Path(tmp), concurrency)).line())
+            elif row == "DJ":
+                print((await row_d_jetstream(Path(tmp), concurrency // 2)).line())
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default="B,D", help="comma-separated rows (B, D)")
+    parser.add_argument("--rows", default="B,D,DJ", help="comma-separated rows (B, D, DJ)")
     parser.add_argument("--concurrency", type=int, default=40)
     args = parser.parse_args()
     asyncio.run(main([r.strip().upper() for r in args.rows.split(",")], args.concurrency))
