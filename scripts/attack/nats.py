@@ -175,9 +175,10 @@ async def row_b(workdir: Path) -> Figures:
     gw = Gateway(_settings(server, max_message_size=max_payload))
     await gw.start()
     channel = Channel("127.0.0.1", gw.port)
+    quiet_channel = Channel("127.0.0.1", gw.port)
     try:
         stub = pb.NatsServiceStub(channel)
-        quiet = Quiet(stub)
+        quiet = Quiet(pb.NatsServiceStub(quiet_channel))  # its own connection
         await quiet.prepare()
         attacker = _user("noisy")
         await stub.create_stream(
@@ -207,6 +208,7 @@ async def row_b(workdir: Path) -> Figures:
         return await _finish(figures, gw, server, quiet, before)
     finally:
         channel.close()
+        quiet_channel.close()
         await gw.stop()
         await server.stop()
 
@@ -219,9 +221,10 @@ async def row_d(workdir: Path, concurrency: int = 40, size: int = 8 * MIB) -> Fi
     gw = Gateway(_settings(server))
     await gw.start()
     channel = Channel("127.0.0.1", gw.port)
+    quiet_channel = Channel("127.0.0.1", gw.port)
     try:
         stub = pb.NatsServiceStub(channel)
-        quiet = Quiet(stub)
+        quiet = Quiet(pb.NatsServiceStub(quiet_channel))  # its own connection
         await quiet.prepare()
         attacker = _user("noisy")
         value = b"v" * size
@@ -252,6 +255,7 @@ async def row_d(workdir: Path, concurrency: int = 40, size: int = 8 * MIB) -> Fi
         return await _finish(figures, gw, server, quiet, before)
     finally:
         channel.close()
+        quiet_channel.close()
         await gw.stop()
         await server.stop()
 
@@ -266,9 +270,10 @@ async def row_d_jetstream(workdir: Path, concurrency: int = 20, size: int = 8 * 
     gw = Gateway(_settings(server))
     await gw.start()
     channel = Channel("127.0.0.1", gw.port)
+    quiet_channel = Channel("127.0.0.1", gw.port)
     try:
         stub = pb.NatsServiceStub(channel)
-        quiet = Quiet(stub)
+        quiet = Quiet(pb.NatsServiceStub(quiet_channel))  # its own connection
         await quiet.prepare()
         attacker = _user("noisy")
         await stub.create_stream(
@@ -341,6 +346,7 @@ async def row_d_jetstream(workdir: Path, concurrency: int = 20, size: int = 8 * 
         return await _finish(figures, gw, server, quiet, before)
     finally:
         channel.close()
+        quiet_channel.close()
         await gw.stop()
         await server.stop()
 

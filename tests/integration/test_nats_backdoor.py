@@ -208,7 +208,8 @@ async def test_large_reads_at_once_never_cut_the_shared_connection(
     quiet tenant's too, then waited out its deadline. Before (measured): 1 slow consumer,
     21 of 24 calls DEADLINE_EXCEEDED, the quiet tenant's worst call 10 s. After: none cut,
     every call answered, the quiet tenant's worst call within a generous bound."""
-    quiet = Quiet(stub)
+    quiet_channel = Channel("127.0.0.1", gateway.port)  # the quiet tenant's own connection
+    quiet = Quiet(pb.NatsServiceStub(quiet_channel))
     await quiet.prepare()
     noisy = tenant("noisy")
     value = b"v" * (8 * MIB)
@@ -233,6 +234,7 @@ async def test_large_reads_at_once_never_cut_the_shared_connection(
     results = await asyncio.gather(*calls, return_exceptions=True)
     quiet.stop()
     await reader
+    quiet_channel.close()
     failed = [r for r in results if isinstance(r, BaseException)]
     assert not failed, failed[:3]
     assert await _slow_consumers(nats_server) == slow
