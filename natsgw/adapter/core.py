@@ -167,6 +167,8 @@ class _Confirmer:
     def __init__(self, client: NatsClient, timeout: float) -> None:
         self._client = client
         self._timeout = timeout
+        #: What callers waiting at :meth:`close` are told.
+        self.closing_reason = "the gateway is shutting down"
         self._waiting: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._pongs: set[asyncio.Task[None]] = set()
@@ -201,7 +203,7 @@ class _Confirmer:
     def _pong_arrived(self, batch: list[asyncio.Future[None]], pong: asyncio.Task[None]) -> None:
         self._pongs.discard(pong)
         if pong.cancelled():
-            _settle_batch(batch, Unavailable("the gateway is shutting down"))
+            _settle_batch(batch, Unavailable(self.closing_reason))
         else:
             _settle_batch(batch, pong.exception())
 
@@ -212,7 +214,7 @@ class _Confirmer:
         await asyncio.gather(self._task, *self._pongs, return_exceptions=True)
         for future in self._waiting:
             if not future.done():
-                future.set_exception(Unavailable("the gateway is shutting down"))
+                future.set_exception(Unavailable(self.closing_reason))
 
 
 class NatsAdapter:
@@ -361,6 +363,7 @@ class NatsAdapter:
         self._confirmer = _Confirmer(nc, self._confirm_timeout)
         self._status = "CONNECTED"
         if old_confirmer is not None:
+            old_confirmer.closing_reason = "the NATS connection was replaced; publish again"
             await old_confirmer.close()
         log.info(
             "nats_connected",

@@ -66,10 +66,9 @@ class HttpSide:
     async def _readyz(self, _request: web.Request) -> web.Response:
         down, why = self.adapter.outage()
         if not self.adapter.connected or down:
-            state = self.adapter.state().status.lower()
-            return web.json_response(
-                {"ready": False, "reason": why or f"NATS connection is {state}"}, status=503
-            )
+            state = self.adapter.state().status.lower() if not self.adapter.connected else ""
+            reason = f"NATS connection is {state or 'degraded'}" + (f": {why}" if why else "")
+            return web.json_response({"ready": False, "reason": reason}, status=503)
         if self.jetstream:
             try:
                 await self.adapter.jetstream_account(_READY_TIMEOUT)
