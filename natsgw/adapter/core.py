@@ -506,6 +506,8 @@ class NatsAdapter:
         self._lost.set()
 
     async def _on_deliveries_disconnected(self) -> None:
+        if self._closing:
+            return  # our own close(), not news
         self._mark_down("the NATS delivery connection was lost; reconnecting")
         log.warning("nats_disconnected", connection="deliveries")
 
