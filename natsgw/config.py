@@ -199,6 +199,19 @@ class Settings:
     trusted_preauth_bytes: int = 64 * 1024
     #: Longest user_id / organization_id (UTF-8 bytes), checked before audit, logging or naming.
     max_id_length: int = 256
+    # -- task "nats" (issue 17 rows B, D): the shared NATS connection ---------------------------
+    #: Reply bytes one NATS connection may have asked for and not yet received (direct gets,
+    #: object chunks); keeps nats-server's queue towards the gateway below its max_pending, so
+    #: one tenant's large reads never get the connection cut as a slow consumer.
+    nats_read_window_bytes: int = 32 * MIB
+    #: /healthz answers 503 once a NATS connection has been down (and could not be brought back)
+    #: this long, so a liveness probe restarts the process; /readyz is 503 at once.
+    nats_down_unhealthy_after: float = 45.0
+    #: Largest Consume ``max_bytes`` (bytes a stream may have delivered and not yet acked):
+    #: beyond it INVALID_ARGUMENT naming the field.
+    consume_max_bytes: int = 16 * MIB
+    #: Bytes one object read (ObjectGet, ObjectGetStream) may have in transit from NATS.
+    object_read_window_bytes: int = 4 * MIB
 
     def __repr__(self) -> str:
         """Masked like ``check-config``: a Settings printed by accident shows no secret."""
@@ -321,6 +334,11 @@ class Settings:
             request_read_timeout=e.get("NATSGW_REQUEST_READ_TIMEOUT", _seconds, 10.0),
             trusted_preauth_bytes=e.get("NATSGW_TRUSTED_PREAUTH_BYTES", _size, 64 * 1024),
             max_id_length=e.get("NATSGW_MAX_ID_LENGTH", _id_length, 256),
+            # task "nats"
+            nats_read_window_bytes=e.get("NATSGW_NATS_READ_WINDOW_BYTES", _size, 32 * MIB),
+            nats_down_unhealthy_after=e.get("NATSGW_NATS_DOWN_UNHEALTHY_AFTER", _seconds, 45.0),
+            consume_max_bytes=e.get("NATSGW_CONSUME_MAX_BYTES", _size, 16 * MIB),
+            object_read_window_bytes=e.get("NATSGW_OBJECT_READ_WINDOW_BYTES", _size, 4 * MIB),
         ).validated()
 
     def validated(self) -> Settings:
@@ -384,6 +402,19 @@ class Settings:
             )
         if not 1 <= self.max_id_length <= 65536:
             raise ConfigError(f"NATSGW_MAX_ID_LENGTH={self.max_id_length} must be 1 to 65536")
+        # task "nats"
+        if self.nats_read_window_bytes < MIB:
+            raise ConfigError(
+                f"NATSGW_NATS_READ_WINDOW_BYTES={self.nats_read_window_bytes} is below 1MiB: "
+                "reads would crawl; the default is 32MiB (keep it below nats-server's "
+                "max_pending, 64MiB by default)"
+            )
+        if self.object_read_window_bytes > self.nats_read_window_bytes:
+            raise ConfigError(
+                f"NATSGW_OBJECT_READ_WINDOW_BYTES={self.object_read_window_bytes} is above "
+                f"NATSGW_NATS_READ_WINDOW_BYTES={self.nats_read_window_bytes}: one object read "
+                "may not have more in transit than the whole connection"
+            )
         return self
 
 

@@ -183,6 +183,8 @@ class Gateway:
             publish_confirm_timeout=settings.publish_confirm_timeout,
             gateway_max_message=settings.max_message_size,
             jetstream_domain=settings.jetstream_domain,
+            read_window_bytes=settings.nats_read_window_bytes,
+            object_read_window_bytes=settings.object_read_window_bytes,
         )
         # Wait briefly for the first connection; if NATS is down we still serve (UNAVAILABLE)
         # and keep retrying in the background.
@@ -282,6 +284,7 @@ class Gateway:
                 jetstream=settings.jetstream_enabled,
                 failure=lambda: self.failure,
                 status=status,
+                nats_down_after=settings.nats_down_unhealthy_after,
             )
             http_host = settings.http_host or settings.grpc_host
             try:

@@ -10,11 +10,13 @@ import asyncio
 import contextlib
 import functools
 import json
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import nats
 import structlog
+from nats import errors as nats_errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.client import Server
 from nats.aio.msg import Msg
@@ -22,6 +24,7 @@ from nats.aio.subscription import Subscription as NatsSubscription
 from nats.errors import NoRespondersError, SlowConsumerError
 
 from natsgw.adapter.errors import ApiError, as_gateway_error, translated
+from natsgw.adapter.flow import Inflow, SizeHints
 from natsgw.adapter.replies import Requester, no_responders
 from natsgw.adapter.types import ConnectionState, JetStreamAccount, Message, ServerFacts
 from natsgw.backoff import Backoff
@@ -40,6 +43,12 @@ log = structlog.get_logger("natsgw.adapter")
 NATS_BACKOFF = Backoff(base=0.25, cap=10.0)
 #: Bytes nats-py reads from its socket per turn of the event loop (natsgw.compat.nats).
 READ_SIZE = 1024 * 1024
+#: Default of NATSGW_NATS_READ_WINDOW_BYTES: reply bytes in transit (natsgw.adapter.flow).
+READ_WINDOW = 32 * 1024 * 1024
+#: Default of NATSGW_OBJECT_READ_WINDOW_BYTES.
+OBJECT_READ_WINDOW = 4 * 1024 * 1024
+#: A replaced connection that lived this long starts its next replacement's backoff afresh.
+_STABLE_AFTER = 30.0
 
 
 def backoff_delay(attempt: int) -> float:
@@ -91,18 +100,42 @@ def check_headers(headers: Mapping[str, str], field: str = "headers") -> None:
 
 
 class Subscription:
-    """A live core-NATS subscription; ``unsubscribe`` is idempotent."""
+    """A live core-NATS subscription; ``unsubscribe`` is idempotent.
 
-    def __init__(self, sub: NatsSubscription, release: Callable[[], None]) -> None:
+    It outlives the delivery connection it was made on: when that connection is replaced
+    (closed by the server), the adapter subscribes it again on the new one (:meth:`moved`).
+    """
+
+    def __init__(
+        self,
+        sub: NatsSubscription,
+        release: Callable[[Subscription], None],
+        *,
+        queue: str = "",
+        cb: Callable[[Msg], Any] | None = None,
+        limits: tuple[int, int] = (0, 0),
+    ) -> None:
         self._sub = sub
         self._release = release
         self._closed = False
+        self.subject = sub.subject
+        self.queue = queue
+        self.cb = cb
+        self.limits = limits
+
+    @property
+    def nats_sub(self) -> NatsSubscription:
+        return self._sub
+
+    def moved(self, sub: NatsSubscription) -> None:
+        """Now delivered through ``sub`` (on a replacement connection)."""
+        self._sub = sub
 
     async def unsubscribe(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._release()
+        self._release(self)
         try:
             await self._sub.unsubscribe()
         except Exception as exc:  # closed connection: the server already forgot it
@@ -134,6 +167,8 @@ class _Confirmer:
     def __init__(self, client: NatsClient, timeout: float) -> None:
         self._client = client
         self._timeout = timeout
+        #: What callers waiting at :meth:`close` are told.
+        self.closing_reason = "the gateway is shutting down"
         self._waiting: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._pongs: set[asyncio.Task[None]] = set()
@@ -168,7 +203,7 @@ class _Confirmer:
     def _pong_arrived(self, batch: list[asyncio.Future[None]], pong: asyncio.Task[None]) -> None:
         self._pongs.discard(pong)
         if pong.cancelled():
-            _settle_batch(batch, Unavailable("the gateway is shutting down"))
+            _settle_batch(batch, Unavailable(self.closing_reason))
         else:
             _settle_batch(batch, pong.exception())
 
@@ -179,21 +214,24 @@ class _Confirmer:
         await asyncio.gather(self._task, *self._pongs, return_exceptions=True)
         for future in self._waiting:
             if not future.done():
-                future.set_exception(Unavailable("the gateway is shutting down"))
-
-
-async def _on_deliveries_reconnected() -> None:
-    log.info("nats_reconnected", connection="deliveries")
+                future.set_exception(Unavailable(self.closing_reason))
 
 
 class NatsAdapter:
-    """Two NATS connections, reconnecting with backoff while they run.
+    """Two NATS connections, each kept up for as long as the gateway runs.
 
     The main one carries publishes, requests, JetStream and everything else; a second one
     carries only the deliveries of core subscriptions (:meth:`subscribe`). However much a tenant
     subscribes to, what nats-server queues towards the gateway for it cannot get the publishing
     connection declared a slow consumer, and a cut delivery connection reconnects (and
     resubscribes) on its own while publishes go on.
+
+    nats-py reconnects by itself after a lost socket, but a server ``-ERR`` (max payload
+    exceeded, authorization violation or expiry, ...) closes its client for good. So a
+    supervisor task replaces a closed connection with a new one (with backoff), opening its
+    request inbox or subscribing its core subscriptions again; requests in flight on a lost
+    connection end at once (UNAVAILABLE) instead of waiting out their deadline. :meth:`outage`
+    says for how long a connection has been down, for the liveness probe.
     """
 
     def __init__(
@@ -207,6 +245,8 @@ class NatsAdapter:
         publish_confirm_timeout: float = 5.0,
         gateway_max_message: int = 0,
         jetstream_domain: str = "",
+        read_window_bytes: int = READ_WINDOW,
+        object_read_window_bytes: int = OBJECT_READ_WINDOW,
     ) -> None:
         self._servers = servers
         self._options: dict[str, Any] = {"name": name}
@@ -225,8 +265,22 @@ class NatsAdapter:
         self._connect_task: asyncio.Task[None] | None = None
         #: Overflow callbacks by nats-py subscription (SlowConsumerError names its ``sub``).
         self._overflow: dict[NatsSubscription, Callable[[], None]] = {}
+        #: Live core subscriptions, subscribed again on a replacement delivery connection.
+        self._subscriptions: set[Subscription] = set()
         self._reconnects = 0
+        #: Closed connections replaced by new ones (server -ERR, auth failures...).
+        self.replacements = 0
         self._status = "CONNECTING"
+        self._closing = False
+        self._lost = asyncio.Event()
+        self._up = asyncio.Event()  # both connections opened the first time
+        self._down_since: float | None = time.monotonic()
+        self._down_reason = "not connected to NATS yet"
+        #: Reply bytes in transit on the main connection (natsgw.adapter.flow).
+        self.inflow = Inflow(read_window_bytes)
+        self.sizes = SizeHints()
+        #: Bytes one object read may have in transit (natsgw.adapter.objects).
+        self.object_read_window = object_read_window_bytes
         # A busy gateway (many streams writing) must read NATS faster than nats-py's default
         # 32 KiB per turn of the event loop, or nats-server cuts it as a slow consumer.
         nats_compat.set_read_size(READ_SIZE)
@@ -235,13 +289,54 @@ class NatsAdapter:
 
     async def start(self, *, wait: float = 0.0) -> None:
         """Connect in the background; with ``wait``, give the first attempt that long to succeed."""
-        self._connect_task = asyncio.create_task(self._connect_forever(), name="natsgw-connect")
+        self._connect_task = asyncio.create_task(self._supervise(), name="natsgw-connect")
         if wait:
-            done, _ = await asyncio.wait({self._connect_task}, timeout=wait)
+            up = asyncio.create_task(self._up.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    {self._connect_task, up}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                up.cancel()
             if self._connect_task in done:
                 self._connect_task.result()
 
-    async def _connect_forever(self) -> None:
+    async def _supervise(self) -> None:
+        """Open both connections, then replace whichever nats-py closed for good."""
+        await self._open_main()
+        await self._open_deliveries()
+        self._check_up()
+        self._up.set()
+        failures = 0
+        while True:
+            await self._lost.wait()
+            self._lost.clear()
+            main, deliveries = self._nc, self._deliveries
+            if not ((main is not None and main.is_closed) or (deliveries and deliveries.is_closed)):
+                continue
+            # Backoff between replacements: a server that closes every new connection at once
+            # (a bad credential) is not hammered.
+            delay = backoff_delay(failures)
+            failures += 1
+            log.warning(
+                "nats_connection_replaced",
+                main=bool(main and main.is_closed),
+                deliveries=bool(deliveries and deliveries.is_closed),
+                reason=self._down_reason,
+                retry_in=round(delay, 3),
+            )
+            await asyncio.sleep(delay)
+            opened = time.monotonic()
+            if main is not None and main.is_closed:
+                await self._open_main()
+            if deliveries is not None and deliveries.is_closed:
+                await self._open_deliveries()
+            self.replacements += 1
+            self._check_up()
+            if time.monotonic() - opened > _STABLE_AFTER:
+                failures = 0
+
+    async def _open_main(self) -> None:
         attempt = 0
         while True:
             nc = await self._connect_until_up(
@@ -262,21 +357,47 @@ class NatsAdapter:
                 with contextlib.suppress(Exception):
                     await nc.close()
                 await asyncio.sleep(delay)
+        old_confirmer = self._confirmer
         self._requester = requester  # before _nc: whoever finds the connection finds its inbox
         self._nc = nc
         self._confirmer = _Confirmer(nc, self._confirm_timeout)
         self._status = "CONNECTED"
+        if old_confirmer is not None:
+            old_confirmer.closing_reason = "the NATS connection was replaced; publish again"
+            await old_confirmer.close()
         log.info(
             "nats_connected",
             url=self._url(),
             server=nats_compat.server_info(nc).get("server_name"),
         )
-        self._deliveries = await self._connect_until_up(
+
+    async def _open_deliveries(self) -> None:
+        nc = await self._connect_until_up(
             name=f"{self._options['name']}:deliveries",
             error_cb=self._on_delivery_error,
             disconnected_cb=self._on_deliveries_disconnected,
-            reconnected_cb=_on_deliveries_reconnected,
+            reconnected_cb=self._on_deliveries_reconnected,
+            closed_cb=self._on_deliveries_closed,
         )
+        self._deliveries = nc
+        for subscription in list(self._subscriptions):
+            old = subscription.nats_sub
+            try:
+                with translated("subscribe again"):
+                    sub = await nc.subscribe(
+                        subscription.subject,
+                        queue=subscription.queue,
+                        cb=subscription.cb,
+                        pending_msgs_limit=subscription.limits[0],
+                        pending_bytes_limit=subscription.limits[1],
+                    )
+            except GatewayError as exc:  # this connection is gone too: the next one retries
+                log.warning("nats_resubscribe_failed", error=exc.message)
+                return
+            callback = self._overflow.pop(old, None)
+            if callback is not None:
+                self._overflow[sub] = callback
+            subscription.moved(sub)
 
     async def _connect_until_up(self, **callbacks: Any) -> NatsClient:
         attempt = 0
@@ -292,10 +413,12 @@ class NatsAdapter:
                 )
             except Exception as exc:
                 delay = backoff_delay(attempt)
+                reason = str(exc) or type(exc).__name__
+                self._mark_down(f"cannot connect to NATS: {reason[:200]}")
                 log.warning(
                     "nats_connect_failed",
                     connection=callbacks.get("name", ""),
-                    error=str(exc) or type(exc).__name__,
+                    error=reason,
                     retry_in=delay,
                 )
                 attempt += 1
@@ -303,6 +426,7 @@ class NatsAdapter:
 
     async def close(self, drain_timeout: float = 5.0) -> None:
         """Drain (deliver what is in flight, then close) and stop reconnecting."""
+        self._closing = True
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
             await asyncio.gather(self._connect_task, return_exceptions=True)
@@ -323,6 +447,28 @@ class NatsAdapter:
             await nc.close()
         self._status = "CLOSED"
 
+    # -- connection events --------------------------------------------------------------------
+
+    def _mark_down(self, reason: str) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        self._down_reason = reason
+
+    def _check_up(self) -> None:
+        deliveries = self._deliveries
+        if self.connected and deliveries is not None and deliveries.is_connected:
+            self._down_since = None
+            self._down_reason = ""
+
+    def _fail_requests(self, why: str) -> None:
+        requester = self._requester
+        if requester is not None:
+            requester.fail_all(lambda: nats_errors.ConnectionClosedError(why))
+
+    def _last_error(self, nc: NatsClient | None) -> str:
+        error = nc.last_error if nc is not None else None
+        return (str(error) or type(error).__name__)[:200] if error is not None else ""
+
     async def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, SlowConsumerError):
             return  # JetStream readers on this connection notice gaps themselves
@@ -336,22 +482,54 @@ class NatsAdapter:
             return
         log.warning("nats_error", connection="deliveries", error=str(exc) or type(exc).__name__)
 
-    async def _on_deliveries_disconnected(self) -> None:
-        if self._deliveries is not None:  # None: our own close(), not news
-            log.warning("nats_disconnected", connection="deliveries")
-
     async def _on_disconnected(self) -> None:
+        self._fail_requests("the NATS connection was lost")
         if self._status == "CONNECTED":
             self._status = "RECONNECTING"
+            self._mark_down("the NATS connection was lost; reconnecting")
             log.warning("nats_disconnected")
 
     async def _on_reconnected(self) -> None:
         self._reconnects += 1
         self._status = "CONNECTED"
+        self._check_up()
         log.info("nats_reconnected", url=self._url())
 
     async def _on_closed(self) -> None:
+        if self._closing:
+            return
         self._status = "CLOSED"
+        self._fail_requests("the NATS connection was closed")
+        detail = self._last_error(self._nc) or "closed"
+        self._mark_down(f"the NATS connection was closed ({detail}); reconnecting")
+        log.error("nats_connection_closed", connection="main", error=detail)
+        self._lost.set()
+
+    async def _on_deliveries_disconnected(self) -> None:
+        if self._closing:
+            return  # our own close(), not news
+        self._mark_down("the NATS delivery connection was lost; reconnecting")
+        log.warning("nats_disconnected", connection="deliveries")
+
+    async def _on_deliveries_reconnected(self) -> None:
+        self._check_up()
+        log.info("nats_reconnected", connection="deliveries")
+
+    async def _on_deliveries_closed(self) -> None:
+        if self._closing:
+            return
+        detail = self._last_error(self._deliveries) or "closed"
+        self._mark_down(f"the NATS delivery connection was closed ({detail}); reconnecting")
+        log.error("nats_connection_closed", connection="deliveries", error=detail)
+        self._lost.set()
+
+    def outage(self) -> tuple[float, str]:
+        """Seconds some NATS connection has been down, and why; ``(0.0, "")`` while all are up."""
+        self._check_up()
+        since = self._down_since
+        if since is None:
+            return 0.0, ""
+        return time.monotonic() - since, self._down_reason or "NATS is not connected"
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -555,14 +733,18 @@ class NatsAdapter:
                 # Callers announce the subscription as live: make sure the server has it.
                 await _settle(nc, self._confirm_timeout)
             except BaseException:
-                await Subscription(sub, lambda: None).unsubscribe()
+                await Subscription(sub, lambda _s: None).unsubscribe()
                 raise
         self._overflow[sub] = on_overflow
+        subscription = Subscription(
+            sub, self._release, queue=queue, cb=deliver, limits=(pending_msgs, pending_bytes)
+        )
+        self._subscriptions.add(subscription)
+        return subscription
 
-        def release() -> None:
-            self._overflow.pop(sub, None)
-
-        return Subscription(sub, release)
+    def _release(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
+        self._overflow.pop(subscription.nats_sub, None)
 
     async def request(
         self,

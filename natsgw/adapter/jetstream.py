@@ -40,6 +40,7 @@ from natsgw.adapter.errors import (
     as_gateway_error,
     translated,
 )
+from natsgw.adapter.flow import Inflow, Lease, SizeHints
 from natsgw.adapter.replies import ReplyInbox, Requester, no_responders
 from natsgw.adapter.types import (
     REQUEST_ENDED,
@@ -85,6 +86,9 @@ _STATUS = "Status"
 _DESCRIPTION = "Description"
 #: Extra time a pull request gets beyond its ``expires`` for the server's 408 to arrive.
 _EXPIRY_GRACE = 1.0
+#: Longest a pull request keeps its flow-control reservation (natsgw.adapter.flow.Lease) when
+#: neither deliveries nor a status came: a backlog is sent at once, later news at publish pace.
+PULL_LEASE_HOLD = 0.5
 
 
 # -- time and duration helpers ----------------------------------------------------------------
@@ -321,9 +325,25 @@ class PullPipe:
     and heartbeats that would overflow it are dropped (they carry no data).
     """
 
-    def __init__(self, nc: NatsClient, api_subject: str, capacity: int, target: str) -> None:
+    def __init__(
+        self,
+        nc: NatsClient,
+        api_subject: str,
+        capacity: int,
+        target: str,
+        *,
+        inflow: Inflow | None = None,
+        sizes: SizeHints | None = None,
+        stream: str = "",
+    ) -> None:
         self._nc = nc
         self._api_subject = api_subject
+        #: Flow control (natsgw.adapter.flow): each request reserves what its answer can be,
+        #: from the largest message seen on ``stream`` (the server's max_payload until one was).
+        self._inflow = inflow
+        self._sizes = sizes or SizeHints()
+        self._stream = stream
+        self._lease: Lease | None = None
         #: What is pulled from, for messages ("consumer C of stream S").
         self.target = target
         self._inbox = ReplyInbox(nc, "pull subscription")
@@ -333,6 +353,14 @@ class PullPipe:
 
     async def open(self) -> None:
         def on_msg(msg: Msg) -> None:
+            lease = self._lease
+            if lease is not None and msg.subject == self._current:
+                if msg.headers and msg.headers.get("Status"):
+                    lease.end()  # a heartbeat or the end: nothing more is queued for it now
+                else:
+                    size = len(msg.data) + header_bytes(msg.headers) + len(msg.reply or "")
+                    lease.arrived(size)
+                    self._sizes.saw(self._stream, size)
             try:
                 self._queue.put_nowait(msg)
             except asyncio.QueueFull:
@@ -360,6 +388,14 @@ class PullPipe:
             body["idle_heartbeat"] = _ns(heartbeat)
         if no_wait:
             body["no_wait"] = True
+        self._end_lease()
+        if self._inflow is not None:
+            # At most max_bytes, and at most ``batch`` messages of the largest size seen.
+            limit = self._nc.max_payload
+            expected = batch * self._sizes.reservation(self._stream, limit)
+            if max_bytes:
+                expected = min(expected, max_bytes)
+            self._lease = await Lease.take(self._inflow, expected, PULL_LEASE_HOLD)
         self._requests += 1
         self._current = self._inbox.subject(self._requests)
         with translated("pull request"):
@@ -399,7 +435,13 @@ class PullPipe:
                 return delivery
             log.warning("pull_unexpected_message", subject=msg.subject)
 
+    def _end_lease(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.end()
+
     async def close(self) -> None:
+        self._end_lease()
         await self._inbox.close()
 
 
@@ -621,12 +663,19 @@ class JetStreamAdapter:
             direct, body = f"{prefix}.DIRECT.GET.{stream}.{subject}", b""
         else:
             direct, body = f"{prefix}.DIRECT.GET.{stream}", json.dumps({"seq": seq}).encode()
+        core = self._core
+        # The answer is at most one message: reserve what this stream's messages were seen to
+        # be (the server's max_payload until one was), so that many large reads at once never
+        # queue more at nats-server than the gateway's read window (natsgw.adapter.flow).
+        expected = core.sizes.reservation(stream, requester.max_payload)
         with translated(what):
-            try:
-                msg = await requester.request(direct, body, wait)
-            except NoRespondersError:
-                msg = None
+            async with core.inflow.reserved(expected):
+                try:
+                    msg = await requester.request(direct, body, wait)
+                except NoRespondersError:
+                    msg = None
         if msg is not None:
+            core.sizes.saw(stream, len(msg.data) + header_bytes(msg.headers))
             return _direct_message(msg, what)
         request = {"last_by_subj": subject} if subject else {"seq": seq}
         try:
@@ -654,9 +703,12 @@ class JetStreamAdapter:
         the stream in errors and leader checks.
         """
         hdrs = dict(headers or {})
-        self._core.check_payload(data, hdrs)
         if expect_stream:
             hdrs["Nats-Expected-Stream"] = stream
+        # Checked with every header the gateway adds: nats-server closes a connection that sends
+        # more than its max_payload, for every tenant (issue 17 row B).
+        self._core.check_payload(data, hdrs)
+        self._core.sizes.saw(stream, len(data) + header_bytes(hdrs))
         requester = self._core.requester()
         budget = timeout or self._timeout
         with translated(f"publish to stream {stream}"):
@@ -881,11 +933,16 @@ class JetStreamAdapter:
         return [r if r is not None else Internal(f"{what}: no result") for r in results]
 
     async def open_pull(self, stream: str, consumer: str, capacity: int) -> PullPipe:
+        nc = self._nc()
+        core = self._core
         pipe = PullPipe(
-            self._nc(),
-            f"{self._core.api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+            nc,
+            f"{core.api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
             capacity,
             f"consumer {consumer} of stream {stream}",
+            inflow=core.inflow,
+            sizes=core.sizes,
+            stream=stream,
         )
         await pipe.open()
         return pipe

@@ -19,7 +19,7 @@ from natsgw.adapter.errors import NoStream, WrongLastSequence, translated
 from natsgw.adapter.jetstream import Budget, JetStreamAdapter
 from natsgw.adapter.ordered import OrderedReader, Start, StoredMessage
 from natsgw.adapter.types import BucketDefaults, KVBucket, KVEntry, StreamDetails
-from natsgw.errors import AlreadyExists, FailedPrecondition, NotFound
+from natsgw.errors import AlreadyExists, FailedPrecondition, GatewayError, NotFound
 
 KV_OP = "KV-Operation"
 _MARKER_REASON = "Nats-Marker-Reason"
@@ -105,6 +105,10 @@ def _bucket(name: str, info: StreamDetails) -> KVBucket:
     )
 
 
+#: Most messages a KV reader has in transit (the ordered reader's default window).
+_READ_WINDOW = 32
+
+
 class KeyValueStore:
     """KV operations on one NATS connection; every method takes the NATS bucket name."""
 
@@ -112,6 +116,22 @@ class KeyValueStore:
         self._adapter = adapter
         self._timeout = timeout
         self._api = JetStreamAdapter(adapter, timeout)
+
+    async def _window(self, bucket: str, *, headers_only: bool = False) -> int:
+        """Messages a reader of ``bucket`` may have in transit: as many of the largest value
+        seen there as fit the object read window (NATSGW_OBJECT_READ_WINDOW_BYTES), 1 to 32.
+        Bounds what one history or watch of large values has nats-server queue at once. A
+        bucket not seen yet counts as holding one value of all its bytes (at most max_payload)."""
+        if headers_only:
+            return _READ_WINDOW
+        adapter = self._adapter
+        stream = stream_name(bucket)
+        largest = adapter.sizes.reservation(stream, adapter.client().max_payload)
+        if not adapter.sizes.known(stream):
+            with contextlib.suppress(GatewayError):
+                info = await self._api.stream_info(stream)
+                largest = min(largest, max(info.state.bytes, 1))
+        return max(1, min(_READ_WINDOW, adapter.object_read_window // largest))
 
     def _budget(self, timeout: float | None) -> Budget:
         return Budget(timeout if timeout is not None else self._timeout)
@@ -355,6 +375,7 @@ class KeyValueStore:
             start=start,
             headers_only=headers_only,
             patience=self._timeout,
+            window=await self._window(bucket, headers_only=headers_only),
         )
         try:
             try:
@@ -391,6 +412,7 @@ class KeyValueStore:
             start=start,
             start_seq=from_revision,
             follow=True,
+            window=await self._window(bucket),
         )
         await reader.open()
         return KVWatch(bucket, reader)

@@ -507,13 +507,22 @@ class ObjectStoreClient:
         digest = hashlib.sha256()
         size = 0
         if stat.chunks:
+            # Every chunk but the last is full: no chunk is larger than this.
+            chunk = stat.size // (stat.chunks - 1) if stat.chunks > 1 else stat.size
+            chunk = min(chunk, self._adapter.client().max_payload) + _CHUNK_HEADROOM
+            adapter = self._adapter
             reader = OrderedReader(
                 self._api,
                 stream_name(bucket),
                 chunk_subject(bucket, stat.object_id),
                 start=Start.ALL,
                 patience=max(self._timeout, 10.0),
-                window=READ_WINDOW,
+                # At most the object read window in transit for this read, and all reads
+                # together within the connection's read window (natsgw.adapter.flow).
+                window=max(1, min(READ_WINDOW, adapter.object_read_window // chunk)),
+                inflow=adapter.inflow,
+                message_size=chunk,
+                total=stat.chunks,
             )
             try:
                 try:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 from collections.abc import Mapping
 from enum import Enum
 from typing import Any
@@ -35,6 +36,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from natsgw.adapter.core import backoff_delay
 from natsgw.adapter.errors import translated
+from natsgw.adapter.flow import Inflow
 from natsgw.adapter.jetstream import JetStreamAdapter
 from natsgw.adapter.types import StoredMessage
 from natsgw.errors import GatewayError, NotFound, Unavailable
@@ -87,6 +89,9 @@ class OrderedReader:
         patience: float = 10.0,
         pending_bytes: int = 64 * 1024 * 1024,
         window: int = 32,
+        inflow: Inflow | None = None,
+        message_size: int = 0,
+        total: int = 0,
     ) -> None:
         self._api = api
         self._stream = stream
@@ -111,6 +116,14 @@ class OrderedReader:
         #: Messages matching when the first consumer was made (for finite reads).
         self.initial_pending = 0
         self.resets = 0
+        #: Flow control across readers (natsgw.adapter.flow): before the server may send more,
+        #: ``message_size`` bytes each are reserved in ``inflow``, given back as they arrive.
+        self._inflow = inflow
+        self._message_size = message_size
+        self._total = total  # messages the read will take (0: unknown, keeps going)
+        self._credit = 0  # bytes reserved for messages allowed and not yet arrived
+        self._taken = 0  # messages handed to the caller
+        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
 
     async def open(self) -> None:
         """Create the first consumer; raises NotFound when the stream does not exist.
@@ -158,7 +171,7 @@ class OrderedReader:
                     await asyncio.sleep(max(0.1, backoff_delay(min(self.resets, 4))))
                 continue
             try:
-                msg = await sub.next_msg(timeout=self._heartbeat * 3)
+                msg = await self._next_msg(sub)
             except (TimeoutError, NatsTimeoutError):
                 await self._reset("no heartbeat")
                 continue
@@ -182,8 +195,10 @@ class OrderedReader:
                 continue
             self._dseq = meta.consumer_seq
             self._sseq = meta.stream_seq
+            self._taken += 1
             if self._dseq - self._acked >= self._ack_step:
                 # Taken by the caller: let the server send the next few.
+                await self._allow(self._dseq - self._acked)
                 self._acked = self._dseq
                 await self._send(msg.reply)
             return StoredMessage(
@@ -194,6 +209,46 @@ class OrderedReader:
                 time=datetime.datetime.fromtimestamp(meta.timestamp_ns / _NS, datetime.UTC),
                 pending=meta.num_pending,
             )
+
+    async def _next_msg(self, sub: NatsSubscription) -> Msg:
+        if self._inflow is None:
+            return await sub.next_msg(timeout=self._heartbeat * 3)
+        async with asyncio.timeout(self._heartbeat * 3):
+            return await self._queue.get()
+
+    async def _arrived(self, queue: asyncio.Queue[Msg], msg: Msg) -> None:
+        """A message came off the socket (nats-py's delivery task): its reservation is free."""
+        if queue is not self._queue:
+            return  # of a consumer already dropped
+        if self._credit and not (msg.headers and msg.headers.get(_STATUS)):
+            size = min(self._credit, self._message_size)
+            self._credit -= size
+            if self._inflow is not None:
+                self._inflow.give(size)
+        queue.put_nowait(msg)
+
+    def _allowed(self, count: int) -> int:
+        """How many of ``count`` newly allowed messages can still come (a finite read): those
+        already allowed on the current consumer come first."""
+        if not self._total:
+            return count
+        already = self._acked + self._window - self._dseq
+        return max(0, min(count, self._total - self._taken - already))
+
+    async def _allow(self, count: int) -> None:
+        """Reserve room in the inflow for ``count`` more messages the server may now send."""
+        inflow = self._inflow
+        if inflow is None:
+            return
+        size = self._allowed(count) * self._message_size
+        if size:
+            size = await inflow.take(size)
+            self._credit += size
+
+    def _give_back(self) -> None:
+        credit, self._credit = self._credit, 0
+        if credit and self._inflow is not None:
+            self._inflow.give(credit)
 
     async def _send(self, subject: str) -> None:
         """An empty message (ack, flow-control answer); lost ones are made up by the next."""
@@ -244,13 +299,23 @@ class OrderedReader:
     async def _create(self, *, first: bool) -> None:
         nc = self._api.client()
         inbox = nc.new_inbox()
+        self._queue = asyncio.Queue()
         with translated(f"subscribe to {self._stream}"):
             sub = await nc.subscribe(
-                inbox, pending_msgs_limit=-1, pending_bytes_limit=self._pending_bytes
+                inbox,
+                cb=functools.partial(self._arrived, self._queue) if self._inflow else None,
+                pending_msgs_limit=-1,
+                pending_bytes_limit=self._pending_bytes,
             )
         try:
+            if self._inflow is not None:  # the new consumer sends a window at once
+                left = self._total - self._taken
+                count = min(self._window, left) if self._total else self._window
+                if count > 0:
+                    self._credit += await self._inflow.take(count * self._message_size)
             info = await self._api.create_ephemeral(self._stream, self._config(inbox))
         except BaseException:
+            self._give_back()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
             raise
@@ -271,6 +336,7 @@ class OrderedReader:
         await self._drop()
 
     async def _drop(self) -> None:
+        self._give_back()
         sub, self._sub = self._sub, None
         consumer, self._consumer = self._consumer, ""
         if sub is not None:

@@ -153,6 +153,18 @@ class Requester:
             raise nats_errors.NoRespondersError
         return msg
 
+    def fail_all(self, error: Callable[[], Exception]) -> None:
+        """End every waiting request with a fresh ``error()`` now: the connection they were
+        sent on is gone, so their replies never come (they would wait their whole timeout)."""
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(error())
+
+    @property
+    def max_payload(self) -> int:
+        """The connected server's max_payload: the most one reply can carry."""
+        return int(self._nc.max_payload)
+
     @property
     def waiting(self) -> int:
         """Requests waiting for their reply now."""

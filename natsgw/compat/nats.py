@@ -230,6 +230,8 @@ async def publish_request(
         raise nats_errors.MaxPayloadError
     if headers:
         block = header_block(headers)
+        if len(block) + size > client.max_payload:  # nats-server counts headers too (issue 17 B)
+            raise nats_errors.MaxPayloadError
         command = b"".join(
             (
                 f"HPUB {subject} {reply} {len(block)} {len(block) + size}\r\n".encode(),

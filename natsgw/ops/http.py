@@ -1,7 +1,8 @@
 """The HTTP side port (``NATSGW_HTTP_PORT``): ``/metrics``, ``/healthz``, ``/readyz``.
 
 - ``/healthz``: 200 while the process serves (liveness); 503 with the reason once it cannot
-  recover (its embedded nats-server failed too often), so an orchestrator replaces it;
+  recover (its embedded nats-server failed too often, or a NATS connection has been down for
+  NATSGW_NATS_DOWN_UNHEALTHY_AFTER), so an orchestrator replaces it;
 - ``/readyz``: 200 when NATS is connected and, with JetStream enabled, JetStream answers an
   account-info request within 2 s; 503 with the reason otherwise (readiness);
 - ``/metrics``: Prometheus text exposition of :class:`natsgw.ops.metrics.Metrics`;
@@ -37,9 +38,11 @@ class HttpSide:
         jetstream: bool,
         failure: Callable[[], str] = lambda: "",
         status: StatusPage | None = None,
+        nats_down_after: float = 45.0,
     ) -> None:
         self.metrics = metrics
         self.status = status
+        self.nats_down_after = nats_down_after
         self.failure = failure
         self.adapter = adapter
         self.jetstream = jetstream
@@ -61,16 +64,21 @@ class HttpSide:
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         reason = self.failure()
+        if not reason:
+            # NATS down for long (a connection that cannot be brought back): a restart may help.
+            down, why = self.adapter.outage()
+            if down >= self.nats_down_after:
+                reason = f"{why} (for {down:.0f}s; NATSGW_NATS_DOWN_UNHEALTHY_AFTER)"
         if reason:
             return web.json_response({"status": "failed", "reason": reason}, status=503)
         return web.json_response({"status": "alive"})
 
     async def _readyz(self, _request: web.Request) -> web.Response:
-        if not self.adapter.connected:
-            state = self.adapter.state().status.lower()
-            return web.json_response(
-                {"ready": False, "reason": f"NATS connection is {state}"}, status=503
-            )
+        down, why = self.adapter.outage()
+        if not self.adapter.connected or down:
+            state = self.adapter.state().status.lower() if not self.adapter.connected else ""
+            reason = f"NATS connection is {state or 'degraded'}" + (f": {why}" if why else "")
+            return web.json_response({"ready": False, "reason": reason}, status=503)
         if self.jetstream:
             try:
                 await self.adapter.jetstream_account(_READY_TIMEOUT)

@@ -549,6 +549,14 @@ class JetStreamService:
         max_bytes = message.max_bytes or DEFAULT_CONSUME_BYTES
         if max_bytes < 1:
             raise InvalidArgument("max_bytes", f"must be positive (got {max_bytes})")
+        if max_bytes > self.settings.consume_max_bytes:
+            # What a stream may have delivered and unacked is pulled from NATS at once: unbounded,
+            # it could get the gateway's shared connection cut as a slow consumer.
+            raise InvalidArgument(
+                "max_bytes",
+                f"must be at most {self.settings.consume_max_bytes} bytes "
+                f"(NATSGW_CONSUME_MAX_BYTES; got {max_bytes})",
+            )
         heartbeat = seconds_field(message.heartbeat, "heartbeat", maximum=MAX_HEARTBEAT)
         heartbeat = heartbeat or DEFAULT_HEARTBEAT
         if heartbeat < MIN_HEARTBEAT:

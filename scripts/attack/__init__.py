@@ -1,0 +1,1 @@
+"""Attacks on a running natsgw, reproducing issue 17's findings (``python -m scripts.attack.X``)."""

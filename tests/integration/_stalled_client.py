@@ -29,7 +29,7 @@ _REQUESTS: dict[str, Any] = {
             stream_name=target.split("/")[0],
             consumer_name=target.split("/")[1],
             max_messages=10_000,
-            max_bytes=512 * 1024 * 1024,
+            max_bytes=16 * 1024 * 1024,  # NATSGW_CONSUME_MAX_BYTES, the most allowed
         ),
         pb.ConsumeResponse,
     ),
