@@ -4,10 +4,13 @@ Each worker runs the ordinary side port (natsgw.ops.http) on a private loopback 
 to the supervisor; ``NATSGW_HTTP_PORT`` itself is served here, so a scrape or probe sees the
 whole gateway rather than whichever worker the kernel picked:
 
-- ``/healthz``: 200 while the supervisor runs (liveness: restarting the whole gateway would
-  not help a worker that keeps dying, and would take the healthy ones down), listing each
-  worker's pid (null while it is not serving) and, under ``unhealthy``, why a slot is not
-  healthy (crash-looping);
+- ``/healthz``: 200 while the supervisor runs and a serving worker is alive (liveness:
+  restarting the whole gateway would not help a worker that keeps dying, and would take the
+  healthy ones down), listing each worker's pid (null while it is not serving) and, under
+  ``unhealthy``, why a slot is not healthy (crash-looping, or its own ``/healthz`` failed, e.g.
+  NATS unreachable for NATSGW_NATS_DOWN_UNHEALTHY_AFTER). 503 when every serving worker's own
+  ``/healthz`` fails: the gateway as a whole cannot recover by itself, so a liveness probe
+  restarts it (as it would a single gateway);
 - ``/readyz``: 503 until the gateway has started (every worker served once, or its slot is
   crash-looping); then 200 while at least one worker serves and its own ``/readyz`` says ready
   (the kernel hands new connections only to listening workers, so the port serves); the body
@@ -24,6 +27,7 @@ whole gateway rather than whichever worker the kernel picked:
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
@@ -100,6 +104,14 @@ def merge_metrics(
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families([*merged.values(), restarted, *extra]))
     return generate_latest(registry)
+
+
+def _reason(body: str) -> str:
+    """The ``reason`` of a worker's failed /healthz answer (its whole body if not JSON)."""
+    try:
+        return str(json.loads(body).get("reason", body))[:300]
+    except (ValueError, AttributeError):
+        return body[:300]
 
 
 def _gauge(name: str, documentation: str, values: Iterable[tuple[int, bool]]) -> Metric:
@@ -189,9 +201,19 @@ class WorkersHttp:
                 log.info("worker_metrics_back", worker=worker.index)
 
     async def _healthz(self, _request: web.Request) -> web.Response:
+        serving = [w for w in self.workers if w.serving.is_set()]
+        answers = await asyncio.gather(*(self._get(w, "/healthz") for w in serving))
+        failed = {
+            str(w.index): _reason(body)
+            for w, (code, body) in zip(serving, answers, strict=True)
+            if code == 503
+        }
         workers = {str(w.index): w.pid if w.serving.is_set() else None for w in self.workers}
-        unhealthy = {str(w.index): w.unhealthy for w in self.workers if w.unhealthy}
-        return web.json_response({"status": "alive", "workers": workers, "unhealthy": unhealthy})
+        unhealthy = {str(w.index): w.unhealthy for w in self.workers if w.unhealthy} | failed
+        alive = not serving or len(failed) < len(serving)
+        status = "alive" if alive else "failed"
+        body = {"status": status, "workers": workers, "unhealthy": unhealthy}
+        return web.json_response(body, status=200 if alive else 503)
 
     async def _readyz(self, _request: web.Request) -> web.Response:
         answers = await asyncio.gather(*(self._get(w, "/readyz") for w in self.workers))

@@ -31,7 +31,8 @@ from grpclib.client import Channel
 from prometheus_client.parser import text_string_to_metric_families
 
 from natsgw._generated.isa import nats as pb
-from tests.conftest import tenant, wait_for
+from natsgw.ops.embedded import EmbeddedNatsServer
+from tests.conftest import restart_node, tenant, wait_for
 from tests.integration._jetstream import make_consumer, make_stream, ns_of, publish
 from tests.integration.test_embedded_auth import refused
 
@@ -550,3 +551,30 @@ def test_the_supervisor_holds_the_data_directory(two_workers: Supervised) -> Non
     assert second.returncode == 2, second.stderr
     assert "natsgw: cannot start:" in second.stderr
     assert str(two_workers.proc.pid) in second.stderr  # the holder is named
+
+
+async def test_the_supervisor_fails_healthz_when_no_worker_reaches_nats(tmp_path: Path) -> None:
+    """Every worker's own /healthz fails after a long NATS outage: the supervisor's does too (a
+    liveness probe then restarts the gateway), and recovers with NATS."""
+    server = EmbeddedNatsServer(tmp_path / "nats", port=free_port())
+    await server.start()
+    served = Supervised(tmp_path, NATS_URLS=server.url, NATSGW_NATS_DOWN_UNHEALTHY_AFTER="1")
+    try:
+        served.started()
+        assert served.http("/healthz")[0] == 200
+        await server.stop()
+
+        def healthz_is(code: int) -> Callable[[], bool]:
+            return lambda: served.http("/healthz")[0] == code
+
+        await wait_for(healthz_is(503), timeout=30)
+        code, body = served.http("/healthz")
+        answer = json.loads(body)
+        assert (code, answer["status"]) == (503, "failed")
+        assert set(answer["unhealthy"]) == {"0", "1"}, answer
+        assert all("NATSGW_NATS_DOWN_UNHEALTHY_AFTER" in r for r in answer["unhealthy"].values())
+        await restart_node(server)
+        await wait_for(healthz_is(200), timeout=60)
+    finally:
+        served.stop()
+        await server.stop()
