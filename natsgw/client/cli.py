@@ -565,9 +565,8 @@ async def cmd_obj_ls(client: Client, args: argparse.Namespace) -> int:
     objects = await client.objects(args.bucket)
     if args.json:
         emit(args, "", {"objects": objects})
-    elif not objects:
-        # The gateway lists a bucket that does not exist as empty too.
-        print(f"no objects in bucket {args.bucket} (or no such bucket)")
+    elif not objects:  # a bucket that does not exist is NotFound (exit 1), not this
+        print(f"no objects in bucket {args.bucket}")
     else:
         for info in objects:
             print(_object_line(info), flush=True)

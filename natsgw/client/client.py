@@ -920,6 +920,7 @@ class Client:
         )
 
     async def objects(self, bucket: str) -> list[ObjectInfo]:
+        """The bucket's objects, sorted by name; NotFound when there is no such bucket."""
         answer = await self._call(
             "ObjectList",
             lambda: self._stub.object_list(pb.ObjectListRequest(bucket=bucket, **self._ids())),

@@ -256,6 +256,13 @@ def test_objects_info_list_and_remove_with_human_sizes(served: Served, tmp_path:
     assert natsgw(served, "obj", "rm", "files", "report.bin", *me).returncode == 0
     gone = natsgw(served, "obj", "info", "files", "report.bin", *me)
     assert gone.returncode == 1 and "NOT_FOUND" in gone.stderr
+    empty = natsgw(served, "obj", "ls", "files", *me)  # the bucket stays, with nothing in it
+    assert empty.returncode == 0 and "no objects in bucket files" in empty.stdout
+    for args in (("obj", "ls", "no-such-files"), ("obj", "ls", "no-such-files", "--json")):
+        missing = natsgw(served, *args, *me)  # a typo is not an empty bucket
+        assert missing.returncode == 1, missing
+        assert "NOT_FOUND" in missing.stderr and "'no-such-files' does not exist" in missing.stderr
+        assert missing.stdout == ""
 
 
 def test_consumers_list_show_and_remove(served: Served) -> None:
