@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime
+import math
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -38,7 +39,7 @@ from aiohttp import web
 from natsgw.adapter import NatsAdapter
 from natsgw.adapter.jetstream import JetStreamAdapter
 from natsgw.adapter.types import StreamDetails
-from natsgw.errors import GatewayError
+from natsgw.errors import GatewayError, NotFound
 from natsgw.ops.metrics import MeteredSubscriptionRegistry, Metrics, TenantRow, tenant_rows
 from natsgw.service.fanout import FanOut
 from natsgw.service.jetstream import own_streams
@@ -109,7 +110,7 @@ class StatusPage:
         self.started = time.time()
         self._samples: collections.deque[_Sample] = collections.deque(maxlen=_SAMPLES)
         self._stored: dict[str, _StoredFigures] = {}
-        self._stored_at = 0.0
+        self._stored_at = -math.inf  # never read yet
         self._stored_note = ""
         self._reading = asyncio.Lock()
 
@@ -225,16 +226,19 @@ class StatusPage:
         """The shown tenants' JetStream figures, read at most every few seconds."""
         if self.jetstream is None or not self.adapter.connected:
             return {}
-        wanted = {row.traffic.label for row in rows}
         async with self._reading:  # one read at a time; the others use its result
-            fresh = time.monotonic() - self._stored_at < _JETSTREAM_TTL
-            if not (fresh and wanted <= set(self._stored)):
+            # Within the TTL nothing is read, even for a tenant new to the shown rows (it has
+            # no JetStream figures until the next read) or after a failed read: however the
+            # top tenants churn and whoever polls, NATS is asked at most once per TTL.
+            if time.monotonic() - self._stored_at >= _JETSTREAM_TTL:
                 try:
                     read = await asyncio.wait_for(self._read(rows), _JETSTREAM_TIMEOUT)
                     self._stored, self._stored_note = read
                 except (GatewayError, TimeoutError) as exc:
+                    # The message names NATS streams (tenant names): logs only, never the page.
                     text = exc.message if isinstance(exc, GatewayError) else "timed out"
-                    self._stored_note = f"JetStream figures unavailable: {text}"
+                    why = exc.status.name if isinstance(exc, GatewayError) else "timed out"
+                    self._stored_note = f"JetStream figures unavailable ({why})"
                     log.info("status_jetstream_unavailable", error=text)
                 self._stored_at = time.monotonic()
         return self._stored
@@ -262,7 +266,11 @@ class StatusPage:
                 if state.consumer_count:
                     owned.append((figures, details))
         for figures, details in owned[:_MAX_CONSUMER_LISTS]:
-            for consumer in await js.list_consumers(details.spec.name):
+            try:
+                consumers = await js.list_consumers(details.spec.name)
+            except NotFound:  # deleted since it was listed: no lag to show, the rest stands
+                continue
+            for consumer in consumers:
                 figures.pending += consumer.state.num_pending
                 figures.ack_pending += consumer.state.num_ack_pending
         partial = len(owned) > _MAX_CONSUMER_LISTS
@@ -273,5 +281,7 @@ def _rate(count: int, base_count: int, now: float, base: _Sample | None, since: 
     """Per second since the base sample; before there is one old enough, since ``since`` (the
     gateway's start, or when the tenant was first seen)."""
     if base is not None:
-        return round((count - base_count) / (now - base.at), 2)
+        # Never below 0: a row's count can fall (a tenant left ``other`` for the top rows, or
+        # was dropped from the table and seen again), which is no negative traffic.
+        return max(0.0, round((count - base_count) / (now - base.at), 2))
     return round(count / max(1.0, now - since), 2)
