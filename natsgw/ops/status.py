@@ -16,10 +16,10 @@ The side port has no authentication, so tenant names appear only with
 ``NATSGW_STATUS_TENANT_NAMES=true`` (listed tenants are always named); otherwise each shows as a
 pseudonym ``t-<hex>``, and no stream, subject or consumer name appears at all.
 
-Serving it costs NATS little whoever polls it: the JetStream figures are read at most every
-:data:`_JETSTREAM_TTL` seconds (one stream listing per shown tenant plus at most
-:data:`_MAX_CONSUMER_LISTS` consumer listings), one read at a time; rates come from samples
-kept here, so a page refresh does no work on the call path.
+Serving it costs little whoever polls it: ``/status.json`` is made at most once a second, the
+JetStream figures are read at most every :data:`_JETSTREAM_TTL` seconds (one stream listing per
+shown tenant plus at most :data:`_MAX_CONSUMER_LISTS` consumer listings), one read at a time;
+rates come from samples kept here, so a page refresh does no work on the call path.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ _MAX_CONSUMER_LISTS = 50
 _JETSTREAM_TIMEOUT = 3.0
 #: Rate samples: at least 1 s apart, the oldest kept is the base of "per second" figures.
 _SAMPLE_EVERY = 1.0
+#: ``/status.json`` is served from one snapshot for this long (the page asks every 2 s).
+_SNAPSHOT_EVERY = 1.0
 _SAMPLES = 30
 #: The page is served with no inline script: only its own files may run.
 _HEADERS = {
@@ -113,6 +116,7 @@ class StatusPage:
         self._stored_at = -math.inf  # never read yet
         self._stored_note = ""
         self._reading = asyncio.Lock()
+        self._served: tuple[float, bytes] | None = None  # (monotonic time, the /status.json body)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/status", self._page)
@@ -132,7 +136,13 @@ class StatusPage:
         return web.Response(body=_static("status.css"), content_type="text/css", headers=_HEADERS)
 
     async def _json(self, _request: web.Request) -> web.Response:
-        return web.json_response(await self.snapshot(), headers=_HEADERS)
+        """The snapshot, made at most once per :data:`_SNAPSHOT_EVERY` however often this port
+        is asked (unauthenticated: with a full tenant table one snapshot is a few ms of the
+        event loop that serves gRPC)."""
+        now = time.monotonic()
+        if self._served is None or now - self._served[0] >= _SNAPSHOT_EVERY:
+            self._served = (now, json.dumps(await self.snapshot()).encode())
+        return web.Response(body=self._served[1], content_type="application/json", headers=_HEADERS)
 
     # -- the figures ----------------------------------------------------------------------------
 
