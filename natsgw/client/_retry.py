@@ -13,7 +13,8 @@ The rule (README "Client retries"):
   iterator raises ``Unavailable``: a stream never ends silently.
 - A gateway that is shutting down refuses new calls before running them ("the gateway is
   shutting down; retry elsewhere"): such a refusal is repeated for every RPC, on a new
-  connection (the old one belongs to a process on its way out).
+  connection (the old one belongs to a process on its way out; it stays open for the calls
+  still running there, which the gateway lets finish within its grace).
 - Attempts are bounded, with exponential backoff and jitter between them.
 """
 

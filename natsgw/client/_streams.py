@@ -35,6 +35,7 @@ Out = TypeVar("Out")
 class ServerStream(Generic[Req, Resp, Out]):
     """Async iterator (and async context manager) over one unary-stream call's responses.
 
+    ``channel`` gives the connection to open the call on (the client's current one).
     ``convert`` turns each response into what the caller sees, or ``None`` to skip it (heartbeats).
     ``riders`` names the further responses a batched response carries (``max_batch``), which are
     handed out one by one after it, so callers never see the batching.
@@ -48,7 +49,7 @@ class ServerStream(Generic[Req, Resp, Out]):
 
     def __init__(
         self,
-        channel: Channel,
+        channel: Callable[[], Channel],
         path: str,
         request: Req,
         response_type: type[Resp],
@@ -95,7 +96,7 @@ class ServerStream(Generic[Req, Resp, Out]):
         try:
             async with translated():
                 stream = await stack.enter_async_context(
-                    self._channel.request(
+                    self._channel().request(
                         self._path,
                         Cardinality.UNARY_STREAM,
                         type(self._request),

@@ -170,6 +170,11 @@ class Client:
         self._metadata = dict(metadata or {})
         if token:
             self._metadata["authorization"] = f"Bearer {token}"
+        #: Makes a new connection to the same gateway (None: the caller gave the channel).
+        self._connect: Callable[[], Channel] | None = None
+        #: Connections this client made and closes: the current one, and the one left to a
+        #: draining gateway (its calls in flight finish there; see :meth:`_reconnect`).
+        self._owned: list[Channel] = []
         if _channel is None:
             host, port = parse_target(target)
             context: ssl.SSLContext | None = None
@@ -177,10 +182,13 @@ class Client:
                 context = tls
             elif tls or ca_file or cert_file:
                 context = tls_context(ca_file, cert_file, key_file)
-            _channel = Channel(host, port, ssl=context, codec=build_codec())
-            self._owns_channel = True
-        else:
-            self._owns_channel = False
+
+            def connect() -> Channel:
+                return Channel(host, port, ssl=context, codec=build_codec())
+
+            self._connect = connect
+            _channel = connect()
+            self._owned.append(_channel)
         self._channel = _channel
         self._stub = pb.NatsServiceStub(_channel, timeout=timeout, metadata=self._metadata)
 
@@ -197,11 +205,13 @@ class Client:
             _channel=self._channel,
         )
         other._unsubscribes = self._unsubscribes
+        other._connect = self._connect  # its own new connection when it must reconnect
         return other
 
     def close(self) -> None:
-        if self._owns_channel:
-            self._channel.close()
+        for channel in self._owned:
+            channel.close()
+        self._owned.clear()
 
     async def __aenter__(self) -> Self:
         return self
@@ -248,11 +258,23 @@ class Client:
                 await asyncio.sleep(delay)
 
     def _reconnect(self) -> None:
-        """Drop the connection (its gateway is shutting down): the next call opens a new one.
+        """New calls go on a new connection (this one's gateway is shutting down).
 
-        grpclib's ``Channel`` connects again on the next request after ``close()``.
+        The old connection is not closed: calls still in flight on it (a Publish, a Request)
+        finish there within the gateway's grace, where closing it would fail them with an
+        unknown outcome. It is closed when the next reconnect retires this one, or with the
+        client. A channel the caller gave is closed instead (grpclib connects it again).
         """
-        self._channel.close()
+        if self._connect is None:
+            self._channel.close()
+            return
+        while len(self._owned) > 1:  # the one left to an earlier draining gateway
+            self._owned.pop(0).close()
+        self._channel = self._connect()
+        self._owned.append(self._channel)
+        self._stub = pb.NatsServiceStub(
+            self._channel, timeout=self.timeout, metadata=self._metadata
+        )
 
     def _stream(
         self,
@@ -268,7 +290,7 @@ class Client:
     ) -> ServerStream[Any, Any, Any]:
         """A server stream; with ``resume`` it is opened again when it breaks (stream_retry)."""
         return ServerStream(
-            self._channel,
+            lambda: self._channel,  # the current connection, also after a reconnect
             _SERVICE + method,
             request,
             response_type,

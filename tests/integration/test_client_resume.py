@@ -11,11 +11,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+import nats
 import pytest
+from nats.aio.msg import Msg
 
 from natsgw.client import Client, Unavailable
 from natsgw.client._retry import Retry
 from natsgw.server import Gateway
+from natsgw.tenancy import Namespace, Tenant
 from tests.conftest import free_port, tenant, wait_for
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]
@@ -175,3 +178,45 @@ async def test_leaving_consume_releases_what_was_delivered_but_not_settled(
         assert all(m.num_delivered == 2 for m in again)
         assert batcher.released == 3 and batcher.failed == 0
         await client.ack(*again)
+
+
+async def test_a_call_in_flight_on_a_draining_gateway_still_gets_its_answer(
+    make_gateway: GatewayFactory, nc: nats.NATS, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another call refused by the draining gateway moves the client to a new connection; the
+    old one stays open for the Request still running there, which is not idempotent (closing
+    the connection under it would leave its outcome unknown)."""
+    user, port = tenant(), free_port()
+    gw = await make_gateway(grpc_port=port, shutdown_grace=10.0)
+    client = Client(f"127.0.0.1:{port}", user_id=user, retry=PATIENT)
+    asked, answer_now = asyncio.Event(), asyncio.Event()
+
+    async def slow_service(msg: Msg) -> None:
+        asked.set()
+        await answer_now.wait()
+        await msg.respond(b"answered")
+
+    service = await nc.subscribe(Namespace(Tenant.user(user)).subject("svc.slow"), cb=slow_service)
+    await nc.flush()
+    caplog.set_level(logging.INFO, logger="natsgw.client")
+    stopping: asyncio.Future[None] | None = None
+    refused: asyncio.Future[None] | None = None
+    try:
+        in_flight = asyncio.ensure_future(client.request("svc.slow", b"q", timeout=15))
+        await asyncio.wait_for(asked.wait(), 10)
+        stopping = asyncio.ensure_future(gw.stop())  # waits for the Request (grace 10 s)
+        await wait_for(lambda: gw.pipeline is not None and gw.pipeline.draining, timeout=5)
+        refused = asyncio.ensure_future(client.publish("other", b"x"))
+        await wait_for(lambda: "shutting down; retry elsewhere" in caplog.text, timeout=10)
+        answer_now.set()
+        reply = await asyncio.wait_for(in_flight, 10)
+        assert reply.data == b"answered"
+    finally:
+        answer_now.set()
+        for task in (refused, stopping):
+            if task is not None and not task.done():
+                task.cancel()
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
+        await service.unsubscribe()
+        client.close()
