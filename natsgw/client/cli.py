@@ -811,7 +811,10 @@ def _hint(exc: NatsgwError, args: argparse.Namespace, token: str) -> str:
             "(trusted mode: --user-id)"
         )
     if name == "PERMISSION_DENIED":
-        return "the credentials are valid but not allowed to do this (--token-file, --user-id)"
+        return (
+            "the credentials are valid but not allowed to do this: another token "
+            "(NATSGW_TOKEN / --token-file) or --user-id"
+        )
     if isinstance(exc, Unavailable) and "connection to the gateway failed" in exc.message:
         host, port = parse_target(args.target)
         return f"is a gateway listening at {host}:{port}? (--target or NATSGW_TARGET)"

@@ -660,8 +660,10 @@ class Client:
         messages have their ack deadline extended for up to ``max_lease`` seconds (see
         :mod:`natsgw.client.consumer`). Waiting messages arrive up to ``max_batch`` per response.
         When the block ends, what was delivered but not settled is nak'ed (redelivered at once).
-        If the gateway restarts, the stream is opened again (``stream_retry``); messages held
-        keep their ack tokens, which stay valid.
+        If the gateway restarts, the stream is opened again (``stream_retry``); the ack tokens
+        of messages held stay valid only if the gateway's NATSGW_ACK_TOKEN_SECRET is set (the
+        default is random per process): otherwise their acks fail (counted in ``failed``,
+        logged) and NATS redelivers them after ``ack_wait``.
         """
         request = pb.ConsumeRequest(
             stream_name=stream,
