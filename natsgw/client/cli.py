@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from natsgw.client import smoke
 from natsgw.client._retry import Retry
@@ -44,6 +44,7 @@ from natsgw.client.types import (
 )
 
 Handler = Callable[[Client, argparse.Namespace], Awaitable[int]]
+T = TypeVar("T")
 
 #: Environment variables the commands read (the gateway's settings ignore them).
 CLIENT_VARIABLES = ("NATSGW_TARGET", "NATSGW_TOKEN", "NATSGW_TOKEN_FILE", "NATSGW_USER_ID")
@@ -104,6 +105,25 @@ def size(n: int) -> str:
         if value < 1024 or unit == "TiB":
             break
     return f"{value:.1f} {unit}"
+
+
+def _listing(
+    args: argparse.Namespace,
+    record: dict[str, Any],
+    items: list[T],
+    empty: str,
+    line: Callable[[T], str],
+) -> int:
+    """What every ``ls`` prints: ``record`` as one JSON object, ``empty`` when there is
+    nothing, else one ``line`` per item (flushed: ``| head`` sees them as they come)."""
+    if args.json:
+        emit(args, "", record)
+    elif not items:
+        print(empty)
+    else:
+        for item in items:
+            print(line(item), flush=True)
+    return 0
 
 
 def _when(ts: datetime.datetime | None) -> str:
@@ -272,14 +292,7 @@ def _stream_line(info: StreamInfo) -> str:
 
 async def cmd_stream_ls(client: Client, args: argparse.Namespace) -> int:
     streams = await client.streams()
-    if args.json:
-        emit(args, "", {"streams": streams})
-    elif not streams:
-        print("no streams")
-    else:
-        for info in streams:
-            print(_stream_line(info))
-    return 0
+    return _listing(args, {"streams": streams}, streams, "no streams", _stream_line)
 
 
 async def cmd_stream_add(client: Client, args: argparse.Namespace) -> int:
@@ -333,14 +346,8 @@ def _consumer_line(info: ConsumerInfo) -> str:
 
 async def cmd_consumer_ls(client: Client, args: argparse.Namespace) -> int:
     consumers = await client.consumers(args.stream)
-    if args.json:
-        emit(args, "", {"consumers": consumers})
-    elif not consumers:
-        print(f"no consumers on stream {args.stream}")
-    else:
-        for info in consumers:
-            print(_consumer_line(info))
-    return 0
+    empty = f"no consumers on stream {args.stream}"
+    return _listing(args, {"consumers": consumers}, consumers, empty, _consumer_line)
 
 
 async def cmd_consumer_info(client: Client, args: argparse.Namespace) -> int:
@@ -449,14 +456,8 @@ async def cmd_kv_keys(client: Client, args: argparse.Namespace) -> int:
     keys = await client.kv_keys(args.bucket)
     if not keys:  # the gateway lists a missing bucket as empty: say which it is
         await client.kv_bucket_status(args.bucket)  # NotFound names the bucket
-    if args.json:
-        emit(args, "", {"bucket": args.bucket, "keys": keys})
-    elif not keys:
-        print(f"no keys in bucket {args.bucket}")
-    else:
-        for key in keys:
-            print(key, flush=True)
-    return 0
+    record = {"bucket": args.bucket, "keys": keys}
+    return _listing(args, record, keys, f"no keys in bucket {args.bucket}", str)
 
 
 async def cmd_kv_history(client: Client, args: argparse.Namespace) -> int:
@@ -480,14 +481,7 @@ async def cmd_kv_ls(client: Client, args: argparse.Namespace) -> int:
         emit(args, _bucket_line(status), {"bucket": status})
         return 0
     buckets = await client.kv_buckets()
-    if args.json:
-        emit(args, "", {"buckets": buckets})
-    elif not buckets:
-        print("no buckets")
-    else:
-        for info in buckets:
-            print(_bucket_line(info), flush=True)
-    return 0
+    return _listing(args, {"buckets": buckets}, buckets, "no buckets", _bucket_line)
 
 
 async def cmd_kv_watch(client: Client, args: argparse.Namespace) -> int:
@@ -562,15 +556,9 @@ async def cmd_obj_get(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_obj_ls(client: Client, args: argparse.Namespace) -> int:
-    objects = await client.objects(args.bucket)
-    if args.json:
-        emit(args, "", {"objects": objects})
-    elif not objects:  # a bucket that does not exist is NotFound (exit 1), not this
-        print(f"no objects in bucket {args.bucket}")
-    else:
-        for info in objects:
-            print(_object_line(info), flush=True)
-    return 0
+    objects = await client.objects(args.bucket)  # a missing bucket: NotFound (exit 1)
+    empty = f"no objects in bucket {args.bucket}"
+    return _listing(args, {"objects": objects}, objects, empty, _object_line)
 
 
 async def cmd_obj_info(client: Client, args: argparse.Namespace) -> int:

@@ -377,31 +377,26 @@ class Client:
         are lost: core NATS keeps nothing); it ends when this client unsubscribes the subject,
         and raises ``Unavailable`` when it cannot be made again within ``stream_retry``.
         """
-        early = self._until_unsubscribed(subject)
+        request: pb.QueueSubscribeRequest | pb.SubscribeRequest
         if queue_group:  # NATS shares the messages among the group's subscribers
-            queued = pb.QueueSubscribeRequest(
-                subject=subject, queue_group=queue_group, max_batch=max_batch, **self._ids()
-            )
-            return self._stream(
+            method, request = (
                 "QueueSubscribe",
-                queued,
-                pb.MessageResponse,
-                _msg,
-                None,
-                _batch_of,
-                resume=_same,
-                ended_early=early,
+                pb.QueueSubscribeRequest(
+                    subject=subject, queue_group=queue_group, max_batch=max_batch, **self._ids()
+                ),
             )
-        request = pb.SubscribeRequest(subject=subject, max_batch=max_batch, **self._ids())
+        else:
+            method = "Subscribe"
+            request = pb.SubscribeRequest(subject=subject, max_batch=max_batch, **self._ids())
         return self._stream(
-            "Subscribe",
+            method,
             request,
             pb.MessageResponse,
             _msg,
             None,
             _batch_of,
             resume=_same,
-            ended_early=early,
+            ended_early=self._until_unsubscribed(subject),
         )
 
     async def unsubscribe(self, subject: str) -> bool:
