@@ -44,7 +44,7 @@ class ServerStream(Generic[Req, Resp, Out]):
     survive a broken call: on UNAVAILABLE, a lost connection, or an end the caller did not ask
     for (``ended_early()`` says whether an OK end counts as one), the call is opened again with
     ``resume(request)`` after a backoff, up to ``retry.attempts`` tries in a row; then the error
-    is raised.
+    is raised. ``on_close`` runs once, when the stream is closed.
     """
 
     def __init__(
@@ -62,6 +62,7 @@ class ServerStream(Generic[Req, Resp, Out]):
         resume: Callable[[Req], Req] | None = None,
         ended_early: Callable[[], bool] | None = None,
         reconnect: Callable[[], None] | None = None,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self._channel = channel
         self._path = path
@@ -81,6 +82,7 @@ class ServerStream(Generic[Req, Resp, Out]):
         self._ended_early = ended_early
         self._reconnect = reconnect
         self._closing = False
+        self._on_close = on_close
         #: How often the call was opened again after it broke.
         self.resumed = 0
 
@@ -215,6 +217,9 @@ class ServerStream(Generic[Req, Resp, Out]):
         """End the call (cancel it unless the server ended it): the gateway releases its side."""
         self._done = True
         self._closing = True
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
         await self._drop()
 
     async def __aenter__(self) -> Self:

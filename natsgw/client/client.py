@@ -114,6 +114,15 @@ def _seconds(value: float | datetime.timedelta | None) -> datetime.timedelta | N
     return datetime.timedelta(seconds=value)
 
 
+class _Subscription:
+    """One open Subscribe stream of a client: whether the client has unsubscribed its subject."""
+
+    __slots__ = ("unsubscribed",)
+
+    def __init__(self) -> None:
+        self.unsubscribed = False
+
+
 @dataclass(frozen=True, slots=True)
 class _Identity:
     user_id: str
@@ -163,9 +172,10 @@ class Client:
         self.timeout = timeout
         self.retry = retry
         self.stream_retry = stream_retry
-        #: Unsubscribe calls per subject: a Subscribe stream that the gateway ends after one is
-        #: over; any other end (the gateway restarting) is resumed.
-        self._unsubscribes: dict[str, int] = {}
+        #: Open Subscribe streams by (organization, subject): one that the gateway ends after
+        #: this client unsubscribed it is over; any other end (the gateway restarting) is
+        #: resumed. A stream leaves it when it closes, so it holds only what is open.
+        self._subscribed: dict[tuple[str, str], set[_Subscription]] = {}
         self._identity = _Identity(user_id, organization_id)
         self._metadata = dict(metadata or {})
         if token:
@@ -204,7 +214,7 @@ class Client:
             stream_retry=self.stream_retry,
             _channel=self._channel,
         )
-        other._unsubscribes = self._unsubscribes
+        other._subscribed = self._subscribed
         other._connect = self._connect  # its own new connection when it must reconnect
         return other
 
@@ -287,6 +297,7 @@ class Client:
         *,
         resume: Callable[[Any], Any] | None = None,
         ended_early: Callable[[], bool] | None = None,
+        on_close: Callable[[], None] | None = None,
     ) -> ServerStream[Any, Any, Any]:
         """A server stream; with ``resume`` it is opened again when it breaks (stream_retry)."""
         return ServerStream(
@@ -302,12 +313,24 @@ class Client:
             resume=resume,
             ended_early=ended_early,
             reconnect=self._reconnect,
+            on_close=on_close,
         )
 
-    def _until_unsubscribed(self, subject: str) -> Callable[[], bool]:
-        """For a Subscribe stream: an OK end is early unless this client unsubscribed it since."""
-        seen = self._unsubscribes.get(subject, 0)
-        return lambda: self._unsubscribes.get(subject, 0) == seen
+    def _subscription(self, subject: str) -> tuple[_Subscription, Callable[[], None]]:
+        """A Subscribe stream's entry (an OK end is early unless this client unsubscribed it
+        since), and what removes the entry when the stream closes."""
+        key = (self._identity.organization_id, subject)
+        entry = _Subscription()
+        self._subscribed.setdefault(key, set()).add(entry)
+
+        def forget() -> None:
+            entries = self._subscribed.get(key)
+            if entries is not None:
+                entries.discard(entry)
+                if not entries:
+                    del self._subscribed[key]
+
+        return entry, forget
 
     # ---- health --------------------------------------------------------------------------
 
@@ -377,6 +400,7 @@ class Client:
         are lost: core NATS keeps nothing); it ends when this client unsubscribes the subject,
         and raises ``Unavailable`` when it cannot be made again within ``stream_retry``.
         """
+        entry, forget = self._subscription(subject)
         request: pb.QueueSubscribeRequest | pb.SubscribeRequest
         if queue_group:  # NATS shares the messages among the group's subscribers
             method, request = (
@@ -396,12 +420,14 @@ class Client:
             None,
             _batch_of,
             resume=_same,
-            ended_early=self._until_unsubscribed(subject),
+            ended_early=lambda: not entry.unsubscribed,
+            on_close=forget,
         )
 
     async def unsubscribe(self, subject: str) -> bool:
         """End this tenant's subscriptions on ``subject`` on the gateway; False if none was open."""
-        self._unsubscribes[subject] = self._unsubscribes.get(subject, 0) + 1
+        for entry in self._subscribed.pop((self._identity.organization_id, subject), ()):
+            entry.unsubscribed = True
         answer = await self._call(
             "Unsubscribe",
             lambda: self._stub.unsubscribe(pb.UnsubscribeRequest(subject=subject, **self._ids())),

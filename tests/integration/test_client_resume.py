@@ -8,8 +8,10 @@ are repeated by the RPC's idempotency, and nothing ends silently.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import nats
 import pytest
@@ -17,6 +19,7 @@ from nats.aio.msg import Msg
 
 from natsgw.client import Client, Unavailable
 from natsgw.client._retry import Retry
+from natsgw.config import AuthMode
 from natsgw.server import Gateway
 from natsgw.tenancy import Namespace, Tenant
 from tests.conftest import free_port, tenant, wait_for
@@ -219,4 +222,40 @@ async def test_a_call_in_flight_on_a_draining_gateway_still_gets_its_answer(
             if task is not None:
                 await asyncio.gather(task, return_exceptions=True)
         await service.unsubscribe()
+        client.close()
+
+
+async def test_unsubscribing_in_an_organization_leaves_my_own_stream_resumable(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """The organization's Unsubscribe of a subject ends the organization's streams, not the
+    caller's own one on the same subject: that one still rides out a restart instead of ending
+    silently. And the client keeps no record of subjects once their streams are closed."""
+    port, org, token = free_port(), tenant("org"), "tok-" + "r" * 30
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(
+        json.dumps({"tokens": [{"token": token, "user_id": tenant(), "organizations": [org]}]})
+    )
+    auth = {"auth_mode": AuthMode.TOKEN, "auth_tokens_file": tokens}
+    gw = await make_gateway(grpc_port=port, **auth)
+    client = Client(f"127.0.0.1:{port}", token=token, stream_retry=PATIENT)
+    team = client.in_organization(org)
+    try:
+        for i in range(20):  # a service subscribing per session, for hours
+            async with client.subscribe(f"session.{i}"):
+                pass
+            await client.unsubscribe(f"session.{i}")
+        assert client._subscribed == {}
+        async with client.subscribe("news.*") as sub:
+            await team.unsubscribe("news.*")  # the organization's news.*, not mine
+            reading = asyncio.ensure_future(anext(sub))
+            await gw.stop()
+            gw = await make_gateway(grpc_port=port, **auth)
+            await wait_for(lambda: sub.resumed == 1 or reading.done(), timeout=15)
+            assert not reading.done(), reading  # ended silently before the fix
+            await client.publish("news.a", b"after")
+            assert (await asyncio.wait_for(reading, 5)).data == b"after"
+        assert client._subscribed == {}
+    finally:
+        team.close()
         client.close()
