@@ -801,7 +801,9 @@ class Client:
         """``async for entry in client.kv_watch("cfg", "app.*")``: current values, then changes.
 
         If the gateway restarts, the watch is opened again from the revision after the last one
-        it delivered, so no change is missed or repeated (``stream_retry``).
+        it delivered, so no change is missed or repeated (``stream_retry``); with
+        ``updates_only``, a change made while the gateway was away before the watch delivered
+        anything is missed (there is no revision to resume from yet).
         """
         request = pb.KvWatchRequest(
             bucket=bucket,
