@@ -18,7 +18,8 @@ pseudonym ``t-<hex>``, and no stream, subject or consumer name appears at all.
 
 Serving it costs little whoever polls it: ``/status.json`` is made at most once a second, the
 JetStream figures are read at most every :data:`_JETSTREAM_TTL` seconds (one stream listing per
-shown tenant plus at most :data:`_MAX_CONSUMER_LISTS` consumer listings), one read at a time;
+shown tenant, for at most :data:`_MAX_STREAM_LISTS` of them, plus at most
+:data:`_MAX_CONSUMER_LISTS` consumer listings), one read at a time;
 rates come from samples kept here, so a page refresh does no work on the call path.
 """
 
@@ -49,7 +50,10 @@ log = structlog.get_logger("natsgw.ops.status")
 
 #: Seconds the JetStream figures (streams, consumer lag) are reused before NATS is asked again.
 _JETSTREAM_TTL = 5.0
-#: Consumer listings per JetStream read (one per stream with consumers); beyond: ``lag_partial``.
+#: Tenants whose streams one JetStream read lists (the first shown: listed, then the busiest);
+#: NATSGW_METRICS_TENANTS_TOP may show up to 1000, which would be 1000 requests every TTL.
+_MAX_STREAM_LISTS = 50
+#: Consumer listings per JetStream read (one per stream with consumers); beyond: a note.
 _MAX_CONSUMER_LISTS = 50
 #: How long one JetStream read may take before the page shows what it has without it.
 _JETSTREAM_TIMEOUT = 3.0
@@ -254,12 +258,14 @@ class StatusPage:
         return self._stored
 
     async def _read(self, rows: list[TenantRow]) -> tuple[dict[str, _StoredFigures], str]:
-        """Each shown tenant's streams (one listing each, as ListStreams reads them), and the
-        consumers of at most :data:`_MAX_CONSUMER_LISTS` of those streams that have any; with a
-        note when some were left out."""
+        """The first :data:`_MAX_STREAM_LISTS` shown tenants' streams (one listing each, as
+        ListStreams reads them), and the consumers of at most :data:`_MAX_CONSUMER_LISTS` of
+        those streams that have any; with a note when some were left out."""
         assert self.jetstream is not None
         js = self.jetstream
         shown = [row.traffic for row in rows if row.traffic.ns is not None]
+        some_tenants = len(shown) > _MAX_STREAM_LISTS
+        shown = shown[:_MAX_STREAM_LISTS]
         listings = await asyncio.gather(
             *(own_streams(js, traffic.ns) for traffic in shown if traffic.ns is not None)
         )
@@ -283,8 +289,15 @@ class StatusPage:
             for consumer in consumers:
                 figures.pending += consumer.state.num_pending
                 figures.ack_pending += consumer.state.num_ack_pending
-        partial = len(owned) > _MAX_CONSUMER_LISTS
-        return found, "consumer lag of some streams left out" if partial else ""
+        notes = [
+            *(["JetStream figures of some tenants left out"] if some_tenants else []),
+            *(
+                ["consumer lag of some streams left out"]
+                if len(owned) > _MAX_CONSUMER_LISTS
+                else []
+            ),
+        ]
+        return found, "; ".join(notes)
 
 
 def _rate(count: int, base_count: int, now: float, base: _Sample | None, since: float) -> float:

@@ -361,3 +361,34 @@ async def test_polling_the_page_hard_costs_one_snapshot_a_second(
                 assert answer.headers["Cache-Control"] == "no-store"
     elapsed = asyncio.get_running_loop().time() - started
     assert walks <= 1 + int(elapsed), (walks, elapsed)
+
+
+async def test_a_wide_top_n_reads_jetstream_for_a_bounded_number_of_tenants(
+    make_gateway: GatewayFactory,
+) -> None:
+    """NATSGW_METRICS_TENANTS_TOP=1000 shows many rows; one read lists the streams of at most
+    50 of them (each a NATS request) and says that the rest were left out."""
+    gw = await make_gateway(http_port=0, metrics_tenants_top=1000)
+    page = _page(gw)
+    js = page.jetstream
+    assert js is not None
+    listings = 0
+    real_list_streams = js.list_streams
+
+    async def counted(subject_filter: str = "") -> list[StreamDetails]:
+        nonlocal listings
+        listings += 1
+        return await real_list_streams(subject_filter)
+
+    js.list_streams = counted  # type: ignore[method-assign]
+    channel = Channel("127.0.0.1", gw.port)
+    try:
+        stub = pb.NatsServiceStub(channel)
+        await asyncio.gather(*(_calls(stub, tenant(f"wide{i}"), 1) for i in range(60)))
+    finally:
+        channel.close()
+    status = await page.snapshot()
+    assert len(status["tenants"]) == 60
+    assert listings == 50
+    assert "some tenants left out" in status["jetstream_note"]
+    assert sum("streams" in row for row in status["tenants"]) == 50
