@@ -20,7 +20,7 @@ from grpclib.client import Channel, Stream
 from grpclib.const import Cardinality
 
 from natsgw.client._retry import Retry, refused_while_draining
-from natsgw.client.errors import Unavailable, translated
+from natsgw.client.errors import NatsgwError, Unavailable, translated
 
 log = logging.getLogger("natsgw.client")
 
@@ -126,10 +126,21 @@ class ServerStream(Generic[Req, Resp, Out]):
                 return await self._receive()
             except Unavailable as exc:
                 if self._retry is None or self._closing:
+                    await self._end()
                     raise
                 await self._reopen(exc)
                 if self._closing:  # closed by another task while it was being reopened
                     return None
+            except NatsgwError:
+                await self._end()
+                raise
+
+    async def _end(self) -> None:
+        """The call failed for good: release it now, not only if the caller closes the stream
+        (grpclib keeps every stream on its connection until its context is left, so a caller
+        that iterated without ``async with`` would leave one behind per failed call)."""
+        self._done = True
+        await self._drop()
 
     async def _receive(self) -> Resp | None:
         assert self._stream is not None

@@ -17,7 +17,7 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from natsgw.client import Client, Unavailable
+from natsgw.client import Client, NotFound, Unavailable
 from natsgw.client._retry import Retry
 from natsgw.config import AuthMode
 from natsgw.server import Gateway
@@ -258,4 +258,24 @@ async def test_unsubscribing_in_an_organization_leaves_my_own_stream_resumable(
         assert client._subscribed == {}
     finally:
         team.close()
+        client.close()
+
+
+async def test_a_failed_stream_is_released_even_without_async_with(gateway: Gateway) -> None:
+    """``async for`` over a watch whose bucket is deleted raises NotFound; the call is released
+    then, not left on the connection until the client closes (grpclib keeps a stream's entry
+    until its context is left)."""
+    client = Client(f"127.0.0.1:{gateway.port}", user_id=tenant())
+    try:
+        await client.kv_put("doomed", "k", b"v")
+        watch = client.kv_watch("doomed")
+        assert (await asyncio.wait_for(anext(watch), 5)).value == b"v"
+        await client.kv_delete_bucket("doomed")
+        with pytest.raises(NotFound):
+            async for _entry in watch:
+                pass
+        protocol = client._channel._protocol
+        assert protocol is not None
+        assert protocol.processor.streams == {}
+    finally:
         client.close()
