@@ -279,3 +279,18 @@ async def test_a_failed_stream_is_released_even_without_async_with(gateway: Gate
         assert protocol.processor.streams == {}
     finally:
         client.close()
+
+
+async def test_a_call_that_is_not_idempotent_is_sent_once(gateway: Gateway) -> None:
+    """A Request nobody answers is UNAVAILABLE after it reached the gateway: repeating it could
+    deliver it twice, so the client does not (the gateway counts one call), however patient
+    its retry setting."""
+    user = tenant()
+    client = Client(f"127.0.0.1:{gateway.port}", user_id=user, retry=PATIENT)
+    try:
+        with pytest.raises(Unavailable, match="no responder"):
+            await client.request("nobody.listens", b"q", timeout=1)
+    finally:
+        client.close()
+    counted = gateway.metrics.tenants.find(Namespace(Tenant.user(user)).key)
+    assert counted is not None and counted.calls == 1
