@@ -61,7 +61,7 @@ class ServerStream(Generic[Req, Resp, Out]):
         retry: Retry | None = None,
         resume: Callable[[Req], Req] | None = None,
         ended_early: Callable[[], bool] | None = None,
-        reconnect: Callable[[], None] | None = None,
+        reconnect: Callable[[Channel], None] | None = None,
         on_close: Callable[[], None] | None = None,
     ) -> None:
         self._channel = channel
@@ -81,6 +81,8 @@ class ServerStream(Generic[Req, Resp, Out]):
         self._resume = resume
         self._ended_early = ended_early
         self._reconnect = reconnect
+        #: The connection the call was last opened on (the one to leave if it was refused).
+        self._opened_on: Channel | None = None
         self._closing = False
         self._on_close = on_close
         #: How often the call was opened again after it broke.
@@ -95,10 +97,11 @@ class ServerStream(Generic[Req, Resp, Out]):
         if self._stream is not None:
             return self
         stack = contextlib.AsyncExitStack()
+        channel = self._opened_on = self._channel()
         try:
             async with translated():
                 stream = await stack.enter_async_context(
-                    self._channel().request(
+                    channel.request(
                         self._path,
                         Cardinality.UNARY_STREAM,
                         type(self._request),
@@ -164,8 +167,8 @@ class ServerStream(Generic[Req, Resp, Out]):
             self._request = self._resume(self._request)
         last = cause
         for delay in self._retry.delays():
-            if refused_while_draining(last) and self._reconnect is not None:
-                self._reconnect()  # that connection's gateway is on its way out
+            if refused_while_draining(last) and self._reconnect and self._opened_on is not None:
+                self._reconnect(self._opened_on)  # that connection's gateway is on its way out
             await asyncio.sleep(delay)
             if self._closing:
                 return

@@ -55,6 +55,9 @@ DEFAULT_CHUNK = 128 * 1024
 # Most messages per streamed response; only messages already waiting ride together, so this
 # costs no latency and saves the per-response HTTP/2 and decoding work when a stream runs busy.
 DEFAULT_MAX_BATCH = 100
+#: Seconds a connection left to a draining gateway stays open for the calls still running on
+#: it (natsgw's NATSGW_SHUTDOWN_GRACE is 10 s by default, 7 s in its container image).
+RETIRED_CLOSE_AFTER = 60.0
 
 
 def tls_context(
@@ -182,7 +185,7 @@ class Client:
             self._metadata["authorization"] = f"Bearer {token}"
         #: Makes a new connection to the same gateway (None: the caller gave the channel).
         self._connect: Callable[[], Channel] | None = None
-        #: Connections this client made and closes: the current one, and the one left to a
+        #: Connections this client made and closes: the current one, and those left to a
         #: draining gateway (its calls in flight finish there; see :meth:`_reconnect`).
         self._owned: list[Channel] = []
         if _channel is None:
@@ -255,6 +258,7 @@ class Client:
         """One unary call, repeated after UNAVAILABLE when :func:`retryable` allows it."""
         delays = (retry or self.retry).delays()
         while True:
+            channel = self._channel
             try:
                 async with translated():
                     return await make()
@@ -263,28 +267,37 @@ class Client:
                 if delay is None or not retryable(rpc, exc):
                     raise
                 if refused_while_draining(exc):
-                    self._reconnect()
+                    self._reconnect(channel)
                 log.info("%s failed (%s); retrying in %.2f s", rpc, exc, delay)
                 await asyncio.sleep(delay)
 
-    def _reconnect(self) -> None:
-        """New calls go on a new connection (this one's gateway is shutting down).
+    def _reconnect(self, refused: Channel) -> None:
+        """New calls go on a new connection (``refused``'s gateway is shutting down); nothing
+        to do if the client has moved on from ``refused`` already (several calls and streams
+        refused at once make one new connection, not one each).
 
-        The old connection is not closed: calls still in flight on it (a Publish, a Request)
-        finish there within the gateway's grace, where closing it would fail them with an
-        unknown outcome. It is closed when the next reconnect retires this one, or with the
-        client. A channel the caller gave is closed instead (grpclib connects it again).
+        The old connection is not closed now: calls still in flight on it (a Publish, a
+        Request) finish there within the gateway's grace, where closing it would fail them
+        with an unknown outcome. It is closed :data:`RETIRED_CLOSE_AFTER` seconds later (the
+        gateway has closed it by then), or with the client. A channel the caller gave is
+        closed instead (grpclib connects it again on the next call).
         """
+        if refused is not self._channel:
+            return
         if self._connect is None:
             self._channel.close()
             return
-        while len(self._owned) > 1:  # the one left to an earlier draining gateway
-            self._owned.pop(0).close()
         self._channel = self._connect()
         self._owned.append(self._channel)
         self._stub = pb.NatsServiceStub(
             self._channel, timeout=self.timeout, metadata=self._metadata
         )
+        asyncio.get_running_loop().call_later(RETIRED_CLOSE_AFTER, self._retire, refused)
+
+    def _retire(self, channel: Channel) -> None:
+        if channel in self._owned:
+            self._owned.remove(channel)
+            channel.close()
 
     def _stream(
         self,

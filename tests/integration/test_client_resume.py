@@ -8,10 +8,12 @@ are repeated by the RPC's idempotency, and nothing ends silently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -191,8 +193,9 @@ async def test_a_call_in_flight_on_a_draining_gateway_still_gets_its_answer(
     the connection under it would leave its outcome unknown)."""
     user, port = tenant(), free_port()
     gw = await make_gateway(grpc_port=port, shutdown_grace=10.0)
-    client = Client(f"127.0.0.1:{port}", user_id=user, retry=PATIENT)
+    client = Client(f"127.0.0.1:{port}", user_id=user, retry=PATIENT, stream_retry=PATIENT)
     asked, answer_now = asyncio.Event(), asyncio.Event()
+    streams = contextlib.AsyncExitStack()
 
     async def slow_service(msg: Msg) -> None:
         asked.set()
@@ -204,18 +207,27 @@ async def test_a_call_in_flight_on_a_draining_gateway_still_gets_its_answer(
     caplog.set_level(logging.INFO, logger="natsgw.client")
     stopping: asyncio.Future[None] | None = None
     refused: asyncio.Future[None] | None = None
+    reading: list[asyncio.Future[Any]] = []
     try:
+        subs = [  # streams the drain ends: they reopen, refused, all at once
+            await streams.enter_async_context(client.subscribe(f"busy.{i}")) for i in range(4)
+        ]
         in_flight = asyncio.ensure_future(client.request("svc.slow", b"q", timeout=15))
         await asyncio.wait_for(asked.wait(), 10)
         stopping = asyncio.ensure_future(gw.stop())  # waits for the Request (grace 10 s)
         await wait_for(lambda: gw.pipeline is not None and gw.pipeline.draining, timeout=5)
+        reading = [asyncio.ensure_future(anext(sub)) for sub in subs]
         refused = asyncio.ensure_future(client.publish("other", b"x"))
         await wait_for(lambda: "shutting down; retry elsewhere" in caplog.text, timeout=10)
+        await asyncio.sleep(1.5)  # a second and more of refused reopenings, every 50-250 ms
         answer_now.set()
         reply = await asyncio.wait_for(in_flight, 10)
         assert reply.data == b"answered"
     finally:
         answer_now.set()
+        for waiting in reading:
+            waiting.cancel()
+        await streams.aclose()
         for task in (refused, stopping):
             if task is not None and not task.done():
                 task.cancel()
