@@ -533,18 +533,40 @@ async def cmd_obj_put(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _download_target(args: argparse.Namespace) -> Path:
+    """Where ``obj get`` writes: ``-o``, else the object name's last part in this directory
+    (an object named ``../x`` or ``reports/x`` writes ``./x``, never outside it); checked
+    before anything is asked of the gateway."""
+    if args.output:
+        target = Path(args.output)
+    else:
+        base = Path(args.name).name
+        if base in ("", ".", ".."):
+            raise UsageError(f"object name {args.name[:40]!r} is no file name: give -o FILE")
+        target = Path(base)
+    folder = target.parent
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {str(target)!r}: {str(folder)!r} is not a directory")
+    if target.is_dir():
+        raise UsageError(f"cannot write {str(target)!r}: it is a directory")
+    return target
+
+
 async def cmd_obj_get(client: Client, args: argparse.Namespace) -> int:
+    target = None if args.output == "-" else _download_target(args)
     async with client.get_object(args.bucket, args.name) as obj:
         progress = Progress(f"get {args.name}", obj.info.size)
         try:
-            if args.output == "-":
+            if target is None:
                 async for chunk in obj:
                     sys.stdout.buffer.write(chunk)
                     progress.advance(len(chunk))
                 sys.stdout.buffer.flush()
                 return 0
-            target = Path(args.output or args.name)
-            await obj.save(target, on_chunk=progress.advance)
+            try:
+                await obj.save(target, on_chunk=progress.advance)
+            except OSError as exc:  # the local file (the gateway's failures are NatsgwError)
+                raise UsageError(f"cannot write {str(target)!r}: {exc.strerror}") from exc
         finally:
             progress.finish()
     emit(
@@ -738,7 +760,11 @@ def add_commands(sub: Any) -> None:
     p = _command(os_, "get", cmd_obj_get, "download an object")
     p.add_argument("bucket")
     p.add_argument("name")
-    p.add_argument("-o", "--output", help="file to write ('-' for stdout; default: the name)")
+    p.add_argument(
+        "-o",
+        "--output",
+        help="file to write ('-' for stdout; default: the name's last part, here)",
+    )
     p = _command(os_, "ls", cmd_obj_ls, "list a bucket's objects")
     p.add_argument("bucket")
     p = _command(os_, "info", cmd_obj_info, "show an object's size, digest and metadata")

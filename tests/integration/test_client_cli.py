@@ -18,6 +18,7 @@ from natsgw.client.smoke import ALL_RPCS
 from tests.integration._served import Served, serving
 
 TOKEN = "smoke-token-" + "s" * 24
+NATSGW = (sys.executable, "-m", "natsgw")
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +226,33 @@ def test_local_file_errors_are_local(served: Served, tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "missing.bin" in result.stderr and "No such file" in result.stderr
     assert "UNAVAILABLE" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_downloads_land_here_and_unwritable_targets_are_local(
+    served: Served, tmp_path: Path
+) -> None:
+    me = ("--user-id", "u11")
+    source = tmp_path / "r.bin"
+    source.write_bytes(b"r" * 10)
+    put = natsgw(served, "obj", "put", "dl", str(source), "--name", "reports/r.bin", *me)
+    assert put.returncode == 0, put.stderr
+    work = tmp_path / "work"
+    work.mkdir()
+    got = subprocess.run(
+        [*NATSGW, "obj", "get", "dl", "reports/r.bin", "--target", served.target, *me],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=work,
+        env=client_env(),
+    )
+    assert got.returncode == 0, got.stderr  # the name's last part, in this directory
+    assert (work / "r.bin").read_bytes() == b"r" * 10
+    assert sorted(p.name for p in work.iterdir()) == ["r.bin"]
+    nowhere = tmp_path / "no-such-dir" / "r.bin"
+    failed = natsgw(served, "obj", "get", "dl", "reports/r.bin", "-o", str(nowhere), *me)
+    assert failed.returncode == 2, failed.stderr
+    assert "not a directory" in failed.stderr and "Traceback" not in failed.stderr
 
 
 def test_kv_keys_history_buckets_and_delete(served: Served) -> None:
