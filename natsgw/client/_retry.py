@@ -63,6 +63,11 @@ IDEMPOTENT: frozenset[str] = frozenset(
 )
 
 
+#: KVDelete with an expected revision: its state is idempotent, its answer is not (a repeat
+#: after a success says FAILED_PRECONDITION), so it is retried only as an unsent request.
+CONDITIONAL_KV_DELETE = "KVDelete(expected_revision)"
+
+
 @dataclass(frozen=True, slots=True)
 class Retry:
     """``attempts`` tries in all (1: never repeat); waits grow from ``first_delay`` to at most
@@ -105,6 +110,7 @@ def retryable(rpc: str, error: NatsgwError) -> bool:
 
 
 __all__ = [
+    "CONDITIONAL_KV_DELETE",
     "DRAINING",
     "IDEMPOTENT",
     "NEVER",

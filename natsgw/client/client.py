@@ -25,7 +25,7 @@ from grpclib.const import Cardinality
 from natsgw._generated.isa import nats as pb
 from natsgw.client import _retry
 from natsgw.client._codec import build_codec
-from natsgw.client._retry import Retry, refused_while_draining, retryable
+from natsgw.client._retry import CONDITIONAL_KV_DELETE, Retry, refused_while_draining, retryable
 from natsgw.client._streams import ServerStream
 from natsgw.client.consumer import DEFAULT_ACK_WAIT, AckBatcher, Consumer
 from natsgw.client.errors import InvalidArgument, NatsgwError, NotFound, translated
@@ -784,8 +784,13 @@ class Client:
     async def kv_delete(
         self, bucket: str, key: str, *, revision: int = 0, purge: bool = False
     ) -> None:
+        """Delete (``purge``: with its history); with ``revision``, only if the key is at it.
+
+        A conditional delete is not repeated after it reached the gateway: had the first one
+        succeeded, the repeat would fail (FailedPrecondition) although the key is deleted.
+        """
         await self._call(
-            "KVDelete",
+            "KVDelete" if not revision else CONDITIONAL_KV_DELETE,
             lambda: self._stub.kv_delete(
                 pb.KvDeleteRequest(
                     bucket=bucket, key=key, expected_revision=revision, purge=purge, **self._ids()
