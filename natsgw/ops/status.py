@@ -120,6 +120,7 @@ class StatusPage:
         self._stored_at = -math.inf  # never read yet
         self._stored_note = ""
         self._reading = asyncio.Lock()
+        self._making = asyncio.Lock()  # one /status.json snapshot at a time
         self._served: tuple[float, bytes] | None = None  # (monotonic time, the /status.json body)
 
     def routes(self, app: web.Application) -> None:
@@ -140,13 +141,16 @@ class StatusPage:
         return web.Response(body=_static("status.css"), content_type="text/css", headers=_HEADERS)
 
     async def _json(self, _request: web.Request) -> web.Response:
-        """The snapshot, made at most once per :data:`_SNAPSHOT_EVERY` however often this port
-        is asked (unauthenticated: with a full tenant table one snapshot is a few ms of the
-        event loop that serves gRPC)."""
-        now = time.monotonic()
-        if self._served is None or now - self._served[0] >= _SNAPSHOT_EVERY:
-            self._served = (now, json.dumps(await self.snapshot()).encode())
-        return web.Response(body=self._served[1], content_type="application/json", headers=_HEADERS)
+        """The snapshot, made at most once per :data:`_SNAPSHOT_EVERY` however often and however
+        many at once ask (the port is unauthenticated, and with a full tenant table a snapshot
+        is a few ms of the event loop that serves gRPC); one request makes it, the others wait
+        for it."""
+        async with self._making:
+            now = time.monotonic()
+            if self._served is None or now - self._served[0] >= _SNAPSHOT_EVERY:
+                self._served = (now, json.dumps(await self.snapshot()).encode())
+            body = self._served[1]
+        return web.Response(body=body, content_type="application/json", headers=_HEADERS)
 
     # -- the figures ----------------------------------------------------------------------------
 
