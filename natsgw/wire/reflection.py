@@ -27,6 +27,17 @@ from grpclib.reflection.v1 import reflection_pb2 as v1
 from grpclib.reflection.v1alpha import reflection_pb2 as v1alpha
 from grpclib.utils import _service_name
 
+import natsgw.compat.grpclib  # noqa: F401 - the grpclib release these private hooks are from
+
+#: grpclib's private hooks overridden or called below (grpclib is pinned exactly, see
+#: natsgw/compat/grpclib.py). An override of a renamed hook would silently never run again
+#: (methods would be NOT_FOUND once more), so their absence fails at import instead.
+_HOOKS = ("_file_containing_symbol_response", "_file_descriptor_response", "_not_found_response")
+for _base in (ServerReflection, _deprecated.ServerReflection):
+    for _hook in _HOOKS:
+        if not callable(getattr(_base, _hook, None)):
+            raise ImportError(f"grpclib's {_base.__qualname__} has no {_hook}: see {__name__}")
+
 
 def containing_file(pool: Any, symbol: str) -> FileDescriptor | None:
     """The file that defines ``symbol`` (any kind of symbol), or None when there is none.
