@@ -281,7 +281,7 @@ class ObjectStoreClient:
         return record.stat
 
     async def list(self, bucket: str) -> list[ObjectStat]:
-        """Live objects, sorted by name; empty when the bucket is missing or empty."""
+        """Live objects, sorted by name; NotFound when the bucket is missing (not empty)."""
         reader = OrderedReader(
             self._api,
             stream_name(bucket),
@@ -291,10 +291,7 @@ class ObjectStoreClient:
         )
         out: list[ObjectStat] = []
         try:
-            try:
-                await reader.open()
-            except NotFound:
-                return []
+            await reader.open()  # NotFound: no such bucket
             pending = reader.initial_pending
             while pending:
                 msg = await reader.next()

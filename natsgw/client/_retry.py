@@ -13,7 +13,8 @@ The rule (README "Client retries"):
   iterator raises ``Unavailable``: a stream never ends silently.
 - A gateway that is shutting down refuses new calls before running them ("the gateway is
   shutting down; retry elsewhere"): such a refusal is repeated for every RPC, on a new
-  connection (the old one belongs to a process on its way out).
+  connection (the old one belongs to a process on its way out; it stays open for the calls
+  still running there, which the gateway lets finish within its grace).
 - Attempts are bounded, with exponential backoff and jitter between them.
 """
 
@@ -62,6 +63,11 @@ IDEMPOTENT: frozenset[str] = frozenset(
 )
 
 
+#: KVDelete with an expected revision: its state is idempotent, its answer is not (a repeat
+#: after a success says FAILED_PRECONDITION), so it is retried only as an unsent request.
+CONDITIONAL_KV_DELETE = "KVDelete(expected_revision)"
+
+
 @dataclass(frozen=True, slots=True)
 class Retry:
     """``attempts`` tries in all (1: never repeat); waits grow from ``first_delay`` to at most
@@ -104,6 +110,7 @@ def retryable(rpc: str, error: NatsgwError) -> bool:
 
 
 __all__ = [
+    "CONDITIONAL_KV_DELETE",
     "DRAINING",
     "IDEMPOTENT",
     "NEVER",

@@ -20,7 +20,7 @@ from grpclib.client import Channel, Stream
 from grpclib.const import Cardinality
 
 from natsgw.client._retry import Retry, refused_while_draining
-from natsgw.client.errors import Unavailable, translated
+from natsgw.client.errors import NatsgwError, Unavailable, translated
 
 log = logging.getLogger("natsgw.client")
 
@@ -35,6 +35,7 @@ Out = TypeVar("Out")
 class ServerStream(Generic[Req, Resp, Out]):
     """Async iterator (and async context manager) over one unary-stream call's responses.
 
+    ``channel`` gives the connection to open the call on (the client's current one).
     ``convert`` turns each response into what the caller sees, or ``None`` to skip it (heartbeats).
     ``riders`` names the further responses a batched response carries (``max_batch``), which are
     handed out one by one after it, so callers never see the batching.
@@ -43,12 +44,12 @@ class ServerStream(Generic[Req, Resp, Out]):
     survive a broken call: on UNAVAILABLE, a lost connection, or an end the caller did not ask
     for (``ended_early()`` says whether an OK end counts as one), the call is opened again with
     ``resume(request)`` after a backoff, up to ``retry.attempts`` tries in a row; then the error
-    is raised.
+    is raised. ``on_close`` runs once, when the stream is closed.
     """
 
     def __init__(
         self,
-        channel: Channel,
+        channel: Callable[[], Channel],
         path: str,
         request: Req,
         response_type: type[Resp],
@@ -60,7 +61,8 @@ class ServerStream(Generic[Req, Resp, Out]):
         retry: Retry | None = None,
         resume: Callable[[Req], Req] | None = None,
         ended_early: Callable[[], bool] | None = None,
-        reconnect: Callable[[], None] | None = None,
+        reconnect: Callable[[Channel], None] | None = None,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self._channel = channel
         self._path = path
@@ -79,7 +81,10 @@ class ServerStream(Generic[Req, Resp, Out]):
         self._resume = resume
         self._ended_early = ended_early
         self._reconnect = reconnect
+        #: The connection the call was last opened on (the one to leave if it was refused).
+        self._opened_on: Channel | None = None
         self._closing = False
+        self._on_close = on_close
         #: How often the call was opened again after it broke.
         self.resumed = 0
 
@@ -92,10 +97,11 @@ class ServerStream(Generic[Req, Resp, Out]):
         if self._stream is not None:
             return self
         stack = contextlib.AsyncExitStack()
+        channel = self._opened_on = self._channel()
         try:
             async with translated():
                 stream = await stack.enter_async_context(
-                    self._channel.request(
+                    channel.request(
                         self._path,
                         Cardinality.UNARY_STREAM,
                         type(self._request),
@@ -123,10 +129,21 @@ class ServerStream(Generic[Req, Resp, Out]):
                 return await self._receive()
             except Unavailable as exc:
                 if self._retry is None or self._closing:
+                    await self._end()
                     raise
                 await self._reopen(exc)
                 if self._closing:  # closed by another task while it was being reopened
                     return None
+            except NatsgwError:
+                await self._end()
+                raise
+
+    async def _end(self) -> None:
+        """The call failed for good: release it now, not only if the caller closes the stream
+        (grpclib keeps every stream on its connection until its context is left, so a caller
+        that iterated without ``async with`` would leave one behind per failed call)."""
+        self._done = True
+        await self._drop()
 
     async def _receive(self) -> Resp | None:
         assert self._stream is not None
@@ -150,8 +167,8 @@ class ServerStream(Generic[Req, Resp, Out]):
             self._request = self._resume(self._request)
         last = cause
         for delay in self._retry.delays():
-            if refused_while_draining(last) and self._reconnect is not None:
-                self._reconnect()  # that connection's gateway is on its way out
+            if refused_while_draining(last) and self._reconnect and self._opened_on is not None:
+                self._reconnect(self._opened_on)  # that connection's gateway is on its way out
             await asyncio.sleep(delay)
             if self._closing:
                 return
@@ -214,6 +231,9 @@ class ServerStream(Generic[Req, Resp, Out]):
         """End the call (cancel it unless the server ended it): the gateway releases its side."""
         self._done = True
         self._closing = True
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
         await self._drop()
 
     async def __aenter__(self) -> Self:

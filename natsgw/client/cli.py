@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from natsgw.client import smoke
 from natsgw.client._retry import Retry
@@ -44,6 +44,7 @@ from natsgw.client.types import (
 )
 
 Handler = Callable[[Client, argparse.Namespace], Awaitable[int]]
+T = TypeVar("T")
 
 #: Environment variables the commands read (the gateway's settings ignore them).
 CLIENT_VARIABLES = ("NATSGW_TARGET", "NATSGW_TOKEN", "NATSGW_TOKEN_FILE", "NATSGW_USER_ID")
@@ -104,6 +105,25 @@ def size(n: int) -> str:
         if value < 1024 or unit == "TiB":
             break
     return f"{value:.1f} {unit}"
+
+
+def _listing(
+    args: argparse.Namespace,
+    record: dict[str, Any],
+    items: list[T],
+    empty: str,
+    line: Callable[[T], str],
+) -> int:
+    """What every ``ls`` prints: ``record`` as one JSON object, ``empty`` when there is
+    nothing, else one ``line`` per item (flushed: ``| head`` sees them as they come)."""
+    if args.json:
+        emit(args, "", record)
+    elif not items:
+        print(empty)
+    else:
+        for item in items:
+            print(line(item), flush=True)
+    return 0
 
 
 def _when(ts: datetime.datetime | None) -> str:
@@ -272,14 +292,7 @@ def _stream_line(info: StreamInfo) -> str:
 
 async def cmd_stream_ls(client: Client, args: argparse.Namespace) -> int:
     streams = await client.streams()
-    if args.json:
-        emit(args, "", {"streams": streams})
-    elif not streams:
-        print("no streams")
-    else:
-        for info in streams:
-            print(_stream_line(info))
-    return 0
+    return _listing(args, {"streams": streams}, streams, "no streams", _stream_line)
 
 
 async def cmd_stream_add(client: Client, args: argparse.Namespace) -> int:
@@ -333,14 +346,8 @@ def _consumer_line(info: ConsumerInfo) -> str:
 
 async def cmd_consumer_ls(client: Client, args: argparse.Namespace) -> int:
     consumers = await client.consumers(args.stream)
-    if args.json:
-        emit(args, "", {"consumers": consumers})
-    elif not consumers:
-        print(f"no consumers on stream {args.stream}")
-    else:
-        for info in consumers:
-            print(_consumer_line(info))
-    return 0
+    empty = f"no consumers on stream {args.stream}"
+    return _listing(args, {"consumers": consumers}, consumers, empty, _consumer_line)
 
 
 async def cmd_consumer_info(client: Client, args: argparse.Namespace) -> int:
@@ -449,14 +456,8 @@ async def cmd_kv_keys(client: Client, args: argparse.Namespace) -> int:
     keys = await client.kv_keys(args.bucket)
     if not keys:  # the gateway lists a missing bucket as empty: say which it is
         await client.kv_bucket_status(args.bucket)  # NotFound names the bucket
-    if args.json:
-        emit(args, "", {"bucket": args.bucket, "keys": keys})
-    elif not keys:
-        print(f"no keys in bucket {args.bucket}")
-    else:
-        for key in keys:
-            print(key, flush=True)
-    return 0
+    record = {"bucket": args.bucket, "keys": keys}
+    return _listing(args, record, keys, f"no keys in bucket {args.bucket}", str)
 
 
 async def cmd_kv_history(client: Client, args: argparse.Namespace) -> int:
@@ -480,14 +481,7 @@ async def cmd_kv_ls(client: Client, args: argparse.Namespace) -> int:
         emit(args, _bucket_line(status), {"bucket": status})
         return 0
     buckets = await client.kv_buckets()
-    if args.json:
-        emit(args, "", {"buckets": buckets})
-    elif not buckets:
-        print("no buckets")
-    else:
-        for info in buckets:
-            print(_bucket_line(info), flush=True)
-    return 0
+    return _listing(args, {"buckets": buckets}, buckets, "no buckets", _bucket_line)
 
 
 async def cmd_kv_watch(client: Client, args: argparse.Namespace) -> int:
@@ -539,18 +533,40 @@ async def cmd_obj_put(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _download_target(args: argparse.Namespace) -> Path:
+    """Where ``obj get`` writes: ``-o``, else the object name's last part in this directory
+    (an object named ``../x`` or ``reports/x`` writes ``./x``, never outside it); checked
+    before anything is asked of the gateway."""
+    if args.output:
+        target = Path(args.output)
+    else:
+        base = Path(args.name).name
+        if base in ("", ".", ".."):
+            raise UsageError(f"object name {args.name[:40]!r} is no file name: give -o FILE")
+        target = Path(base)
+    folder = target.parent
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {str(target)!r}: {str(folder)!r} is not a directory")
+    if target.is_dir():
+        raise UsageError(f"cannot write {str(target)!r}: it is a directory")
+    return target
+
+
 async def cmd_obj_get(client: Client, args: argparse.Namespace) -> int:
+    target = None if args.output == "-" else _download_target(args)
     async with client.get_object(args.bucket, args.name) as obj:
         progress = Progress(f"get {args.name}", obj.info.size)
         try:
-            if args.output == "-":
+            if target is None:
                 async for chunk in obj:
                     sys.stdout.buffer.write(chunk)
                     progress.advance(len(chunk))
                 sys.stdout.buffer.flush()
                 return 0
-            target = Path(args.output or args.name)
-            await obj.save(target, on_chunk=progress.advance)
+            try:
+                await obj.save(target, on_chunk=progress.advance)
+            except OSError as exc:  # the local file (the gateway's failures are NatsgwError)
+                raise UsageError(f"cannot write {str(target)!r}: {exc.strerror}") from exc
         finally:
             progress.finish()
     emit(
@@ -562,16 +578,9 @@ async def cmd_obj_get(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_obj_ls(client: Client, args: argparse.Namespace) -> int:
-    objects = await client.objects(args.bucket)
-    if args.json:
-        emit(args, "", {"objects": objects})
-    elif not objects:
-        # The gateway lists a bucket that does not exist as empty too.
-        print(f"no objects in bucket {args.bucket} (or no such bucket)")
-    else:
-        for info in objects:
-            print(_object_line(info), flush=True)
-    return 0
+    objects = await client.objects(args.bucket)  # a missing bucket: NotFound (exit 1)
+    empty = f"no objects in bucket {args.bucket}"
+    return _listing(args, {"objects": objects}, objects, empty, _object_line)
 
 
 async def cmd_obj_info(client: Client, args: argparse.Namespace) -> int:
@@ -751,7 +760,11 @@ def add_commands(sub: Any) -> None:
     p = _command(os_, "get", cmd_obj_get, "download an object")
     p.add_argument("bucket")
     p.add_argument("name")
-    p.add_argument("-o", "--output", help="file to write ('-' for stdout; default: the name)")
+    p.add_argument(
+        "-o",
+        "--output",
+        help="file to write ('-' for stdout; default: the name's last part, here)",
+    )
     p = _command(os_, "ls", cmd_obj_ls, "list a bucket's objects")
     p.add_argument("bucket")
     p = _command(os_, "info", cmd_obj_info, "show an object's size, digest and metadata")
@@ -812,7 +825,10 @@ def _hint(exc: NatsgwError, args: argparse.Namespace, token: str) -> str:
             "(trusted mode: --user-id)"
         )
     if name == "PERMISSION_DENIED":
-        return "the credentials are valid but not allowed to do this (--token-file, --user-id)"
+        return (
+            "the credentials are valid but not allowed to do this: another token "
+            "(NATSGW_TOKEN / --token-file) or --user-id"
+        )
     if isinstance(exc, Unavailable) and "connection to the gateway failed" in exc.message:
         host, port = parse_target(args.target)
         return f"is a gateway listening at {host}:{port}? (--target or NATSGW_TARGET)"

@@ -25,7 +25,7 @@ from grpclib.const import Cardinality
 from natsgw._generated.isa import nats as pb
 from natsgw.client import _retry
 from natsgw.client._codec import build_codec
-from natsgw.client._retry import Retry, refused_while_draining, retryable
+from natsgw.client._retry import CONDITIONAL_KV_DELETE, Retry, refused_while_draining, retryable
 from natsgw.client._streams import ServerStream
 from natsgw.client.consumer import DEFAULT_ACK_WAIT, AckBatcher, Consumer
 from natsgw.client.errors import InvalidArgument, NatsgwError, NotFound, translated
@@ -55,6 +55,9 @@ DEFAULT_CHUNK = 128 * 1024
 # Most messages per streamed response; only messages already waiting ride together, so this
 # costs no latency and saves the per-response HTTP/2 and decoding work when a stream runs busy.
 DEFAULT_MAX_BATCH = 100
+#: Seconds a connection left to a draining gateway stays open for the calls still running on
+#: it (natsgw's NATSGW_SHUTDOWN_GRACE is 10 s by default, 7 s in its container image).
+RETIRED_CLOSE_AFTER = 60.0
 
 
 def tls_context(
@@ -114,6 +117,15 @@ def _seconds(value: float | datetime.timedelta | None) -> datetime.timedelta | N
     return datetime.timedelta(seconds=value)
 
 
+class _Subscription:
+    """One open Subscribe stream of a client: whether the client has unsubscribed its subject."""
+
+    __slots__ = ("unsubscribed",)
+
+    def __init__(self) -> None:
+        self.unsubscribed = False
+
+
 @dataclass(frozen=True, slots=True)
 class _Identity:
     user_id: str
@@ -163,13 +175,19 @@ class Client:
         self.timeout = timeout
         self.retry = retry
         self.stream_retry = stream_retry
-        #: Unsubscribe calls per subject: a Subscribe stream that the gateway ends after one is
-        #: over; any other end (the gateway restarting) is resumed.
-        self._unsubscribes: dict[str, int] = {}
+        #: Open Subscribe streams by (organization, subject): one that the gateway ends after
+        #: this client unsubscribed it is over; any other end (the gateway restarting) is
+        #: resumed. A stream leaves it when it closes, so it holds only what is open.
+        self._subscribed: dict[tuple[str, str], set[_Subscription]] = {}
         self._identity = _Identity(user_id, organization_id)
         self._metadata = dict(metadata or {})
         if token:
             self._metadata["authorization"] = f"Bearer {token}"
+        #: Makes a new connection to the same gateway (None: the caller gave the channel).
+        self._connect: Callable[[], Channel] | None = None
+        #: Connections this client made and closes: the current one, and those left to a
+        #: draining gateway (its calls in flight finish there; see :meth:`_reconnect`).
+        self._owned: list[Channel] = []
         if _channel is None:
             host, port = parse_target(target)
             context: ssl.SSLContext | None = None
@@ -177,10 +195,13 @@ class Client:
                 context = tls
             elif tls or ca_file or cert_file:
                 context = tls_context(ca_file, cert_file, key_file)
-            _channel = Channel(host, port, ssl=context, codec=build_codec())
-            self._owns_channel = True
-        else:
-            self._owns_channel = False
+
+            def connect() -> Channel:
+                return Channel(host, port, ssl=context, codec=build_codec())
+
+            self._connect = connect
+            _channel = connect()
+            self._owned.append(_channel)
         self._channel = _channel
         self._stub = pb.NatsServiceStub(_channel, timeout=timeout, metadata=self._metadata)
 
@@ -196,12 +217,14 @@ class Client:
             stream_retry=self.stream_retry,
             _channel=self._channel,
         )
-        other._unsubscribes = self._unsubscribes
+        other._subscribed = self._subscribed
+        other._connect = self._connect  # its own new connection when it must reconnect
         return other
 
     def close(self) -> None:
-        if self._owns_channel:
-            self._channel.close()
+        for channel in self._owned:
+            channel.close()
+        self._owned.clear()
 
     async def __aenter__(self) -> Self:
         return self
@@ -235,6 +258,7 @@ class Client:
         """One unary call, repeated after UNAVAILABLE when :func:`retryable` allows it."""
         delays = (retry or self.retry).delays()
         while True:
+            channel = self._channel
             try:
                 async with translated():
                     return await make()
@@ -243,16 +267,37 @@ class Client:
                 if delay is None or not retryable(rpc, exc):
                     raise
                 if refused_while_draining(exc):
-                    self._reconnect()
+                    self._reconnect(channel)
                 log.info("%s failed (%s); retrying in %.2f s", rpc, exc, delay)
                 await asyncio.sleep(delay)
 
-    def _reconnect(self) -> None:
-        """Drop the connection (its gateway is shutting down): the next call opens a new one.
+    def _reconnect(self, refused: Channel) -> None:
+        """New calls go on a new connection (``refused``'s gateway is shutting down); nothing
+        to do if the client has moved on from ``refused`` already (several calls and streams
+        refused at once make one new connection, not one each).
 
-        grpclib's ``Channel`` connects again on the next request after ``close()``.
+        The old connection is not closed now: calls still in flight on it (a Publish, a
+        Request) finish there within the gateway's grace, where closing it would fail them
+        with an unknown outcome. It is closed :data:`RETIRED_CLOSE_AFTER` seconds later (the
+        gateway has closed it by then), or with the client. A channel the caller gave is
+        closed instead (grpclib connects it again on the next call).
         """
-        self._channel.close()
+        if refused is not self._channel:
+            return
+        if self._connect is None:
+            self._channel.close()
+            return
+        self._channel = self._connect()
+        self._owned.append(self._channel)
+        self._stub = pb.NatsServiceStub(
+            self._channel, timeout=self.timeout, metadata=self._metadata
+        )
+        asyncio.get_running_loop().call_later(RETIRED_CLOSE_AFTER, self._retire, refused)
+
+    def _retire(self, channel: Channel) -> None:
+        if channel in self._owned:
+            self._owned.remove(channel)
+            channel.close()
 
     def _stream(
         self,
@@ -265,10 +310,11 @@ class Client:
         *,
         resume: Callable[[Any], Any] | None = None,
         ended_early: Callable[[], bool] | None = None,
+        on_close: Callable[[], None] | None = None,
     ) -> ServerStream[Any, Any, Any]:
         """A server stream; with ``resume`` it is opened again when it breaks (stream_retry)."""
         return ServerStream(
-            self._channel,
+            lambda: self._channel,  # the current connection, also after a reconnect
             _SERVICE + method,
             request,
             response_type,
@@ -280,12 +326,24 @@ class Client:
             resume=resume,
             ended_early=ended_early,
             reconnect=self._reconnect,
+            on_close=on_close,
         )
 
-    def _until_unsubscribed(self, subject: str) -> Callable[[], bool]:
-        """For a Subscribe stream: an OK end is early unless this client unsubscribed it since."""
-        seen = self._unsubscribes.get(subject, 0)
-        return lambda: self._unsubscribes.get(subject, 0) == seen
+    def _subscription(self, subject: str) -> tuple[_Subscription, Callable[[], None]]:
+        """A Subscribe stream's entry (an OK end is early unless this client unsubscribed it
+        since), and what removes the entry when the stream closes."""
+        key = (self._identity.organization_id, subject)
+        entry = _Subscription()
+        self._subscribed.setdefault(key, set()).add(entry)
+
+        def forget() -> None:
+            entries = self._subscribed.get(key)
+            if entries is not None:
+                entries.discard(entry)
+                if not entries:
+                    del self._subscribed[key]
+
+        return entry, forget
 
     # ---- health --------------------------------------------------------------------------
 
@@ -355,36 +413,34 @@ class Client:
         are lost: core NATS keeps nothing); it ends when this client unsubscribes the subject,
         and raises ``Unavailable`` when it cannot be made again within ``stream_retry``.
         """
-        early = self._until_unsubscribed(subject)
+        entry, forget = self._subscription(subject)
+        request: pb.QueueSubscribeRequest | pb.SubscribeRequest
         if queue_group:  # NATS shares the messages among the group's subscribers
-            queued = pb.QueueSubscribeRequest(
-                subject=subject, queue_group=queue_group, max_batch=max_batch, **self._ids()
-            )
-            return self._stream(
+            method, request = (
                 "QueueSubscribe",
-                queued,
-                pb.MessageResponse,
-                _msg,
-                None,
-                _batch_of,
-                resume=_same,
-                ended_early=early,
+                pb.QueueSubscribeRequest(
+                    subject=subject, queue_group=queue_group, max_batch=max_batch, **self._ids()
+                ),
             )
-        request = pb.SubscribeRequest(subject=subject, max_batch=max_batch, **self._ids())
+        else:
+            method = "Subscribe"
+            request = pb.SubscribeRequest(subject=subject, max_batch=max_batch, **self._ids())
         return self._stream(
-            "Subscribe",
+            method,
             request,
             pb.MessageResponse,
             _msg,
             None,
             _batch_of,
             resume=_same,
-            ended_early=early,
+            ended_early=lambda: not entry.unsubscribed,
+            on_close=forget,
         )
 
     async def unsubscribe(self, subject: str) -> bool:
         """End this tenant's subscriptions on ``subject`` on the gateway; False if none was open."""
-        self._unsubscribes[subject] = self._unsubscribes.get(subject, 0) + 1
+        for entry in self._subscribed.pop((self._identity.organization_id, subject), ()):
+            entry.unsubscribed = True
         answer = await self._call(
             "Unsubscribe",
             lambda: self._stub.unsubscribe(pb.UnsubscribeRequest(subject=subject, **self._ids())),
@@ -638,8 +694,10 @@ class Client:
         messages have their ack deadline extended for up to ``max_lease`` seconds (see
         :mod:`natsgw.client.consumer`). Waiting messages arrive up to ``max_batch`` per response.
         When the block ends, what was delivered but not settled is nak'ed (redelivered at once).
-        If the gateway restarts, the stream is opened again (``stream_retry``); messages held
-        keep their ack tokens, which stay valid.
+        If the gateway restarts, the stream is opened again (``stream_retry``); the ack tokens
+        of messages held stay valid only if the gateway's NATSGW_ACK_TOKEN_SECRET is set (the
+        default is random per process): otherwise their acks fail (counted in ``failed``,
+        logged) and NATS redelivers them after ``ack_wait``.
         """
         request = pb.ConsumeRequest(
             stream_name=stream,
@@ -726,8 +784,13 @@ class Client:
     async def kv_delete(
         self, bucket: str, key: str, *, revision: int = 0, purge: bool = False
     ) -> None:
+        """Delete (``purge``: with its history); with ``revision``, only if the key is at it.
+
+        A conditional delete is not repeated after it reached the gateway: had the first one
+        succeeded, the repeat would fail (FailedPrecondition) although the key is deleted.
+        """
         await self._call(
-            "KVDelete",
+            "KVDelete" if not revision else CONDITIONAL_KV_DELETE,
             lambda: self._stub.kv_delete(
                 pb.KvDeleteRequest(
                     bucket=bucket, key=key, expected_revision=revision, purge=purge, **self._ids()
@@ -756,7 +819,9 @@ class Client:
         """``async for entry in client.kv_watch("cfg", "app.*")``: current values, then changes.
 
         If the gateway restarts, the watch is opened again from the revision after the last one
-        it delivered, so no change is missed or repeated (``stream_retry``).
+        it delivered, so no change is missed or repeated (``stream_retry``); with
+        ``updates_only``, a change made while the gateway was away before the watch delivered
+        anything is missed (there is no revision to resume from yet).
         """
         request = pb.KvWatchRequest(
             bucket=bucket,
@@ -920,6 +985,7 @@ class Client:
         )
 
     async def objects(self, bucket: str) -> list[ObjectInfo]:
+        """The bucket's objects, sorted by name; NotFound when there is no such bucket."""
         answer = await self._call(
             "ObjectList",
             lambda: self._stub.object_list(pb.ObjectListRequest(bucket=bucket, **self._ids())),

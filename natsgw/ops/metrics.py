@@ -11,7 +11,8 @@ Per call (recorded by :mod:`natsgw.pipeline.chain`):
 Per tenant (:class:`TenantMeter`: one dict lookup per call, no label objects), exposed for the
 ``NATSGW_METRICS_TENANTS`` tenants and the ``NATSGW_METRICS_TENANTS_TOP`` busiest others, the rest
 summed as ``tenant="other"`` (names only with ``NATSGW_STATUS_TENANT_NAMES=true``, else stable
-pseudonyms ``t-<hex>``):
+pseudonyms ``t-<hex>``). ``other`` is not a monotonic counter: a tenant moving into the top N
+takes its counts out of it (Prometheus sees a reset); totals are in ``natsgw_rpc_*``:
 
 - ``natsgw_tenant_calls_total{tenant}``, ``natsgw_tenant_errors_total{tenant}``;
 - ``natsgw_tenant_published_messages_total{tenant}`` / ``..._published_bytes_total`` (successful

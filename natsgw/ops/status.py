@@ -16,10 +16,11 @@ The side port has no authentication, so tenant names appear only with
 ``NATSGW_STATUS_TENANT_NAMES=true`` (listed tenants are always named); otherwise each shows as a
 pseudonym ``t-<hex>``, and no stream, subject or consumer name appears at all.
 
-Serving it costs NATS little whoever polls it: the JetStream figures are read at most every
-:data:`_JETSTREAM_TTL` seconds (one stream listing per shown tenant plus at most
-:data:`_MAX_CONSUMER_LISTS` consumer listings), one read at a time; rates come from samples
-kept here, so a page refresh does no work on the call path.
+Serving it costs little whoever polls it: ``/status.json`` is made at most once a second, the
+JetStream figures are read at most every :data:`_JETSTREAM_TTL` seconds (one stream listing per
+shown tenant, for at most :data:`_MAX_STREAM_LISTS` of them, plus at most
+:data:`_MAX_CONSUMER_LISTS` consumer listings), one read at a time;
+rates come from samples kept here, so a page refresh does no work on the call path.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime
+import json
+import math
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -38,7 +41,7 @@ from aiohttp import web
 from natsgw.adapter import NatsAdapter
 from natsgw.adapter.jetstream import JetStreamAdapter
 from natsgw.adapter.types import StreamDetails
-from natsgw.errors import GatewayError
+from natsgw.errors import GatewayError, NotFound
 from natsgw.ops.metrics import MeteredSubscriptionRegistry, Metrics, TenantRow, tenant_rows
 from natsgw.service.fanout import FanOut
 from natsgw.service.jetstream import own_streams
@@ -47,12 +50,17 @@ log = structlog.get_logger("natsgw.ops.status")
 
 #: Seconds the JetStream figures (streams, consumer lag) are reused before NATS is asked again.
 _JETSTREAM_TTL = 5.0
-#: Consumer listings per JetStream read (one per stream with consumers); beyond: ``lag_partial``.
+#: Tenants whose streams one JetStream read lists (the first shown: listed, then the busiest);
+#: NATSGW_METRICS_TENANTS_TOP may show up to 1000, which would be 1000 requests every TTL.
+_MAX_STREAM_LISTS = 50
+#: Consumer listings per JetStream read (one per stream with consumers); beyond: a note.
 _MAX_CONSUMER_LISTS = 50
 #: How long one JetStream read may take before the page shows what it has without it.
 _JETSTREAM_TIMEOUT = 3.0
 #: Rate samples: at least 1 s apart, the oldest kept is the base of "per second" figures.
 _SAMPLE_EVERY = 1.0
+#: ``/status.json`` is served from one snapshot for this long (the page asks every 2 s).
+_SNAPSHOT_EVERY = 1.0
 _SAMPLES = 30
 #: The page is served with no inline script: only its own files may run.
 _HEADERS = {
@@ -109,9 +117,11 @@ class StatusPage:
         self.started = time.time()
         self._samples: collections.deque[_Sample] = collections.deque(maxlen=_SAMPLES)
         self._stored: dict[str, _StoredFigures] = {}
-        self._stored_at = 0.0
+        self._stored_at = -math.inf  # never read yet
         self._stored_note = ""
         self._reading = asyncio.Lock()
+        self._making = asyncio.Lock()  # one /status.json snapshot at a time
+        self._served: tuple[float, bytes] | None = None  # (monotonic time, the /status.json body)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/status", self._page)
@@ -131,7 +141,16 @@ class StatusPage:
         return web.Response(body=_static("status.css"), content_type="text/css", headers=_HEADERS)
 
     async def _json(self, _request: web.Request) -> web.Response:
-        return web.json_response(await self.snapshot(), headers=_HEADERS)
+        """The snapshot, made at most once per :data:`_SNAPSHOT_EVERY` however often and however
+        many at once ask (the port is unauthenticated, and with a full tenant table a snapshot
+        is a few ms of the event loop that serves gRPC); one request makes it, the others wait
+        for it."""
+        async with self._making:
+            now = time.monotonic()
+            if self._served is None or now - self._served[0] >= _SNAPSHOT_EVERY:
+                self._served = (now, json.dumps(await self.snapshot()).encode())
+            body = self._served[1]
+        return web.Response(body=body, content_type="application/json", headers=_HEADERS)
 
     # -- the figures ----------------------------------------------------------------------------
 
@@ -225,27 +244,32 @@ class StatusPage:
         """The shown tenants' JetStream figures, read at most every few seconds."""
         if self.jetstream is None or not self.adapter.connected:
             return {}
-        wanted = {row.traffic.label for row in rows}
         async with self._reading:  # one read at a time; the others use its result
-            fresh = time.monotonic() - self._stored_at < _JETSTREAM_TTL
-            if not (fresh and wanted <= set(self._stored)):
+            # Within the TTL nothing is read, even for a tenant new to the shown rows (it has
+            # no JetStream figures until the next read) or after a failed read: however the
+            # top tenants churn and whoever polls, NATS is asked at most once per TTL.
+            if time.monotonic() - self._stored_at >= _JETSTREAM_TTL:
                 try:
                     read = await asyncio.wait_for(self._read(rows), _JETSTREAM_TIMEOUT)
                     self._stored, self._stored_note = read
                 except (GatewayError, TimeoutError) as exc:
+                    # The message names NATS streams (tenant names): logs only, never the page.
                     text = exc.message if isinstance(exc, GatewayError) else "timed out"
-                    self._stored_note = f"JetStream figures unavailable: {text}"
+                    why = exc.status.name if isinstance(exc, GatewayError) else "timed out"
+                    self._stored_note = f"JetStream figures unavailable ({why})"
                     log.info("status_jetstream_unavailable", error=text)
                 self._stored_at = time.monotonic()
         return self._stored
 
     async def _read(self, rows: list[TenantRow]) -> tuple[dict[str, _StoredFigures], str]:
-        """Each shown tenant's streams (one listing each, as ListStreams reads them), and the
-        consumers of at most :data:`_MAX_CONSUMER_LISTS` of those streams that have any; with a
-        note when some were left out."""
+        """The first :data:`_MAX_STREAM_LISTS` shown tenants' streams (one listing each, as
+        ListStreams reads them), and the consumers of at most :data:`_MAX_CONSUMER_LISTS` of
+        those streams that have any; with a note when some were left out."""
         assert self.jetstream is not None
         js = self.jetstream
         shown = [row.traffic for row in rows if row.traffic.ns is not None]
+        some_tenants = len(shown) > _MAX_STREAM_LISTS
+        shown = shown[:_MAX_STREAM_LISTS]
         listings = await asyncio.gather(
             *(own_streams(js, traffic.ns) for traffic in shown if traffic.ns is not None)
         )
@@ -262,16 +286,29 @@ class StatusPage:
                 if state.consumer_count:
                     owned.append((figures, details))
         for figures, details in owned[:_MAX_CONSUMER_LISTS]:
-            for consumer in await js.list_consumers(details.spec.name):
+            try:
+                consumers = await js.list_consumers(details.spec.name)
+            except NotFound:  # deleted since it was listed: no lag to show, the rest stands
+                continue
+            for consumer in consumers:
                 figures.pending += consumer.state.num_pending
                 figures.ack_pending += consumer.state.num_ack_pending
-        partial = len(owned) > _MAX_CONSUMER_LISTS
-        return found, "consumer lag of some streams left out" if partial else ""
+        notes = [
+            *(["JetStream figures of some tenants left out"] if some_tenants else []),
+            *(
+                ["consumer lag of some streams left out"]
+                if len(owned) > _MAX_CONSUMER_LISTS
+                else []
+            ),
+        ]
+        return found, "; ".join(notes)
 
 
 def _rate(count: int, base_count: int, now: float, base: _Sample | None, since: float) -> float:
     """Per second since the base sample; before there is one old enough, since ``since`` (the
     gateway's start, or when the tenant was first seen)."""
     if base is not None:
-        return round((count - base_count) / (now - base.at), 2)
+        # Never below 0: a row's count can fall (a tenant left ``other`` for the top rows, or
+        # was dropped from the table and seen again), which is no negative traffic.
+        return max(0.0, round((count - base_count) / (now - base.at), 2))
     return round(count / max(1.0, now - since), 2)

@@ -18,7 +18,7 @@ from natsgw.adapter import NatsAdapter
 from natsgw.adapter.objects import ObjectStoreClient
 from natsgw.adapter.types import BucketDefaults, ObjectStat
 from natsgw.config import Settings
-from natsgw.errors import InvalidArgument, ResourceExhausted
+from natsgw.errors import InvalidArgument, NotFound, ResourceExhausted
 from natsgw.pipeline.call import Call
 from natsgw.tenancy import Namespace, check_object_name
 
@@ -158,7 +158,11 @@ class ObjectStoreService:
     async def object_list(self, call: Call, message: pb.ObjectListRequest) -> pb.ObjectListResponse:
         ns = call.ns
         bucket = ns.object_bucket(message.bucket)
-        stats = await self._objects().list(bucket)
+        try:
+            stats = await self._objects().list(bucket)
+        except NotFound:
+            # Not "[]": a caller (natsgw obj ls) must tell a typo from an empty bucket.
+            raise NotFound(f"object bucket {message.bucket!r} does not exist") from None
         return pb.ObjectListResponse(objects=[_info(s) for s in stats])
 
     # -- streaming --------------------------------------------------------------------------------

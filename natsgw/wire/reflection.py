@@ -15,7 +15,7 @@ too), fields, enums and package-scoped enum values it finds itself.
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from importlib import resources
 from typing import Any
 
@@ -26,6 +26,17 @@ from grpclib.reflection.service import ServerReflection
 from grpclib.reflection.v1 import reflection_pb2 as v1
 from grpclib.reflection.v1alpha import reflection_pb2 as v1alpha
 from grpclib.utils import _service_name
+
+import natsgw.compat.grpclib  # noqa: F401 - the grpclib release these private hooks are from
+
+#: grpclib's private hooks overridden or called below (grpclib is pinned exactly, see
+#: natsgw/compat/grpclib.py). An override of a renamed hook would silently never run again
+#: (methods would be NOT_FOUND once more), so their absence fails at import instead.
+_HOOKS = ("_file_containing_symbol_response", "_file_descriptor_response", "_not_found_response")
+for _base in (ServerReflection, _deprecated.ServerReflection):
+    for _hook in _HOOKS:
+        if not callable(getattr(_base, _hook, None)):
+            raise ImportError(f"grpclib's {_base.__qualname__} has no {_hook}: see {__name__}")
 
 
 def containing_file(pool: Any, symbol: str) -> FileDescriptor | None:
@@ -63,8 +74,14 @@ def documented_files() -> dict[str, bytes]:
     return {f.name: f.SerializeToString() for f in FileDescriptorSet.FromString(data).file}
 
 
-class DocumentedReflection(ServerReflection):
-    """grpc.reflection.v1 with comments, finding every kind of symbol."""
+class _Documented:
+    """What both protocol versions answer differently from grpclib: every kind of symbol, and
+    natsgw's own file with its comments. ``_pb`` is the version's message module."""
+
+    _pb: Any
+    _pool: Any
+
+    _not_found_response: Callable[[], Any]  # grpclib's, from the version's base class
 
     def _file_containing_symbol_response(self, symbol: str) -> Any:
         found = containing_file(self._pool, symbol)
@@ -75,10 +92,18 @@ class DocumentedReflection(ServerReflection):
     def _file_descriptor_response(self, file_descriptor: FileDescriptor) -> Any:
         documented = documented_files().get(file_descriptor.name)
         if documented is None:
-            return super()._file_descriptor_response(file_descriptor)
-        return v1.ServerReflectionResponse(
-            file_descriptor_response=v1.FileDescriptorResponse(file_descriptor_proto=[documented])
+            return super()._file_descriptor_response(file_descriptor)  # type: ignore[misc]
+        return self._pb.ServerReflectionResponse(
+            file_descriptor_response=self._pb.FileDescriptorResponse(
+                file_descriptor_proto=[documented]
+            )
         )
+
+
+class DocumentedReflection(_Documented, ServerReflection):
+    """grpc.reflection.v1 with comments, finding every kind of symbol."""
+
+    _pb = v1
 
     @classmethod
     def extend(cls, services: Collection[Any], *, pool: Any | None = None) -> list[Any]:
@@ -90,21 +115,7 @@ class DocumentedReflection(ServerReflection):
         ]
 
 
-class _DocumentedReflectionV1Alpha(_deprecated.ServerReflection):
+class _DocumentedReflectionV1Alpha(_Documented, _deprecated.ServerReflection):
     """grpc.reflection.v1alpha (what older grpcurl asks) with comments, every kind of symbol."""
 
-    def _file_containing_symbol_response(self, symbol: str) -> Any:
-        found = containing_file(self._pool, symbol)
-        if found is None:
-            return self._not_found_response()
-        return self._file_descriptor_response(found)
-
-    def _file_descriptor_response(self, file_descriptor: FileDescriptor) -> Any:
-        documented = documented_files().get(file_descriptor.name)
-        if documented is None:
-            return super()._file_descriptor_response(file_descriptor)
-        return v1alpha.ServerReflectionResponse(
-            file_descriptor_response=v1alpha.FileDescriptorResponse(
-                file_descriptor_proto=[documented]
-            )
-        )
+    _pb = v1alpha

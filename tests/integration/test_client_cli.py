@@ -18,6 +18,7 @@ from natsgw.client.smoke import ALL_RPCS
 from tests.integration._served import Served, serving
 
 TOKEN = "smoke-token-" + "s" * 24
+NATSGW = (sys.executable, "-m", "natsgw")
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +228,33 @@ def test_local_file_errors_are_local(served: Served, tmp_path: Path) -> None:
     assert "UNAVAILABLE" not in result.stderr and "Traceback" not in result.stderr
 
 
+def test_downloads_land_here_and_unwritable_targets_are_local(
+    served: Served, tmp_path: Path
+) -> None:
+    me = ("--user-id", "u11")
+    source = tmp_path / "r.bin"
+    source.write_bytes(b"r" * 10)
+    put = natsgw(served, "obj", "put", "dl", str(source), "--name", "reports/r.bin", *me)
+    assert put.returncode == 0, put.stderr
+    work = tmp_path / "work"
+    work.mkdir()
+    got = subprocess.run(
+        [*NATSGW, "obj", "get", "dl", "reports/r.bin", "--target", served.target, *me],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=work,
+        env=client_env(),
+    )
+    assert got.returncode == 0, got.stderr  # the name's last part, in this directory
+    assert (work / "r.bin").read_bytes() == b"r" * 10
+    assert sorted(p.name for p in work.iterdir()) == ["r.bin"]
+    nowhere = tmp_path / "no-such-dir" / "r.bin"
+    failed = natsgw(served, "obj", "get", "dl", "reports/r.bin", "-o", str(nowhere), *me)
+    assert failed.returncode == 2, failed.stderr
+    assert "not a directory" in failed.stderr and "Traceback" not in failed.stderr
+
+
 def test_kv_keys_history_buckets_and_delete(served: Served) -> None:
     me = ("--user-id", "u5")
     for value in ("1", "2"):
@@ -256,6 +284,13 @@ def test_objects_info_list_and_remove_with_human_sizes(served: Served, tmp_path:
     assert natsgw(served, "obj", "rm", "files", "report.bin", *me).returncode == 0
     gone = natsgw(served, "obj", "info", "files", "report.bin", *me)
     assert gone.returncode == 1 and "NOT_FOUND" in gone.stderr
+    empty = natsgw(served, "obj", "ls", "files", *me)  # the bucket stays, with nothing in it
+    assert empty.returncode == 0 and "no objects in bucket files" in empty.stdout
+    for args in (("obj", "ls", "no-such-files"), ("obj", "ls", "no-such-files", "--json")):
+        missing = natsgw(served, *args, *me)  # a typo is not an empty bucket
+        assert missing.returncode == 1, missing
+        assert "NOT_FOUND" in missing.stderr and "'no-such-files' does not exist" in missing.stderr
+        assert missing.stdout == ""
 
 
 def test_consumers_list_show_and_remove(served: Served) -> None:

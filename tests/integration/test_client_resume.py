@@ -8,14 +8,22 @@ are repeated by the RPC's idempotency, and nothing ends silently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
+import nats
 import pytest
+from nats.aio.msg import Msg
 
-from natsgw.client import Client, Unavailable
+from natsgw.client import Client, NotFound, Unavailable
 from natsgw.client._retry import Retry
+from natsgw.config import AuthMode
 from natsgw.server import Gateway
+from natsgw.tenancy import Namespace, Tenant
 from tests.conftest import free_port, tenant, wait_for
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]
@@ -175,3 +183,126 @@ async def test_leaving_consume_releases_what_was_delivered_but_not_settled(
         assert all(m.num_delivered == 2 for m in again)
         assert batcher.released == 3 and batcher.failed == 0
         await client.ack(*again)
+
+
+async def test_a_call_in_flight_on_a_draining_gateway_still_gets_its_answer(
+    make_gateway: GatewayFactory, nc: nats.NATS, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another call refused by the draining gateway moves the client to a new connection; the
+    old one stays open for the Request still running there, which is not idempotent (closing
+    the connection under it would leave its outcome unknown)."""
+    user, port = tenant(), free_port()
+    gw = await make_gateway(grpc_port=port, shutdown_grace=10.0)
+    client = Client(f"127.0.0.1:{port}", user_id=user, retry=PATIENT, stream_retry=PATIENT)
+    asked, answer_now = asyncio.Event(), asyncio.Event()
+    streams = contextlib.AsyncExitStack()
+
+    async def slow_service(msg: Msg) -> None:
+        asked.set()
+        await answer_now.wait()
+        await msg.respond(b"answered")
+
+    service = await nc.subscribe(Namespace(Tenant.user(user)).subject("svc.slow"), cb=slow_service)
+    await nc.flush()
+    caplog.set_level(logging.INFO, logger="natsgw.client")
+    stopping: asyncio.Future[None] | None = None
+    refused: asyncio.Future[None] | None = None
+    reading: list[asyncio.Future[Any]] = []
+    try:
+        subs = [  # streams the drain ends: they reopen, refused, all at once
+            await streams.enter_async_context(client.subscribe(f"busy.{i}")) for i in range(4)
+        ]
+        in_flight = asyncio.ensure_future(client.request("svc.slow", b"q", timeout=15))
+        await asyncio.wait_for(asked.wait(), 10)
+        stopping = asyncio.ensure_future(gw.stop())  # waits for the Request (grace 10 s)
+        await wait_for(lambda: gw.pipeline is not None and gw.pipeline.draining, timeout=5)
+        reading = [asyncio.ensure_future(anext(sub)) for sub in subs]
+        refused = asyncio.ensure_future(client.publish("other", b"x"))
+        await wait_for(lambda: "shutting down; retry elsewhere" in caplog.text, timeout=10)
+        await asyncio.sleep(1.5)  # a second and more of refused reopenings, every 50-250 ms
+        answer_now.set()
+        reply = await asyncio.wait_for(in_flight, 10)
+        assert reply.data == b"answered"
+    finally:
+        answer_now.set()
+        for waiting in reading:
+            waiting.cancel()
+        await streams.aclose()
+        for task in (refused, stopping):
+            if task is not None and not task.done():
+                task.cancel()
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
+        await service.unsubscribe()
+        client.close()
+
+
+async def test_unsubscribing_in_an_organization_leaves_my_own_stream_resumable(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """The organization's Unsubscribe of a subject ends the organization's streams, not the
+    caller's own one on the same subject: that one still rides out a restart instead of ending
+    silently. And the client keeps no record of subjects once their streams are closed."""
+    port, org, token = free_port(), tenant("org"), "tok-" + "r" * 30
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(
+        json.dumps({"tokens": [{"token": token, "user_id": tenant(), "organizations": [org]}]})
+    )
+    auth = {"auth_mode": AuthMode.TOKEN, "auth_tokens_file": tokens}
+    gw = await make_gateway(grpc_port=port, **auth)
+    client = Client(f"127.0.0.1:{port}", token=token, stream_retry=PATIENT)
+    team = client.in_organization(org)
+    try:
+        for i in range(20):  # a service subscribing per session, for hours
+            async with client.subscribe(f"session.{i}"):
+                pass
+            await client.unsubscribe(f"session.{i}")
+        assert client._subscribed == {}
+        async with client.subscribe("news.*") as sub:
+            await team.unsubscribe("news.*")  # the organization's news.*, not mine
+            reading = asyncio.ensure_future(anext(sub))
+            await gw.stop()
+            gw = await make_gateway(grpc_port=port, **auth)
+            await wait_for(lambda: sub.resumed == 1 or reading.done(), timeout=15)
+            assert not reading.done(), reading  # ended silently before the fix
+            await client.publish("news.a", b"after")
+            assert (await asyncio.wait_for(reading, 5)).data == b"after"
+        assert client._subscribed == {}
+    finally:
+        team.close()
+        client.close()
+
+
+async def test_a_failed_stream_is_released_even_without_async_with(gateway: Gateway) -> None:
+    """``async for`` over a watch whose bucket is deleted raises NotFound; the call is released
+    then, not left on the connection until the client closes (grpclib keeps a stream's entry
+    until its context is left)."""
+    client = Client(f"127.0.0.1:{gateway.port}", user_id=tenant())
+    try:
+        await client.kv_put("doomed", "k", b"v")
+        watch = client.kv_watch("doomed")
+        assert (await asyncio.wait_for(anext(watch), 5)).value == b"v"
+        await client.kv_delete_bucket("doomed")
+        with pytest.raises(NotFound):
+            async for _entry in watch:
+                pass
+        protocol = client._channel._protocol
+        assert protocol is not None
+        assert protocol.processor.streams == {}
+    finally:
+        client.close()
+
+
+async def test_a_call_that_is_not_idempotent_is_sent_once(gateway: Gateway) -> None:
+    """A Request nobody answers is UNAVAILABLE after it reached the gateway: repeating it could
+    deliver it twice, so the client does not (the gateway counts one call), however patient
+    its retry setting."""
+    user = tenant()
+    client = Client(f"127.0.0.1:{gateway.port}", user_id=user, retry=PATIENT)
+    try:
+        with pytest.raises(Unavailable, match="no responder"):
+            await client.request("nobody.listens", b"q", timeout=1)
+    finally:
+        client.close()
+    counted = gateway.metrics.tenants.find(Namespace(Tenant.user(user)).key)
+    assert counted is not None and counted.calls == 1

@@ -142,8 +142,9 @@ async def test_objects_are_private_to_their_tenant(stub: Stub, nc: nats.NATS) ->
         head, body, _ = await get_stream(stub, mallory, bucket, "report.pdf")
         assert not head.found
         assert body == b""
-        listed = await stub.object_list(pb.ObjectListRequest(user_id=mallory, bucket=bucket))
-        assert listed.objects == []
+        with pytest.raises(GRPCError) as listed:  # mallory's own namespace has no such bucket
+            await stub.object_list(pb.ObjectListRequest(user_id=mallory, bucket=bucket))
+        assert listed.value.status is Status.NOT_FOUND
         deleted = await stub.object_delete(
             pb.ObjectDeleteRequest(user_id=mallory, bucket=bucket, object_name="report.pdf")
         )

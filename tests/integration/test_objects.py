@@ -118,7 +118,10 @@ async def test_missing_object_or_bucket_is_not_found(stub: Stub) -> None:
     user = tenant()
     got = await stub.object_get(pb.ObjectGetRequest(user_id=user, bucket="none", object_name="x"))
     assert not got.found
-    assert (await stub.object_list(pb.ObjectListRequest(user_id=user, bucket="none"))).objects == []
+    with pytest.raises(GRPCError) as missing:  # not [], which an empty bucket answers
+        await stub.object_list(pb.ObjectListRequest(user_id=user, bucket="none"))
+    assert missing.value.status is Status.NOT_FOUND
+    assert missing.value.message == "object bucket 'none' does not exist"
     await stub.object_put(pb.ObjectPutRequest(user_id=user, bucket="b", object_name="y", data=b"1"))
     got = await stub.object_get(pb.ObjectGetRequest(user_id=user, bucket="b", object_name="x"))
     assert not got.found

@@ -22,6 +22,8 @@ from grpclib.client import Channel
 from prometheus_client.parser import text_string_to_metric_families
 
 from natsgw._generated.isa import nats as pb
+from natsgw.adapter.types import ConsumerDetails, StreamDetails
+from natsgw.ops.status import StatusPage
 from natsgw.server import Gateway
 from natsgw.tenancy import Namespace, Tenant
 from tests.conftest import GatewayFactory, tenant
@@ -252,3 +254,147 @@ async def test_a_slow_readers_drops_and_open_streams_are_its_tenants(
     assert closed["dropped"] >= open_row["dropped"]  # a closed stream's drops stay counted
     status = await _status(gw)
     assert status["nats"]["slow_consumer_drops"] >= closed["dropped"]
+
+
+def _page(gw: Gateway) -> StatusPage:
+    assert gw.http is not None and gw.http.status is not None
+    return gw.http.status
+
+
+async def test_jetstream_is_read_once_per_ttl_and_a_vanished_stream_names_nothing(
+    make_gateway: GatewayFactory,
+) -> None:
+    """A stream deleted between the listing and its consumers' listing costs only its own lag
+    (the note names nothing: with names off no stream may appear), and a tenant new to the shown
+    rows does not make the page ask NATS again before the TTL is over."""
+    owner, newcomer = tenant("owner"), tenant("newcomer")
+    gw = await make_gateway(http_port=0)
+    channel = Channel("127.0.0.1", gw.port)
+    stub = pb.NatsServiceStub(channel)
+    page = _page(gw)
+    js = page.jetstream
+    assert js is not None
+    listings: list[str] = []
+    real_list_streams, real_list_consumers = js.list_streams, js.list_consumers
+    doomed = Namespace(Tenant.user(owner)).stream("gonestream3")
+
+    async def counted(subject_filter: str = "") -> list[StreamDetails]:
+        listings.append(subject_filter)
+        return await real_list_streams(subject_filter)
+
+    async def racing(stream: str) -> list[ConsumerDetails]:
+        if stream == doomed:  # deleted for real, right after it was listed
+            await stub.delete_stream(
+                pb.DeleteStreamRequest(user_id=owner, stream_name="gonestream3")
+            )
+        return await real_list_consumers(stream)
+
+    try:
+        for name in ("gonestream3", "keptstream3"):
+            await make_stream(stub, owner, name, [f"{name}.x"])
+            await make_consumer(stub, owner, name, "laggard3")
+            for _ in range(3):
+                await publish(stub, owner, name, f"{name}.x", b"z")
+        js.list_streams = counted  # type: ignore[method-assign]
+        js.list_consumers = racing  # type: ignore[method-assign]
+        first = await page.snapshot()
+        text = json.dumps(first)
+        for hidden in (owner, "gonestream3", "keptstream3", "laggard3"):
+            assert hidden not in text, first["jetstream_note"]
+        assert first["jetstream_note"] == ""
+        row = next(r for r in first["tenants"] if r["calls"] > 3)
+        assert (row["streams"], row["consumer_pending"]) == (2, 3)  # the kept stream's lag
+        assert len(listings) == 1
+
+        await _calls(stub, newcomer, 1)  # a new row, within the TTL
+        second = await page.snapshot()
+        assert len(second["tenants"]) == 2
+        assert len(listings) == 1  # NATS was not asked again
+    finally:
+        channel.close()
+
+
+async def test_rates_never_go_below_zero(make_gateway: GatewayFactory) -> None:
+    """A tenant dropped from the table (NATSGW_TENANT_STATS_MAX) and seen again starts from 0
+    calls: its row's rate against an older sample is 0, not negative."""
+    first, second = tenant("first"), tenant("second")
+    gw = await make_gateway(http_port=0, tenant_stats_max=1, metrics_tenants_top=1)
+    channel = Channel("127.0.0.1", gw.port)
+    stub = pb.NatsServiceStub(channel)
+    page = _page(gw)
+    try:
+        await _calls(stub, first, 5)
+        await page.snapshot()  # the base sample: first at 5 calls
+        await _calls(stub, second, 1)  # first leaves the table
+        await _calls(stub, first, 1)  # and comes back at 1 call
+        await asyncio.sleep(0.6)  # a base sample counts once it is half a second old
+        status = await page.snapshot()
+    finally:
+        channel.close()
+    (row,) = status["tenants"]
+    assert row["calls"] == 1
+    assert row["calls_per_second"] >= 0
+    assert status["other"]["calls_per_second"] >= 0
+
+
+async def test_polling_the_page_hard_costs_one_snapshot_a_second(
+    make_gateway: GatewayFactory,
+) -> None:
+    """The side port has no authentication: 50 requests, in a row or at once, make one snapshot
+    (each one walks the tenant table, a few ms of the gRPC event loop with 10 000 tenants)."""
+    gw = await make_gateway(http_port=0)
+    meter = _page(gw).metrics.tenants
+    walks = 0
+    real_shown = meter.shown
+
+    def counted() -> Any:
+        nonlocal walks
+        walks += 1
+        return real_shown()
+
+    meter.shown = counted  # type: ignore[method-assign]
+    url = f"http://127.0.0.1:{gw.http_port}/status.json"
+    started = asyncio.get_running_loop().time()
+    async with aiohttp.ClientSession() as session:
+
+        async def ask() -> None:
+            async with session.get(url) as answer:
+                assert answer.status == 200 and (await answer.json())["gateway"]
+                assert answer.headers["Cache-Control"] == "no-store"
+
+        await asyncio.gather(*(ask() for _ in range(25)))  # all at once, the first read
+        for _ in range(25):  # then one after the other
+            await ask()
+    elapsed = asyncio.get_running_loop().time() - started
+    assert walks <= 1 + int(elapsed), (walks, elapsed)
+
+
+async def test_a_wide_top_n_reads_jetstream_for_a_bounded_number_of_tenants(
+    make_gateway: GatewayFactory,
+) -> None:
+    """NATSGW_METRICS_TENANTS_TOP=1000 shows many rows; one read lists the streams of at most
+    50 of them (each a NATS request) and says that the rest were left out."""
+    gw = await make_gateway(http_port=0, metrics_tenants_top=1000)
+    page = _page(gw)
+    js = page.jetstream
+    assert js is not None
+    listings = 0
+    real_list_streams = js.list_streams
+
+    async def counted(subject_filter: str = "") -> list[StreamDetails]:
+        nonlocal listings
+        listings += 1
+        return await real_list_streams(subject_filter)
+
+    js.list_streams = counted  # type: ignore[method-assign]
+    channel = Channel("127.0.0.1", gw.port)
+    try:
+        stub = pb.NatsServiceStub(channel)
+        await asyncio.gather(*(_calls(stub, tenant(f"wide{i}"), 1) for i in range(60)))
+    finally:
+        channel.close()
+    status = await page.snapshot()
+    assert len(status["tenants"]) == 60
+    assert listings == 50
+    assert "some tenants left out" in status["jetstream_note"]
+    assert sum("streams" in row for row in status["tenants"]) == 50

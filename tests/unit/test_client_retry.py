@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from natsgw.client import InvalidArgument, parse_target
-from natsgw.client._retry import IDEMPOTENT, NEVER, STREAM, UNARY, Retry, retryable
+from natsgw.client._retry import (
+    CONDITIONAL_KV_DELETE,
+    IDEMPOTENT,
+    NEVER,
+    STREAM,
+    UNARY,
+    Retry,
+    retryable,
+)
 from natsgw.client.cli import UsageError, size, token_of
 from natsgw.client.errors import DeadlineExceeded, Unavailable
 from natsgw.pipeline.policy import POLICIES
@@ -26,6 +34,9 @@ def test_only_idempotent_rpcs_or_unsent_requests_are_retried() -> None:
     assert not retryable("Publish", lost) and not retryable("PublishToStream", lost)
     assert retryable("Publish", refused)  # never left this process: safe to send
     assert not retryable("KVGet", DeadlineExceeded("late"))  # the caller's budget
+    # A conditional delete's repeat after a success would answer FAILED_PRECONDITION.
+    assert retryable("KVDelete", lost) and not retryable(CONDITIONAL_KV_DELETE, lost)
+    assert retryable(CONDITIONAL_KV_DELETE, refused)
 
 
 def test_backoff_is_bounded_and_grows() -> None:
