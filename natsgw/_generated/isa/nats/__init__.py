@@ -3868,7 +3868,7 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         """
         ---- Statistics and monitoring ----
 
-        Totals over the caller's streams, plus the NATS server's connection and traffic counters.
+        Totals over the caller's streams, plus the caller's own traffic through this gateway process.
         """
 
         return await self._unary_unary(
@@ -4466,7 +4466,7 @@ class NatsServiceBase(betterproto2_grpclib.ServiceBase):
         """
         ---- Statistics and monitoring ----
 
-        Totals over the caller's streams, plus the NATS server's connection and traffic counters.
+        Totals over the caller's streams, plus the caller's own traffic through this gateway process.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
