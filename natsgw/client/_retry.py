@@ -58,6 +58,11 @@ IDEMPOTENT: frozenset[str] = frozenset(
         "Subscribe",
         "Unsubscribe",
         "UpdateStream",
+        # consumer control (issue #18)
+        "PauseConsumer",
+        "ResetConsumer",
+        "ResumeConsumer",
+        "UpdateConsumer",
     }
 )
 
