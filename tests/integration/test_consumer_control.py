@@ -330,9 +330,11 @@ async def test_reset_to_sequence_and_time(stub: pb.NatsServiceStub) -> None:
     user = tenant("cc")
     await make_stream(stub, user, "r", ["r.>"])
     await make_consumer(stub, user, "r", "c")
-    stamps = []
+    stamps: list[datetime.datetime] = []
     for i in range(5):
-        stamps.append((await publish(stub, user, "r", "r.x", f"{i}".encode())).timestamp)
+        stamp = (await publish(stub, user, "r", "r.x", f"{i}".encode())).timestamp
+        assert stamp is not None
+        stamps.append(stamp)
     got = await pull(stub, user, "r", "c", batch=5)
     assert len(got) == 5
 
