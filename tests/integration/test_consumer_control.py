@@ -8,9 +8,12 @@ import datetime
 import json
 
 import nats
+import pytest
 from grpclib.const import Status
 
 from natsgw._generated.isa import nats as pb
+from natsgw.client import ConsumerConfig, FailedPrecondition, connect
+from natsgw.server import Gateway
 from tests.conftest import tenant
 from tests.integration._jetstream import (
     error_of,
@@ -372,3 +375,31 @@ async def test_reset_to_sequence_and_time(stub: pb.NatsServiceStub) -> None:
         ),
     ):
         assert await status_of(stub.reset_consumer(bad)) == Status.INVALID_ARGUMENT
+
+
+async def test_typed_client_exposes_consumer_control_and_ttls(gateway: Gateway) -> None:
+    async with await connect(f"127.0.0.1:{gateway.port}", user_id=tenant("cc")) as client:
+        await client.create_stream("jobs", ["jobs.>"])
+        await client.create_consumer(
+            "jobs", config=ConsumerConfig(durable_name="w", filter_subjects=["jobs.a"])
+        )
+        info = await client.update_consumer(
+            "jobs",
+            ConsumerConfig(durable_name="w", filter_subjects=["jobs.a", "jobs.b"], description="d"),
+        )
+        assert info.config is not None
+        assert info.config.filter_subjects == ["jobs.a", "jobs.b"]
+        paused = await client.pause_consumer("jobs", "w", _FUTURE)
+        assert paused.paused
+        assert not (await client.resume_consumer("jobs", "w")).paused
+        for i in range(3):
+            await client.publish_to_stream("jobs.a", f"{i}".encode(), stream="jobs")
+        reset = await client.reset_consumer("jobs", "w", sequence=3)
+        assert reset.reset_sequence == 3
+        got = await client.pull("jobs", "w", 5, max_wait=0.5)
+        assert [m.data for m in got] == [b"2"]
+        with pytest.raises(FailedPrecondition):  # the stream was made without allow_msg_ttl
+            await client.publish_with_ttl("jobs.a", b"x", ttl=5, stream="jobs")
+        assert await client.kv_put_ttl("leases", "a", b"1", 60)
+        assert await client.kv_create_ttl("leases", "b", b"1", 60)
+        await client.kv_purge("leases", "a", ttl=60)
