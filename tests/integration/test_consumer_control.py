@@ -69,6 +69,16 @@ async def test_filter_subjects_description_metadata_round_trip(
     assert created.config.filter_subjects == ["orders.eu.*", "orders.us.>"]
     assert created.config.description == "billing worker"
     assert created.config.metadata == {"team": "billing"}  # no _nats.* keys shown
+    again = await make_consumer(  # the same config again is still a no-op, as before
+        stub,
+        user,
+        "orders",
+        "w",
+        filter_subjects=["orders.eu.*", "orders.us.>"],
+        description="billing worker",
+        metadata={"team": "billing"},
+    )
+    assert again.created == created.created
     for subject in ("orders.eu.1", "orders.us.x.y", "orders.asia.1"):
         await publish(stub, user, "orders", subject, b"x")
     got = await pull(stub, user, "orders", "w", batch=10)
