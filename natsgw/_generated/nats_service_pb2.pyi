@@ -1209,7 +1209,7 @@ class KVWatchRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ..., from_revision: _Optional[int] = ..., updates_only: _Optional[bool] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class KVBucketInfo(_message.Message):
-    __slots__ = ("bucket", "values", "bytes", "history", "ttl", "max_bytes", "storage", "replicas", "created")
+    __slots__ = ("bucket", "values", "bytes", "history", "ttl", "max_bytes", "storage", "replicas", "created", "limit_marker_ttl")
     BUCKET_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -1219,6 +1219,7 @@ class KVBucketInfo(_message.Message):
     STORAGE_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_MARKER_TTL_FIELD_NUMBER: _ClassVar[int]
     bucket: str
     values: int
     bytes: int
@@ -1228,10 +1229,11 @@ class KVBucketInfo(_message.Message):
     storage: BucketStorage
     replicas: int
     created: _timestamp_pb2.Timestamp
-    def __init__(self, bucket: _Optional[str] = ..., values: _Optional[int] = ..., bytes: _Optional[int] = ..., history: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_bytes: _Optional[int] = ..., storage: _Optional[_Union[BucketStorage, str]] = ..., replicas: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    limit_marker_ttl: _duration_pb2.Duration
+    def __init__(self, bucket: _Optional[str] = ..., values: _Optional[int] = ..., bytes: _Optional[int] = ..., history: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_bytes: _Optional[int] = ..., storage: _Optional[_Union[BucketStorage, str]] = ..., replicas: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limit_marker_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class KVCreateBucketRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "bucket", "history", "ttl", "max_bytes", "storage", "replicas", "scope")
+    __slots__ = ("user_id", "organization_id", "bucket", "history", "ttl", "max_bytes", "storage", "replicas", "scope", "limit_marker_ttl")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     BUCKET_FIELD_NUMBER: _ClassVar[int]
@@ -1241,6 +1243,7 @@ class KVCreateBucketRequest(_message.Message):
     STORAGE_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_MARKER_TTL_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     bucket: str
@@ -1250,7 +1253,8 @@ class KVCreateBucketRequest(_message.Message):
     storage: BucketStorage
     replicas: int
     scope: NamespaceScope
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., history: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_bytes: _Optional[int] = ..., storage: _Optional[_Union[BucketStorage, str]] = ..., replicas: _Optional[int] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+    limit_marker_ttl: _duration_pb2.Duration
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., history: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_bytes: _Optional[int] = ..., storage: _Optional[_Union[BucketStorage, str]] = ..., replicas: _Optional[int] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ..., limit_marker_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class KVCreateBucketResponse(_message.Message):
     __slots__ = ("success", "bucket")

@@ -44,7 +44,7 @@ def bucket_config(bucket: str, defaults: BucketDefaults) -> dict[str, Any]:
     direct get, per-message TTLs, a duplicate window of 2 minutes or the TTL if shorter."""
     ttl = defaults.ttl or 0.0
     window = ttl if 0 < ttl < _DUPLICATE_WINDOW else _DUPLICATE_WINDOW
-    return {
+    config = {
         "name": stream_name(bucket),
         "subjects": [f"$KV.{bucket}.>"],
         "max_consumers": -1,
@@ -65,6 +65,9 @@ def bucket_config(bucket: str, defaults: BucketDefaults) -> dict[str, Any]:
         "allow_msg_ttl": True,
         "max_age": int(ttl * _NS),
     }
+    if defaults.limit_marker_ttl:  # as nats.go's KeyValueConfig.LimitMarkerTTL sets it
+        config["subject_delete_marker_ttl"] = int(defaults.limit_marker_ttl * _NS)
+    return config
 
 
 @contextlib.contextmanager
@@ -118,6 +121,7 @@ def _bucket(name: str, info: StreamDetails) -> KVBucket:
         storage=spec.storage or "file",
         replicas=spec.replicas or 1,
         created=info.created,
+        limit_marker_ttl=spec.subject_delete_marker_ttl,
     )
 
 

@@ -283,6 +283,7 @@ class KVBucket:
     storage: str  # "file" or "memory"
     replicas: int
     created: datetime.datetime | None
+    limit_marker_ttl: float = 0.0  # TTL (issue #18): seconds; 0: no markers
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +295,8 @@ class BucketDefaults:
     max_bytes: int = 0
     storage: str = "file"
     replicas: int = 1
+    #: TTL (issue #18): seconds a marker of a value removed by age lives (0: no markers).
+    limit_marker_ttl: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

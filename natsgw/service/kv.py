@@ -19,7 +19,7 @@ from natsgw.adapter.types import BucketDefaults, KVBucket, KVEntry
 from natsgw.config import Settings, SlowConsumerPolicy
 from natsgw.errors import InvalidArgument, NotFound, Unavailable
 from natsgw.pipeline.call import Call
-from natsgw.service.jetstream_wire import ttl_header
+from natsgw.service.jetstream_wire import MAX_TTL, MIN_TTL, ttl_header
 from natsgw.service.subscriptions import Mailbox, SubscriptionRegistry
 from natsgw.tenancy import Namespace, check_kv_key, kv_watch_pattern
 
@@ -60,7 +60,21 @@ def _bucket_info(ns: Namespace, bucket: KVBucket) -> pb.KvBucketInfo:
         storage=_STORAGE_OUT.get(bucket.storage, pb.BucketStorage.FILE),
         replicas=bucket.replicas,
         created=bucket.created,
+        limit_marker_ttl=(
+            datetime.timedelta(seconds=bucket.limit_marker_ttl) if bucket.limit_marker_ttl else None
+        ),
     )
+
+
+def _marker_ttl(value: datetime.timedelta | None) -> float:
+    """KVCreateBucket's limit_marker_ttl: unset or zero for none, else 1 s to 100 years."""
+    seconds = value.total_seconds() if value is not None else 0.0
+    if seconds and not MIN_TTL <= seconds <= MAX_TTL:
+        raise InvalidArgument(
+            "limit_marker_ttl",
+            f"must be at least 1s and at most {MAX_TTL:g}s (got {seconds:g}s), or unset for none",
+        )
+    return seconds
 
 
 def _revision(value: int, field: str) -> int:
@@ -268,6 +282,7 @@ class KeyValueService:
                 max_bytes=message.max_bytes or defaults.max_bytes,
                 storage=_STORAGE_IN.get(message.storage, defaults.storage),
                 replicas=replicas,
+                limit_marker_ttl=_marker_ttl(message.limit_marker_ttl),
             ),
         )
         return pb.KvCreateBucketResponse(success=True, bucket=_bucket_info(ns, created))

@@ -230,24 +230,26 @@ async def test_kv_purge_with_ttl_leaves_a_marker_that_expires(stub: pb.NatsServi
     await eventually(no_trace)
 
 
-async def test_kv_watch_and_history_show_the_servers_marker(
-    stub: pb.NatsServiceStub, nc: nats.NATS
-) -> None:
-    """With delete markers on the bucket's stream (set outside natsgw), an expired value shows
-    as NATS reports it: a PURGE with marker_reason MaxAge."""
+async def test_kv_watch_and_history_show_the_servers_marker(stub: pb.NatsServiceStub) -> None:
+    """A bucket made with limit_marker_ttl: an expired value shows as NATS reports it, a PURGE
+    with marker_reason MaxAge."""
     user = tenant("ttl")
-    await stub.kv_put(pb.KvPutRequest(user_id=user, bucket="m", key="first", value=b"v"))
-    stream = f"KV_{ns_of(user).kv_bucket('m')}"
-    config = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=5)).data)[
-        "config"
-    ]
+    error = await error_of(
+        stub.kv_create_bucket(
+            pb.KvCreateBucketRequest(
+                user_id=user, bucket="m", limit_marker_ttl=datetime.timedelta(milliseconds=500)
+            )
+        )
+    )
+    assert error.status == Status.INVALID_ARGUMENT
+    assert error.message.startswith("limit_marker_ttl")
     # nats-server 2.15.1 expires TTL'd messages late (about one marker TTL) on a stream with
     # markers: keep the marker TTL short.
-    config["subject_delete_marker_ttl"] = 5 * 1_000_000_000
-    answer = await nc.request(
-        f"$JS.API.STREAM.UPDATE.{stream}", json.dumps(config).encode(), timeout=5
+    made = await stub.kv_create_bucket(
+        pb.KvCreateBucketRequest(user_id=user, bucket="m", limit_marker_ttl=5 * SECOND)
     )
-    assert "error" not in json.loads(answer.data), answer.data
+    assert made.bucket is not None
+    assert made.bucket.limit_marker_ttl == 5 * SECOND
     watch = stub.kv_watch(pb.KvWatchRequest(user_id=user, bucket="m", key="k"))
     entries: list[pb.KvEntry] = []
 

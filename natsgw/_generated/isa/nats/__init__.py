@@ -1275,6 +1275,13 @@ class KvBucketInfo(betterproto2.Message):
         9, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
 
+    limit_marker_ttl: "datetime.timedelta | None" = betterproto2.field(
+        20, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+    """
+    natsgw: how long the markers of removed values live (unset: the bucket leaves none).
+    """
+
 
 default_message_pool.register_message("isa.nats", "KVBucketInfo", KvBucketInfo)
 
@@ -1362,6 +1369,15 @@ class KvCreateBucketRequest(betterproto2.Message):
     )
     """
     natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
+    limit_marker_ttl: "datetime.timedelta | None" = betterproto2.field(
+        20, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+    """
+    natsgw: when a value is removed by the bucket's ttl or its own (KVPut ttl), NATS leaves a
+    marker that watches and history show (PURGE, marker_reason "MaxAge"), removed after this
+    long (at least 1 s; unset: no markers, as before).
     """
 
 
