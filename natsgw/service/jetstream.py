@@ -634,7 +634,14 @@ class JetStreamService:
         kept = internal_metadata(current.spec.metadata)
         if kept:
             spec = dataclasses.replace(spec, metadata={**spec.metadata, **kept})
+        until = spec.pause_until
+        if until is not None and until != current.spec.pause_until:
+            _future(until, "config.pause_until")
         details = await self.control.update(stream, spec)
+        if until is not None and until != details.spec.pause_until:
+            # NATS ignores pause_until in an update: a new one is applied as PauseConsumer does.
+            await self.control.pause(stream, details.name, until)
+            details = await self.js.consumer_info(stream, details.name)
         return pb.UpdateConsumerResponse(success=True, consumer=consumer_info_out(ns, details))
 
     async def pause_consumer(
@@ -646,10 +653,7 @@ class JetStreamService:
         until = message.pause_until
         if until is None:
             raise InvalidArgument("pause_until", "required: when deliveries start again")
-        if until <= datetime.datetime.now(datetime.UTC):
-            raise InvalidArgument(
-                "pause_until", "must be in the future (use ResumeConsumer to lift a pause)"
-            )
+        _future(until, "pause_until")
         return pause_out(await self.control.pause(stream, name, until))
 
     async def resume_consumer(
@@ -685,6 +689,11 @@ class JetStreamService:
 
 #: Every acted-on token of an AckMessages call answers the same (only ever encoded, never changed).
 _ACKED = pb.AckResult(success=True)
+
+
+def _future(until: datetime.datetime, field: str) -> None:
+    if until <= datetime.datetime.now(datetime.UTC):
+        raise InvalidArgument(field, "must be in the future (use ResumeConsumer to lift a pause)")
 
 
 def _ack_payload(action: pb.AckAction, delay: float) -> bytes:

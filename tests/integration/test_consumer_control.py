@@ -318,6 +318,18 @@ async def test_pause_resume_and_full_state(stub: pb.NatsServiceStub) -> None:
     assert state.num_pending == 1
     assert state.last_active is not None
 
+    # NATS ignores pause_until in an update; the gateway applies it (and an unset one leaves
+    # the pause as it is).
+    info = await _update(stub, user, "p", durable_name="c", pause_until=_FUTURE)
+    assert info.state is not None
+    assert info.state.paused
+    info = await _update(stub, user, "p", durable_name="c", description="still paused")
+    assert info.state is not None
+    assert info.state.paused
+    await stub.resume_consumer(
+        pb.ResumeConsumerRequest(user_id=user, stream_name="p", consumer_name="c")
+    )
+
     # A pause must lie in the future.
     past = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
     error = await error_of(
