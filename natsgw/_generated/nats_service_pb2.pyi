@@ -123,7 +123,7 @@ class NATSMessage(_message.Message):
     def __init__(self, subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., reply_to: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class StreamConfig(_message.Message):
-    __slots__ = ("name", "subjects", "storage", "max_msgs", "max_bytes", "max_age", "max_msg_size", "replicas", "discard_new_per_subject", "max_msgs_per_subject", "discard", "duplicate_window", "retention")
+    __slots__ = ("name", "subjects", "storage", "max_msgs", "max_bytes", "max_age", "max_msg_size", "replicas", "discard_new_per_subject", "max_msgs_per_subject", "discard", "duplicate_window", "retention", "allow_msg_ttl", "subject_delete_marker_ttl")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SUBJECTS_FIELD_NUMBER: _ClassVar[int]
     STORAGE_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +137,8 @@ class StreamConfig(_message.Message):
     DISCARD_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_WINDOW_FIELD_NUMBER: _ClassVar[int]
     RETENTION_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_MSG_TTL_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_DELETE_MARKER_TTL_FIELD_NUMBER: _ClassVar[int]
     name: str
     subjects: _containers.RepeatedScalarFieldContainer[str]
     storage: StorageType
@@ -150,7 +152,9 @@ class StreamConfig(_message.Message):
     discard: DiscardPolicy
     duplicate_window: _duration_pb2.Duration
     retention: RetentionPolicy
-    def __init__(self, name: _Optional[str] = ..., subjects: _Optional[_Iterable[str]] = ..., storage: _Optional[_Union[StorageType, str]] = ..., max_msgs: _Optional[int] = ..., max_bytes: _Optional[int] = ..., max_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_msg_size: _Optional[int] = ..., replicas: _Optional[int] = ..., discard_new_per_subject: _Optional[bool] = ..., max_msgs_per_subject: _Optional[int] = ..., discard: _Optional[_Union[DiscardPolicy, str]] = ..., duplicate_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retention: _Optional[_Union[RetentionPolicy, str]] = ...) -> None: ...
+    allow_msg_ttl: bool
+    subject_delete_marker_ttl: _duration_pb2.Duration
+    def __init__(self, name: _Optional[str] = ..., subjects: _Optional[_Iterable[str]] = ..., storage: _Optional[_Union[StorageType, str]] = ..., max_msgs: _Optional[int] = ..., max_bytes: _Optional[int] = ..., max_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_msg_size: _Optional[int] = ..., replicas: _Optional[int] = ..., discard_new_per_subject: _Optional[bool] = ..., max_msgs_per_subject: _Optional[int] = ..., discard: _Optional[_Union[DiscardPolicy, str]] = ..., duplicate_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retention: _Optional[_Union[RetentionPolicy, str]] = ..., allow_msg_ttl: _Optional[bool] = ..., subject_delete_marker_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class StreamInfo(_message.Message):
     __slots__ = ("name", "config", "state", "created")
@@ -185,7 +189,14 @@ class StreamState(_message.Message):
     def __init__(self, messages: _Optional[int] = ..., bytes: _Optional[int] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., first_ts: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_ts: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., num_subjects: _Optional[int] = ..., consumer_count: _Optional[int] = ...) -> None: ...
 
 class ConsumerConfig(_message.Message):
-    __slots__ = ("name", "durable_name", "filter_subject", "delivery_policy", "ack_policy", "ack_wait", "max_deliver", "replay_policy", "opt_start_seq", "opt_start_time", "max_ack_pending", "inactive_threshold")
+    __slots__ = ("name", "durable_name", "filter_subject", "delivery_policy", "ack_policy", "ack_wait", "max_deliver", "replay_policy", "opt_start_seq", "opt_start_time", "max_ack_pending", "inactive_threshold", "filter_subjects", "description", "metadata", "pause_until")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     DURABLE_NAME_FIELD_NUMBER: _ClassVar[int]
     FILTER_SUBJECT_FIELD_NUMBER: _ClassVar[int]
@@ -198,6 +209,10 @@ class ConsumerConfig(_message.Message):
     OPT_START_TIME_FIELD_NUMBER: _ClassVar[int]
     MAX_ACK_PENDING_FIELD_NUMBER: _ClassVar[int]
     INACTIVE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    FILTER_SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_UNTIL_FIELD_NUMBER: _ClassVar[int]
     name: str
     durable_name: str
     filter_subject: str
@@ -210,7 +225,11 @@ class ConsumerConfig(_message.Message):
     opt_start_time: _timestamp_pb2.Timestamp
     max_ack_pending: int
     inactive_threshold: _duration_pb2.Duration
-    def __init__(self, name: _Optional[str] = ..., durable_name: _Optional[str] = ..., filter_subject: _Optional[str] = ..., delivery_policy: _Optional[_Union[DeliveryPolicy, str]] = ..., ack_policy: _Optional[_Union[AckPolicy, str]] = ..., ack_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_deliver: _Optional[int] = ..., replay_policy: _Optional[_Union[ReplayPolicy, str]] = ..., opt_start_seq: _Optional[int] = ..., opt_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_ack_pending: _Optional[int] = ..., inactive_threshold: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    filter_subjects: _containers.RepeatedScalarFieldContainer[str]
+    description: str
+    metadata: _containers.ScalarMap[str, str]
+    pause_until: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., durable_name: _Optional[str] = ..., filter_subject: _Optional[str] = ..., delivery_policy: _Optional[_Union[DeliveryPolicy, str]] = ..., ack_policy: _Optional[_Union[AckPolicy, str]] = ..., ack_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_deliver: _Optional[int] = ..., replay_policy: _Optional[_Union[ReplayPolicy, str]] = ..., opt_start_seq: _Optional[int] = ..., opt_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_ack_pending: _Optional[int] = ..., inactive_threshold: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., filter_subjects: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., pause_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ConsumerInfo(_message.Message):
     __slots__ = ("stream_name", "name", "config", "state", "created")
@@ -227,16 +246,30 @@ class ConsumerInfo(_message.Message):
     def __init__(self, stream_name: _Optional[str] = ..., name: _Optional[str] = ..., config: _Optional[_Union[ConsumerConfig, _Mapping]] = ..., state: _Optional[_Union[ConsumerState, _Mapping]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ConsumerState(_message.Message):
-    __slots__ = ("delivered_seq", "ack_floor_seq", "num_pending", "num_redelivered")
+    __slots__ = ("delivered_seq", "ack_floor_seq", "num_pending", "num_redelivered", "delivered_consumer_seq", "ack_floor_consumer_seq", "num_ack_pending", "num_waiting", "paused", "pause_remaining", "last_active")
     DELIVERED_SEQ_FIELD_NUMBER: _ClassVar[int]
     ACK_FLOOR_SEQ_FIELD_NUMBER: _ClassVar[int]
     NUM_PENDING_FIELD_NUMBER: _ClassVar[int]
     NUM_REDELIVERED_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_CONSUMER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    ACK_FLOOR_CONSUMER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    NUM_ACK_PENDING_FIELD_NUMBER: _ClassVar[int]
+    NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    LAST_ACTIVE_FIELD_NUMBER: _ClassVar[int]
     delivered_seq: int
     ack_floor_seq: int
     num_pending: int
     num_redelivered: int
-    def __init__(self, delivered_seq: _Optional[int] = ..., ack_floor_seq: _Optional[int] = ..., num_pending: _Optional[int] = ..., num_redelivered: _Optional[int] = ...) -> None: ...
+    delivered_consumer_seq: int
+    ack_floor_consumer_seq: int
+    num_ack_pending: int
+    num_waiting: int
+    paused: bool
+    pause_remaining: _duration_pb2.Duration
+    last_active: _timestamp_pb2.Timestamp
+    def __init__(self, delivered_seq: _Optional[int] = ..., ack_floor_seq: _Optional[int] = ..., num_pending: _Optional[int] = ..., num_redelivered: _Optional[int] = ..., delivered_consumer_seq: _Optional[int] = ..., ack_floor_consumer_seq: _Optional[int] = ..., num_ack_pending: _Optional[int] = ..., num_waiting: _Optional[int] = ..., paused: _Optional[bool] = ..., pause_remaining: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., last_active: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class PublishRequest(_message.Message):
     __slots__ = ("user_id", "organization_id", "subject", "data", "headers", "reply_to", "scope")
@@ -615,7 +648,7 @@ class ListConsumersResponse(_message.Message):
     def __init__(self, consumers: _Optional[_Iterable[_Union[ConsumerInfo, _Mapping]]] = ...) -> None: ...
 
 class PublishToStreamRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "stream_name", "subject", "data", "headers", "scope")
+    __slots__ = ("user_id", "organization_id", "stream_name", "subject", "data", "headers", "scope", "ttl", "ttl_never")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -630,6 +663,8 @@ class PublishToStreamRequest(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    TTL_NEVER_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     stream_name: str
@@ -637,7 +672,9 @@ class PublishToStreamRequest(_message.Message):
     data: bytes
     headers: _containers.ScalarMap[str, str]
     scope: NamespaceScope
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+    ttl: _duration_pb2.Duration
+    ttl_never: bool
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., ttl_never: _Optional[bool] = ...) -> None: ...
 
 class PublishToStreamResponse(_message.Message):
     __slots__ = ("success", "sequence", "timestamp", "message", "duplicate")
@@ -759,20 +796,22 @@ class NakMessageResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ...) -> None: ...
 
 class KVPutRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "bucket", "key", "value", "scope")
+    __slots__ = ("user_id", "organization_id", "bucket", "key", "value", "scope", "ttl")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     BUCKET_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     bucket: str
     key: str
     value: bytes
     scope: NamespaceScope
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[bytes] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+    ttl: _duration_pb2.Duration
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[bytes] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class KVPutResponse(_message.Message):
     __slots__ = ("success", "revision")
@@ -811,7 +850,7 @@ class KVGetResponse(_message.Message):
     def __init__(self, found: _Optional[bool] = ..., value: _Optional[bytes] = ..., revision: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class KVDeleteRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "bucket", "key", "scope", "expected_revision", "purge")
+    __slots__ = ("user_id", "organization_id", "bucket", "key", "scope", "expected_revision", "purge", "ttl")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     BUCKET_FIELD_NUMBER: _ClassVar[int]
@@ -819,6 +858,7 @@ class KVDeleteRequest(_message.Message):
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
     PURGE_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     bucket: str
@@ -826,7 +866,8 @@ class KVDeleteRequest(_message.Message):
     scope: NamespaceScope
     expected_revision: int
     purge: bool
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ..., expected_revision: _Optional[int] = ..., purge: _Optional[bool] = ...) -> None: ...
+    ttl: _duration_pb2.Duration
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ..., expected_revision: _Optional[int] = ..., purge: _Optional[bool] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class KVDeleteResponse(_message.Message):
     __slots__ = ("success",)
@@ -1062,34 +1103,38 @@ class NATSHealthCheckResponse(_message.Message):
     def __init__(self, healthy: _Optional[bool] = ..., nats_status: _Optional[str] = ..., jetstream_enabled: _Optional[bool] = ..., connections: _Optional[int] = ..., checked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class KVEntry(_message.Message):
-    __slots__ = ("key", "value", "revision", "created", "operation")
+    __slots__ = ("key", "value", "revision", "created", "operation", "marker_reason")
     KEY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     OPERATION_FIELD_NUMBER: _ClassVar[int]
+    MARKER_REASON_FIELD_NUMBER: _ClassVar[int]
     key: str
     value: bytes
     revision: int
     created: _timestamp_pb2.Timestamp
     operation: KVOperation
-    def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ..., revision: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., operation: _Optional[_Union[KVOperation, str]] = ...) -> None: ...
+    marker_reason: str
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ..., revision: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., operation: _Optional[_Union[KVOperation, str]] = ..., marker_reason: _Optional[str] = ...) -> None: ...
 
 class KVCreateRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "bucket", "key", "value", "scope")
+    __slots__ = ("user_id", "organization_id", "bucket", "key", "value", "scope", "ttl")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     BUCKET_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     bucket: str
     key: str
     value: bytes
     scope: NamespaceScope
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[bytes] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+    ttl: _duration_pb2.Duration
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[bytes] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class KVCreateResponse(_message.Message):
     __slots__ = ("success", "revision")
@@ -1164,7 +1209,7 @@ class KVWatchRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ..., from_revision: _Optional[int] = ..., updates_only: _Optional[bool] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
 
 class KVBucketInfo(_message.Message):
-    __slots__ = ("bucket", "values", "bytes", "history", "ttl", "max_bytes", "storage", "replicas", "created")
+    __slots__ = ("bucket", "values", "bytes", "history", "ttl", "max_bytes", "storage", "replicas", "created", "limit_marker_ttl")
     BUCKET_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -1174,6 +1219,7 @@ class KVBucketInfo(_message.Message):
     STORAGE_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_MARKER_TTL_FIELD_NUMBER: _ClassVar[int]
     bucket: str
     values: int
     bytes: int
@@ -1183,10 +1229,11 @@ class KVBucketInfo(_message.Message):
     storage: BucketStorage
     replicas: int
     created: _timestamp_pb2.Timestamp
-    def __init__(self, bucket: _Optional[str] = ..., values: _Optional[int] = ..., bytes: _Optional[int] = ..., history: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_bytes: _Optional[int] = ..., storage: _Optional[_Union[BucketStorage, str]] = ..., replicas: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    limit_marker_ttl: _duration_pb2.Duration
+    def __init__(self, bucket: _Optional[str] = ..., values: _Optional[int] = ..., bytes: _Optional[int] = ..., history: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_bytes: _Optional[int] = ..., storage: _Optional[_Union[BucketStorage, str]] = ..., replicas: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limit_marker_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class KVCreateBucketRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "bucket", "history", "ttl", "max_bytes", "storage", "replicas", "scope")
+    __slots__ = ("user_id", "organization_id", "bucket", "history", "ttl", "max_bytes", "storage", "replicas", "scope", "limit_marker_ttl")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     BUCKET_FIELD_NUMBER: _ClassVar[int]
@@ -1196,6 +1243,7 @@ class KVCreateBucketRequest(_message.Message):
     STORAGE_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_MARKER_TTL_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     bucket: str
@@ -1205,7 +1253,8 @@ class KVCreateBucketRequest(_message.Message):
     storage: BucketStorage
     replicas: int
     scope: NamespaceScope
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., history: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_bytes: _Optional[int] = ..., storage: _Optional[_Union[BucketStorage, str]] = ..., replicas: _Optional[int] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+    limit_marker_ttl: _duration_pb2.Duration
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., bucket: _Optional[str] = ..., history: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_bytes: _Optional[int] = ..., storage: _Optional[_Union[BucketStorage, str]] = ..., replicas: _Optional[int] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ..., limit_marker_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class KVCreateBucketResponse(_message.Message):
     __slots__ = ("success", "bucket")
@@ -1434,3 +1483,91 @@ class ConsumeResponse(_message.Message):
     outstanding_bytes: int
     batch: _containers.RepeatedCompositeFieldContainer[JetStreamMessage]
     def __init__(self, message: _Optional[_Union[JetStreamMessage, _Mapping]] = ..., heartbeat: _Optional[bool] = ..., outstanding_messages: _Optional[int] = ..., outstanding_bytes: _Optional[int] = ..., batch: _Optional[_Iterable[_Union[JetStreamMessage, _Mapping]]] = ...) -> None: ...
+
+class UpdateConsumerRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "stream_name", "config", "scope")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    stream_name: str
+    config: ConsumerConfig
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., config: _Optional[_Union[ConsumerConfig, _Mapping]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+
+class UpdateConsumerResponse(_message.Message):
+    __slots__ = ("success", "consumer")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    consumer: ConsumerInfo
+    def __init__(self, success: _Optional[bool] = ..., consumer: _Optional[_Union[ConsumerInfo, _Mapping]] = ...) -> None: ...
+
+class PauseConsumerRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "pause_until", "scope")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_NAME_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    stream_name: str
+    consumer_name: str
+    pause_until: _timestamp_pb2.Timestamp
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., pause_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+
+class ResumeConsumerRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "scope")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_NAME_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    stream_name: str
+    consumer_name: str
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+
+class PauseConsumerResponse(_message.Message):
+    __slots__ = ("paused", "pause_until", "pause_remaining")
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    paused: bool
+    pause_until: _timestamp_pb2.Timestamp
+    pause_remaining: _duration_pb2.Duration
+    def __init__(self, paused: _Optional[bool] = ..., pause_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pause_remaining: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class ResetConsumerRequest(_message.Message):
+    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "sequence", "time", "scope")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_NAME_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    organization_id: str
+    stream_name: str
+    consumer_name: str
+    sequence: int
+    time: _timestamp_pb2.Timestamp
+    scope: NamespaceScope
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+
+class ResetConsumerResponse(_message.Message):
+    __slots__ = ("consumer", "reset_sequence")
+    CONSUMER_FIELD_NUMBER: _ClassVar[int]
+    RESET_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    consumer: ConsumerInfo
+    reset_sequence: int
+    def __init__(self, consumer: _Optional[_Union[ConsumerInfo, _Mapping]] = ..., reset_sequence: _Optional[int] = ...) -> None: ...

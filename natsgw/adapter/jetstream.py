@@ -145,6 +145,11 @@ def _stream_config(spec: StreamSpec) -> dict[str, Any]:
     }
     if spec.discard_new_per_subject:
         config["discard_new_per_subject"] = True
+    # TTL (issue #18 item 2)
+    if spec.allow_msg_ttl or spec.subject_delete_marker_ttl:
+        config["allow_msg_ttl"] = True
+    if spec.subject_delete_marker_ttl:
+        config["subject_delete_marker_ttl"] = _ns(spec.subject_delete_marker_ttl)
     return config
 
 
@@ -163,6 +168,8 @@ def _stream_spec(config: Mapping[str, Any]) -> StreamSpec:
         discard=str(config.get("discard", "old")),
         discard_new_per_subject=bool(config.get("discard_new_per_subject", False)),
         duplicate_window=_seconds(config.get("duplicate_window")),
+        allow_msg_ttl=bool(config.get("allow_msg_ttl", False)),
+        subject_delete_marker_ttl=_seconds(config.get("subject_delete_marker_ttl")),
     )
 
 
@@ -207,6 +214,15 @@ def _consumer_config(spec: ConsumerSpec) -> dict[str, Any]:
         config["max_ack_pending"] = spec.max_ack_pending
     if spec.inactive_threshold:
         config["inactive_threshold"] = _ns(spec.inactive_threshold)
+    # consumer control (issue #18 item 3)
+    if spec.filter_subjects:
+        config["filter_subjects"] = list(spec.filter_subjects)
+    if spec.description:
+        config["description"] = spec.description
+    if spec.metadata:
+        config["metadata"] = dict(spec.metadata)
+    if spec.pause_until is not None:
+        config["pause_until"] = format_time(spec.pause_until)
     return config
 
 
@@ -227,6 +243,10 @@ def _consumer_details(info: Mapping[str, Any]) -> ConsumerDetails:
         opt_start_time=parse_time(config.get("opt_start_time")),
         max_ack_pending=int(config.get("max_ack_pending", 0)),
         inactive_threshold=_seconds(config.get("inactive_threshold")),
+        filter_subjects=tuple(config.get("filter_subjects") or ()),
+        description=str(config.get("description", "")),
+        metadata=dict(config.get("metadata") or {}),
+        pause_until=parse_time(config.get("pause_until")),
     )
     return ConsumerDetails(
         stream=str(info.get("stream_name", "")),
@@ -239,6 +259,11 @@ def _consumer_details(info: Mapping[str, Any]) -> ConsumerDetails:
             num_pending=int(info.get("num_pending", 0)),
             num_redelivered=int(info.get("num_redelivered", 0)),
             num_ack_pending=int(info.get("num_ack_pending", 0)),
+            ack_floor_consumer_seq=int(ack_floor.get("consumer_seq", 0)),
+            num_waiting=int(info.get("num_waiting", 0)),
+            paused=bool(info.get("paused", False)),
+            pause_remaining=_seconds(info.get("pause_remaining")),
+            last_active=parse_time(delivered.get("last_active")),
         ),
         created=parse_time(info.get("created")),
     )
@@ -1009,6 +1034,18 @@ class JetStreamAdapter:
             except NoRespondersError:
                 raise _nobody_acks() from None
 
+    async def api(
+        self,
+        what: str,
+        suffix: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """One ``$JS.API.<suffix>`` request for the adapter's feature modules
+        (natsgw.adapter.consumer_control), through the one request path."""
+        return await self._api(what, suffix, body, timeout=timeout)
+
 
 #: What NATS expects on a delivery's ack subject, by action.
 _ACK_PAYLOADS = {"ack": b"+ACK", "nak": b"-NAK", "in_progress": b"+WPI", "term": b"+TERM"}
@@ -1106,11 +1143,19 @@ def _publish_refused(error: Mapping[str, Any], what: str) -> Exception:
     if "wrong last" in refusal.description or refusal.err_code in _WRONG_LAST:
         # Nats-Expected-Last-Sequence / -Subject-Sequence / -Msg-Id
         return WrongLastSequence(f"{what}: {refusal.description}")
+    if refusal.err_code == _TTL_DISABLED:
+        return TTLDisabled(f"{what}: the stream does not allow per-message TTLs")
     return refusal
 
 
 #: JetStream's error codes for a failed Nats-Expected-Last-(Subject-)Sequence.
 _WRONG_LAST = (10071, 10164)
+#: JetStream's "per-message TTL is disabled" (a Nats-TTL header on a stream without allow_msg_ttl).
+_TTL_DISABLED = 10166
+
+
+class TTLDisabled(FailedPrecondition):
+    """A publish carried a TTL the stream does not allow (its allow_msg_ttl is off)."""
 
 
 def parse_header_block(block: bytes) -> dict[str, str]:

@@ -11,12 +11,12 @@ through the adapter's one JetStream client; the bucket's stream config is the on
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 from natsgw.adapter.core import NatsAdapter
 from natsgw.adapter.errors import NoStream, WrongLastSequence, translated
-from natsgw.adapter.jetstream import Budget, JetStreamAdapter
+from natsgw.adapter.jetstream import Budget, JetStreamAdapter, TTLDisabled
 from natsgw.adapter.ordered import OrderedReader, Start, StoredMessage
 from natsgw.adapter.types import BucketDefaults, KVBucket, KVEntry, StreamDetails
 from natsgw.errors import AlreadyExists, FailedPrecondition, GatewayError, NotFound
@@ -25,6 +25,7 @@ KV_OP = "KV-Operation"
 _MARKER_REASON = "Nats-Marker-Reason"
 _EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 _ROLLUP = "Nats-Rollup"
+_TTL = "Nats-TTL"
 _DUPLICATE_WINDOW = 120.0
 _NS = 1_000_000_000
 
@@ -43,7 +44,7 @@ def bucket_config(bucket: str, defaults: BucketDefaults) -> dict[str, Any]:
     direct get, per-message TTLs, a duplicate window of 2 minutes or the TTL if shorter."""
     ttl = defaults.ttl or 0.0
     window = ttl if 0 < ttl < _DUPLICATE_WINDOW else _DUPLICATE_WINDOW
-    return {
+    config = {
         "name": stream_name(bucket),
         "subjects": [f"$KV.{bucket}.>"],
         "max_consumers": -1,
@@ -64,6 +65,23 @@ def bucket_config(bucket: str, defaults: BucketDefaults) -> dict[str, Any]:
         "allow_msg_ttl": True,
         "max_age": int(ttl * _NS),
     }
+    if defaults.limit_marker_ttl:  # as nats.go's KeyValueConfig.LimitMarkerTTL sets it
+        config["subject_delete_marker_ttl"] = int(defaults.limit_marker_ttl * _NS)
+    return config
+
+
+@contextlib.contextmanager
+def _ttl_refusal(bucket: str) -> Iterator[None]:
+    """A TTL on a bucket made without per-message TTLs (before nats-server 2.11 or by a client
+    that leaves them off) is FAILED_PRECONDITION saying what to do."""
+    try:
+        yield
+    except TTLDisabled:
+        raise FailedPrecondition(
+            f"bucket {bucket} was created without per-message TTLs (its stream's allow_msg_ttl "
+            "is off); write without ttl, or copy the keys into a new bucket (buckets natsgw "
+            "creates allow TTLs)"
+        ) from None
 
 
 def operation_of(headers: Mapping[str, str]) -> str:
@@ -87,6 +105,7 @@ def _entry(bucket: str, msg: StoredMessage) -> KVEntry:
         revision=msg.seq,
         created=msg.time,
         operation=operation_of(msg.headers),
+        marker_reason=msg.headers.get(_MARKER_REASON, ""),
     )
 
 
@@ -102,6 +121,7 @@ def _bucket(name: str, info: StreamDetails) -> KVBucket:
         storage=spec.storage or "file",
         replicas=spec.replicas or 1,
         created=info.created,
+        limit_marker_ttl=spec.subject_delete_marker_ttl,
     )
 
 
@@ -194,19 +214,21 @@ class KeyValueStore:
         defaults: BucketDefaults,
         *,
         timeout: float | None = None,
+        ttl: str = "",
     ) -> int:
         """Put; creates the bucket with ``defaults`` when it does not exist yet.
 
-        ``timeout`` (the call's deadline) bounds the whole put, bucket creation included.
+        ``timeout`` (the call's deadline) bounds the whole put, bucket creation included;
+        ``ttl`` is a ``Nats-TTL`` value ("" for none).
         """
         budget = self._budget(timeout)
-        with translated(f"put {key}"):
+        with translated(f"put {key}"), _ttl_refusal(bucket):
             try:
-                return await self._publish(bucket, key, value, budget)
+                return await self._publish(bucket, key, value, budget, ttl=ttl)
             except NoStream:
                 pass
             await self.create_bucket(bucket, defaults, exist_ok=True, timeout=budget.left())
-            return await self._publish(bucket, key, value, budget)
+            return await self._publish(bucket, key, value, budget, ttl=ttl)
 
     async def create(
         self,
@@ -216,6 +238,7 @@ class KeyValueStore:
         defaults: BucketDefaults,
         *,
         timeout: float | None = None,
+        ttl: str = "",
     ) -> int:
         """Put only when the key has no live value; AlreadyExists otherwise."""
         budget = self._budget(timeout)
@@ -231,8 +254,10 @@ class KeyValueStore:
                     "use KVUpdate with that revision to change it"
                 )
             try:
-                with translated(f"create {key}"):
-                    return await self._publish(bucket, key, value, budget, expected=expected)
+                with translated(f"create {key}"), _ttl_refusal(bucket):
+                    return await self._publish(
+                        bucket, key, value, budget, expected=expected, ttl=ttl
+                    )
             except NoStream:
                 await self.create_bucket(bucket, defaults, exist_ok=True, timeout=budget.left())
             except WrongLastSequence:
@@ -277,14 +302,18 @@ class KeyValueStore:
         expected: int = 0,
         purge: bool = False,
         timeout: float | None = None,
+        ttl: str = "",
     ) -> bool:
-        """Leave a delete (or purge) marker; False when the bucket does not exist."""
+        """Leave a delete (or purge) marker; False when the bucket does not exist. ``ttl``
+        (a ``Nats-TTL`` value) makes the marker itself expire."""
         budget = self._budget(timeout)
         headers = {KV_OP: "PURGE", _ROLLUP: "sub"} if purge else {KV_OP: "DEL"}
         if expected:
             headers[_EXPECTED_LAST_SUBJECT_SEQ] = str(expected)
+        if ttl:
+            headers[_TTL] = ttl
         try:
-            with translated(f"delete {key}"):
+            with translated(f"delete {key}"), _ttl_refusal(bucket):
                 await self._store(bucket, key, b"", headers, budget)
         except NoStream:
             if expected:
@@ -297,9 +326,17 @@ class KeyValueStore:
         return True
 
     async def _publish(
-        self, bucket: str, key: str, value: bytes, budget: Budget, expected: int | None = None
+        self,
+        bucket: str,
+        key: str,
+        value: bytes,
+        budget: Budget,
+        expected: int | None = None,
+        ttl: str = "",
     ) -> int:
         headers = {} if expected is None else {_EXPECTED_LAST_SUBJECT_SEQ: str(expected)}
+        if ttl:
+            headers[_TTL] = ttl
         return await self._store(bucket, key, value, headers, budget)
 
     async def _store(

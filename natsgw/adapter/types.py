@@ -77,6 +77,9 @@ class StreamSpec:
     discard: str = "old"  # old | new
     discard_new_per_subject: bool = False
     duplicate_window: float = 0.0
+    # -- TTL (issue #18 item 2) --
+    allow_msg_ttl: bool = False
+    subject_delete_marker_ttl: float = 0.0  # seconds; 0: no markers
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +115,11 @@ class ConsumerSpec:
     opt_start_time: datetime.datetime | None = None
     max_ack_pending: int = 0  # 0: NATS default
     inactive_threshold: float = 0.0
+    # -- consumer control (issue #18 item 3) --
+    filter_subjects: tuple[str, ...] = ()
+    description: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    pause_until: datetime.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +130,12 @@ class ConsumerStateValue:
     num_pending: int
     num_redelivered: int
     num_ack_pending: int
+    # -- consumer control (issue #18 item 3) --
+    ack_floor_consumer_seq: int = 0
+    num_waiting: int = 0
+    paused: bool = False
+    pause_remaining: float = 0.0  # seconds
+    last_active: datetime.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +266,8 @@ class KVEntry:
     revision: int
     created: datetime.datetime | None
     operation: str = "PUT"
+    #: Why NATS left this marker itself (``Nats-Marker-Reason``: MaxAge, Purge, Remove).
+    marker_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +283,7 @@ class KVBucket:
     storage: str  # "file" or "memory"
     replicas: int
     created: datetime.datetime | None
+    limit_marker_ttl: float = 0.0  # TTL (issue #18): seconds; 0: no markers
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +295,8 @@ class BucketDefaults:
     max_bytes: int = 0
     storage: str = "file"
     replicas: int = 1
+    #: TTL (issue #18): seconds a marker of a value removed by age lives (0: no markers).
+    limit_marker_ttl: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

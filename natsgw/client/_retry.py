@@ -59,6 +59,11 @@ IDEMPOTENT: frozenset[str] = frozenset(
         "Subscribe",
         "Unsubscribe",
         "UpdateStream",
+        # consumer control (issue #18)
+        "PauseConsumer",
+        "ResetConsumer",
+        "ResumeConsumer",
+        "UpdateConsumer",
     }
 )
 

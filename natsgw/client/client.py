@@ -992,6 +992,130 @@ class Client:
         )
         return list(answer.objects)
 
+    # ---- consumer control and TTL (issue #18) --------------------------------------------
+
+    async def update_consumer(self, stream: str, config: ConsumerConfig) -> ConsumerInfo:
+        """Change an existing consumer (named by ``config``) where NATS allows it."""
+        answer = await self._call(
+            "UpdateConsumer",
+            lambda: self._stub.update_consumer(
+                pb.UpdateConsumerRequest(stream_name=stream, config=config, **self._ids())
+            ),
+        )
+        assert answer.consumer is not None
+        return answer.consumer
+
+    async def pause_consumer(
+        self, stream: str, consumer: str, until: datetime.datetime
+    ) -> pb.PauseConsumerResponse:
+        """No deliveries until ``until`` (an aware time in the future)."""
+        return await self._call(
+            "PauseConsumer",
+            lambda: self._stub.pause_consumer(
+                pb.PauseConsumerRequest(
+                    stream_name=stream, consumer_name=consumer, pause_until=until, **self._ids()
+                )
+            ),
+        )
+
+    async def resume_consumer(self, stream: str, consumer: str) -> pb.PauseConsumerResponse:
+        return await self._call(
+            "ResumeConsumer",
+            lambda: self._stub.resume_consumer(
+                pb.ResumeConsumerRequest(stream_name=stream, consumer_name=consumer, **self._ids())
+            ),
+        )
+
+    async def reset_consumer(
+        self,
+        stream: str,
+        consumer: str,
+        *,
+        sequence: int = 0,
+        time: datetime.datetime | None = None,
+    ) -> pb.ResetConsumerResponse:
+        """Seek: deliver next from stream ``sequence`` or the first message at/after ``time``
+        (neither: the consumer's configured start)."""
+        return await self._call(
+            "ResetConsumer",
+            lambda: self._stub.reset_consumer(
+                pb.ResetConsumerRequest(
+                    stream_name=stream,
+                    consumer_name=consumer,
+                    sequence=sequence,
+                    time=time,
+                    **self._ids(),
+                )
+            ),
+        )
+
+    async def publish_with_ttl(
+        self,
+        subject: str,
+        data: bytes = b"",
+        *,
+        ttl: float | None = None,
+        never: bool = False,
+        stream: str = "",
+        headers: Mapping[str, str] | None = None,
+    ) -> PubAck:
+        """Store a message that NATS removes after ``ttl`` seconds (whole, at least 1), or
+        ``never`` removes by age; the stream needs ``allow_msg_ttl``."""
+        answer = await self._call(
+            "PublishToStream",
+            lambda: self._stub.publish_to_stream(
+                pb.PublishToStreamRequest(
+                    stream_name=stream,
+                    subject=subject,
+                    data=data,
+                    headers=dict(headers or {}),
+                    ttl=_duration(ttl),
+                    ttl_never=never,
+                    **self._ids(),
+                )
+            ),
+        )
+        return PubAck(answer.sequence, answer.duplicate, answer.timestamp)
+
+    async def kv_put_ttl(self, bucket: str, key: str, value: bytes, ttl: float) -> int:
+        """Store ``value`` for ``ttl`` seconds (whole, at least 1); returns the revision."""
+        answer = await self._call(
+            "KVPut",
+            lambda: self._stub.kv_put(
+                pb.KvPutRequest(
+                    bucket=bucket, key=key, value=value, ttl=_duration(ttl), **self._ids()
+                )
+            ),
+        )
+        return answer.revision
+
+    async def kv_create_ttl(self, bucket: str, key: str, value: bytes, ttl: float) -> int:
+        """Create-if-absent that expires after ``ttl`` seconds (a lease, a lock)."""
+        answer = await self._call(
+            "KVCreate",
+            lambda: self._stub.kv_create(
+                pb.KvCreateRequest(
+                    bucket=bucket, key=key, value=value, ttl=_duration(ttl), **self._ids()
+                )
+            ),
+        )
+        return answer.revision
+
+    async def kv_purge(self, bucket: str, key: str, *, ttl: float | None = None) -> None:
+        """Drop the key's history; with ``ttl``, the purge marker itself goes after it."""
+        await self._call(
+            "KVDelete",
+            lambda: self._stub.kv_delete(
+                pb.KvDeleteRequest(
+                    bucket=bucket, key=key, purge=True, ttl=_duration(ttl), **self._ids()
+                )
+            ),
+        )
+
+
+def _duration(seconds: float | None) -> datetime.timedelta | None:
+    return None if seconds is None else datetime.timedelta(seconds=seconds)
+
 
 async def connect(
     target: str = f"127.0.0.1:{DEFAULT_PORT}",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import hashlib
 import json
 import time
@@ -33,7 +34,10 @@ ALL_RPCS = (
     "Unsubscribe", "CreateStream", "UpdateStream", "GetStreamInfo", "ListStreams",
     "PublishToStream", "PublishToStreamBatch", "GetStreamStats", "CreateConsumer",
     "GetConsumerInfo", "ListConsumers", "PullMessages", "AckMessage", "NakMessage", "Consume",
-    "AckMessages", "PurgeStream", "DeleteConsumer", "DeleteStream", "KVCreateBucket", "KVPut",
+    "AckMessages",
+    # consumer control (issue #18)
+    "UpdateConsumer", "PauseConsumer", "ResumeConsumer", "ResetConsumer",
+    "PurgeStream", "DeleteConsumer", "DeleteStream", "KVCreateBucket", "KVPut",
     "KVGet", "KVCreate", "KVUpdate", "KVHistory", "KVWatch", "KVKeys", "KVBucketStatus",
     "KVListBuckets", "KVDelete", "KVDeleteBucket", "ObjectPut", "ObjectGet", "ObjectPutStream",
     "ObjectGetStream", "ObjectList", "ObjectDelete", "GetStatistics",
@@ -271,6 +275,7 @@ async def _jetstream(client: Client, report: Report, stream: str, made: Made) ->
     async with report.rpc("AckMessages"):
         done = await stub.ack_messages(pb.AckMessagesRequest(ack_tokens=tokens, **ids))
         expect(done.succeeded == 4, f"{done.succeeded} of 4 acked")
+    await _consumer_control(report, client, stream)
     async with report.rpc("PurgeStream") as d:
         purged = await client.purge_stream(stream)
         d.append(f"purged={purged}")
@@ -352,3 +357,21 @@ async def _clean_up(made: Made) -> None:
     for delete in made.values():
         with contextlib.suppress(NatsgwError, GRPCError, TimeoutError, OSError):
             await asyncio.wait_for(delete(), 5)
+
+
+async def _consumer_control(report: Report, client: Client, stream: str) -> None:
+    """UpdateConsumer, PauseConsumer, ResumeConsumer, ResetConsumer on the smoke consumer."""
+    async with report.rpc("UpdateConsumer"):
+        info = await client.update_consumer(
+            stream, pb.ConsumerConfig(durable_name="smoke", description="natsgw smoke")
+        )
+        expect(info.config is not None and info.config.description == "natsgw smoke", "unchanged")
+    async with report.rpc("PauseConsumer"):
+        until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+        expect((await client.pause_consumer(stream, "smoke", until)).paused, "not paused")
+    async with report.rpc("ResumeConsumer"):
+        expect(not (await client.resume_consumer(stream, "smoke")).paused, "still paused")
+    async with report.rpc("ResetConsumer") as d:
+        reset = await client.reset_consumer(stream, "smoke", sequence=1)
+        expect(reset.reset_sequence == 1, f"reset to {reset.reset_sequence}")
+        d.append("next=1")

@@ -168,6 +168,11 @@ _ROWS = (
     _control("DeleteConsumer"),
     _read("GetConsumerInfo"),
     _read("ListConsumers"),
+    # consumer control (issue #18): changes to an existing consumer, repeatable with the same end
+    _control("UpdateConsumer", idempotent=True),
+    _control("PauseConsumer", idempotent=True),
+    _control("ResumeConsumer", idempotent=True),
+    _control("ResetConsumer", idempotent=True),
     # -- JetStream messages -----------------------------------------------------------------------
     _data("PublishToStream", cost=_PUBLISH_ONE),
     _data("PublishToStreamBatch", cost=_PUBLISH_EACH),

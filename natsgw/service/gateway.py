@@ -91,6 +91,11 @@ def routes(s: Services) -> dict[str, Endpoint]:
         "AckMessages": js.ack_messages,
         "NakMessage": js.nak_message,
         "Consume": js.consume,
+        # consumer control and TTL (issue #18)
+        "UpdateConsumer": js.update_consumer,
+        "PauseConsumer": js.pause_consumer,
+        "ResumeConsumer": js.resume_consumer,
+        "ResetConsumer": js.reset_consumer,
         "GetStatistics": s.statistics.get_statistics,
         "GetStreamStats": s.statistics.get_stream_stats,
         "KVPut": kv.kv_put,

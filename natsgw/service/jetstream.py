@@ -28,8 +28,9 @@ from dataclasses import dataclass
 import structlog
 
 from natsgw._generated.isa import nats as pb
+from natsgw.adapter.consumer_control import ConsumerControl
 from natsgw.adapter.core import check_headers
-from natsgw.adapter.jetstream import JetStreamAdapter, ack_payload
+from natsgw.adapter.jetstream import JetStreamAdapter, TTLDisabled, ack_payload
 from natsgw.adapter.types import JetStreamDelivery, StreamDetails
 from natsgw.config import Settings
 from natsgw.errors import (
@@ -50,16 +51,19 @@ from natsgw.service.jetstream_wire import (
     clamp32,
     consumer_info_out,
     consumer_spec,
+    keep_ttl,
+    pause_out,
     seconds_field,
     status_code_of,
     stream_info_out,
     stream_spec,
     tenant_view,
     wire_enum,
+    with_ttl,
 )
 from natsgw.service.pacing import YIELD_EVERY, max_batch
 from natsgw.service.subscriptions import Mailbox, SubscriptionRegistry
-from natsgw.tenancy import Namespace
+from natsgw.tenancy import Namespace, internal_metadata
 from natsgw.tenancy.acks import AckSubject, AckTokens, parse_ack_subject
 from natsgw.tenancy.subjects import captured_by
 from natsgw.wire.items import StreamItem
@@ -109,6 +113,7 @@ class JetStreamService:
         self.memory = DeliveryMemory(settings.delivery_memory_size, settings.delivery_memory_ttl)
         self.windows = WindowRegistry()
         self.subjects: dict[str, _SubjectCache] = {}
+        self.control = ConsumerControl(js)
 
     # -- streams ---------------------------------------------------------------------------------
 
@@ -160,8 +165,9 @@ class JetStreamService:
                 "streams cannot be renamed",
             )
         js = self.js
+        current = await js.stream_info(name)
+        config = keep_ttl(config, current.spec)
         if not config.subjects:  # keep the stream's subjects (proto3 cannot say "unchanged")
-            current = await js.stream_info(name)
             subjects = [s for s in map(ns.from_subject, current.spec.subjects) if s is not None]
             config = dataclasses.replace(config, subjects=subjects)
         details = await js.update_stream(stream_spec(ns, config, name))
@@ -279,9 +285,16 @@ class JetStreamService:
         await self._check_captured(ns, stream, subject)
         js = self.js
         budget = call.timeout(None, self.settings.request_timeout, "timeout")
-        ack = await js.publish(
-            subject, message.data, stream=stream, headers=message.headers, timeout=budget
-        )
+        headers = with_ttl(message.headers, message.ttl, never=message.ttl_never)
+        try:
+            ack = await js.publish(
+                subject, message.data, stream=stream, headers=headers, timeout=budget
+            )
+        except TTLDisabled:
+            raise FailedPrecondition(
+                f"stream {ns.from_name(stream)!r} does not allow per-message TTLs; "
+                "UpdateStream with config.allow_msg_ttl=true first, or publish without ttl"
+            ) from None
         stored = await js.stored_time(stream, ack.sequence)
         return pb.PublishToStreamResponse(
             success=True,
@@ -613,9 +626,82 @@ class JetStreamService:
             await pipe.close()
             await asyncio.gather(watcher, return_exceptions=True)
 
+    # -- consumer control (issue #18 item 3) -----------------------------------------------------
+
+    async def update_consumer(
+        self, call: Call, message: pb.UpdateConsumerRequest
+    ) -> pb.UpdateConsumerResponse:
+        """Change an existing consumer; the gateway's own metadata entries are carried over."""
+        ns = call.ns
+        stream = ns.stream(message.stream_name)
+        config = message.config or pb.ConsumerConfig()
+        if not (config.name or config.durable_name):
+            raise InvalidArgument("config.name", "name the consumer to update")
+        spec = consumer_spec(ns, config)
+        current = await self.js.consumer_info(stream, spec.durable_name or spec.name)
+        kept = internal_metadata(current.spec.metadata)
+        if kept:
+            spec = dataclasses.replace(spec, metadata={**spec.metadata, **kept})
+        until = spec.pause_until
+        if until is not None and until != current.spec.pause_until:
+            _future(until, "config.pause_until")
+        details = await self.control.update(stream, spec)
+        if until is not None and until != details.spec.pause_until:
+            # NATS ignores pause_until in an update: a new one is applied as PauseConsumer does.
+            await self.control.pause(stream, details.name, until)
+            details = await self.js.consumer_info(stream, details.name)
+        return pb.UpdateConsumerResponse(success=True, consumer=consumer_info_out(ns, details))
+
+    async def pause_consumer(
+        self, call: Call, message: pb.PauseConsumerRequest
+    ) -> pb.PauseConsumerResponse:
+        ns = call.ns
+        stream = ns.stream(message.stream_name)
+        name = ns.consumer(message.consumer_name)
+        until = message.pause_until
+        if until is None:
+            raise InvalidArgument("pause_until", "required: when deliveries start again")
+        _future(until, "pause_until")
+        return pause_out(await self.control.pause(stream, name, until))
+
+    async def resume_consumer(
+        self, call: Call, message: pb.ResumeConsumerRequest
+    ) -> pb.PauseConsumerResponse:
+        ns = call.ns
+        stream = ns.stream(message.stream_name)
+        name = ns.consumer(message.consumer_name)
+        return pause_out(await self.control.pause(stream, name, None))
+
+    async def reset_consumer(
+        self, call: Call, message: pb.ResetConsumerRequest
+    ) -> pb.ResetConsumerResponse:
+        """Seek with nats-server's own CONSUMER.RESET (no recreation: name, config and the
+        consumer's identity stay; outstanding deliveries are forgotten)."""
+        ns = call.ns
+        stream = ns.stream(message.stream_name)
+        name = ns.consumer(message.consumer_name)
+        if message.sequence < 0:
+            raise InvalidArgument("sequence", f"must not be negative (got {message.sequence})")
+        if message.sequence and message.time is not None:
+            raise InvalidArgument("sequence", "set either sequence or time, not both")
+        control = self.control
+        if message.time is not None:
+            seq = await control.seq_at(stream, message.time)
+        else:
+            seq = message.sequence
+        result = await control.reset(stream, name, seq)
+        return pb.ResetConsumerResponse(
+            consumer=consumer_info_out(ns, result.details), reset_sequence=result.reset_seq
+        )
+
 
 #: Every acted-on token of an AckMessages call answers the same (only ever encoded, never changed).
 _ACKED = pb.AckResult(success=True)
+
+
+def _future(until: datetime.datetime, field: str) -> None:
+    if until <= datetime.datetime.now(datetime.UTC):
+        raise InvalidArgument(field, "must be in the future (use ResumeConsumer to lift a pause)")
 
 
 def _ack_payload(action: pb.AckAction, delay: float) -> bytes:

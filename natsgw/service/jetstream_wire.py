@@ -7,10 +7,12 @@ streams and subjects the way the tenant does.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 from natsgw._generated.isa import nats as pb
+from natsgw.adapter.consumer_control import PauseState
 from natsgw.adapter.types import (
     ConsumerDetails,
     ConsumerSpec,
@@ -18,7 +20,7 @@ from natsgw.adapter.types import (
     StreamSpec,
 )
 from natsgw.errors import GatewayError, InvalidArgument
-from natsgw.tenancy import Namespace, public_text
+from natsgw.tenancy import Namespace, public_metadata, public_text, tenant_metadata
 
 #: Set by the gateway on every stream publish (it names the NATS stream): not shown to clients.
 HIDDEN_HEADERS = frozenset({"Nats-Expected-Stream"})
@@ -135,6 +137,7 @@ def stream_spec(
         discard=discard,
         discard_new_per_subject=config.discard_new_per_subject,
         duplicate_window=seconds_field(config.duplicate_window, f"{field}.duplicate_window"),
+        **_ttl_stream_fields(config, field),
     )
 
 
@@ -159,6 +162,12 @@ def stream_info_out(ns: Namespace, details: StreamDetails) -> pb.StreamInfo:
         discard=_DISCARD_OUT.get(spec.discard, pb.DiscardPolicy.DISCARD_OLD),
         duplicate_window=datetime.timedelta(seconds=spec.duplicate_window),
         retention=_RETENTION_OUT.get(spec.retention, pb.RetentionPolicy.RETENTION_LIMITS),
+        allow_msg_ttl=spec.allow_msg_ttl,
+        subject_delete_marker_ttl=(
+            datetime.timedelta(seconds=spec.subject_delete_marker_ttl)
+            if spec.subject_delete_marker_ttl
+            else None
+        ),
     )
     return pb.StreamInfo(
         name=name,
@@ -213,6 +222,7 @@ def consumer_spec(ns: Namespace, config: pb.ConsumerConfig, field: str = "config
         opt_start_time=config.opt_start_time if policy == "by_start_time" else None,
         max_ack_pending=config.max_ack_pending,
         inactive_threshold=seconds_field(config.inactive_threshold, f"{field}.inactive_threshold"),
+        **_control_fields(ns, config, field),
     )
 
 
@@ -233,6 +243,10 @@ def consumer_info_out(ns: Namespace, details: ConsumerDetails) -> pb.ConsumerInf
         inactive_threshold=(
             datetime.timedelta(seconds=spec.inactive_threshold) if spec.inactive_threshold else None
         ),
+        filter_subjects=[s for s in map(ns.from_subject, spec.filter_subjects) if s is not None],
+        description=spec.description,
+        metadata=public_metadata(spec.metadata),
+        pause_until=spec.pause_until,
     )
     return pb.ConsumerInfo(
         stream_name=ns.from_name(details.stream) or "",
@@ -243,6 +257,15 @@ def consumer_info_out(ns: Namespace, details: ConsumerDetails) -> pb.ConsumerInf
             ack_floor_seq=state.ack_floor_stream_seq,
             num_pending=state.num_pending,
             num_redelivered=state.num_redelivered,
+            delivered_consumer_seq=state.delivered_consumer_seq,
+            ack_floor_consumer_seq=state.ack_floor_consumer_seq,
+            num_ack_pending=state.num_ack_pending,
+            num_waiting=state.num_waiting,
+            paused=state.paused,
+            pause_remaining=(
+                datetime.timedelta(seconds=state.pause_remaining) if state.paused else None
+            ),
+            last_active=state.last_active,
         ),
         created=details.created,
     )
@@ -257,3 +280,126 @@ def tenant_view(exc: GatewayError, root: str) -> GatewayError:
     exc.message = public_text(exc.message, root)
     exc.args = (exc.message,)
     return exc
+
+
+# -- consumer control and TTL (issue #18 items 2 and 3) -------------------------------------------
+
+#: NATS's smallest per-message TTL and delete-marker TTL.
+MIN_TTL = 1.0
+#: Largest TTL accepted (100 years: far beyond any retention, well inside NATS's int64 nanos).
+MAX_TTL = 100 * 365 * 86400.0
+#: Longest consumer description, in UTF-8 bytes.
+MAX_DESCRIPTION_BYTES = 4096
+#: The header NATS reads a message's TTL from.
+TTL_HEADER = "Nats-TTL"
+
+
+def ttl_header(value: datetime.timedelta | None, field: str = "ttl", *, never: bool = False) -> str:
+    """The ``Nats-TTL`` value for a wire ttl ("" for none): whole seconds, 1 s to 100 years."""
+    if never:
+        if value is not None:
+            raise InvalidArgument(field, "set either ttl or ttl_never, not both")
+        return "never"
+    if value is None:
+        return ""
+    seconds = value.total_seconds()
+    if seconds < MIN_TTL:
+        raise InvalidArgument(
+            field,
+            f"must be at least 1s, NATS's smallest TTL (got {seconds:g}s); leave it unset "
+            "for no TTL",
+        )
+    if seconds != int(seconds):
+        raise InvalidArgument(
+            field, f"must be whole seconds, as NATS keeps TTLs (got {seconds:g}s)"
+        )
+    if seconds > MAX_TTL:
+        raise InvalidArgument(field, f"must be at most {MAX_TTL:g}s (got {seconds:g}s)")
+    return f"{int(seconds)}s"
+
+
+def with_ttl(
+    headers: dict[str, str],
+    value: datetime.timedelta | None,
+    field: str = "ttl",
+    *,
+    never: bool = False,
+) -> dict[str, str]:
+    """``headers`` plus the TTL's header; a caller's own Nats-TTL beside a ttl is refused."""
+    ttl = ttl_header(value, field, never=never)
+    if not ttl:
+        return headers
+    if any(k.lower() == TTL_HEADER.lower() for k in headers):
+        raise InvalidArgument(field, f"set either ttl or a {TTL_HEADER} header, not both")
+    return {**headers, TTL_HEADER: ttl}
+
+
+class _TTLFields(TypedDict):
+    allow_msg_ttl: bool
+    subject_delete_marker_ttl: float
+
+
+class _ControlFields(TypedDict):
+    filter_subjects: tuple[str, ...]
+    description: str
+    metadata: dict[str, str]
+    pause_until: datetime.datetime | None
+
+
+def _ttl_stream_fields(config: pb.StreamConfig, field: str) -> _TTLFields:
+    marker = seconds_field(
+        config.subject_delete_marker_ttl, f"{field}.subject_delete_marker_ttl", maximum=MAX_TTL
+    )
+    if 0 < marker < MIN_TTL:
+        raise InvalidArgument(
+            f"{field}.subject_delete_marker_ttl",
+            f"must be at least 1s (got {marker:g}s), or unset for no delete markers",
+        )
+    return {"allow_msg_ttl": config.allow_msg_ttl, "subject_delete_marker_ttl": marker}
+
+
+def keep_ttl(config: pb.StreamConfig, current: StreamSpec) -> pb.StreamConfig:
+    """An UpdateStream config that keeps what proto3 cannot say "unchanged" about: TTLs once
+    allowed stay allowed (NATS refuses turning them off; old clients never send the field), and
+    an unset subject_delete_marker_ttl keeps the stream's (a zero duration removes it)."""
+    marker = config.subject_delete_marker_ttl
+    if marker is None and current.subject_delete_marker_ttl:
+        marker = datetime.timedelta(seconds=current.subject_delete_marker_ttl)
+    return dataclasses.replace(
+        config,
+        allow_msg_ttl=config.allow_msg_ttl or current.allow_msg_ttl,
+        subject_delete_marker_ttl=marker,
+    )
+
+
+def _control_fields(ns: Namespace, config: pb.ConsumerConfig, field: str) -> _ControlFields:
+    """The consumer-control part of a ConsumerSpec: filters mapped, metadata checked."""
+    filters = tuple(
+        ns.pattern(s, f"{field}.filter_subjects[{i}]") for i, s in enumerate(config.filter_subjects)
+    )
+    if filters and config.filter_subject:
+        raise InvalidArgument(
+            f"{field}.filter_subjects", "set either filter_subject or filter_subjects, not both"
+        )
+    if len(set(filters)) != len(filters):
+        raise InvalidArgument(f"{field}.filter_subjects", "lists a subject twice")
+    if len(config.description.encode()) > MAX_DESCRIPTION_BYTES:
+        raise InvalidArgument(
+            f"{field}.description", f"is longer than {MAX_DESCRIPTION_BYTES} bytes"
+        )
+    return {
+        "filter_subjects": filters,
+        "description": config.description,
+        "metadata": tenant_metadata(config.metadata, f"{field}.metadata"),
+        "pause_until": config.pause_until,
+    }
+
+
+def pause_out(state: PauseState) -> pb.PauseConsumerResponse:
+    return pb.PauseConsumerResponse(
+        paused=state.paused,
+        pause_until=state.pause_until if state.paused else None,
+        pause_remaining=(
+            datetime.timedelta(seconds=state.pause_remaining) if state.paused else None
+        ),
+    )

@@ -19,6 +19,7 @@ from natsgw.adapter.types import BucketDefaults, KVBucket, KVEntry
 from natsgw.config import Settings, SlowConsumerPolicy
 from natsgw.errors import InvalidArgument, NotFound, Unavailable
 from natsgw.pipeline.call import Call
+from natsgw.service.jetstream_wire import MAX_TTL, MIN_TTL, ttl_header
 from natsgw.service.subscriptions import Mailbox, SubscriptionRegistry
 from natsgw.tenancy import Namespace, check_kv_key, kv_watch_pattern
 
@@ -44,6 +45,7 @@ def _entry(entry: KVEntry) -> pb.KvEntry:
         revision=entry.revision,
         created=entry.created,
         operation=_OPERATIONS.get(entry.operation, pb.KvOperation.PUT),
+        marker_reason=entry.marker_reason,
     )
 
 
@@ -58,7 +60,21 @@ def _bucket_info(ns: Namespace, bucket: KVBucket) -> pb.KvBucketInfo:
         storage=_STORAGE_OUT.get(bucket.storage, pb.BucketStorage.FILE),
         replicas=bucket.replicas,
         created=bucket.created,
+        limit_marker_ttl=(
+            datetime.timedelta(seconds=bucket.limit_marker_ttl) if bucket.limit_marker_ttl else None
+        ),
     )
+
+
+def _marker_ttl(value: datetime.timedelta | None) -> float:
+    """KVCreateBucket's limit_marker_ttl: unset or zero for none, else 1 s to 100 years."""
+    seconds = value.total_seconds() if value is not None else 0.0
+    if seconds and not MIN_TTL <= seconds <= MAX_TTL:
+        raise InvalidArgument(
+            "limit_marker_ttl",
+            f"must be at least 1s and at most {MAX_TTL:g}s (got {seconds:g}s), or unset for none",
+        )
+    return seconds
 
 
 def _revision(value: int, field: str) -> int:
@@ -115,8 +131,9 @@ class KeyValueService:
     async def kv_put(self, call: Call, message: pb.KvPutRequest) -> pb.KvPutResponse:
         _, bucket, key = self._bucket_and_key(call.ns, message)
         self.adapter.check_payload(message.value, {})
+        ttl = ttl_header(message.ttl)
         revision = await self._kv().put(
-            bucket, key, message.value, self._defaults(call), timeout=call.time_left()
+            bucket, key, message.value, self._defaults(call), timeout=call.time_left(), ttl=ttl
         )
         return pb.KvPutResponse(success=True, revision=revision)
 
@@ -134,8 +151,13 @@ class KeyValueService:
         """Idempotent: success once the key has no value (also when there was none)."""
         _, bucket, key = self._bucket_and_key(call.ns, message)
         expected = _revision(message.expected_revision, "expected_revision")
+        ttl = ttl_header(message.ttl)
+        if ttl and not message.purge:
+            raise InvalidArgument(
+                "ttl", "only a purge marker can expire (set purge=true, or leave ttl unset)"
+            )
         await self._kv().delete(
-            bucket, key, expected=expected, purge=message.purge, timeout=call.time_left()
+            bucket, key, expected=expected, purge=message.purge, timeout=call.time_left(), ttl=ttl
         )
         return pb.KvDeleteResponse(success=True)
 
@@ -151,8 +173,14 @@ class KeyValueService:
         bucket = ns.kv_bucket(message.bucket)
         check_kv_key(message.key)
         self.adapter.check_payload(message.value, {})
+        ttl = ttl_header(message.ttl)
         revision = await self._kv().create(
-            bucket, message.key, message.value, self._defaults(call), timeout=call.time_left()
+            bucket,
+            message.key,
+            message.value,
+            self._defaults(call),
+            timeout=call.time_left(),
+            ttl=ttl,
         )
         return pb.KvCreateResponse(success=True, revision=revision)
 
@@ -254,6 +282,7 @@ class KeyValueService:
                 max_bytes=message.max_bytes or defaults.max_bytes,
                 storage=_STORAGE_IN.get(message.storage, defaults.storage),
                 replicas=replicas,
+                limit_marker_ttl=_marker_ttl(message.limit_marker_ttl),
             ),
         )
         return pb.KvCreateBucketResponse(success=True, bucket=_bucket_info(ns, created))

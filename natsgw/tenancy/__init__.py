@@ -16,8 +16,12 @@ from natsgw.tenancy.namespace import (
     check_object_name,
     check_subject,
     escape_id,
+    internal_metadata,
     kv_watch_pattern,
+    public_metadata,
+    reserved_metadata_key,
     tenant_key,
+    tenant_metadata,
     unescape_id,
 )
 from natsgw.tenancy.redact import public_text
@@ -33,8 +37,12 @@ __all__ = [
     "check_object_name",
     "check_subject",
     "escape_id",
+    "internal_metadata",
     "kv_watch_pattern",
+    "public_metadata",
     "public_text",
+    "reserved_metadata_key",
     "tenant_key",
+    "tenant_metadata",
     "unescape_id",
 ]

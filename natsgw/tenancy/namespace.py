@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -353,3 +354,65 @@ class Namespace:
             raise InvalidArgument(
                 field, f"{excerpt(bucket)} may only contain letters A-Z a-z, digits, '_' and '-'"
             )
+
+
+# -- consumer metadata (issue #18, consumer control) ---------------------------------------------
+
+#: Metadata key prefixes tenants may neither set nor read: ``_nats`` is nats-server's own
+#: (``_nats.ver``, ``_nats.level``), ``natsgw`` the gateway's (features that keep state on a
+#: consumer). Compared case-insensitively, so ``NATSGW.x`` is reserved too.
+RESERVED_METADATA_PREFIXES = ("_nats", "natsgw")
+#: Most metadata entries a tenant may put on one consumer.
+MAX_METADATA_ENTRIES = 64
+#: Longest metadata key and value, in UTF-8 bytes.
+MAX_METADATA_KEY_BYTES = 256
+MAX_METADATA_VALUE_BYTES = 4096
+
+
+def reserved_metadata_key(key: str) -> bool:
+    """True for a key natsgw or nats-server owns (never settable or readable by a tenant)."""
+    return key.casefold().startswith(RESERVED_METADATA_PREFIXES)
+
+
+def tenant_metadata(metadata: Mapping[str, str], field: str = "metadata") -> dict[str, str]:
+    """A tenant's consumer metadata, checked: bounded, printable keys, no reserved key."""
+    if len(metadata) > MAX_METADATA_ENTRIES:
+        raise InvalidArgument(
+            field, f"has {len(metadata)} entries; at most {MAX_METADATA_ENTRIES} are allowed"
+        )
+    out: dict[str, str] = {}
+    for key, value in metadata.items():
+        if not key or not key.isprintable() or _utf8_len(key) > MAX_METADATA_KEY_BYTES:
+            raise InvalidArgument(
+                field,
+                f"key {excerpt(key)} must be non-empty printable text of at most "
+                f"{MAX_METADATA_KEY_BYTES} bytes",
+            )
+        if reserved_metadata_key(key):
+            raise InvalidArgument(
+                field,
+                f"key {excerpt(key)} is reserved (keys starting with "
+                f"{' or '.join(repr(p) for p in RESERVED_METADATA_PREFIXES)} belong to the "
+                "gateway and the server); choose another name",
+            )
+        if _utf8_len(value) > MAX_METADATA_VALUE_BYTES:
+            raise InvalidArgument(
+                field, f"value of {excerpt(key)} is longer than {MAX_METADATA_VALUE_BYTES} bytes"
+            )
+        out[key] = value
+    return out
+
+
+def public_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """What a tenant sees of a consumer's metadata: every key but the reserved ones."""
+    return {k: v for k, v in metadata.items() if not reserved_metadata_key(k)}
+
+
+def internal_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """The gateway's own entries (``natsgw...``) of a consumer's metadata, to carry across an
+    update the tenant cannot see them in (``_nats...`` ones the server rewrites itself)."""
+    return {
+        k: v
+        for k, v in metadata.items()
+        if reserved_metadata_key(k) and not k.casefold().startswith("_nats")
+    }

@@ -87,6 +87,8 @@ __all__ = (
     "ObjectPutRequest",
     "ObjectPutResponse",
     "ObjectPutStreamRequest",
+    "PauseConsumerRequest",
+    "PauseConsumerResponse",
     "PublishBatchRequest",
     "PublishBatchResponse",
     "PublishRequest",
@@ -103,6 +105,9 @@ __all__ = (
     "ReplayPolicy",
     "RequestRequest",
     "RequestResponse",
+    "ResetConsumerRequest",
+    "ResetConsumerResponse",
+    "ResumeConsumerRequest",
     "RetentionPolicy",
     "StorageType",
     "StreamConfig",
@@ -113,6 +118,8 @@ __all__ = (
     "SubscribeRequest",
     "UnsubscribeRequest",
     "UnsubscribeResponse",
+    "UpdateConsumerRequest",
+    "UpdateConsumerResponse",
     "UpdateStreamRequest",
     "UpdateStreamResponse",
 )
@@ -537,6 +544,34 @@ class ConsumerConfig(betterproto2.Message):
     natsgw: a consumer without durable_name is deleted after this idle time (0: NATS's 5 s).
     """
 
+    filter_subjects: "list[str]" = betterproto2.field(20, betterproto2.TYPE_STRING, repeated=True)
+    """
+    natsgw: only messages on any of these subjects (caller's view; wildcards allowed; must not
+    overlap). Use either this or filter_subject, not both.
+    """
+
+    description: "str" = betterproto2.field(21, betterproto2.TYPE_STRING)
+    """
+    natsgw: free text shown in consumer info.
+    """
+
+    metadata: "dict[str, str]" = betterproto2.field(
+        22,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+    )
+    """
+    natsgw: the tenant's own key/value labels. Keys starting with "_nats" or "natsgw" are
+    reserved (refused in requests, never shown).
+    """
+
+    pause_until: "datetime.datetime | None" = betterproto2.field(
+        23, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+    """
+    natsgw: created paused until this time (info: when the pause ends; unset: not paused).
+    """
+
 
 default_message_pool.register_message("isa.nats", "ConsumerConfig", ConsumerConfig)
 
@@ -689,6 +724,45 @@ class ConsumerState(betterproto2.Message):
     num_redelivered: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
     """
     Deliveries that were redeliveries.
+    """
+
+    delivered_consumer_seq: "int" = betterproto2.field(15, betterproto2.TYPE_INT64)
+    """
+    natsgw: consumer sequence of the last delivered message.
+    """
+
+    ack_floor_consumer_seq: "int" = betterproto2.field(16, betterproto2.TYPE_INT64)
+    """
+    natsgw: consumer sequence below which every delivery is acknowledged.
+    """
+
+    num_ack_pending: "int" = betterproto2.field(17, betterproto2.TYPE_INT64)
+    """
+    natsgw: deliveries awaiting an ack.
+    """
+
+    num_waiting: "int" = betterproto2.field(18, betterproto2.TYPE_INT64)
+    """
+    natsgw: pull requests waiting for messages.
+    """
+
+    paused: "bool" = betterproto2.field(19, betterproto2.TYPE_BOOL)
+    """
+    natsgw: true while the consumer is paused.
+    """
+
+    pause_remaining: "datetime.timedelta | None" = betterproto2.field(
+        20, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+    """
+    natsgw: how long the pause still lasts.
+    """
+
+    last_active: "datetime.datetime | None" = betterproto2.field(
+        21, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+    """
+    natsgw: when the consumer last delivered a message.
     """
 
 
@@ -1201,6 +1275,13 @@ class KvBucketInfo(betterproto2.Message):
         9, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
 
+    limit_marker_ttl: "datetime.timedelta | None" = betterproto2.field(
+        20, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+    """
+    natsgw: how long the markers of removed values live (unset: the bucket leaves none).
+    """
+
 
 default_message_pool.register_message("isa.nats", "KVBucketInfo", KvBucketInfo)
 
@@ -1290,6 +1371,15 @@ class KvCreateBucketRequest(betterproto2.Message):
     natsgw: whose namespace the call works in (default: the caller's own).
     """
 
+    limit_marker_ttl: "datetime.timedelta | None" = betterproto2.field(
+        20, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+    """
+    natsgw: when a value is removed by the bucket's ttl or its own (KVPut ttl), NATS leaves a
+    marker that watches and history show (PURGE, marker_reason "MaxAge"), removed after this
+    long (at least 1 s; unset: no markers, as before).
+    """
+
 
 default_message_pool.register_message("isa.nats", "KVCreateBucketRequest", KvCreateBucketRequest)
 
@@ -1336,6 +1426,14 @@ class KvCreateRequest(betterproto2.Message):
     )
     """
     natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
+    ttl: "datetime.timedelta | None" = betterproto2.field(
+        20, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+    """
+    natsgw: the value is removed after this long (whole seconds, at least 1 s). Buckets natsgw
+    creates allow it; a bucket made without per-message TTLs answers FAILED_PRECONDITION.
     """
 
 
@@ -1436,6 +1534,14 @@ class KvDeleteRequest(betterproto2.Message):
     natsgw: also remove the key's history (NATS purge) instead of leaving a delete marker.
     """
 
+    ttl: "datetime.timedelta | None" = betterproto2.field(
+        20, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+    """
+    natsgw: with purge, the purge marker itself is removed after this long (whole seconds, at
+    least 1 s), so the key leaves no trace. Refused without purge.
+    """
+
 
 default_message_pool.register_message("isa.nats", "KVDeleteRequest", KvDeleteRequest)
 
@@ -1473,6 +1579,12 @@ class KvEntry(betterproto2.Message):
     )
     """
     PUT, or DELETE / PURGE for a delete marker (value empty).
+    """
+
+    marker_reason: "str" = betterproto2.field(10, betterproto2.TYPE_STRING)
+    """
+    natsgw: for a marker NATS itself left, why (as NATS reports it: "MaxAge" when a TTL or the
+    bucket's max age removed the value, "Purge", "Remove"); empty otherwise.
     """
 
 
@@ -1705,6 +1817,14 @@ class KvPutRequest(betterproto2.Message):
     )
     """
     natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
+    ttl: "datetime.timedelta | None" = betterproto2.field(
+        20, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+    """
+    natsgw: the value is removed after this long (whole seconds, at least 1 s). Buckets natsgw
+    creates allow it; a bucket made without per-message TTLs answers FAILED_PRECONDITION.
     """
 
 
@@ -2420,6 +2540,68 @@ default_message_pool.register_message("isa.nats", "ObjectPutStreamRequest", Obje
 
 
 @dataclass(eq=False, repr=False)
+class PauseConsumerRequest(betterproto2.Message):
+    """
+    PauseConsumer: stop deliveries of a consumer until a time.
+    """
+
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
+
+    organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
+
+    stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    consumer_name: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    pause_until: "datetime.datetime | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+    """
+    When deliveries start again (required, in the future).
+    """
+
+    scope: "NamespaceScope" = betterproto2.field(
+        6, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
+
+default_message_pool.register_message("isa.nats", "PauseConsumerRequest", PauseConsumerRequest)
+
+
+@dataclass(eq=False, repr=False)
+class PauseConsumerResponse(betterproto2.Message):
+    """
+    The consumer's pause state after the call.
+    """
+
+    paused: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+
+    pause_until: "datetime.datetime | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+    """
+    When the pause ends (unset: not paused).
+    """
+
+    pause_remaining: "datetime.timedelta | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+
+
+default_message_pool.register_message("isa.nats", "PauseConsumerResponse", PauseConsumerResponse)
+
+
+@dataclass(eq=False, repr=False)
 class PublishBatchRequest(betterproto2.Message):
     """
     PublishBatch: many messages, each to its own subject.
@@ -2628,6 +2810,20 @@ class PublishToStreamRequest(betterproto2.Message):
     )
     """
     natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
+    ttl: "datetime.timedelta | None" = betterproto2.field(
+        20, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+    """
+    natsgw: the message is removed after this long (whole seconds, at least 1 s; sent as the
+    Nats-TTL header). The stream needs allow_msg_ttl, else FAILED_PRECONDITION.
+    """
+
+    ttl_never: "bool" = betterproto2.field(21, betterproto2.TYPE_BOOL)
+    """
+    natsgw: the message is never removed by age (Nats-TTL: never), even past the stream's
+    max_age. Not together with ttl.
     """
 
 
@@ -2894,6 +3090,99 @@ default_message_pool.register_message("isa.nats", "RequestResponse", RequestResp
 
 
 @dataclass(eq=False, repr=False)
+class ResetConsumerRequest(betterproto2.Message):
+    """
+    ResetConsumer: where the consumer continues. Set at most one of sequence and time; neither
+    means back to the consumer's configured start.
+    """
+
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
+
+    organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
+
+    stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    consumer_name: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    sequence: "int" = betterproto2.field(5, betterproto2.TYPE_INT64)
+    """
+    The stream sequence to deliver next.
+    """
+
+    time: "datetime.datetime | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+    """
+    The first message stored at or after this time is delivered next.
+    """
+
+    scope: "NamespaceScope" = betterproto2.field(
+        7, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
+
+default_message_pool.register_message("isa.nats", "ResetConsumerRequest", ResetConsumerRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ResetConsumerResponse(betterproto2.Message):
+    """
+    The consumer after the reset and the sequence it delivers next.
+    """
+
+    consumer: "ConsumerInfo | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+
+    reset_sequence: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+
+
+default_message_pool.register_message("isa.nats", "ResetConsumerResponse", ResetConsumerResponse)
+
+
+@dataclass(eq=False, repr=False)
+class ResumeConsumerRequest(betterproto2.Message):
+    """
+    ResumeConsumer: lift a consumer's pause now.
+    """
+
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
+
+    organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
+
+    stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    consumer_name: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    scope: "NamespaceScope" = betterproto2.field(
+        5, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
+
+default_message_pool.register_message("isa.nats", "ResumeConsumerRequest", ResumeConsumerRequest)
+
+
+@dataclass(eq=False, repr=False)
 class StreamConfig(betterproto2.Message):
     """
     A JetStream stream's configuration; 0 / empty means unlimited or NATS's default.
@@ -2969,6 +3258,20 @@ class StreamConfig(betterproto2.Message):
     )
     """
     natsgw: when messages are removed (default: by the limits above).
+    """
+
+    allow_msg_ttl: "bool" = betterproto2.field(14, betterproto2.TYPE_BOOL)
+    """
+    natsgw: messages may carry their own TTL (PublishToStream ttl). Once on it cannot be turned
+    off again (NATS refuses that).
+    """
+
+    subject_delete_marker_ttl: "datetime.timedelta | None" = betterproto2.field(
+        15, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+    """
+    natsgw: when a subject's last message is removed by max_age or its TTL, NATS leaves a delete
+    marker that lives this long (at least 1 s; unset: no marker). Implies allow_msg_ttl.
     """
 
 
@@ -3177,6 +3480,62 @@ class UnsubscribeResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("isa.nats", "UnsubscribeResponse", UnsubscribeResponse)
+
+
+@dataclass(eq=False, repr=False)
+class UpdateConsumerRequest(betterproto2.Message):
+    """
+    --- consumer control and TTL ---
+
+    UpdateConsumer: the new configuration of an existing consumer (named by config.name or
+    config.durable_name).
+    """
+
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Trusted mode: who is calling (required). Token/jwt mode: empty, or whom to act for (needs the
+    act-as role).
+    """
+
+    organization_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    With scope SCOPE_ORGANIZATION: the organization whose shared namespace is used.
+    """
+
+    stream_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    config: "ConsumerConfig | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The whole configuration, as for CreateConsumer (fields left unset take their defaults).
+    """
+
+    scope: "NamespaceScope" = betterproto2.field(
+        5, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceScope(0)
+    )
+    """
+    natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
+
+default_message_pool.register_message("isa.nats", "UpdateConsumerRequest", UpdateConsumerRequest)
+
+
+@dataclass(eq=False, repr=False)
+class UpdateConsumerResponse(betterproto2.Message):
+    """
+    The consumer as updated.
+    """
+
+    success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+
+    consumer: "ConsumerInfo | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
+
+
+default_message_pool.register_message("isa.nats", "UpdateConsumerResponse", UpdateConsumerResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -4212,6 +4571,95 @@ class NatsServiceStub(betterproto2_grpclib.ServiceStub):
         ):
             yield response
 
+    async def update_consumer(
+        self,
+        message: "UpdateConsumerRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "UpdateConsumerResponse":
+        """
+        --- consumer control and TTL ---
+        Changes what NATS lets change on an existing consumer (description, metadata, ack_wait,
+        max_deliver, max_ack_pending, filter subjects, ...). A change NATS refuses (delivery or ack
+        policy, replay policy, start position) is INVALID_ARGUMENT naming the field; a missing
+        consumer is NOT_FOUND.
+        """
+
+        return await self._unary_unary(
+            "/isa.nats.NATSService/UpdateConsumer",
+            message,
+            UpdateConsumerResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def pause_consumer(
+        self,
+        message: "PauseConsumerRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "PauseConsumerResponse":
+        """
+        Stops deliveries until pause_until (consumer state shows paused and pause_remaining).
+        """
+
+        return await self._unary_unary(
+            "/isa.nats.NATSService/PauseConsumer",
+            message,
+            PauseConsumerResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def resume_consumer(
+        self,
+        message: "ResumeConsumerRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "PauseConsumerResponse":
+        """
+        Lifts a pause at once.
+        """
+
+        return await self._unary_unary(
+            "/isa.nats.NATSService/ResumeConsumer",
+            message,
+            PauseConsumerResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def reset_consumer(
+        self,
+        message: "ResetConsumerRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ResetConsumerResponse":
+        """
+        Moves the consumer so its next delivery is the given stream sequence, or the first message
+        stored at or after the given time (seek); outstanding deliveries are forgotten.
+        """
+
+        return await self._unary_unary(
+            "/isa.nats.NATSService/ResetConsumer",
+            message,
+            ResetConsumerResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 from ...google import protobuf as __google__protobuf__
 
@@ -4598,6 +5046,39 @@ class NatsServiceBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield ConsumeResponse()
 
+    async def update_consumer(self, message: "UpdateConsumerRequest") -> "UpdateConsumerResponse":
+        """
+        --- consumer control and TTL ---
+        Changes what NATS lets change on an existing consumer (description, metadata, ack_wait,
+        max_deliver, max_ack_pending, filter subjects, ...). A change NATS refuses (delivery or ack
+        policy, replay policy, start position) is INVALID_ARGUMENT naming the field; a missing
+        consumer is NOT_FOUND.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def pause_consumer(self, message: "PauseConsumerRequest") -> "PauseConsumerResponse":
+        """
+        Stops deliveries until pause_until (consumer state shows paused and pause_remaining).
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def resume_consumer(self, message: "ResumeConsumerRequest") -> "PauseConsumerResponse":
+        """
+        Lifts a pause at once.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def reset_consumer(self, message: "ResetConsumerRequest") -> "ResetConsumerResponse":
+        """
+        Moves the consumer so its next delivery is the given stream sequence, or the first message
+        stored at or after the given time (seek); outstanding deliveries are forgotten.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_publish(
         self, stream: "grpclib.server.Stream[PublishRequest, PublishResponse]"
     ) -> None:
@@ -4965,6 +5446,38 @@ class NatsServiceBase(betterproto2_grpclib.ServiceBase):
             request,
         )
 
+    async def __rpc_update_consumer(
+        self, stream: "grpclib.server.Stream[UpdateConsumerRequest, UpdateConsumerResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.update_consumer(request)
+        await stream.send_message(response)
+
+    async def __rpc_pause_consumer(
+        self, stream: "grpclib.server.Stream[PauseConsumerRequest, PauseConsumerResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.pause_consumer(request)
+        await stream.send_message(response)
+
+    async def __rpc_resume_consumer(
+        self, stream: "grpclib.server.Stream[ResumeConsumerRequest, PauseConsumerResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.resume_consumer(request)
+        await stream.send_message(response)
+
+    async def __rpc_reset_consumer(
+        self, stream: "grpclib.server.Stream[ResetConsumerRequest, ResetConsumerResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.reset_consumer(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/isa.nats.NATSService/Publish": grpclib.const.Handler(
@@ -5230,5 +5743,29 @@ class NatsServiceBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_STREAM,
                 ConsumeRequest,
                 ConsumeResponse,
+            ),
+            "/isa.nats.NATSService/UpdateConsumer": grpclib.const.Handler(
+                self.__rpc_update_consumer,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                UpdateConsumerRequest,
+                UpdateConsumerResponse,
+            ),
+            "/isa.nats.NATSService/PauseConsumer": grpclib.const.Handler(
+                self.__rpc_pause_consumer,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                PauseConsumerRequest,
+                PauseConsumerResponse,
+            ),
+            "/isa.nats.NATSService/ResumeConsumer": grpclib.const.Handler(
+                self.__rpc_resume_consumer,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ResumeConsumerRequest,
+                PauseConsumerResponse,
+            ),
+            "/isa.nats.NATSService/ResetConsumer": grpclib.const.Handler(
+                self.__rpc_reset_consumer,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ResetConsumerRequest,
+                ResetConsumerResponse,
             ),
         }
