@@ -199,6 +199,16 @@ class Settings:
     trusted_preauth_bytes: int = 64 * 1024
     #: Longest user_id / organization_id (UTF-8 bytes), checked before audit, logging or naming.
     max_id_length: int = 256
+    # -- deadletter (issue #18 item 1): the dead-letter relay (natsgw.service.dead_letters) --
+    #: Run this replica's share of the dead-letter relay (every replica may; each advisory is
+    #: handled by one of them). Off: consumers' dead_letter_stream copies wait for a replica
+    #: that has it on.
+    dead_letter_relay: bool = True
+    #: Attempts to store one dead-letter copy (its stream deleted, NATS down) before it is
+    #: given up (logged and counted).
+    dead_letter_attempts: int = 20
+    #: Longest wait between two attempts (they start at 1 s and double).
+    dead_letter_retry_max: float = 60.0
 
     def __repr__(self) -> str:
         """Masked like ``check-config``: a Settings printed by accident shows no secret."""
@@ -321,6 +331,10 @@ class Settings:
             request_read_timeout=e.get("NATSGW_REQUEST_READ_TIMEOUT", _seconds, 10.0),
             trusted_preauth_bytes=e.get("NATSGW_TRUSTED_PREAUTH_BYTES", _size, 64 * 1024),
             max_id_length=e.get("NATSGW_MAX_ID_LENGTH", _id_length, 256),
+            # -- deadletter --
+            dead_letter_relay=e.get("NATSGW_DEAD_LETTER_RELAY", _bool, True),
+            dead_letter_attempts=e.get("NATSGW_DEAD_LETTER_ATTEMPTS", _positive, 20),
+            dead_letter_retry_max=e.get("NATSGW_DEAD_LETTER_RETRY_MAX", _seconds, 60.0),
         ).validated()
 
     def validated(self) -> Settings:
@@ -384,6 +398,15 @@ class Settings:
             )
         if not 1 <= self.max_id_length <= 65536:
             raise ConfigError(f"NATSGW_MAX_ID_LENGTH={self.max_id_length} must be 1 to 65536")
+        # -- deadletter --
+        if not 1 <= self.dead_letter_attempts <= 1000:
+            raise ConfigError(
+                f"NATSGW_DEAD_LETTER_ATTEMPTS={self.dead_letter_attempts} must be 1 to 1000"
+            )
+        if not 1.0 <= self.dead_letter_retry_max <= 3600.0:
+            raise ConfigError(
+                f"NATSGW_DEAD_LETTER_RETRY_MAX={self.dead_letter_retry_max:g} must be 1 to 3600 s"
+            )
         return self
 
 

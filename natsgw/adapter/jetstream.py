@@ -180,6 +180,10 @@ def _stream_details(info: Mapping[str, Any]) -> StreamDetails:
     )
 
 
+#: Consumer metadata key holding the tenant's name of the consumer's dead-letter stream.
+DEAD_LETTER_KEY = "natsgw.dead_letter_stream"
+
+
 def _consumer_config(spec: ConsumerSpec) -> dict[str, Any]:
     config: dict[str, Any] = {
         "deliver_policy": spec.deliver_policy,
@@ -203,6 +207,11 @@ def _consumer_config(spec: ConsumerSpec) -> dict[str, Any]:
         config["max_ack_pending"] = spec.max_ack_pending
     if spec.inactive_threshold:
         config["inactive_threshold"] = _ns(spec.inactive_threshold)
+    # --- dead letters ---
+    if spec.backoff:
+        config["backoff"] = [_ns(delay) for delay in spec.backoff]
+    if spec.dead_letter:
+        config["metadata"] = {DEAD_LETTER_KEY: spec.dead_letter}
     return config
 
 
@@ -223,6 +232,8 @@ def _consumer_details(info: Mapping[str, Any]) -> ConsumerDetails:
         opt_start_time=parse_time(config.get("opt_start_time")),
         max_ack_pending=int(config.get("max_ack_pending", 0)),
         inactive_threshold=_seconds(config.get("inactive_threshold")),
+        backoff=tuple(_seconds(delay) for delay in config.get("backoff") or ()),
+        dead_letter=str((config.get("metadata") or {}).get(DEAD_LETTER_KEY, "")),
     )
     return ConsumerDetails(
         stream=str(info.get("stream_name", "")),
@@ -957,11 +968,14 @@ class JetStreamAdapter:
 _ACK_PAYLOADS = {"ack": b"+ACK", "nak": b"-NAK", "in_progress": b"+WPI", "term": b"+TERM"}
 
 
-def ack_payload(action: str, delay: float = 0.0) -> bytes:
-    """The body of an ack subject message; a nak may carry a redelivery delay."""
+def ack_payload(action: str, delay: float = 0.0, reason: str = "") -> bytes:
+    """The body of an ack subject message; a nak may carry a redelivery delay, a term a reason
+    (NATS's ``+TERM <reason>``, reported in its terminated advisory)."""
     payload = _ACK_PAYLOADS[action]
     if action == "nak" and delay > 0:
         payload += b" " + json.dumps({"delay": int(delay * 1e9)}).encode()
+    elif action == "term" and reason:
+        payload += b" " + reason.encode()
     return payload
 
 

@@ -112,6 +112,11 @@ class ConsumerSpec:
     opt_start_time: datetime.datetime | None = None
     max_ack_pending: int = 0  # 0: NATS default
     inactive_threshold: float = 0.0
+    # --- dead letters ---
+    backoff: tuple[float, ...] = ()  # redelivery delays (seconds); empty: ack_wait
+    #: The tenant's name (not the NATS name) of the dead-letter stream, kept in the consumer's
+    #: metadata; natsgw.tenancy maps it relative to the consumer's stream on every copy.
+    dead_letter: str = ""
 
 
 @dataclass(frozen=True, slots=True)

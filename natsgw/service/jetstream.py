@@ -29,6 +29,7 @@ import structlog
 
 from natsgw._generated.isa import nats as pb
 from natsgw.adapter.core import check_headers
+from natsgw.adapter.dead_letters import AdvisoryLog
 from natsgw.adapter.jetstream import JetStreamAdapter, ack_payload
 from natsgw.adapter.types import JetStreamDelivery, StreamDetails
 from natsgw.config import Settings
@@ -37,12 +38,15 @@ from natsgw.errors import (
     FailedPrecondition,
     GatewayError,
     InvalidArgument,
+    NotFound,
     PermissionDenied,
     Unavailable,
+    excerpt,
 )
 from natsgw.pipeline.call import Call
 from natsgw.pipeline.streaming import Frames
 from natsgw.service.consume import Burst, ConsumeEncoder, ConsumeSession, stop_on_end
+from natsgw.service.dead_letters import copy_subject
 from natsgw.service.deliveries import DeliveryMemory, FlowWindow, WindowRegistry
 from natsgw.service.jetstream_wire import (
     ACK_ACTIONS,
@@ -109,6 +113,7 @@ class JetStreamService:
         self.memory = DeliveryMemory(settings.delivery_memory_size, settings.delivery_memory_ttl)
         self.windows = WindowRegistry()
         self.subjects: dict[str, _SubjectCache] = {}
+        self.advisories = AdvisoryLog(js, settings.namespace_root)
 
     # -- streams ---------------------------------------------------------------------------------
 
@@ -185,10 +190,34 @@ class JetStreamService:
         ns = call.ns
         stream = ns.stream(message.stream_name)
         spec = consumer_spec(ns, message.config or pb.ConsumerConfig())
+        if spec.dead_letter:
+            await self._check_dead_letter(ns, stream, spec.dead_letter)
         details = await self.js.add_consumer(stream, spec)
         return pb.CreateConsumerResponse(
             success=True, consumer=consumer_info_out(ns, details), message="consumer ready"
         )
+
+    async def _check_dead_letter(self, ns: Namespace, stream: str, name: str) -> None:
+        """The dead-letter stream exists in the caller's namespace and can take copies; the
+        relay's advisory stream is set up before the first consumer that needs it."""
+        field = "config.dead_letter_stream"
+        target = ns.stream(name, field)
+        if target == stream:
+            raise InvalidArgument(field, "must differ from the consumer's own stream")
+        try:
+            details = await self.js.stream_info(target, what=f"dead-letter stream {name!r}")
+        except NotFound:
+            raise NotFound(
+                f"dead-letter stream {excerpt(name)} does not exist (create it first)"
+            ) from None
+        if copy_subject(ns, details.spec.subjects, ns.subject_prefix + "x") is None:
+            first = ns.from_subject(details.spec.subjects[0]) if details.spec.subjects else ""
+            raise InvalidArgument(
+                field,
+                f"stream {excerpt(name)}'s first subject {excerpt(first or '')} must be literal "
+                "or end in '.>' (that is where copies are stored)",
+            )
+        await self.advisories.ensure()
 
     async def delete_consumer(
         self, call: Call, message: pb.DeleteConsumerRequest
@@ -454,8 +483,10 @@ class JetStreamService:
             raise PermissionDenied(f"{field}: names a stream outside your namespace")
         return ack
 
-    async def _act(self, ack: AckSubject, action: pb.AckAction, delay: float = 0.0) -> None:
-        await self.js.ack(ack.subject, _ack_payload(action, delay))
+    async def _act(
+        self, ack: AckSubject, action: pb.AckAction, delay: float = 0.0, reason: str = ""
+    ) -> None:
+        await self.js.ack(ack.subject, _ack_payload(action, delay, reason))
         self._settled(ack, action)
 
     def _settled(self, ack: AckSubject, action: pb.AckAction) -> None:
@@ -470,10 +501,11 @@ class JetStreamService:
 
     async def ack_message(self, call: Call, message: pb.AckMessageRequest) -> pb.AckMessageResponse:
         ns = call.ns
+        reason = _term_reason(message.reason, message.action, "reason")
         ack = self._resolve(
             ns, message.ack_token, message.stream_name, message.consumer_name, message.sequence
         )
-        await self._act(ack, message.action)
+        await self._act(ack, message.action, reason=reason)
         return pb.AckMessageResponse(success=True)
 
     async def nak_message(self, call: Call, message: pb.NakMessageRequest) -> pb.NakMessageResponse:
@@ -490,7 +522,8 @@ class JetStreamService:
     ) -> pb.AckMessagesResponse:
         ns = call.ns
         delay = seconds_field(message.nak_delay, "nak_delay", maximum=MAX_NAK_DELAY)
-        payload = _ack_payload(message.action, delay)
+        reason = _term_reason(message.term_reason, message.action, "term_reason")
+        payload = _ack_payload(message.action, delay, reason)
         root = self.settings.namespace_root
         results: list[pb.AckResult | None] = [None] * len(message.ack_tokens)
         resolved: list[AckSubject] = []
@@ -610,9 +643,27 @@ class JetStreamService:
 _ACKED = pb.AckResult(success=True)
 
 
-def _ack_payload(action: pb.AckAction, delay: float) -> bytes:
+def _ack_payload(action: pb.AckAction, delay: float, reason: str = "") -> bytes:
     """Also the check that ``action`` is one the wire defines (INVALID_ARGUMENT otherwise)."""
-    return ack_payload(wire_enum(ACK_ACTIONS, action, "action"), delay)
+    return ack_payload(wire_enum(ACK_ACTIONS, action, "action"), delay, reason)
+
+
+#: Longest TERM reason, in UTF-8 bytes (it travels in an ack and in a header of the copy).
+MAX_TERM_REASON = 256
+
+
+def _term_reason(reason: str, action: pb.AckAction, field: str) -> str:
+    """A terminate's reason: one short line of text, and only with ACK_ACTION_TERMINATE."""
+    if not reason:
+        return ""
+    if action != pb.AckAction.TERMINATE:
+        raise InvalidArgument(field, "is only for ACK_ACTION_TERMINATE")
+    size = len(reason.encode("utf-8", "surrogatepass"))
+    if size > MAX_TERM_REASON:
+        raise InvalidArgument(field, f"is {size} bytes; the limit is {MAX_TERM_REASON}")
+    if not reason.isprintable():
+        raise InvalidArgument(field, "must be one line of printable text")
+    return reason
 
 
 def _ack_subject(reply: str) -> AckSubject:

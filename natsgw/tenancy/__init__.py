@@ -17,6 +17,7 @@ from natsgw.tenancy.namespace import (
     check_subject,
     escape_id,
     kv_watch_pattern,
+    namespace_of_stream,
     tenant_key,
     unescape_id,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "check_subject",
     "escape_id",
     "kv_watch_pattern",
+    "namespace_of_stream",
     "public_text",
     "tenant_key",
     "unescape_id",

@@ -366,6 +366,14 @@ class AckMessageRequest(betterproto2.Message):
     natsgw: ack (default), nak, in-progress (extend the ack deadline) or terminate.
     """
 
+    reason: "str" = betterproto2.field(20, betterproto2.TYPE_STRING)
+    """
+    --- dead letters ---
+    natsgw: with ACK_ACTION_TERMINATE, why (at most 256 bytes of one line of text; NATS's
+    "+TERM <reason>"): reported in the terminated advisory and in the natsgw-dead-letter-reason
+    header of the consumer's dead-letter copy. Refused with any other action.
+    """
+
 
 default_message_pool.register_message("isa.nats", "AckMessageRequest", AckMessageRequest)
 
@@ -423,6 +431,13 @@ class AckMessagesRequest(betterproto2.Message):
     )
     """
     natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
+    term_reason: "str" = betterproto2.field(20, betterproto2.TYPE_STRING)
+    """
+    --- dead letters ---
+    natsgw: with ACK_ACTION_TERMINATE, why every one of these deliveries is terminated (as
+    AckMessageRequest.reason). Refused with any other action.
     """
 
 
@@ -535,6 +550,27 @@ class ConsumerConfig(betterproto2.Message):
     )
     """
     natsgw: a consumer without durable_name is deleted after this idle time (0: NATS's 5 s).
+    """
+
+    backoff: "list[datetime.timedelta]" = betterproto2.field(
+        13, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, repeated=True
+    )
+    """
+    --- dead letters ---
+    natsgw: redelivery delays after each unacknowledged delivery, in order (the last one repeats);
+    replaces ack_wait (backoff[0] is the first wait). Each 1 ms to 7 days, at most 100 of them;
+    needs max_deliver unlimited (0) or greater than their number, and an ack policy other than
+    ACK_NONE. Empty: redeliver after ack_wait, as before.
+    """
+
+    dead_letter_stream: "str" = betterproto2.field(14, betterproto2.TYPE_STRING)
+    """
+    natsgw: one of the caller's streams (caller's view). A message this consumer delivered
+    max_deliver times, or that was terminated (ACK_ACTION_TERMINATE, with an optional reason), is
+    copied into it by the gateway, once, with its headers and natsgw-dead-letter-* headers naming
+    the original subject, stream, consumer, sequence, deliveries, cause and reason. The stream
+    must exist (NOT_FOUND otherwise), differ from the consumer's stream, and have a first subject
+    that is literal (the copies go there) or ends in ".>" (copies of "a.b" go to "<prefix>.a.b").
     """
 
 
