@@ -241,7 +241,7 @@ class Gateway:
             self.dead_letters = DeadLetterRelay(
                 settings, services.jetstream.js, self.metrics.registry
             )
-            self.dead_letters.start()
+            await self.dead_letters.start()
         adapter = self.adapter
 
         async def nats_connected() -> bool:

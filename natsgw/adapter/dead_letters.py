@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from natsgw.adapter.jetstream import JetStreamAdapter, ack_payload
+from natsgw.adapter.jetstream import JetStreamAdapter, PullPipe, ack_payload
 from natsgw.adapter.types import ConsumerSpec, JetStreamDelivery
 from natsgw.errors import AlreadyExists
 
@@ -79,6 +79,7 @@ class AdvisoryLog:
     def __init__(self, js: JetStreamAdapter, root: str) -> None:
         self.js = js
         self.stream = f"{root}_ADVISORIES"
+        self._pipe: PullPipe | None = None
 
     async def ensure(self) -> None:
         """Create the stream and the relay consumer (idempotent; an existing one is kept)."""
@@ -109,10 +110,23 @@ class AdvisoryLog:
         except AlreadyExists:
             log.info("dead_letter_relay_consumer_kept", stream=self.stream)
 
+    async def open(self, capacity: int) -> None:
+        """The relay's one pull subscription, kept until :meth:`close` (Unavailable while NATS
+        is not connected)."""
+        if self._pipe is None:
+            self._pipe = await self.js.open_pull(self.stream, RELAY_CONSUMER, capacity)
+
+    async def close(self) -> None:
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            await pipe.close()
+
     async def next(self, batch: int, wait: float) -> list[JetStreamDelivery]:
         """Advisories for this replica (NOT_FOUND while no consumer ever had a dead-letter
         stream, so nothing was set up)."""
-        return await self.js.fetch(self.stream, RELAY_CONSUMER, batch, wait)
+        await self.open(batch)
+        assert self._pipe is not None
+        return await self.js.fetch_on(self._pipe, batch, wait)
 
     async def done(self, delivery: JetStreamDelivery) -> None:
         """The advisory is dealt with: it leaves the work queue."""

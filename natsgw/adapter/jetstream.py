@@ -963,6 +963,19 @@ class JetStreamAdapter:
             except NoRespondersError:
                 raise _nobody_acks() from None
 
+    # --- dead letters ---
+
+    async def fetch_on(self, pipe: PullPipe, batch: int, wait: float) -> list[JetStreamDelivery]:
+        """As :meth:`fetch`, on a pipe the caller keeps open: a long-lived reader (the
+        dead-letter relay) holds one NATS subscription for its lifetime, not one per pull."""
+        got = await self._drain(pipe, batch, no_wait=True, wait=0.0)
+        if got:
+            return got
+        got = await self._drain(pipe, 1, no_wait=wait <= 0, wait=wait)
+        if got and batch > 1:
+            got.extend(await self._drain(pipe, batch - 1, no_wait=True, wait=0.0))
+        return got
+
 
 #: What NATS expects on a delivery's ack subject, by action.
 _ACK_PAYLOADS = {"ack": b"+ACK", "nak": b"-NAK", "in_progress": b"+WPI", "term": b"+TERM"}

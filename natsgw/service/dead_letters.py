@@ -132,8 +132,12 @@ class DeadLetterRelay:
         self.outcomes: collections.Counter[str] = collections.Counter()
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Open the relay's pull subscription now (so it is there, steadily, from start-up:
+        one subscription for the gateway's life) and start pulling."""
         if self._task is None:
+            with contextlib.suppress(GatewayError):  # NATS not connected yet: the task retries
+                await self.log.open(RELAY_BATCH)
             self._task = asyncio.create_task(self._run(), name="natsgw-dead-letters")
 
     async def stop(self) -> None:
@@ -141,6 +145,7 @@ class DeadLetterRelay:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        await self.log.close()
 
     def _counted(self, outcome: str) -> None:
         self.copies.labels(outcome).inc()
