@@ -32,6 +32,7 @@ from natsgw.adapter.jetstream import JetStreamAdapter
 from natsgw.adapter.types import JetStreamDelivery, StoredMessage
 from natsgw.config import Settings
 from natsgw.errors import GatewayError, NotFound
+from natsgw.pipeline.quotas import tenant_label
 from natsgw.tenancy import Namespace, namespace_of_stream
 
 log = structlog.get_logger("natsgw.service.dead_letters")
@@ -206,7 +207,7 @@ class DeadLetterRelay:
         except NotFound:
             log.warning(
                 "dead_letter_consumer_gone",
-                tenant=ns.key,
+                tenant=tenant_label(ns.tenant),
                 stream=stream_view,
                 consumer=advisory.consumer,
                 sequence=advisory.stream_seq,
@@ -218,10 +219,14 @@ class DeadLetterRelay:
         try:
             target = ns.stream(target_name, "dead_letter_stream")  # the SAME tenant, always
         except GatewayError:
-            log.warning("dead_letter_target_invalid", tenant=ns.key, stream=stream_view)
+            log.warning(
+                "dead_letter_target_invalid", tenant=tenant_label(ns.tenant), stream=stream_view
+            )
             return "ignored"
         if namespace_of_stream(target, ns.root) != ns or target == advisory.stream:
-            log.warning("dead_letter_target_refused", tenant=ns.key, stream=stream_view)
+            log.warning(
+                "dead_letter_target_refused", tenant=tenant_label(ns.tenant), stream=stream_view
+            )
             return "ignored"
         message = await self.js.get_message(
             advisory.stream, seq=advisory.stream_seq, what="dead-letter source message"
@@ -229,7 +234,7 @@ class DeadLetterRelay:
         if message is None:
             log.warning(
                 "dead_letter_source_gone",
-                tenant=ns.key,
+                tenant=tenant_label(ns.tenant),
                 stream=stream_view,
                 consumer=advisory.consumer,
                 sequence=advisory.stream_seq,
@@ -239,7 +244,7 @@ class DeadLetterRelay:
         try:
             details = await self.js.stream_info(target, what="dead-letter stream")
         except NotFound:
-            raise _Retry(f"dead-letter stream {target_name!r} of {ns.key} does not exist") from None
+            raise _Retry(f"dead-letter stream {target_name!r} does not exist") from None
         subject = copy_subject(ns, details.spec.subjects, message.subject)
         if subject is None:
             raise _Retry(f"dead-letter stream {target_name!r} has no usable first subject")
@@ -250,7 +255,7 @@ class DeadLetterRelay:
         ack = await self.js.publish(subject, message.data, stream=target, headers=headers)
         log.info(
             "dead_letter_copied",
-            tenant=ns.key,
+            tenant=tenant_label(ns.tenant),
             stream=stream_view,
             consumer=advisory.consumer,
             sequence=advisory.stream_seq,

@@ -196,6 +196,7 @@ async def test_two_gateways_copy_each_message_exactly_once(
     shares[0] -= before
     print(f"copies per relay: {shares}")
     assert sum(shares) == count  # each advisory handled once, none stored twice
+    assert 'natsgw_dead_letters_total{outcome="copied"}' in gateway.metrics.exposition().decode()
 
 
 async def test_a_replayed_advisory_is_not_copied_twice(
