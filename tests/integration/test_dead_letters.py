@@ -11,7 +11,10 @@ import asyncio
 import datetime
 import itertools
 import json
+from types import ModuleType
+from typing import Any
 
+import grpc
 import nats
 import pytest
 from grpclib.client import Channel
@@ -378,3 +381,52 @@ async def test_typed_client_backoff_dead_letters_and_terminate(gateway: Gateway)
         (copy,) = await client.pull("failed", "reader", max_wait=2.0)
         assert copy.subject == "failed"
         assert copy.headers["natsgw-dead-letter-reason"] == "cannot parse"
+
+
+async def test_grpcio_client_sets_backoff_and_terminates_with_a_reason(
+    gateway: Gateway, grpcio_stubs: tuple[ModuleType, ModuleType]
+) -> None:
+    """The new fields as a client built from the project's .proto with grpcio sends them."""
+    pb2, pb2_grpc = grpcio_stubs
+    user = tenant("grpcio")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+        stub: Any = pb2_grpc.NATSServiceStub(channel)
+        for name, subjects in [("jobs", ["jobs.>"]), ("dlq", ["dead.>"])]:
+            await stub.CreateStream(
+                pb2.CreateStreamRequest(
+                    user_id=user, config=pb2.StreamConfig(name=name, subjects=subjects)
+                )
+            )
+        config = pb2.ConsumerConfig(durable_name="w", max_deliver=4, dead_letter_stream="dlq")
+        for millis in (250, 1000, 4000):
+            config.backoff.add().FromMilliseconds(millis)
+        created = await stub.CreateConsumer(
+            pb2.CreateConsumerRequest(user_id=user, stream_name="jobs", config=config)
+        )
+        assert [d.ToMilliseconds() for d in created.consumer.config.backoff] == [250, 1000, 4000]
+        assert created.consumer.config.dead_letter_stream == "dlq"
+        await stub.PublishToStream(
+            pb2.PublishToStreamRequest(user_id=user, stream_name="jobs", subject="jobs.a")
+        )
+        pulled = await stub.PullMessages(
+            pb2.PullMessagesRequest(user_id=user, stream_name="jobs", consumer_name="w")
+        )
+        (msg,) = pulled.messages
+        await stub.AckMessage(
+            pb2.AckMessageRequest(
+                user_id=user,
+                ack_token=msg.ack_token,
+                action=pb2.ACK_ACTION_TERMINATE,
+                reason="from grpcio",
+            )
+        )
+    copies = await _dead_letters_of(gateway, user)
+    assert copies[0].headers["natsgw-dead-letter-reason"] == "from grpcio"
+
+
+async def _dead_letters_of(gateway: Gateway, user: str) -> list[pb.JetStreamMessage]:
+    channel = Channel("127.0.0.1", gateway.port)
+    try:
+        return await _dead_letters(pb.NatsServiceStub(channel), user, "dlq", 1)
+    finally:
+        channel.close()
