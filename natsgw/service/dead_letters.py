@@ -132,6 +132,9 @@ class DeadLetterRelay:
         #: The same counts as plain numbers (tests, the status page).
         self.outcomes: collections.Counter[str] = collections.Counter()
         self._task: asyncio.Task[None] | None = None
+        #: The advisory stream has been read: consumers rely on it, so it is made again if it
+        #: disappears (until then nothing is made: a gateway nobody uses this with makes none).
+        self.reading = False
 
     async def start(self) -> None:
         """Open the relay's pull subscription now (so it is there, steadily, from start-up:
@@ -156,7 +159,12 @@ class DeadLetterRelay:
         while True:
             try:
                 deliveries = await self.log.next(RELAY_BATCH, RELAY_WAIT)
-            except NotFound:  # nothing set up yet
+                self.reading = True
+            except NotFound:  # nothing set up yet, or deleted since (then made again)
+                if self.reading:
+                    log.warning("dead_letter_advisory_stream_missing", stream=self.log.stream)
+                    with contextlib.suppress(GatewayError):
+                        await self.log.ensure()
                 await asyncio.sleep(IDLE_WAIT)
                 continue
             except GatewayError as exc:

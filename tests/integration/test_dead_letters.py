@@ -25,7 +25,7 @@ from natsgw.adapter.dead_letters import MAX_DELIVERIES, TERMINATED, Advisory
 from natsgw.client import ConsumerConfig, connect
 from natsgw.server import Gateway
 from natsgw.service.dead_letters import DeadLetterRelay
-from tests.conftest import GatewayFactory, tenant
+from tests.conftest import GatewayFactory, tenant, wait_for
 from tests.integration._jetstream import (
     error_of,
     make_consumer,
@@ -430,3 +430,31 @@ async def _dead_letters_of(gateway: Gateway, user: str) -> list[pb.JetStreamMess
         return await _dead_letters(pb.NatsServiceStub(channel), user, "dlq", 1)
     finally:
         channel.close()
+
+
+async def test_a_deleted_advisory_stream_is_made_again(
+    stub: pb.NatsServiceStub, gateway: Gateway, nc: nats.NATS
+) -> None:
+    user = tenant()
+    await _setup(stub, user)  # the advisory stream exists from here on
+    (relay,) = _relays(gateway)
+    await wait_for(lambda: relay.reading, timeout=10.0)
+    advisories = relay.log.stream
+    await nc.request(f"$JS.API.STREAM.DELETE.{advisories}", b"", timeout=5)
+
+    async def exists() -> bool:
+        reply = await nc.request(f"$JS.API.STREAM.INFO.{advisories}", b"", timeout=5)
+        return "error" not in json.loads(reply.data)
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20.0
+    while not await exists():
+        assert loop.time() < deadline, "the advisory stream was not made again"
+        await asyncio.sleep(0.1)
+    await publish(stub, user, "jobs", "jobs.after", b"x")
+    (msg,) = await pull(stub, user, "jobs", "worker", wait=2.0)
+    await stub.ack_message(
+        pb.AckMessageRequest(user_id=user, ack_token=msg.ack_token, action=pb.AckAction.TERMINATE)
+    )
+    (copy,) = await _dead_letters(stub, user, "jobs-dlq", 1)
+    assert copy.subject == "dead.jobs.after"

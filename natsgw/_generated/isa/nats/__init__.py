@@ -557,8 +557,9 @@ class ConsumerConfig(betterproto2.Message):
     )
     """
     --- dead letters ---
-    natsgw: redelivery delays after each unacknowledged delivery, in order (the last one repeats);
-    replaces ack_wait (backoff[0] is the first wait). Each 1 ms to 7 days, at most 100 of them;
+    natsgw: how long each delivery may stay unacknowledged before it is redelivered, in order
+    (the last one repeats); replaces ack_wait (backoff[0] is the first wait). A nak without a
+    delay still redelivers at once (NATS's rule). Each 1 ms to 7 days, at most 100 of them;
     needs max_deliver unlimited (0) or greater than their number, and an ack policy other than
     ACK_NONE. Empty: redeliver after ack_wait, as before.
     """
