@@ -238,7 +238,6 @@ async def test_another_tenants_stream_is_never_a_dead_letter_target(
         )
         assert error.status == Status.NOT_FOUND
         assert "dead-letter stream" in error.message
-        assert ns_of(bob).key not in error.message or name != "dlq"
     for name, status in [("a.b", Status.INVALID_ARGUMENT), ("jobs", Status.INVALID_ARGUMENT)]:
         got = await status_of(
             stub.create_consumer(
