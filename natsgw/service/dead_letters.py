@@ -22,12 +22,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import time
 from collections.abc import Mapping, Sequence
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter
 
-from natsgw.adapter.dead_letters import TERMINATED, Advisory, AdvisoryLog, parse_advisory
+from natsgw.adapter.dead_letters import (
+    MAX_DELIVERIES,
+    TERMINATED,
+    Advisory,
+    AdvisoryLog,
+    parse_advisory,
+)
 from natsgw.adapter.jetstream import JetStreamAdapter
 from natsgw.adapter.types import JetStreamDelivery, StoredMessage
 from natsgw.config import Settings
@@ -106,8 +113,8 @@ def copy_id(stream: str, advisory: Advisory) -> str:
     return f"{stream}:{advisory.consumer}:{advisory.stream_seq}:{event}"
 
 
-class _Retry(Exception):
-    """This advisory could not be dealt with now; try it again later."""
+class CopyFailed(Exception):
+    """The copy cannot be stored now (its dead-letter stream is missing or unusable)."""
 
 
 class DeadLetterRelay:
@@ -122,6 +129,7 @@ class DeadLetterRelay:
         self.settings = settings
         self.js = js
         self.log = AdvisoryLog(js, settings.namespace_root)
+        self.copier = DeadLetterCopier(js, settings.namespace_root)
         self.copies = Counter(
             "natsgw_dead_letters",
             "Advisories the dead-letter relay dealt with, by outcome (copied, source_gone, "
@@ -183,7 +191,7 @@ class DeadLetterRelay:
                 outcome = await self.relay(advisory)
             await self.log.done(delivery)
             self._counted(outcome)
-        except _Retry as exc:
+        except CopyFailed as exc:
             await self._again(delivery, str(exc))
         except GatewayError as exc:
             await self._again(delivery, exc.message)
@@ -205,13 +213,46 @@ class DeadLetterRelay:
             self._counted("retried")
 
     async def relay(self, advisory: Advisory) -> str:
-        """Deal with one advisory; its outcome (raises _Retry / GatewayError to try again)."""
-        ns = namespace_of_stream(advisory.stream, self.settings.namespace_root)
+        """Deal with one advisory; its outcome (raises CopyFailed / GatewayError to retry)."""
+        return await self.copier.copy(advisory)
+
+
+#: How long the TERM path trusts a consumer's dead-letter setting before reading it again.
+TARGET_TTL = 2.0
+
+
+class DeadLetterCopier:
+    """Copies one given-up message into its consumer's dead-letter stream (no task, no queue:
+    the relay uses it for advisories, the ack handlers before they send a TERM)."""
+
+    def __init__(self, js: JetStreamAdapter, root: str) -> None:
+        self.js = js
+        self.root = root
+        self._targets: dict[tuple[str, str], tuple[str, float]] = {}
+
+    async def _target(self, stream: str, consumer: str, cached: bool) -> str:
+        """The consumer's dead-letter stream, in the tenant's terms ("": none)."""
+        key = (stream, consumer)
+        now = time.monotonic()
+        hit = self._targets.get(key)
+        if cached and hit is not None and now - hit[1] <= TARGET_TTL:
+            return hit[0]
+        target = (await self.js.consumer_info(stream, consumer)).spec.dead_letter
+        if len(self._targets) > 10_000:
+            self._targets.clear()
+        self._targets[key] = (target, now)
+        return target
+
+    async def copy(self, advisory: Advisory, *, cached: bool = False) -> str:
+        """Copy the message ``advisory`` names into its consumer's dead-letter stream; the
+        outcome (raises CopyFailed / GatewayError when it should be tried again). ``cached``:
+        the consumer's dead-letter setting may be up to TARGET_TTL old (the TERM path)."""
+        ns = namespace_of_stream(advisory.stream, self.root)
         if ns is None:
             return "ignored"  # not a tenant's stream (KV, Object, another application)
         stream_view = ns.from_name(advisory.stream) or ""
         try:
-            consumer = await self.js.consumer_info(advisory.stream, advisory.consumer)
+            target_name = await self._target(advisory.stream, advisory.consumer, cached)
         except NotFound:
             log.warning(
                 "dead_letter_consumer_gone",
@@ -221,7 +262,6 @@ class DeadLetterRelay:
                 sequence=advisory.stream_seq,
             )
             return "ignored"
-        target_name = consumer.spec.dead_letter
         if not target_name:
             return "ignored"
         try:
@@ -240,7 +280,7 @@ class DeadLetterRelay:
             advisory.stream, seq=advisory.stream_seq, what="dead-letter source message"
         )
         if message is None:
-            log.warning(
+            (log.warning if advisory.cause == MAX_DELIVERIES else log.info)(
                 "dead_letter_source_gone",
                 tenant=tenant_label(ns.tenant),
                 stream=stream_view,
@@ -252,10 +292,10 @@ class DeadLetterRelay:
         try:
             details = await self.js.stream_info(target, what="dead-letter stream")
         except NotFound:
-            raise _Retry(f"dead-letter stream {target_name!r} does not exist") from None
+            raise CopyFailed(f"dead-letter stream {target_name!r} does not exist") from None
         subject = copy_subject(ns, details.spec.subjects, message.subject)
         if subject is None:
-            raise _Retry(f"dead-letter stream {target_name!r} has no usable first subject")
+            raise CopyFailed(f"dead-letter stream {target_name!r} has no usable first subject")
         headers: Mapping[str, str] = {
             **copy_headers(ns, advisory, message, stream_view),
             "Nats-Msg-Id": copy_id(stream_view, advisory),

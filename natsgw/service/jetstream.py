@@ -29,7 +29,7 @@ import structlog
 
 from natsgw._generated.isa import nats as pb
 from natsgw.adapter.core import check_headers
-from natsgw.adapter.dead_letters import AdvisoryLog
+from natsgw.adapter.dead_letters import TERMINATED, Advisory, AdvisoryLog
 from natsgw.adapter.jetstream import JetStreamAdapter, ack_payload
 from natsgw.adapter.types import JetStreamDelivery, StreamDetails
 from natsgw.config import Settings
@@ -46,7 +46,7 @@ from natsgw.errors import (
 from natsgw.pipeline.call import Call
 from natsgw.pipeline.streaming import Frames
 from natsgw.service.consume import Burst, ConsumeEncoder, ConsumeSession, stop_on_end
-from natsgw.service.dead_letters import copy_subject
+from natsgw.service.dead_letters import CopyFailed, DeadLetterCopier, copy_subject
 from natsgw.service.deliveries import DeliveryMemory, FlowWindow, WindowRegistry
 from natsgw.service.jetstream_wire import (
     ACK_ACTIONS,
@@ -114,6 +114,7 @@ class JetStreamService:
         self.windows = WindowRegistry()
         self.subjects: dict[str, _SubjectCache] = {}
         self.advisories = AdvisoryLog(js, settings.namespace_root)
+        self.dead_letters = DeadLetterCopier(js, settings.namespace_root)
 
     # -- streams ---------------------------------------------------------------------------------
 
@@ -489,6 +490,22 @@ class JetStreamService:
         await self.js.ack(ack.subject, _ack_payload(action, delay, reason))
         self._settled(ack, action)
 
+    async def _dead_letter(self, ack: AckSubject, reason: str) -> None:
+        """Before a TERM: copy the delivery into its consumer's dead-letter stream, if it has
+        one. Done here, not from the advisory, because a TERM removes the message from a
+        work-queue (or fully acknowledged interest) stream at once; the advisory the TERM causes
+        is then a no-op (same Nats-Msg-Id). A copy that cannot be stored refuses the TERM."""
+        advisory = Advisory(
+            TERMINATED, ack.stream, ack.consumer, ack.stream_seq, ack.num_delivered, reason
+        )
+        try:
+            await self.dead_letters.copy(advisory, cached=True)
+        except CopyFailed as exc:
+            raise FailedPrecondition(
+                f"{exc}: nothing was terminated (the message would have no copy); create it, "
+                "or nak the message"
+            ) from None
+
     def _settled(self, ack: AckSubject, action: pb.AckAction) -> None:
         """Tell this replica's Consume windows that a delivery was acted on."""
         self.windows.settle(
@@ -505,6 +522,8 @@ class JetStreamService:
         ack = self._resolve(
             ns, message.ack_token, message.stream_name, message.consumer_name, message.sequence
         )
+        if message.action == pb.AckAction.TERMINATE:
+            await self._dead_letter(ack, reason)
         await self._act(ack, message.action, reason=reason)
         return pb.AckMessageResponse(success=True)
 
@@ -544,6 +563,18 @@ class JetStreamService:
                 positions.append(index)
             except GatewayError as exc:
                 results[index] = refused(exc)
+        if message.action == pb.AckAction.TERMINATE:  # copies first, as in ack_message
+            kept: list[AckSubject] = []
+            kept_at: list[int] = []
+            for index, ack in zip(positions, resolved, strict=True):
+                try:
+                    await self._dead_letter(ack, reason)
+                except GatewayError as exc:
+                    results[index] = refused(exc)
+                    continue
+                kept.append(ack)
+                kept_at.append(index)
+            resolved, positions = kept, kept_at
         outcomes = await self.js.ack_many(
             [(ack.subject, payload) for ack in resolved],
             inflight=self.settings.stream_publish_inflight,

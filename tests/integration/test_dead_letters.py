@@ -288,14 +288,26 @@ async def test_a_missing_dead_letter_stream_is_retried(
     )
     assert missing.status == Status.NOT_FOUND
     assert "'nope'" in missing.message
+    await make_consumer(stub, user, "jobs", "once", max_deliver=1, dead_letter_stream="jobs-dlq")
     (relay,) = _relays(gateway)
     retried = relay.outcomes["retried"]
     await stub.delete_stream(pb.DeleteStreamRequest(user_id=user, stream_name="jobs-dlq"))
     await publish(stub, user, "jobs", "jobs.late", b"x")
+    # A TERM is refused while its copy has nowhere to go: the message is not lost.
     (msg,) = await pull(stub, user, "jobs", "worker", wait=2.0)
-    await stub.ack_message(
-        pb.AckMessageRequest(user_id=user, ack_token=msg.ack_token, action=pb.AckAction.TERMINATE)
+    refused = await error_of(
+        stub.ack_message(
+            pb.AckMessageRequest(
+                user_id=user, ack_token=msg.ack_token, action=pb.AckAction.TERMINATE
+            )
+        )
     )
+    assert refused.status == Status.FAILED_PRECONDITION
+    assert "'jobs-dlq' does not exist" in refused.message
+    # max_deliver reached while it is missing: the relay keeps the advisory and retries.
+    (msg,) = await pull(stub, user, "jobs", "once", wait=2.0)
+    await stub.nak_message(pb.NakMessageRequest(user_id=user, ack_token=msg.ack_token))
+    assert await pull(stub, user, "jobs", "once", wait=0.5) == []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10.0
     while relay.outcomes["retried"] == retried:
@@ -304,6 +316,32 @@ async def test_a_missing_dead_letter_stream_is_retried(
     await make_stream(stub, user, "jobs-dlq", ["dead.>"])
     (copy,) = await _dead_letters(stub, user, "jobs-dlq", 1, timeout=20.0)
     assert copy.subject == "dead.jobs.late"
+    assert copy.headers["natsgw-dead-letter-consumer"] == "once"
+
+
+async def test_terminated_work_queue_messages_are_copied_before_they_go(
+    stub: pb.NatsServiceStub,
+) -> None:
+    """A TERM removes the message from a work-queue stream at once: the gateway copies it
+    before it sends the TERM (from the advisory alone it would be gone)."""
+    user = tenant()
+    await make_stream(
+        stub, user, "jobs", ["jobs.>"], retention=pb.RetentionPolicy.RETENTION_WORK_QUEUE
+    )
+    await make_stream(stub, user, "jobs-dlq", ["dead.>"])
+    await make_consumer(stub, user, "jobs", "worker", dead_letter_stream="jobs-dlq")
+    await publish(stub, user, "jobs", "jobs.a", b"x")
+    (msg,) = await pull(stub, user, "jobs", "worker", wait=2.0)
+    await stub.ack_message(
+        pb.AckMessageRequest(
+            user_id=user, ack_token=msg.ack_token, action=pb.AckAction.TERMINATE, reason="r"
+        )
+    )
+    assert await _stream_messages(stub, user, "jobs") == 0  # gone from the work queue
+    (copy,) = await _dead_letters(stub, user, "jobs-dlq", 1)
+    assert copy.headers["natsgw-dead-letter-reason"] == "r"
+    await asyncio.sleep(0.5)  # the advisory's own copy attempt is a no-op
+    assert await _stream_messages(stub, user, "jobs-dlq") == 1
 
 
 async def test_backoff_spaces_redeliveries(stub: pb.NatsServiceStub) -> None:
