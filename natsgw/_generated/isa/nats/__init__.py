@@ -371,7 +371,9 @@ class AckMessageRequest(betterproto2.Message):
     --- dead letters ---
     natsgw: with ACK_ACTION_TERMINATE, why (at most 256 bytes of one line of text; NATS's
     "+TERM <reason>"): reported in the terminated advisory and in the natsgw-dead-letter-reason
-    header of the consumer's dead-letter copy. Refused with any other action.
+    header of the consumer's dead-letter copy. Refused with any other action. A consumer with a
+    dead_letter_stream gets the copy before the TERM is sent; FAILED_PRECONDITION (nothing
+    terminated) when that stream no longer exists.
     """
 
 
