@@ -210,8 +210,8 @@ def _consumer_config(spec: ConsumerSpec) -> dict[str, Any]:
     # --- dead letters ---
     if spec.backoff:
         config["backoff"] = [_ns(delay) for delay in spec.backoff]
-    if spec.dead_letter:
-        config["metadata"] = {DEAD_LETTER_KEY: spec.dead_letter}
+    if spec.dead_letter:  # beside any other metadata (keys starting "natsgw" are the gateway's)
+        config["metadata"] = {**config.get("metadata", {}), DEAD_LETTER_KEY: spec.dead_letter}
     return config
 
 
