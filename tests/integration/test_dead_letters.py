@@ -24,6 +24,7 @@ from natsgw._generated.isa import nats as pb
 from natsgw.adapter.dead_letters import MAX_DELIVERIES, TERMINATED, Advisory
 from natsgw.client import ConsumerConfig, connect
 from natsgw.server import Gateway
+from natsgw.service import dead_letters
 from natsgw.service.dead_letters import DeadLetterRelay
 from tests.conftest import GatewayFactory, tenant, wait_for
 from tests.integration._jetstream import (
@@ -166,31 +167,38 @@ async def test_term_reason_is_checked(stub: pb.NatsServiceStub) -> None:
 
 
 async def test_two_gateways_copy_each_message_exactly_once(
-    stub: pb.NatsServiceStub, gateway: Gateway, make_gateway: GatewayFactory
+    stub: pb.NatsServiceStub,
+    gateway: Gateway,
+    make_gateway: GatewayFactory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Three relays (the session's gateway and two more) on one nats-server: one copy each."""
+    """Three relays (the session's gateway and two more) on one nats-server share the
+    max_deliver advisories: one copy of each message."""
+    monkeypatch.setattr(dead_letters, "RELAY_BATCH", 1)  # the relays compete for every one
     others = [await make_gateway(), await make_gateway()]
     before = sum(r.outcomes["copied"] for r in _relays(gateway))
     user = tenant()
-    await _setup(stub, user)
+    await _setup(stub, user, max_deliver=1)
     count = 30
     for i in range(count):
         await publish(stub, user, "jobs", f"jobs.{i}", b"x")
     tokens: list[str] = []
     while len(tokens) < count:
         tokens += [m.ack_token for m in await pull(stub, user, "jobs", "worker", 100, 1.0)]
-    # Terminated through all three gateways, so each one's share is in flight at once.
+    # Nak'ed through all three gateways; the pull that follows makes NATS give up on each.
     for index, gw in enumerate([gateway, *others]):
         channel = Channel("127.0.0.1", gw.port)
         try:
             await pb.NatsServiceStub(channel).ack_messages(
                 pb.AckMessagesRequest(
-                    user_id=user, ack_tokens=tokens[index::3], action=pb.AckAction.TERMINATE
+                    user_id=user, ack_tokens=tokens[index::3], action=pb.AckAction.NAK
                 )
             )
         finally:
             channel.close()
+    assert await pull(stub, user, "jobs", "worker", 100, 1.0) == []
     copies = await _dead_letters(stub, user, "jobs-dlq", count)
+    assert {c.headers["natsgw-dead-letter-cause"] for c in copies} == {MAX_DELIVERIES}
     await asyncio.sleep(1.0)  # time for any second copy to land (none may)
     assert await _stream_messages(stub, user, "jobs-dlq") == count
     sequences = [c.headers["natsgw-dead-letter-sequence"] for c in copies]
