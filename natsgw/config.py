@@ -212,6 +212,16 @@ class Settings:
     consume_max_bytes: int = 16 * MIB
     #: Bytes one object read (ObjectGet, ObjectGetStream) may have in transit from NATS.
     object_read_window_bytes: int = 4 * MIB
+    # -- deadletter (issue #18 item 1): the dead-letter relay (natsgw.service.dead_letters) --
+    #: Run this replica's share of the dead-letter relay (every replica may; each advisory is
+    #: handled by one of them). Off: consumers' dead_letter_stream copies wait for a replica
+    #: that has it on.
+    dead_letter_relay: bool = True
+    #: Attempts to store one dead-letter copy (its stream deleted, NATS down) before it is
+    #: given up (logged and counted).
+    dead_letter_attempts: int = 20
+    #: Longest wait between two attempts (they start at 1 s and double).
+    dead_letter_retry_max: float = 60.0
 
     def __repr__(self) -> str:
         """Masked like ``check-config``: a Settings printed by accident shows no secret."""
@@ -339,6 +349,10 @@ class Settings:
             nats_down_unhealthy_after=e.get("NATSGW_NATS_DOWN_UNHEALTHY_AFTER", _seconds, 45.0),
             consume_max_bytes=e.get("NATSGW_CONSUME_MAX_BYTES", _size, 16 * MIB),
             object_read_window_bytes=e.get("NATSGW_OBJECT_READ_WINDOW_BYTES", _size, 4 * MIB),
+            # -- deadletter --
+            dead_letter_relay=e.get("NATSGW_DEAD_LETTER_RELAY", _bool, True),
+            dead_letter_attempts=e.get("NATSGW_DEAD_LETTER_ATTEMPTS", _positive, 20),
+            dead_letter_retry_max=e.get("NATSGW_DEAD_LETTER_RETRY_MAX", _seconds, 60.0),
         ).validated()
 
     def validated(self) -> Settings:
@@ -414,6 +428,15 @@ class Settings:
                 f"NATSGW_OBJECT_READ_WINDOW_BYTES={self.object_read_window_bytes} is above "
                 f"NATSGW_NATS_READ_WINDOW_BYTES={self.nats_read_window_bytes}: one object read "
                 "may not have more in transit than the whole connection"
+            )
+        # -- deadletter --
+        if not 1 <= self.dead_letter_attempts <= 1000:
+            raise ConfigError(
+                f"NATSGW_DEAD_LETTER_ATTEMPTS={self.dead_letter_attempts} must be 1 to 1000"
+            )
+        if not 1.0 <= self.dead_letter_retry_max <= 3600.0:
+            raise ConfigError(
+                f"NATSGW_DEAD_LETTER_RETRY_MAX={self.dead_letter_retry_max:g} must be 1 to 3600 s"
             )
         return self
 

@@ -49,6 +49,7 @@ from natsgw.ops.tls import server_context
 from natsgw.pipeline.chain import InFlight, Pipeline
 from natsgw.pipeline.quotas import QuotaEnforcer, QuotaPolicy
 from natsgw.pipeline.rejects import RejectLog
+from natsgw.service.dead_letters import DeadLetterRelay
 from natsgw.service.fanout import FanOut
 from natsgw.service.gateway import NATSGateway, Services
 from natsgw.wire import compression, frames
@@ -130,6 +131,7 @@ class Gateway:
         self._failed = asyncio.Event()
         self.trimmer: HeapTrimmer | None = None
         self._trimming: asyncio.Task[None] | None = None
+        self.dead_letters: DeadLetterRelay | None = None
 
     async def start(self) -> None:
         """Start everything; if a step fails, stop what the earlier steps started, then raise."""
@@ -237,6 +239,11 @@ class Gateway:
             tenants=self.metrics.tenants,
         )
         gateway = NATSGateway(services, self.pipeline)
+        if settings.jetstream_enabled and settings.dead_letter_relay:  # task "deadletter"
+            self.dead_letters = DeadLetterRelay(
+                settings, services.jetstream.js, self.metrics.registry
+            )
+            await self.dead_letters.start()
         adapter = self.adapter
 
         async def nats_connected() -> bool:
@@ -360,6 +367,9 @@ class Gateway:
         if self.http is not None:
             await self.http.stop()
             self.http = None
+        if self.dead_letters is not None:  # before the NATS connection it pulls through
+            await self.dead_letters.stop()
+            self.dead_letters = None
         if self.fanout is not None:
             await self.fanout.close()
             self.fanout = None

@@ -189,7 +189,7 @@ class StreamState(_message.Message):
     def __init__(self, messages: _Optional[int] = ..., bytes: _Optional[int] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., first_ts: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_ts: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., num_subjects: _Optional[int] = ..., consumer_count: _Optional[int] = ...) -> None: ...
 
 class ConsumerConfig(_message.Message):
-    __slots__ = ("name", "durable_name", "filter_subject", "delivery_policy", "ack_policy", "ack_wait", "max_deliver", "replay_policy", "opt_start_seq", "opt_start_time", "max_ack_pending", "inactive_threshold", "filter_subjects", "description", "metadata", "pause_until")
+    __slots__ = ("name", "durable_name", "filter_subject", "delivery_policy", "ack_policy", "ack_wait", "max_deliver", "replay_policy", "opt_start_seq", "opt_start_time", "max_ack_pending", "inactive_threshold", "filter_subjects", "description", "metadata", "pause_until", "backoff", "dead_letter_stream")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +213,8 @@ class ConsumerConfig(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     PAUSE_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    BACKOFF_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_STREAM_FIELD_NUMBER: _ClassVar[int]
     name: str
     durable_name: str
     filter_subject: str
@@ -229,7 +231,9 @@ class ConsumerConfig(_message.Message):
     description: str
     metadata: _containers.ScalarMap[str, str]
     pause_until: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., durable_name: _Optional[str] = ..., filter_subject: _Optional[str] = ..., delivery_policy: _Optional[_Union[DeliveryPolicy, str]] = ..., ack_policy: _Optional[_Union[AckPolicy, str]] = ..., ack_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_deliver: _Optional[int] = ..., replay_policy: _Optional[_Union[ReplayPolicy, str]] = ..., opt_start_seq: _Optional[int] = ..., opt_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_ack_pending: _Optional[int] = ..., inactive_threshold: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., filter_subjects: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., pause_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    backoff: _containers.RepeatedCompositeFieldContainer[_duration_pb2.Duration]
+    dead_letter_stream: str
+    def __init__(self, name: _Optional[str] = ..., durable_name: _Optional[str] = ..., filter_subject: _Optional[str] = ..., delivery_policy: _Optional[_Union[DeliveryPolicy, str]] = ..., ack_policy: _Optional[_Union[AckPolicy, str]] = ..., ack_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_deliver: _Optional[int] = ..., replay_policy: _Optional[_Union[ReplayPolicy, str]] = ..., opt_start_seq: _Optional[int] = ..., opt_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_ack_pending: _Optional[int] = ..., inactive_threshold: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., filter_subjects: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., pause_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., backoff: _Optional[_Iterable[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]]] = ..., dead_letter_stream: _Optional[str] = ...) -> None: ...
 
 class ConsumerInfo(_message.Message):
     __slots__ = ("stream_name", "name", "config", "state", "created")
@@ -744,7 +748,7 @@ class JetStreamMessage(_message.Message):
     def __init__(self, subject: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., sequence: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., num_delivered: _Optional[int] = ..., ack_token: _Optional[str] = ..., consumer_sequence: _Optional[int] = ..., num_pending: _Optional[int] = ...) -> None: ...
 
 class AckMessageRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "sequence", "scope", "ack_token", "action")
+    __slots__ = ("user_id", "organization_id", "stream_name", "consumer_name", "sequence", "scope", "ack_token", "action", "reason")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -753,6 +757,7 @@ class AckMessageRequest(_message.Message):
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     ACK_TOKEN_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     stream_name: str
@@ -761,7 +766,8 @@ class AckMessageRequest(_message.Message):
     scope: NamespaceScope
     ack_token: str
     action: AckAction
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., sequence: _Optional[int] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ..., ack_token: _Optional[str] = ..., action: _Optional[_Union[AckAction, str]] = ...) -> None: ...
+    reason: str
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., stream_name: _Optional[str] = ..., consumer_name: _Optional[str] = ..., sequence: _Optional[int] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ..., ack_token: _Optional[str] = ..., action: _Optional[_Union[AckAction, str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class AckMessageResponse(_message.Message):
     __slots__ = ("success",)
@@ -1415,20 +1421,22 @@ class PublishToStreamBatchResponse(_message.Message):
     def __init__(self, published_count: _Optional[int] = ..., results: _Optional[_Iterable[_Union[StreamPublishResult, _Mapping]]] = ...) -> None: ...
 
 class AckMessagesRequest(_message.Message):
-    __slots__ = ("user_id", "organization_id", "ack_tokens", "action", "nak_delay", "scope")
+    __slots__ = ("user_id", "organization_id", "ack_tokens", "action", "nak_delay", "scope", "term_reason")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     ACK_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     NAK_DELAY_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    TERM_REASON_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     organization_id: str
     ack_tokens: _containers.RepeatedScalarFieldContainer[str]
     action: AckAction
     nak_delay: _duration_pb2.Duration
     scope: NamespaceScope
-    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., ack_tokens: _Optional[_Iterable[str]] = ..., action: _Optional[_Union[AckAction, str]] = ..., nak_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ...) -> None: ...
+    term_reason: str
+    def __init__(self, user_id: _Optional[str] = ..., organization_id: _Optional[str] = ..., ack_tokens: _Optional[_Iterable[str]] = ..., action: _Optional[_Union[AckAction, str]] = ..., nak_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., scope: _Optional[_Union[NamespaceScope, str]] = ..., term_reason: _Optional[str] = ...) -> None: ...
 
 class AckResult(_message.Message):
     __slots__ = ("success", "error", "status_code")

@@ -191,6 +191,10 @@ def _stream_details(info: Mapping[str, Any]) -> StreamDetails:
     )
 
 
+#: Consumer metadata key holding the tenant's name of the consumer's dead-letter stream.
+DEAD_LETTER_KEY = "natsgw.dead_letter_stream"
+
+
 def _consumer_config(spec: ConsumerSpec) -> dict[str, Any]:
     config: dict[str, Any] = {
         "deliver_policy": spec.deliver_policy,
@@ -223,6 +227,11 @@ def _consumer_config(spec: ConsumerSpec) -> dict[str, Any]:
         config["metadata"] = dict(spec.metadata)
     if spec.pause_until is not None:
         config["pause_until"] = format_time(spec.pause_until)
+    # --- dead letters ---
+    if spec.backoff:
+        config["backoff"] = [_ns(delay) for delay in spec.backoff]
+    if spec.dead_letter:  # beside any other metadata (keys starting "natsgw" are the gateway's)
+        config["metadata"] = {**config.get("metadata", {}), DEAD_LETTER_KEY: spec.dead_letter}
     return config
 
 
@@ -247,6 +256,8 @@ def _consumer_details(info: Mapping[str, Any]) -> ConsumerDetails:
         description=str(config.get("description", "")),
         metadata=dict(config.get("metadata") or {}),
         pause_until=parse_time(config.get("pause_until")),
+        backoff=tuple(_seconds(delay) for delay in config.get("backoff") or ()),
+        dead_letter=str((config.get("metadata") or {}).get(DEAD_LETTER_KEY, "")),
     )
     return ConsumerDetails(
         stream=str(info.get("stream_name", "")),
@@ -1046,16 +1057,32 @@ class JetStreamAdapter:
         (natsgw.adapter.consumer_control), through the one request path."""
         return await self._api(what, suffix, body, timeout=timeout)
 
+    # --- dead letters ---
+
+    async def fetch_on(self, pipe: PullPipe, batch: int, wait: float) -> list[JetStreamDelivery]:
+        """As :meth:`fetch`, on a pipe the caller keeps open: a long-lived reader (the
+        dead-letter relay) holds one NATS subscription for its lifetime, not one per pull."""
+        got = await self._drain(pipe, batch, no_wait=True, wait=0.0)
+        if got:
+            return got
+        got = await self._drain(pipe, 1, no_wait=wait <= 0, wait=wait)
+        if got and batch > 1:
+            got.extend(await self._drain(pipe, batch - 1, no_wait=True, wait=0.0))
+        return got
+
 
 #: What NATS expects on a delivery's ack subject, by action.
 _ACK_PAYLOADS = {"ack": b"+ACK", "nak": b"-NAK", "in_progress": b"+WPI", "term": b"+TERM"}
 
 
-def ack_payload(action: str, delay: float = 0.0) -> bytes:
-    """The body of an ack subject message; a nak may carry a redelivery delay."""
+def ack_payload(action: str, delay: float = 0.0, reason: str = "") -> bytes:
+    """The body of an ack subject message; a nak may carry a redelivery delay, a term a reason
+    (NATS's ``+TERM <reason>``, reported in its terminated advisory)."""
     payload = _ACK_PAYLOADS[action]
     if action == "nak" and delay > 0:
         payload += b" " + json.dumps({"delay": int(delay * 1e9)}).encode()
+    elif action == "term" and reason:
+        payload += b" " + reason.encode()
     return payload
 
 

@@ -120,6 +120,11 @@ class ConsumerSpec:
     description: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
     pause_until: datetime.datetime | None = None
+    # --- dead letters ---
+    backoff: tuple[float, ...] = ()  # redelivery delays (seconds); empty: ack_wait
+    #: The tenant's name (not the NATS name) of the dead-letter stream, kept in the consumer's
+    #: metadata; natsgw.tenancy maps it relative to the consumer's stream on every copy.
+    dead_letter: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1112,6 +1112,26 @@ class Client:
             ),
         )
 
+    # ---- dead letters ---------------------------------------------------------------------
+
+    async def terminate(self, *messages: JsMsg, reason: str = "") -> int:
+        """Never redeliver these messages; ``reason`` (one line, at most 256 bytes) travels to
+        NATS's terminated advisory and to the consumer's dead-letter copy
+        (``natsgw-dead-letter-reason``). Returns how many the gateway accepted."""
+        tokens = [m.ack_token for m in messages]
+        answer = await self._call(
+            "AckMessages",
+            lambda: self._stub.ack_messages(
+                pb.AckMessagesRequest(
+                    ack_tokens=tokens,
+                    action=AckAction.TERMINATE,
+                    term_reason=reason,
+                    **self._ids(),
+                )
+            ),
+        )
+        return answer.succeeded
+
 
 def _duration(seconds: float | None) -> datetime.timedelta | None:
     return None if seconds is None else datetime.timedelta(seconds=seconds)

@@ -30,6 +30,7 @@ import structlog
 from natsgw._generated.isa import nats as pb
 from natsgw.adapter.consumer_control import ConsumerControl
 from natsgw.adapter.core import check_headers
+from natsgw.adapter.dead_letters import TERMINATED, Advisory, AdvisoryLog
 from natsgw.adapter.jetstream import JetStreamAdapter, TTLDisabled, ack_payload
 from natsgw.adapter.types import JetStreamDelivery, StreamDetails
 from natsgw.config import Settings
@@ -38,12 +39,15 @@ from natsgw.errors import (
     FailedPrecondition,
     GatewayError,
     InvalidArgument,
+    NotFound,
     PermissionDenied,
     Unavailable,
+    excerpt,
 )
 from natsgw.pipeline.call import Call
 from natsgw.pipeline.streaming import Frames
 from natsgw.service.consume import Burst, ConsumeEncoder, ConsumeSession, stop_on_end
+from natsgw.service.dead_letters import CopyFailed, DeadLetterCopier, copy_subject
 from natsgw.service.deliveries import DeliveryMemory, FlowWindow, WindowRegistry
 from natsgw.service.jetstream_wire import (
     ACK_ACTIONS,
@@ -114,6 +118,8 @@ class JetStreamService:
         self.windows = WindowRegistry()
         self.subjects: dict[str, _SubjectCache] = {}
         self.control = ConsumerControl(js)
+        self.advisories = AdvisoryLog(js, settings.namespace_root)
+        self.dead_letters = DeadLetterCopier(js, settings.namespace_root)
 
     # -- streams ---------------------------------------------------------------------------------
 
@@ -191,10 +197,34 @@ class JetStreamService:
         ns = call.ns
         stream = ns.stream(message.stream_name)
         spec = consumer_spec(ns, message.config or pb.ConsumerConfig())
+        if spec.dead_letter:
+            await self._check_dead_letter(ns, stream, spec.dead_letter)
         details = await self.js.add_consumer(stream, spec)
         return pb.CreateConsumerResponse(
             success=True, consumer=consumer_info_out(ns, details), message="consumer ready"
         )
+
+    async def _check_dead_letter(self, ns: Namespace, stream: str, name: str) -> None:
+        """The dead-letter stream exists in the caller's namespace and can take copies; the
+        relay's advisory stream is set up before the first consumer that needs it."""
+        field = "config.dead_letter_stream"
+        target = ns.stream(name, field)
+        if target == stream:
+            raise InvalidArgument(field, "must differ from the consumer's own stream")
+        try:
+            details = await self.js.stream_info(target, what=f"dead-letter stream {name!r}")
+        except NotFound:
+            raise NotFound(
+                f"dead-letter stream {excerpt(name)} does not exist (create it first)"
+            ) from None
+        if copy_subject(ns, details.spec.subjects, ns.subject_prefix + "x") is None:
+            first = ns.from_subject(details.spec.subjects[0]) if details.spec.subjects else ""
+            raise InvalidArgument(
+                field,
+                f"stream {excerpt(name)}'s first subject {excerpt(first or '')} must be literal "
+                "or end in '.>' (that is where copies are stored)",
+            )
+        await self.advisories.ensure()
 
     async def delete_consumer(
         self, call: Call, message: pb.DeleteConsumerRequest
@@ -467,9 +497,27 @@ class JetStreamService:
             raise PermissionDenied(f"{field}: names a stream outside your namespace")
         return ack
 
-    async def _act(self, ack: AckSubject, action: pb.AckAction, delay: float = 0.0) -> None:
-        await self.js.ack(ack.subject, _ack_payload(action, delay))
+    async def _act(
+        self, ack: AckSubject, action: pb.AckAction, delay: float = 0.0, reason: str = ""
+    ) -> None:
+        await self.js.ack(ack.subject, _ack_payload(action, delay, reason))
         self._settled(ack, action)
+
+    async def _dead_letter(self, ack: AckSubject, reason: str) -> None:
+        """Before a TERM: copy the delivery into its consumer's dead-letter stream, if it has
+        one. Done here, not from the advisory, because a TERM removes the message from a
+        work-queue (or fully acknowledged interest) stream at once; the advisory the TERM causes
+        is then a no-op (same Nats-Msg-Id). A copy that cannot be stored refuses the TERM."""
+        advisory = Advisory(
+            TERMINATED, ack.stream, ack.consumer, ack.stream_seq, ack.num_delivered, reason
+        )
+        try:
+            await self.dead_letters.copy(advisory, cached=True)
+        except CopyFailed as exc:
+            raise FailedPrecondition(
+                f"{exc}: nothing was terminated (the message would have no copy); create it, "
+                "or nak the message"
+            ) from None
 
     def _settled(self, ack: AckSubject, action: pb.AckAction) -> None:
         """Tell this replica's Consume windows that a delivery was acted on."""
@@ -483,10 +531,13 @@ class JetStreamService:
 
     async def ack_message(self, call: Call, message: pb.AckMessageRequest) -> pb.AckMessageResponse:
         ns = call.ns
+        reason = _term_reason(message.reason, message.action, "reason")
         ack = self._resolve(
             ns, message.ack_token, message.stream_name, message.consumer_name, message.sequence
         )
-        await self._act(ack, message.action)
+        if message.action == pb.AckAction.TERMINATE:
+            await self._dead_letter(ack, reason)
+        await self._act(ack, message.action, reason=reason)
         return pb.AckMessageResponse(success=True)
 
     async def nak_message(self, call: Call, message: pb.NakMessageRequest) -> pb.NakMessageResponse:
@@ -503,7 +554,8 @@ class JetStreamService:
     ) -> pb.AckMessagesResponse:
         ns = call.ns
         delay = seconds_field(message.nak_delay, "nak_delay", maximum=MAX_NAK_DELAY)
-        payload = _ack_payload(message.action, delay)
+        reason = _term_reason(message.term_reason, message.action, "term_reason")
+        payload = _ack_payload(message.action, delay, reason)
         root = self.settings.namespace_root
         results: list[pb.AckResult | None] = [None] * len(message.ack_tokens)
         resolved: list[AckSubject] = []
@@ -524,6 +576,18 @@ class JetStreamService:
                 positions.append(index)
             except GatewayError as exc:
                 results[index] = refused(exc)
+        if message.action == pb.AckAction.TERMINATE:  # copies first, as in ack_message
+            kept: list[AckSubject] = []
+            kept_at: list[int] = []
+            for index, ack in zip(positions, resolved, strict=True):
+                try:
+                    await self._dead_letter(ack, reason)
+                except GatewayError as exc:
+                    results[index] = refused(exc)
+                    continue
+                kept.append(ack)
+                kept_at.append(index)
+            resolved, positions = kept, kept_at
         outcomes = await self.js.ack_many(
             [(ack.subject, payload) for ack in resolved],
             inflight=self.settings.stream_publish_inflight,
@@ -638,6 +702,8 @@ class JetStreamService:
         if not (config.name or config.durable_name):
             raise InvalidArgument("config.name", "name the consumer to update")
         spec = consumer_spec(ns, config)
+        if spec.dead_letter:  # as CreateConsumer checks it (none given: the current one stays)
+            await self._check_dead_letter(ns, stream, spec.dead_letter)
         current = await self.js.consumer_info(stream, spec.durable_name or spec.name)
         kept = internal_metadata(current.spec.metadata)
         if kept:
@@ -704,9 +770,27 @@ def _future(until: datetime.datetime, field: str) -> None:
         raise InvalidArgument(field, "must be in the future (use ResumeConsumer to lift a pause)")
 
 
-def _ack_payload(action: pb.AckAction, delay: float) -> bytes:
+def _ack_payload(action: pb.AckAction, delay: float, reason: str = "") -> bytes:
     """Also the check that ``action`` is one the wire defines (INVALID_ARGUMENT otherwise)."""
-    return ack_payload(wire_enum(ACK_ACTIONS, action, "action"), delay)
+    return ack_payload(wire_enum(ACK_ACTIONS, action, "action"), delay, reason)
+
+
+#: Longest TERM reason, in UTF-8 bytes (it travels in an ack and in a header of the copy).
+MAX_TERM_REASON = 256
+
+
+def _term_reason(reason: str, action: pb.AckAction, field: str) -> str:
+    """A terminate's reason: one short line of text, and only with ACK_ACTION_TERMINATE."""
+    if not reason:
+        return ""
+    if action != pb.AckAction.TERMINATE:
+        raise InvalidArgument(field, "is only for ACK_ACTION_TERMINATE")
+    size = len(reason.encode("utf-8", "surrogatepass"))
+    if size > MAX_TERM_REASON:
+        raise InvalidArgument(field, f"is {size} bytes; the limit is {MAX_TERM_REASON}")
+    if not reason.isprintable():
+        raise InvalidArgument(field, "must be one line of printable text")
+    return reason
 
 
 def _ack_subject(reply: str) -> AckSubject:

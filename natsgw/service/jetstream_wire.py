@@ -205,6 +205,18 @@ def consumer_spec(ns: Namespace, config: pb.ConsumerConfig, field: str = "config
         raise InvalidArgument(f"{field}.opt_start_seq", "must not be negative")
     if config.max_ack_pending < -1:
         raise InvalidArgument(f"{field}.max_ack_pending", "must be positive, or 0 for the default")
+    ack_policy = wire_enum(_ACK_POLICY, config.ack_policy, f"{field}.ack_policy")
+    max_deliver = _limit(config.max_deliver, f"{field}.max_deliver")
+    backoff = backoff_field(config.backoff, f"{field}.backoff", ack_policy, max_deliver)
+    dead_letter = ""
+    if config.dead_letter_stream:
+        ns.stream(config.dead_letter_stream, f"{field}.dead_letter_stream")  # a valid name
+        if ack_policy == "none":
+            raise InvalidArgument(
+                f"{field}.dead_letter_stream",
+                "needs an ack policy other than ACK_NONE (nothing is ever given up otherwise)",
+            )
+        dead_letter = config.dead_letter_stream
     return ConsumerSpec(
         name=name,
         durable_name=durable,
@@ -214,16 +226,54 @@ def consumer_spec(ns: Namespace, config: pb.ConsumerConfig, field: str = "config
             else ""
         ),
         deliver_policy=policy,
-        ack_policy=wire_enum(_ACK_POLICY, config.ack_policy, f"{field}.ack_policy"),
+        ack_policy=ack_policy,
         ack_wait=seconds_field(config.ack_wait, f"{field}.ack_wait"),
-        max_deliver=_limit(config.max_deliver, f"{field}.max_deliver"),
+        max_deliver=max_deliver,
         replay_policy=wire_enum(_REPLAY, config.replay_policy, f"{field}.replay_policy"),
         opt_start_seq=config.opt_start_seq if policy == "by_start_sequence" else 0,
         opt_start_time=config.opt_start_time if policy == "by_start_time" else None,
         max_ack_pending=config.max_ack_pending,
         inactive_threshold=seconds_field(config.inactive_threshold, f"{field}.inactive_threshold"),
         **_control_fields(ns, config, field),
+        backoff=backoff,
+        dead_letter=dead_letter,
     )
+
+
+# --- dead letters ---
+#: Most backoff entries, and the range of each (NATS's own rule is only "positive").
+MAX_BACKOFF = 100
+MIN_BACKOFF_DELAY = 0.001
+MAX_BACKOFF_DELAY = 7 * 86400.0
+
+
+def backoff_field(
+    delays: list[datetime.timedelta], field: str, ack_policy: str, max_deliver: int
+) -> tuple[float, ...]:
+    """Redelivery delays in seconds, checked as NATS documents them (nats-server 2.15 itself
+    accepts a zero delay and more delays than deliveries, which then mean nothing)."""
+    if not delays:
+        return ()
+    if len(delays) > MAX_BACKOFF:
+        raise InvalidArgument(field, f"has {len(delays)} delays; at most {MAX_BACKOFF}")
+    if ack_policy == "none":
+        raise InvalidArgument(field, "needs an ack policy other than ACK_NONE (nothing redelivers)")
+    if max_deliver != -1 and max_deliver <= len(delays):
+        raise InvalidArgument(
+            field,
+            f"has {len(delays)} delays, so max_deliver must be unlimited (0) or more than "
+            f"{len(delays)} (got {max_deliver}): delay N is the wait before delivery N+1",
+        )
+    out: list[float] = []
+    for index, delay in enumerate(delays):
+        seconds = delay.total_seconds()
+        if not MIN_BACKOFF_DELAY <= seconds <= MAX_BACKOFF_DELAY:
+            raise InvalidArgument(
+                f"{field}[{index}]",
+                f"must be from 1ms to {MAX_BACKOFF_DELAY / 86400:g} days (got {seconds:g}s)",
+            )
+        out.append(seconds)
+    return tuple(out)
 
 
 def consumer_info_out(ns: Namespace, details: ConsumerDetails) -> pb.ConsumerInfo:
@@ -247,6 +297,8 @@ def consumer_info_out(ns: Namespace, details: ConsumerDetails) -> pb.ConsumerInf
         description=spec.description,
         metadata=public_metadata(spec.metadata),
         pause_until=spec.pause_until,
+        backoff=[datetime.timedelta(seconds=delay) for delay in spec.backoff],
+        dead_letter_stream=spec.dead_letter,
     )
     return pb.ConsumerInfo(
         stream_name=ns.from_name(details.stream) or "",

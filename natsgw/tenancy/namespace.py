@@ -416,3 +416,29 @@ def internal_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
         for k, v in metadata.items()
         if reserved_metadata_key(k) and not k.casefold().startswith("_nats")
     }
+
+
+# --- dead letters ---
+
+
+def namespace_of_stream(nats_stream: str, root: str = DEFAULT_ROOT) -> Namespace | None:
+    """The namespace owning a tenant stream's NATS name, or None when no tenant owns it.
+
+    The dead-letter relay starts from a NATS stream name (an advisory's) and must map the
+    consumer's dead-letter stream, named in the tenant's terms, into the SAME tenant: this is
+    the inverse of :meth:`Namespace.stream` on the prefix, so what it returns always satisfies
+    ``nats_stream.startswith(ns.name_prefix)``.
+    """
+    head = f"{root}-"
+    if not nats_stream.startswith(head):
+        return None
+    key, sep, rest = nats_stream[len(head) :].partition("-")
+    if not sep or not rest or len(key) < 2:
+        return None
+    try:
+        kind = TenantKind(key[0])
+        tenant = Tenant(kind, unescape_id(key[1:]))
+        ns = Namespace(tenant, root)
+    except (ValueError, InvalidArgument):
+        return None
+    return ns if ns.key == key else None

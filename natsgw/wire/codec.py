@@ -197,6 +197,14 @@ class UpbBridge:
                     True,
                     _set_timestamp,
                 )
+            if wrapped == "Duration" and meta.repeated:  # ConsumerConfig.backoff (#18 item 1)
+                return _FieldPlan(
+                    name,
+                    lambda v: [d.ToTimedelta() for d in v],
+                    None,
+                    False,
+                    _set_durations,
+                )
             if wrapped == "Duration":
                 return _FieldPlan(
                     name, lambda v: v.ToTimedelta(), None, True, lambda sub, v: sub.FromTimedelta(v)
@@ -395,6 +403,12 @@ _VIEWED_PAYLOADS = ("isa.nats.ObjectPutRequest", "isa.nats.ObjectPutStreamReques
 SPLICE_ABOVE = 1024 * 1024
 #: Most top-level fields :func:`_split_field` walks before leaving a message to upb.
 _SPLIT_FIELDS = 4096
+
+
+def _set_durations(container: Any, values: list[datetime.timedelta]) -> None:
+    """A repeated Duration field (ConsumerConfig.backoff), set after construction."""
+    for value in values:
+        container.add().FromTimedelta(value)
 
 
 def _compile_converter(cls: type[Any], plans: list[_FieldPlan]) -> Callable[[Any], Any]:

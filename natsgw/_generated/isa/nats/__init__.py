@@ -373,6 +373,16 @@ class AckMessageRequest(betterproto2.Message):
     natsgw: ack (default), nak, in-progress (extend the ack deadline) or terminate.
     """
 
+    reason: "str" = betterproto2.field(20, betterproto2.TYPE_STRING)
+    """
+    --- dead letters ---
+    natsgw: with ACK_ACTION_TERMINATE, why (at most 256 bytes of one line of text; NATS's
+    "+TERM <reason>"): reported in the terminated advisory and in the natsgw-dead-letter-reason
+    header of the consumer's dead-letter copy. Refused with any other action. A consumer with a
+    dead_letter_stream gets the copy before the TERM is sent; FAILED_PRECONDITION (nothing
+    terminated) when that stream no longer exists.
+    """
+
 
 default_message_pool.register_message("isa.nats", "AckMessageRequest", AckMessageRequest)
 
@@ -430,6 +440,13 @@ class AckMessagesRequest(betterproto2.Message):
     )
     """
     natsgw: whose namespace the call works in (default: the caller's own).
+    """
+
+    term_reason: "str" = betterproto2.field(20, betterproto2.TYPE_STRING)
+    """
+    --- dead letters ---
+    natsgw: with ACK_ACTION_TERMINATE, why every one of these deliveries is terminated (as
+    AckMessageRequest.reason). Refused with any other action.
     """
 
 
@@ -570,6 +587,28 @@ class ConsumerConfig(betterproto2.Message):
     )
     """
     natsgw: created paused until this time (info: when the pause ends; unset: not paused).
+    """
+
+    backoff: "list[datetime.timedelta]" = betterproto2.field(
+        13, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, repeated=True
+    )
+    """
+    --- dead letters ---
+    natsgw: how long each delivery may stay unacknowledged before it is redelivered, in order
+    (the last one repeats); replaces ack_wait (backoff[0] is the first wait). A nak without a
+    delay still redelivers at once (NATS's rule). Each 1 ms to 7 days, at most 100 of them;
+    needs max_deliver unlimited (0) or greater than their number, and an ack policy other than
+    ACK_NONE. Empty: redeliver after ack_wait, as before.
+    """
+
+    dead_letter_stream: "str" = betterproto2.field(14, betterproto2.TYPE_STRING)
+    """
+    natsgw: one of the caller's streams (caller's view). A message this consumer delivered
+    max_deliver times, or that was terminated (ACK_ACTION_TERMINATE, with an optional reason), is
+    copied into it by the gateway, once, with its headers and natsgw-dead-letter-* headers naming
+    the original subject, stream, consumer, sequence, deliveries, cause and reason. The stream
+    must exist (NOT_FOUND otherwise), differ from the consumer's stream, and have a first subject
+    that is literal (the copies go there) or ends in ".>" (copies of "a.b" go to "<prefix>.a.b").
     """
 
 
