@@ -217,6 +217,19 @@ class _Confirmer:
                 future.set_exception(Unavailable(self.closing_reason))
 
 
+async def _close_quietly(nc: NatsClient) -> None:
+    """Close ``nc`` at shutdown whatever state its socket is in.
+
+    nats-py's ``close`` flushes its transport first and raises when the server already dropped
+    the connection (a reconnecting client, a killed embedded server): at shutdown that is not
+    news, and raising would abort the rest of the shutdown order.
+    """
+    try:
+        await nc.close()
+    except Exception as exc:
+        log.info("nats_close_ignored", error=type(exc).__name__)
+
+
 class NatsAdapter:
     """Two NATS connections, each kept up for as long as the gateway runs.
 
@@ -435,7 +448,7 @@ class NatsAdapter:
         deliveries, self._deliveries = self._deliveries, None
         if deliveries is not None and not deliveries.is_closed:
             # Streams ended before this (shutdown order): nothing is left to deliver.
-            await deliveries.close()
+            await _close_quietly(deliveries)
         nc, self._nc = self._nc, None
         if nc is None or nc.is_closed:
             return
@@ -444,7 +457,7 @@ class NatsAdapter:
             await asyncio.wait_for(nc.drain(), drain_timeout)
         except Exception as exc:
             log.warning("nats_drain_failed", error=type(exc).__name__)
-            await nc.close()
+            await _close_quietly(nc)
         self._status = "CLOSED"
 
     # -- connection events --------------------------------------------------------------------
