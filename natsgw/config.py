@@ -173,6 +173,23 @@ class Settings:
     #: Streams opened with a token or JWT re-verify it this often (and at a JWT's expiry);
     #: the tokens file is re-read on the same rhythm (natsgw.auth.expiry).
     auth_recheck_interval: float = 5.0
+    # HTTP/2 edge defences (task "edge", issue 17 rows A/E/F/H: natsgw.edge); 0 turns one off.
+    #: Open gRPC connections in total (also kept below the fd limit) and from one peer address.
+    edge_max_connections: int = 4096
+    edge_max_connections_per_peer: int = 256
+    #: A new connection must send its first request within this many seconds.
+    edge_handshake_timeout: float = 10.0
+    #: A connection without a call in progress this long is closed with GOAWAY NO_ERROR.
+    edge_idle_timeout: float = 300.0
+    #: Per connection and second: stream resets, PINGs and SETTINGS frames a client may send;
+    #: one more and the connection gets GOAWAY ENHANCE_YOUR_CALM and is closed.
+    edge_resets_per_second: int = 200
+    edge_pings_per_second: int = 100
+    edge_settings_per_second: int = 20
+    #: Answer bytes buffered for a connection whose peer does not read; beyond: it is closed.
+    edge_outbound_buffer_bytes: int = 16 * MIB
+    #: A connection whose answers cannot be written for this long (peer not reading) is closed.
+    edge_write_stall_timeout: float = 30.0
 
     def __repr__(self) -> str:
         """Masked like ``check-config``: a Settings printed by accident shows no secret."""
@@ -284,6 +301,20 @@ class Settings:
             max_headers=e.get("NATSGW_MAX_HEADERS", _positive, 256),
             max_list_items=e.get("NATSGW_MAX_LIST_ITEMS", _positive, 1024),
             auth_recheck_interval=e.get("NATSGW_AUTH_RECHECK_INTERVAL", _seconds, 5.0),
+            # HTTP/2 edge defences (task "edge")
+            edge_max_connections=e.get("NATSGW_EDGE_MAX_CONNECTIONS", _count, 4096),
+            edge_max_connections_per_peer=e.get(
+                "NATSGW_EDGE_MAX_CONNECTIONS_PER_PEER", _count, 256
+            ),
+            edge_handshake_timeout=e.get("NATSGW_EDGE_HANDSHAKE_TIMEOUT", _seconds_or_zero, 10.0),
+            edge_idle_timeout=e.get("NATSGW_EDGE_IDLE_TIMEOUT", _seconds_or_zero, 300.0),
+            edge_resets_per_second=e.get("NATSGW_EDGE_RESETS_PER_SECOND", _count, 200),
+            edge_pings_per_second=e.get("NATSGW_EDGE_PINGS_PER_SECOND", _count, 100),
+            edge_settings_per_second=e.get("NATSGW_EDGE_SETTINGS_PER_SECOND", _count, 20),
+            edge_outbound_buffer_bytes=e.get("NATSGW_EDGE_OUTBOUND_BUFFER_BYTES", _size, 16 * MIB),
+            edge_write_stall_timeout=e.get(
+                "NATSGW_EDGE_WRITE_STALL_TIMEOUT", _seconds_or_zero, 30.0
+            ),
         ).validated()
 
     def validated(self) -> Settings:
@@ -327,6 +358,18 @@ class Settings:
                 f"listens on loopback; GRPC_HOST={self.grpc_host!r} is not. Use "
                 "NATSGW_AUTH_MODE=token or jwt, or set NATSGW_TRUSTED_ALLOW_REMOTE=true to "
                 "accept that any client reaching the port can act as any user"
+            )
+        # HTTP/2 edge defences (task "edge")
+        if 0 < self.edge_max_connections < self.edge_max_connections_per_peer:
+            raise ConfigError(
+                f"NATSGW_EDGE_MAX_CONNECTIONS_PER_PEER={self.edge_max_connections_per_peer} is "
+                f"above NATSGW_EDGE_MAX_CONNECTIONS={self.edge_max_connections}: lower it, or "
+                "raise the total"
+            )
+        if self.edge_outbound_buffer_bytes < 256 * 1024:
+            raise ConfigError(
+                f"NATSGW_EDGE_OUTBOUND_BUFFER_BYTES={self.edge_outbound_buffer_bytes} is below "
+                "256KiB: a few frames of one answer would already close the connection"
             )
         return self
 

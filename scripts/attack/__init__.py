@@ -1,0 +1,1 @@
+"""Attackers against a local natsgw (loopback, bounded loops): ``python -m scripts.attack.X``."""
