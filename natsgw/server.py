@@ -236,7 +236,10 @@ class Gateway:
         wrap_transports(self._server, coalesced)
         # The HTTP/2 edge: connection caps, frame budgets, timeouts (natsgw.edge).
         fd_limit, _ = raise_fd_limit()
-        self.edge = Edge(EdgePolicy.from_settings(settings, fd_limit))
+        self.edge = Edge(
+            EdgePolicy.from_settings(settings, fd_limit),
+            on_closed=trimmer.trim_soon if trimmer is not None else None,
+        )
         guard_connections(self._server, self.edge.protocol)
         self._accept_log = AcceptErrorLog(asyncio.get_running_loop())
         self._accept_log.install()

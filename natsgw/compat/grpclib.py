@@ -5,6 +5,7 @@ per-connection events the HTTP/2 edge guards (natsgw.edge)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import struct
 import time
@@ -406,6 +407,39 @@ def _releasing_reset(processor: Any, reset: Callable[[Any], None]) -> Callable[[
                 connection.ack(event.stream_id, stream.buffer.unacked_size())
 
     return process
+
+
+def forget_calls_when_done(protocol: grpclib.protocol.H2Protocol) -> None:
+    """After a connection is lost: drop grpclib's references to each of its call tasks once
+    the task has finished.
+
+    Why: grpclib's per-connection ``Handler`` keeps every call's task (keyed by its stream) in
+    ``_tasks``/``_cancelled`` until a clean-up that runs only when the connection accepts more
+    requests, which a lost one never does; the handler itself lives on in ``Server._handlers``
+    until ten more connections were made. A call cut off mid-answer ended with an exception
+    whose traceback holds its frames, and so its answer: 24 unread 8 MiB ObjectGet answers
+    stayed in memory after the client had gone (row E). Private: ``H2Protocol.handler``,
+    ``Handler._tasks``/``_cancelled``.
+    Upstream fix that removes it: a done callback per task in ``Handler.accept``.
+    """
+    handler = protocol.handler
+    tasks: dict[Any, asyncio.Task[None]] = handler._tasks  # type: ignore[attr-defined]
+    cancelled: set[asyncio.Task[None]] = handler._cancelled  # type: ignore[attr-defined]
+    for stream, task in list(tasks.items()):
+        _forget_when_done(task, functools.partial(_pop_call, tasks, stream))
+    for task in list(cancelled):
+        _forget_when_done(task, cancelled.discard)
+
+
+def _pop_call(tasks: dict[Any, asyncio.Task[None]], stream: Any, _task: object) -> None:
+    tasks.pop(stream, None)
+
+
+def _forget_when_done(task: asyncio.Task[None], forget: Callable[[Any], object]) -> None:
+    if task.done():
+        forget(task)
+    else:
+        task.add_done_callback(forget)
 
 
 def h2_connection(protocol: grpclib.protocol.H2Protocol) -> H2Connection:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,8 +95,11 @@ class EdgePolicy:
 class Edge:
     """Owns the guarded connections of one gRPC listener, their caps and the timeout sweep."""
 
-    def __init__(self, policy: EdgePolicy) -> None:
+    def __init__(self, policy: EdgePolicy, on_closed: Callable[[], None] | None = None) -> None:
         self.policy = policy
+        #: Called when a connection the edge closed, or whose answers waited for it, is gone:
+        #: what its calls held is garbage now (the gateway trims the heap).
+        self.on_closed = on_closed
         self.limits = ConnectionLimits(policy.max_connections, policy.max_connections_per_peer)
         self.connections: set[GuardedConnection] = set()
         #: Connections the edge refused or closed, by reason (for tests, logs and metrics).
@@ -253,7 +257,11 @@ class GuardedConnection(asyncio.Protocol):
             self._abort_at = None
         inner, self._inner = self._inner, None
         if inner is not None:
-            inner.connection_lost(exc)
+            inner.connection_lost(exc)  # grpclib cancels the connection's calls
+            grpclib_compat.forget_calls_when_done(inner)
+            heavy = self.closing or self._paused_since is not None
+            if heavy and self._edge.on_closed is not None:
+                self._edge.on_closed()
 
     # -- event hooks (natsgw.compat.grpclib.intercept_events) ----------------------------------
 

@@ -334,7 +334,7 @@ async def run(args: argparse.Namespace, tree: Path) -> list[Row]:
     rows: list[Row] = []
     env = dict(kv.split("=", 1) for kv in args.env)
     with tempfile.TemporaryDirectory(prefix="natsgw-edge-") as tmp:
-        base = Path(tmp)
+        base = Path(args.keep) if args.keep else Path(tmp)
         wanted = set(args.rows.split(","))
         if "A" in wanted:
             rows += await row_a(tree, base / "a", args.resets, env)
@@ -352,9 +352,10 @@ def main() -> int:
     parser.add_argument("--tree", default=str(HERE), help="natsgw source tree to attack")
     parser.add_argument("--rows", default="A,E,F,H")
     parser.add_argument("--resets", type=int, default=50_000)
-    parser.add_argument("--objects", type=int, default=40)
+    parser.add_argument("--objects", type=int, default=24)
     parser.add_argument("--connections", type=int, default=1100)
     parser.add_argument("--frames", type=int, default=200_000)
+    parser.add_argument("--keep", default="", help="directory for the gateways' data and logs")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the gateway")
     args = parser.parse_args()
     rows = asyncio.run(run(args, Path(args.tree).resolve()))

@@ -215,13 +215,26 @@ def idle_connections(
     return clients, seen
 
 
-def unread_answers(port: int, path: str, body: bytes, streams: int) -> Client:
+def unread_answers(
+    port: int, path: str, body: bytes, streams: int, *, group: int = 4, pause: float = 0.3
+) -> Client:
     """One connection with huge flow-control windows asking ``streams`` times for ``path``
-    (e.g. an 8 MiB ObjectGet) and never reading an answer; the caller closes it."""
+    (e.g. an 8 MiB ObjectGet), ``group`` requests every ``pause`` seconds (many concurrent large
+    reads at once are row D of issue 17, another defence), never reading an answer; the caller
+    closes it."""
     client = Client(port, big_windows=True)
-    for _ in range(streams):
-        client.open_request(path, body)
-    client.flush()
+    client.sock.settimeout(2.0)
+    opened = 0
+    while opened < streams:
+        for _ in range(min(group, streams - opened)):
+            client.open_request(path, body)
+            opened += 1
+        try:
+            client.flush()
+        except OSError:
+            client.closed = True
+            break
+        time.sleep(pause)
     return client
 
 
