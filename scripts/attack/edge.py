@@ -154,8 +154,12 @@ async def quiet_tenant(port: int) -> AsyncIterator[list[float]]:
         while not stop.is_set():
             began = time.perf_counter()
             try:
-                await stub.publish(
-                    pb.PublishRequest(user_id="quiet", subject="quiet.ping", data=b"x"), timeout=30
+                await asyncio.wait_for(
+                    stub.publish(
+                        pb.PublishRequest(user_id="quiet", subject="quiet.ping", data=b"x"),
+                        timeout=30,
+                    ),
+                    30,
                 )
             except Exception:
                 latencies.append(max(30.0, time.perf_counter() - began))
@@ -164,14 +168,15 @@ async def quiet_tenant(port: int) -> AsyncIterator[list[float]]:
             latencies.append(time.perf_counter() - began)
             await asyncio.sleep(0.005)
 
-    await stub.publish(pb.PublishRequest(user_id="quiet", subject="quiet.ping", data=b"x"))
     task = asyncio.create_task(call_loop())
     try:
         yield latencies
     finally:
         stop.set()
-        await task
-        channel.close()
+        try:
+            await asyncio.wait_for(task, 35)
+        finally:
+            channel.close()
 
 
 def p99(latencies: list[float]) -> float:

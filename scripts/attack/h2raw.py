@@ -197,14 +197,24 @@ def control_flood(port: int, kind: str, count: int, *, max_seconds: float = 30.0
 
 
 def idle_connections(
-    port: int, count: int, *, source: str = "127.0.0.1", preface: bool = True
+    port: int,
+    count: int,
+    *,
+    source: str = "127.0.0.1",
+    preface: bool = True,
+    max_seconds: float = 20.0,
 ) -> tuple[list[Client], Seen]:
-    """Open ``count`` connections that send nothing (``preface=False``) or only the preface."""
+    """Open ``count`` connections that send nothing (``preface=False``) or only the preface;
+    a connection attempt that takes over a second counts as refused (a full listen backlog)."""
     seen = Seen()
     clients: list[Client] = []
+    deadline = time.monotonic() + max_seconds
     for _ in range(count):
+        if time.monotonic() > deadline:
+            seen.refused += 1
+            continue
         try:
-            client = Client(port, source=source)
+            client = Client(port, source=source, timeout=1.0)
             if preface:
                 client.flush()
         except OSError:
