@@ -245,8 +245,9 @@ async def row_e(tree: Path, directory: Path, streams: int, env: dict[str, str]) 
         async with quiet_tenant(gw.port) as latencies:
             await asyncio.sleep(4.0)
             held = gw.rss()
-            closed = await asyncio.to_thread(client.wait_closed, 8.0)
-        cut_after = "closed by the gateway" if closed else "still open after 12 s"
+            await asyncio.sleep(4.0)  # still not reading (an edge cuts it after its stall timeout)
+            closed = await asyncio.to_thread(client.wait_closed, 3.0)  # reads: EOF if cut
+        cut_after = "closed by the gateway" if closed else "still open after 8 s"
         client.close()
         after = await wait_settled(gw, 5.0)
         return [
