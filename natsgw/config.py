@@ -222,6 +222,23 @@ class Settings:
     dead_letter_attempts: int = 20
     #: Longest wait between two attempts (they start at 1 s and double).
     dead_letter_retry_max: float = 60.0
+    # HTTP/2 edge defences (task "edge", issue 17 rows A/E/F/H: natsgw.edge); 0 turns one off.
+    #: Open gRPC connections in total (also kept below the fd limit) and from one peer address.
+    edge_max_connections: int = 4096
+    edge_max_connections_per_peer: int = 256
+    #: A new connection must send its first request within this many seconds.
+    edge_handshake_timeout: float = 10.0
+    #: A connection without a call in progress this long is closed with GOAWAY NO_ERROR.
+    edge_idle_timeout: float = 300.0
+    #: Per connection and second: stream resets, PINGs and SETTINGS frames a client may send;
+    #: one more and the connection gets GOAWAY ENHANCE_YOUR_CALM and is closed.
+    edge_resets_per_second: int = 200
+    edge_pings_per_second: int = 100
+    edge_settings_per_second: int = 20
+    #: Answer bytes buffered for a connection whose peer does not read; beyond: it is closed.
+    edge_outbound_buffer_bytes: int = 16 * MIB
+    #: A connection whose answers cannot be written for this long (peer not reading) is closed.
+    edge_write_stall_timeout: float = 30.0
 
     def __repr__(self) -> str:
         """Masked like ``check-config``: a Settings printed by accident shows no secret."""
@@ -353,6 +370,20 @@ class Settings:
             dead_letter_relay=e.get("NATSGW_DEAD_LETTER_RELAY", _bool, True),
             dead_letter_attempts=e.get("NATSGW_DEAD_LETTER_ATTEMPTS", _positive, 20),
             dead_letter_retry_max=e.get("NATSGW_DEAD_LETTER_RETRY_MAX", _seconds, 60.0),
+            # HTTP/2 edge defences (task "edge")
+            edge_max_connections=e.get("NATSGW_EDGE_MAX_CONNECTIONS", _count, 4096),
+            edge_max_connections_per_peer=e.get(
+                "NATSGW_EDGE_MAX_CONNECTIONS_PER_PEER", _count, 256
+            ),
+            edge_handshake_timeout=e.get("NATSGW_EDGE_HANDSHAKE_TIMEOUT", _seconds_or_zero, 10.0),
+            edge_idle_timeout=e.get("NATSGW_EDGE_IDLE_TIMEOUT", _seconds_or_zero, 300.0),
+            edge_resets_per_second=e.get("NATSGW_EDGE_RESETS_PER_SECOND", _count, 200),
+            edge_pings_per_second=e.get("NATSGW_EDGE_PINGS_PER_SECOND", _count, 100),
+            edge_settings_per_second=e.get("NATSGW_EDGE_SETTINGS_PER_SECOND", _count, 20),
+            edge_outbound_buffer_bytes=e.get("NATSGW_EDGE_OUTBOUND_BUFFER_BYTES", _size, 16 * MIB),
+            edge_write_stall_timeout=e.get(
+                "NATSGW_EDGE_WRITE_STALL_TIMEOUT", _seconds_or_zero, 30.0
+            ),
         ).validated()
 
     def validated(self) -> Settings:
@@ -437,6 +468,18 @@ class Settings:
         if not 1.0 <= self.dead_letter_retry_max <= 3600.0:
             raise ConfigError(
                 f"NATSGW_DEAD_LETTER_RETRY_MAX={self.dead_letter_retry_max:g} must be 1 to 3600 s"
+            )
+        # HTTP/2 edge defences (task "edge")
+        if 0 < self.edge_max_connections < self.edge_max_connections_per_peer:
+            raise ConfigError(
+                f"NATSGW_EDGE_MAX_CONNECTIONS_PER_PEER={self.edge_max_connections_per_peer} is "
+                f"above NATSGW_EDGE_MAX_CONNECTIONS={self.edge_max_connections}: lower it, or "
+                "raise the total"
+            )
+        if self.edge_outbound_buffer_bytes < 256 * 1024:
+            raise ConfigError(
+                f"NATSGW_EDGE_OUTBOUND_BUFFER_BYTES={self.edge_outbound_buffer_bytes} is below "
+                "256KiB: a few frames of one answer would already close the connection"
             )
         return self
 

@@ -32,8 +32,10 @@ from natsgw._generated.message_pool import default_message_pool
 from natsgw.adapter import NatsAdapter
 from natsgw.auth import build_authenticator
 from natsgw.auth.identity import Authenticator
-from natsgw.compat.grpclib import cancel_calls_in_flight, wrap_transports
+from natsgw.compat.grpclib import cancel_calls_in_flight, guard_connections, wrap_transports
 from natsgw.config import AuthMode, Settings, is_loopback
+from natsgw.edge.fds import AcceptErrorLog, raise_fd_limit
+from natsgw.edge.guard import Edge, EdgePolicy
 from natsgw.ops.audit import AuditLog, LokiShipper
 from natsgw.ops.consul import ConsulRegistration
 from natsgw.ops.datadir import DataDirLock
@@ -132,6 +134,8 @@ class Gateway:
         self.trimmer: HeapTrimmer | None = None
         self._trimming: asyncio.Task[None] | None = None
         self.dead_letters: DeadLetterRelay | None = None
+        self.edge: Edge | None = None
+        self._accept_log: AcceptErrorLog | None = None
 
     async def start(self) -> None:
         """Start everything; if a step fails, stop what the earlier steps started, then raise."""
@@ -256,6 +260,15 @@ class Gateway:
         )
         # What a connection's calls write in one event-loop pass leaves in one socket write.
         wrap_transports(self._server, coalesced)
+        # The HTTP/2 edge: connection caps, frame budgets, timeouts (natsgw.edge).
+        fd_limit, _ = raise_fd_limit()
+        self.edge = Edge(
+            EdgePolicy.from_settings(settings, fd_limit),
+            on_closed=trimmer.trim_soon if trimmer is not None else None,
+        )
+        guard_connections(self._server, self.edge.protocol)
+        self._accept_log = AcceptErrorLog(asyncio.get_running_loop())
+        self._accept_log.install()
         try:
             sock = bind_tcp(settings.grpc_host, settings.grpc_port, reuse_port=settings.workers > 1)
         except OSError as exc:
@@ -270,6 +283,7 @@ class Gateway:
         except BaseException:
             sock.close()
             raise
+        self.edge.start()
         self.metrics.bind(self.adapter, self.subscriptions, self.audit, self.fanout)
         if settings.http_port is not None:
             status = StatusPage(
@@ -364,6 +378,11 @@ class Gateway:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        if self.edge is not None:
+            await self.edge.close()
+        if self._accept_log is not None:
+            self._accept_log.uninstall()
+            self._accept_log = None
         if self.http is not None:
             await self.http.stop()
             self.http = None

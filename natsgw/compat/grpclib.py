@@ -1,9 +1,12 @@
 """grpclib internals the gateway needs: response-header state, compressed request frames,
-coalesced response writes, the transports of its connections and ending calls from outside."""
+coalesced response writes, the transports of its connections, ending calls from outside and the
+per-connection events the HTTP/2 edge guards (natsgw.edge)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -13,6 +16,8 @@ import grpclib.protocol
 import grpclib.server
 from grpclib.exceptions import ProtocolError
 from grpclib.metadata import encode_metadata
+from h2.connection import H2Connection
+from h2.events import PingReceived, RemoteSettingsChanged, RequestReceived, StreamReset
 from hpack import NeverIndexedHeaderTuple
 from multidict import MultiDict
 
@@ -294,3 +299,163 @@ def _count_message(stream: grpclib.server.Stream[Any, Any]) -> None:
     connection = stream._stream.connection
     connection.messages_sent += 1
     connection.last_message_sent = time.monotonic()
+
+
+ProtocolFactory = Callable[[], grpclib.protocol.H2Protocol]
+#: Given grpclib's protocol factory, the protocol the event loop gets for one new connection.
+ConnectionGuard = Callable[[ProtocolFactory], asyncio.Protocol]
+
+
+def guard_connections(server: grpclib.server.Server, guard: ConnectionGuard) -> None:
+    """Give every connection ``server`` accepts (from now on) to ``guard(factory)``, which may
+    refuse it or call ``factory()`` for grpclib's protocol and wrap it (natsgw.edge.guard).
+
+    Why: connection caps, timeouts and frame budgets (issue 17 rows A, E, F, H) need to sit
+    between the event loop and grpclib's ``H2Protocol``, and the protocol factory,
+    ``Server._protocol_factory``, is private with no hook; calling it only for admitted
+    connections also means a refused one costs grpclib nothing. Composes with
+    :func:`wrap_transports` (call that first). Call before ``Server.start``.
+    Upstream fix that removes it: a protocol factory argument on ``grpclib.server.Server``.
+    """
+    factory = server._protocol_factory
+
+    def protocol_factory() -> asyncio.Protocol:
+        return guard(factory)
+
+    server._protocol_factory = protocol_factory  # type: ignore[assignment,method-assign]
+
+
+#: Sees one h2 event before grpclib does; False: grpclib never sees it.
+EventHook = Callable[[Any], bool]
+
+
+def intercept_events(
+    protocol: grpclib.protocol.H2Protocol,
+    *,
+    on_request: EventHook,
+    on_reset: EventHook,
+    on_ping: EventHook,
+    on_settings: EventHook,
+) -> None:
+    """Put hooks before grpclib's handling of new requests, stream resets, PINGs and SETTINGS on
+    one connection (after ``protocol.connection_made``), and make a reset of a request whose
+    handler never started leave nothing behind.
+
+    Why: grpclib dispatches h2 events through a per-connection dict (the private
+    ``EventsProcessor.processors``) with no hook, so counting control frames per connection
+    (the edge's budgets) means replacing its entries, on this connection only. And grpclib
+    removes a stream from its connection table (``EventsProcessor.streams``) only in the
+    ``finally`` of the handler task's coroutine: a stream reset before that task first ran is
+    cancelled before its coroutine starts, the ``finally`` never runs, and the stream stayed
+    in the table for the connection's life (row A: ~7.4 KiB per HEADERS + RST_STREAM).
+    grpclib also keeps every cancelled task in ``Handler._cancelled`` until its next clean-up
+    (after ten more requests, keeping those not yet done): a never-started one is taken out at
+    once, as nobody needs to wait for it.
+    Private: ``H2Protocol.processor``, ``EventsProcessor.processors``/``streams``/``handler``,
+    ``Handler._tasks``/``_cancelled``.
+    Upstream fix that removes it: releasing the stream in ``Handler.cancel`` when the task had
+    not started (or a done callback), and event hooks on grpclib's server protocol.
+    """
+    processor = protocol.processor
+    processors: dict[type, Any] = processor.processors
+    request = processors[RequestReceived]
+    reset = _releasing_reset(processor, processors[StreamReset])
+    ping = processors[PingReceived]
+    settings = processors[RemoteSettingsChanged]
+
+    def process_request(event: Any) -> None:
+        if on_request(event):
+            request(event)
+
+    def process_reset(event: Any) -> None:
+        if on_reset(event):
+            reset(event)
+
+    def process_ping(event: Any) -> None:
+        if on_ping(event):
+            ping(event)
+
+    def process_settings(event: Any) -> None:
+        if on_settings(event):
+            settings(event)
+
+    processors[RequestReceived] = process_request
+    processors[StreamReset] = process_reset
+    processors[PingReceived] = process_ping
+    processors[RemoteSettingsChanged] = process_settings
+
+
+def _releasing_reset(processor: Any, reset: Callable[[Any], None]) -> Callable[[Any], None]:
+    """grpclib's ``process_stream_reset``, then what the handler's ``finally`` would have done
+    (``release_stream``: drop the stream, wake stream waiters, give its unread window back)
+    when the handler's coroutine never started."""
+    streams = processor.streams
+    handler = processor.handler  # its ``_tasks`` dict is replaced now and then: look it up
+    connection = processor.connection
+
+    def process(event: Any) -> None:
+        stream = streams.get(event.stream_id)
+        task = handler._tasks.get(stream) if stream is not None else None
+        reset(event)
+        if task is None or inspect.getcoroutinestate(task.get_coro()) != inspect.CORO_CREATED:
+            return
+        handler._cancelled.discard(task)  # nothing to wait for: it never ran
+        if streams.get(event.stream_id) is stream:
+            del streams[event.stream_id]
+            connection.stream_close_waiter.set()
+            if not connection.is_closing():
+                connection.ack(event.stream_id, stream.buffer.unacked_size())
+
+    return process
+
+
+def forget_calls_when_done(protocol: grpclib.protocol.H2Protocol) -> None:
+    """After a connection is lost: drop grpclib's references to each of its call tasks once
+    the task has finished.
+
+    Why: grpclib's per-connection ``Handler`` keeps every call's task (keyed by its stream) in
+    ``_tasks``/``_cancelled`` until a clean-up that runs only when the connection accepts more
+    requests, which a lost one never does; the handler itself lives on in ``Server._handlers``
+    until ten more connections were made. A call cut off mid-answer ended with an exception
+    whose traceback holds its frames, and so its answer: 24 unread 8 MiB ObjectGet answers
+    stayed in memory after the client had gone (row E). Private: ``H2Protocol.handler``,
+    ``Handler._tasks``/``_cancelled``.
+    Upstream fix that removes it: a done callback per task in ``Handler.accept``.
+    """
+    handler = protocol.handler
+    tasks: dict[Any, asyncio.Task[None]] = handler._tasks  # type: ignore[attr-defined]
+    cancelled: set[asyncio.Task[None]] = handler._cancelled  # type: ignore[attr-defined]
+    for stream, task in list(tasks.items()):
+        _forget_when_done(task, functools.partial(_pop_call, tasks, stream))
+    for task in list(cancelled):
+        _forget_when_done(task, cancelled.discard)
+
+
+def _pop_call(tasks: dict[Any, asyncio.Task[None]], stream: Any, _task: object) -> None:
+    tasks.pop(stream, None)
+
+
+def _forget_when_done(task: asyncio.Task[None], forget: Callable[[Any], object]) -> None:
+    if task.done():
+        forget(task)
+    else:
+        task.add_done_callback(forget)
+
+
+def h2_connection(protocol: grpclib.protocol.H2Protocol) -> H2Connection:
+    """The h2 connection of a grpclib server connection (to send a GOAWAY on it).
+
+    Why: grpclib keeps it on its private ``Connection._connection``.
+    Upstream fix that removes it: a ``Connection.goaway(error_code, debug)`` in grpclib.
+    """
+    return protocol.connection._connection
+
+
+def open_calls(protocol: grpclib.protocol.H2Protocol) -> int:
+    """Requests grpclib is serving on the connection (its connection table's size).
+
+    Why: an idle connection is one with no call in progress; only grpclib's private
+    ``EventsProcessor.streams`` knows.
+    Upstream fix that removes it: a public count of open streams on grpclib's connection.
+    """
+    return len(protocol.processor.streams)

@@ -2,8 +2,8 @@
 and received frames handed to h2's no-op trace logger without being formatted first.
 
 Private names: ``H2Connection.state_machine``/``streams``/``outbound_flow_control_window``/
-``encoder.header_table.resized``, ``H2Stream.state_machine``/``outbound_flow_control_window``,
-and the module namespace of ``h2.connection``.
+``encoder.header_table.resized``/``_closed_streams``, ``H2Stream.state_machine``/
+``outbound_flow_control_window``, and the module namespace of ``h2.connection``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,23 @@ def skip_received_frame_reprs() -> None:
     Upstream fix that removes it: lazy formatting, ``logger.trace("Received frame: %r", frame)``.
     """
     setattr(h2.connection, "repr", _frame_name)  # noqa: B010 - a module global, on purpose
+
+
+#: Closed streams an h2 connection remembers (h2's own default: 65,536 per connection).
+CLOSED_STREAMS_KEPT = 1024
+
+
+def limit_closed_streams(h2c: H2Connection, kept: int = CLOSED_STREAMS_KEPT) -> None:
+    """Make ``h2c`` remember how only the last ``kept`` closed streams were closed.
+
+    Why: h2 keeps (stream id -> how it closed) for the last 65,536 closed streams of every
+    connection, ~93 bytes each: ~6 MiB per long-lived or rapid-reset connection (row A), times
+    the connections the gateway takes. It only makes h2's answer to a late frame on a long
+    closed stream more precise (ignored vs RST_STREAM STREAM_CLOSED); a thousand covers any
+    frame still in flight. The limit is the private ``_closed_streams._size_limit``.
+    Upstream fix that removes it: a ``max_closed_streams`` option in ``H2Configuration``.
+    """
+    h2c._closed_streams._size_limit = kept  # type: ignore[attr-defined]
 
 
 def hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:

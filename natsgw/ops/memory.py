@@ -81,6 +81,7 @@ class HeapTrimmer:
         self.trims = 0
         self._base = rss()  # RSS after the last collection, or the lowest seen since
         self._due = False
+        self._forced = False
 
     @classmethod
     def create(cls, threshold: int = 32 * 1024 * 1024, interval: float = 2.0) -> HeapTrimmer | None:
@@ -101,8 +102,21 @@ class HeapTrimmer:
         """A stream ended: what it held may be garbage now (checked at the next tick)."""
         self._due = True
 
+    def trim_soon(self) -> None:
+        """A connection was cut with answers waiting for it (natsgw.edge): collect and trim at
+        the next tick, whatever ``mallinfo2`` says is free (measured: it reported 13 MiB free
+        where ``malloc_trim`` gave back 80 MiB of a cut client's 8 MiB answers)."""
+        self._forced = True
+
     def maybe_trim(self) -> bool:
         """After :meth:`ended`, collect and trim if the RSS is ``threshold`` up; True if so."""
+        if self._forced:
+            self._forced = self._due = False
+            gc.collect()
+            self._malloc_trim(0)
+            self._base = rss()
+            self.trims += 1
+            return True
         now = rss()
         self._base = min(self._base, now)
         if not self._due or now - self._base < self.threshold:

@@ -1,1 +1,1 @@
-"""Attacks on a running natsgw, reproducing issue 17's findings (``python -m scripts.attack.X``)."""
+"""Attackers against a local natsgw (loopback, bounded loops): ``python -m scripts.attack.X``."""

@@ -1,0 +1,347 @@
+"""The per-connection guard between the event loop and grpclib's HTTP/2 protocol.
+
+Every connection the gRPC listener accepts goes through :class:`GuardedConnection`
+(natsgw.compat.grpclib.guard_connections), which
+
+- refuses it beyond the connection caps (:class:`~natsgw.edge.limits.ConnectionLimits`):
+  accepted and closed at once, before any HTTP/2 byte;
+- counts stream resets, PINGs and SETTINGS per second (:class:`~natsgw.edge.budget.RateBudget`):
+  one over the budget and the client gets GOAWAY ENHANCE_YOUR_CALM and the connection closes;
+- stops reading from a client while its answers cannot be written (it does not read), closes
+  it when more than the outbound budget waits for it or nothing could be written for the
+  write-stall timeout, and drops everything buffered for it when it goes away;
+- closes with GOAWAY NO_ERROR a connection that sent no request within the handshake timeout,
+  or had no call in progress for the idle timeout (one sweep per gateway, not a timer each).
+
+Nothing is allocated or logged per frame: a counted control frame is one int added.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpclib.protocol
+import structlog
+from h2.errors import ErrorCodes
+from h2.exceptions import ProtocolError
+
+from natsgw.compat import grpclib as grpclib_compat
+from natsgw.compat import h2 as h2_compat
+from natsgw.compat.grpclib import ProtocolFactory
+from natsgw.config import Settings
+from natsgw.edge.budget import RateBudget
+from natsgw.edge.limits import ConnectionLimits, peer_key
+
+log = structlog.get_logger("natsgw.edge")
+
+#: File descriptors kept for everything but gRPC connections (NATS, HTTP side, files, logs).
+FD_RESERVE = 128
+#: After a GOAWAY, how long a connection gets to take it before it is cut.
+GOAWAY_GRACE = 1.0
+#: At most one log line per this many seconds about connections the edge closed.
+_LOG_EVERY = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class EdgePolicy:
+    """The edge's limits (Settings ``edge_*``); 0 turns one off."""
+
+    max_connections: int = 4096
+    max_connections_per_peer: int = 256
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    resets_per_second: int = 200
+    pings_per_second: int = 100
+    settings_per_second: int = 20
+    outbound_buffer_bytes: int = 16 * 1024 * 1024
+    write_stall_timeout: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, fd_limit: int = 0) -> EdgePolicy:
+        """The settings' policy, its total cap kept ``FD_RESERVE`` below ``fd_limit``."""
+        total = settings.edge_max_connections
+        if fd_limit > 0:
+            room = max(16, fd_limit - FD_RESERVE)
+            total = min(total, room) if total else room
+        return cls(
+            max_connections=total,
+            max_connections_per_peer=settings.edge_max_connections_per_peer,
+            handshake_timeout=settings.edge_handshake_timeout,
+            idle_timeout=settings.edge_idle_timeout,
+            resets_per_second=settings.edge_resets_per_second,
+            pings_per_second=settings.edge_pings_per_second,
+            settings_per_second=settings.edge_settings_per_second,
+            outbound_buffer_bytes=settings.edge_outbound_buffer_bytes,
+            write_stall_timeout=settings.edge_write_stall_timeout,
+        )
+
+    @property
+    def sweep_interval(self) -> float:
+        """How often timeouts are checked: a quarter of the shortest, at most a second."""
+        timeouts = [
+            t
+            for t in (self.handshake_timeout, self.idle_timeout, self.write_stall_timeout)
+            if t > 0
+        ]
+        return max(0.05, min([1.0, *(t / 4 for t in timeouts)]))
+
+
+class Edge:
+    """Owns the guarded connections of one gRPC listener, their caps and the timeout sweep."""
+
+    def __init__(self, policy: EdgePolicy, on_closed: Callable[[], None] | None = None) -> None:
+        self.policy = policy
+        #: Called when a connection the edge closed, or whose answers waited for it, is gone:
+        #: what its calls held is garbage now (the gateway trims the heap).
+        self.on_closed = on_closed
+        self.limits = ConnectionLimits(policy.max_connections, policy.max_connections_per_peer)
+        self.connections: set[GuardedConnection] = set()
+        #: Connections the edge refused or closed, by reason (for tests, logs and metrics).
+        self.closed: Counter[str] = Counter()
+        self._sweeping: asyncio.Task[None] | None = None
+        self._unlogged: Counter[str] = Counter()
+        self._log_at = 0.0
+
+    def protocol(self, factory: ProtocolFactory) -> asyncio.Protocol:
+        """The protocol for one new connection (natsgw.compat.grpclib.guard_connections)."""
+        return GuardedConnection(self, factory)
+
+    def start(self) -> None:
+        self._sweeping = asyncio.create_task(self._sweep(), name="natsgw-edge-sweep")
+
+    async def close(self) -> None:
+        sweeping, self._sweeping = self._sweeping, None
+        if sweeping is not None:
+            sweeping.cancel()
+            await asyncio.gather(sweeping, return_exceptions=True)
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.policy.sweep_interval
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for connection in list(self.connections):
+                connection.check(now)
+
+    def count_close(self, reason: str, peer: str) -> None:
+        """Count (and now and then log) a connection the edge refused or closed."""
+        self.closed[reason] += 1
+        self._unlogged[reason] += 1
+        now = time.monotonic()
+        if now >= self._log_at:
+            self._log_at = now + _LOG_EVERY
+            log.warning(
+                "edge_closed_connections",
+                last_peer=peer[:64],
+                last_reason=reason,
+                since_last_log=dict(self._unlogged),
+                open_connections=self.limits.open,
+            )
+            self._unlogged.clear()
+
+
+class GuardedConnection(asyncio.Protocol):
+    """One client connection: grpclib's protocol behind the edge's caps, budgets and timeouts."""
+
+    __slots__ = (
+        "_abort_at",
+        "_edge",
+        "_factory",
+        "_idle_since",
+        "_inner",
+        "_loop",
+        "_made_at",
+        "_paused_since",
+        "_peer",
+        "_pings",
+        "_requested",
+        "_resets",
+        "_settings",
+        "_transport",
+        "closing",
+    )
+
+    def __init__(self, edge: Edge, factory: ProtocolFactory) -> None:
+        self._edge = edge
+        self._factory = factory
+        self._inner: grpclib.protocol.H2Protocol | None = None
+        self._transport: asyncio.Transport | None = None
+        self._peer: str | None = None
+        self._loop = asyncio.get_running_loop()
+        self._made_at = 0.0
+        self._requested = False
+        self._idle_since: float | None = None
+        self._paused_since: float | None = None
+        self._abort_at: asyncio.TimerHandle | None = None
+        policy = edge.policy
+        self._resets = RateBudget(policy.resets_per_second)
+        self._pings = RateBudget(policy.pings_per_second)
+        self._settings = RateBudget(policy.settings_per_second)
+        #: No more requests are taken: a GOAWAY is out, or the connection is being cut.
+        self.closing = False
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = peer_key(transport.get_extra_info("peername"))
+        refused = self._edge.limits.admit(peer)
+        if refused is not None:
+            # Accepted and closed at once, before any HTTP/2 byte: grpc clients count a
+            # connection that ends before the server's SETTINGS as a failed attempt and back
+            # off (UNAVAILABLE); a GOAWAY after SETTINGS would make them reconnect at once.
+            self.closing = True
+            transport.abort()
+            self._edge.count_close("refused", peer)
+            return
+        self._peer = peer
+        self._made_at = self._loop.time()
+        inner = self._inner = self._factory()
+        inner.connection_made(transport)
+        h2_compat.limit_closed_streams(grpclib_compat.h2_connection(inner))
+        grpclib_compat.intercept_events(
+            inner,
+            on_request=self._on_request,
+            on_reset=self._on_reset,
+            on_ping=self._on_ping,
+            on_settings=self._on_settings,
+        )
+        self._edge.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        inner = self._inner
+        if inner is None:
+            return
+        inner.data_received(data)
+        if self._paused_since is not None:
+            self._check_buffered()
+
+    def eof_received(self) -> bool | None:
+        # HTTP/2 clients do not half-close: the client is gone, and what waits for it goes too.
+        transport = self._transport
+        if transport is not None and transport.get_write_buffer_size():
+            self._cut("client_gone")
+        return None
+
+    def pause_writing(self) -> None:
+        # The client does not read what it is sent: stop reading what it sends (its PINGs and
+        # SETTINGS would each add an acknowledgement to the answers it does not take).
+        self._paused_since = self._loop.time()
+        if self._transport is not None:
+            self._transport.pause_reading()
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._paused_since = None
+        if self._transport is not None and not self.closing:
+            self._transport.resume_reading()
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._edge.connections.discard(self)
+        if self._peer is not None:
+            self._edge.limits.release(self._peer)
+            self._peer = None
+        if self._abort_at is not None:
+            self._abort_at.cancel()
+            self._abort_at = None
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            inner.connection_lost(exc)  # grpclib cancels the connection's calls
+            grpclib_compat.forget_calls_when_done(inner)
+            heavy = self.closing or self._paused_since is not None
+            if heavy and self._edge.on_closed is not None:
+                self._edge.on_closed()
+
+    # -- event hooks (natsgw.compat.grpclib.intercept_events) ----------------------------------
+
+    def _on_request(self, event: Any) -> bool:
+        if self.closing:
+            return False  # the rest of a flood's batch after the GOAWAY: no handler for it
+        self._requested = True
+        return True
+
+    def _on_reset(self, event: Any) -> bool:
+        if not self._resets.take(self._loop.time()):
+            self._calm("too_many_resets")
+        return True  # grpclib must still cancel the stream's handler
+
+    def _on_ping(self, event: Any) -> bool:
+        if not self._pings.take(self._loop.time()):
+            self._calm("too_many_pings")  # what grpc clients recognise (they ping less)
+        return True
+
+    def _on_settings(self, event: Any) -> bool:
+        if not self._settings.take(self._loop.time()):
+            self._calm("too_many_settings")
+        return True
+
+    # -- ending a connection -------------------------------------------------------------------
+
+    def _calm(self, why: str) -> None:
+        self.goaway(ErrorCodes.ENHANCE_YOUR_CALM, why)
+
+    def goaway(self, code: ErrorCodes, why: str) -> None:
+        """Send GOAWAY(``code``, debug data ``why``), close, and cut after a short grace."""
+        inner, transport = self._inner, self._transport
+        if self.closing or inner is None or transport is None:
+            return
+        self.closing = True
+        self._edge.count_close(why, self._peer or "")
+        with contextlib.suppress(ProtocolError):
+            grpclib_compat.h2_connection(inner).close_connection(
+                error_code=code, additional_data=why.encode()
+            )
+        inner.connection.flush()
+        inner.connection.close()  # grpclib's: closes the transport once it has written
+        if transport.get_write_buffer_size() > self._edge.policy.outbound_buffer_bytes:
+            transport.abort()
+        else:
+            self._abort_at = self._loop.call_later(GOAWAY_GRACE, transport.abort)
+
+    def _cut(self, why: str) -> None:
+        """Close at once, dropping whatever waits to be written."""
+        if not self.closing:
+            self.closing = True
+            self._edge.count_close(why, self._peer or "")
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _check_buffered(self) -> None:
+        transport = self._transport
+        limit = self._edge.policy.outbound_buffer_bytes
+        if transport is not None and limit and transport.get_write_buffer_size() > limit:
+            self._cut("outbound_budget")
+
+    def check(self, now: float) -> None:
+        """The sweep's look at this connection: write stall, handshake and idle timeouts."""
+        inner = self._inner
+        if inner is None or self.closing:
+            return
+        policy = self._edge.policy
+        paused = self._paused_since
+        if paused is not None:
+            self._check_buffered()
+            if policy.write_stall_timeout and now - paused >= policy.write_stall_timeout:
+                self._cut("write_stall")
+            return
+        handshake = policy.handshake_timeout
+        if not self._requested and handshake and now - self._made_at >= handshake:
+            self.goaway(ErrorCodes.NO_ERROR, "no_request_in_time")
+            return
+        if grpclib_compat.open_calls(inner):
+            self._idle_since = None
+        elif self._idle_since is None:
+            self._idle_since = now
+        elif policy.idle_timeout and now - self._idle_since >= policy.idle_timeout:
+            self.goaway(ErrorCodes.NO_ERROR, "idle")
