@@ -21,7 +21,7 @@ from grpclib.const import Status
 
 from natsgw._generated.isa import nats as pb
 from natsgw.config import AuthMode
-from tests.conftest import GatewayFactory, tenant
+from tests.conftest import GatewayFactory, tenant, wait_for
 from tests.integration._raw_h2 import RawH2, grpc_prefix
 
 KIB, MIB = 1024, 1024 * 1024
@@ -52,7 +52,7 @@ def tokens_file(directory: Path) -> Path:
 async def test_an_authenticated_tenant_cannot_hold_more_than_the_request_budget(
     make_gateway: GatewayFactory, tmp_path: Path
 ) -> None:
-    """Before: all 100 bodies were read as they came until the read timeout (RSS +468 MiB in
+    """Before: all 100 bodies were read as they came until the read timeout (RSS +468-544 MiB in
     2.5 s here; +1.1 GiB in the attack script). Now: at most 4 x 10 MiB per connection are
     assembled, the other streams are refused RESOURCE_EXHAUSTED before their body is read (or,
     never let to send, time out), and a quiet tenant's 1 MiB publish and KVGet keep working."""
@@ -124,3 +124,36 @@ async def test_an_authenticated_tenant_cannot_hold_more_than_the_request_budget(
     }
     assert latencies, "the quiet tenant never got a call through"
     assert worst < 3.0, f"the quiet tenant waited {worst:.1f} s"
+
+
+async def test_many_connections_share_one_total_budget(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """5 connections x 2 stalled 10 MiB bodies against a total of 3 messages and a share of one
+    per connection: 3 are assembled, the rest refused naming the variable that refused them."""
+    largest = 10 * MIB + 64 * KIB
+    gateway = await make_gateway(
+        auth_mode=AuthMode.TOKEN,
+        auth_tokens_file=tokens_file(tmp_path),
+        request_read_timeout=READ_TIMEOUT,
+        request_buffer_bytes=3 * largest,
+        request_buffer_bytes_per_connection=largest,
+    )
+    conns = [await RawH2.open(gateway.port) for _ in range(5)]
+    metadata = [("authorization", f"Bearer {ATTACKER}")]
+    try:
+        for conn in conns:
+            for _ in range(2):
+                conn.start(PUBLISH, metadata, grpc_prefix(10 * MIB), 10 * MIB - 64 * KIB)
+        await wait_for(lambda: sum(c.answered() for c in conns) == 10, timeout=READ_TIMEOUT + 15)
+    finally:
+        for conn in conns:
+            await conn.close()
+    answers = [(c.statuses[s], c.messages[s]) for c in conns for s in c.statuses]
+    timed_out = [m for s, m in answers if s == str(Status.DEADLINE_EXCEEDED.value)]
+    refused = [m for s, m in answers if s == str(Status.RESOURCE_EXHAUSTED.value)]
+    named = Counter(m.split("(", 1)[1].split("=", 1)[0] for m in refused if "(" in m)
+    print(f"\nC stalled, 5 x 2 streams, room for 3: {len(timed_out)} assembled, refused {named}")
+    assert len(timed_out) <= 3 and len(timed_out) + len(refused) == 10
+    assert any(f"NATSGW_REQUEST_BUFFER_BYTES={3 * largest}" in m for m in refused)
+    assert any(f"NATSGW_REQUEST_BUFFER_BYTES_PER_CONNECTION={largest}" in m for m in refused)
