@@ -54,7 +54,7 @@ class RequestBudget:
             per_connection = total
         self.total, self.per_connection = total, per_connection
         self.wait = wait
-        #: Bytes reserved now, in total (exported as a metric, checked by tests).
+        #: Bytes reserved now, in total (not exported as a metric yet).
         self.used = 0
         self._by_key: dict[Hashable, int] = {}
         self._room: asyncio.Event | None = None
