@@ -239,6 +239,13 @@ class Settings:
     edge_outbound_buffer_bytes: int = 16 * MIB
     #: A connection whose answers cannot be written for this long (peer not reading) is closed.
     edge_write_stall_timeout: float = 30.0
+    # -- task "reqbudget" (issue 17 row C, authenticated): large request bodies being assembled --
+    #: Bytes of large (> 64 KiB), unfinished request messages read at once, in total; a message
+    #: that gets no room within a second is answered RESOURCE_EXHAUSTED (natsgw.wire.budget).
+    request_buffer_bytes: int = 256 * MIB
+    #: The same for one connection; 0: 4 x the largest request message (NATSGW_MAX_MESSAGE_SIZE
+    #: plus 64 KiB), at most request_buffer_bytes.
+    request_buffer_bytes_per_connection: int = 0
 
     def __repr__(self) -> str:
         """Masked like ``check-config``: a Settings printed by accident shows no secret."""
@@ -384,6 +391,11 @@ class Settings:
             edge_write_stall_timeout=e.get(
                 "NATSGW_EDGE_WRITE_STALL_TIMEOUT", _seconds_or_zero, 30.0
             ),
+            # -- task "reqbudget" --
+            request_buffer_bytes=e.get("NATSGW_REQUEST_BUFFER_BYTES", _size, 256 * MIB),
+            request_buffer_bytes_per_connection=e.get(
+                "NATSGW_REQUEST_BUFFER_BYTES_PER_CONNECTION", _size_or_zero, 0
+            ),
         ).validated()
 
     def validated(self) -> Settings:
@@ -480,6 +492,22 @@ class Settings:
             raise ConfigError(
                 f"NATSGW_EDGE_OUTBOUND_BUFFER_BYTES={self.edge_outbound_buffer_bytes} is below "
                 "256KiB: a few frames of one answer would already close the connection"
+            )
+        # -- task "reqbudget" --
+        if self.request_buffer_bytes < 2 * self.max_message_size:
+            raise ConfigError(
+                f"NATSGW_REQUEST_BUFFER_BYTES={self.request_buffer_bytes} is below twice "
+                f"NATSGW_MAX_MESSAGE_SIZE={self.max_message_size}: two large requests at once "
+                "would already be refused"
+            )
+        per_connection = self.request_buffer_bytes_per_connection
+        if per_connection and not (
+            self.max_message_size <= per_connection <= self.request_buffer_bytes
+        ):
+            raise ConfigError(
+                f"NATSGW_REQUEST_BUFFER_BYTES_PER_CONNECTION={per_connection} must be 0 (4 x "
+                f"NATSGW_MAX_MESSAGE_SIZE) or from NATSGW_MAX_MESSAGE_SIZE={self.max_message_size} "
+                f"to NATSGW_REQUEST_BUFFER_BYTES={self.request_buffer_bytes}"
             )
         return self
 

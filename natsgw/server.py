@@ -55,6 +55,7 @@ from natsgw.service.dead_letters import DeadLetterRelay
 from natsgw.service.fanout import FanOut
 from natsgw.service.gateway import NATSGateway, Services
 from natsgw.wire import compression, frames
+from natsgw.wire.budget import RequestBudget
 from natsgw.wire.coalescing import coalesced
 from natsgw.wire.codec import GatewayCodec, RepeatedLimits, UpbBridge
 from natsgw.wire.items import UPB_ITEMS
@@ -88,12 +89,19 @@ def build_codec(
             bridge.register(cls)
     if settings is None:
         return GatewayCodec(bridge, max_message_size)
-    return GatewayCodec(
+    codec = GatewayCodec(
         bridge,
         max_message_size,
         read_timeout=settings.request_read_timeout,
         unadmitted_limit=settings.trusted_preauth_bytes,
     )
+    # Large request bodies being assembled (natsgw.wire.budget): one message always fits.
+    largest = codec.max_message_size
+    per_connection = settings.request_buffer_bytes_per_connection or 4 * largest
+    codec.request_budget = RequestBudget(
+        max(settings.request_buffer_bytes, 2 * largest), max(per_connection, largest)
+    )
+    return codec
 
 
 def request_limits(settings: Settings) -> RepeatedLimits:

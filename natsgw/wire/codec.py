@@ -42,6 +42,7 @@ from grpclib.encoding.proto import ProtoCodec
 
 from natsgw.compat.betterproto2 import field_classes
 from natsgw.errors import InvalidArgument, UndecodableRequest
+from natsgw.wire.budget import RequestBudget
 
 _UTC = datetime.UTC
 _Converter = Callable[[Any], Any]
@@ -769,6 +770,8 @@ class GatewayCodec(ProtoCodec):
         self.read_timeout = read_timeout
         #: Most bytes of a message read for no admitted call (NATSGW_TRUSTED_PREAUTH_BYTES).
         self.unadmitted_limit = unadmitted_limit
+        #: Large request bodies being assembled (natsgw.wire.budget; set by natsgw.server).
+        self.request_budget: RequestBudget | None = None
         self._constant_bytes: dict[int, bytes] = {}
 
     def ids_seen(self, prefix: bytes, message_type: Any) -> IdsSeen:

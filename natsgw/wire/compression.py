@@ -17,6 +17,12 @@ the call pipeline reads admitted requests with the full limit, and in trusted mo
 first ``head`` bytes before ``inspect`` says whether the caller's ids are there
 (:func:`recv_message`).
 
+A message announcing more than the budget's threshold (64 KiB) whose call has not fully arrived
+first reserves its size in the codec's ``request_budget`` (natsgw.wire.budget:
+NATSGW_REQUEST_BUFFER_BYTES in total, NATSGW_REQUEST_BUFFER_BYTES_PER_CONNECTION per connection),
+waiting briefly for room, else the call ends RESOURCE_EXHAUSTED before its body is read; the
+reservation is given back once the body is read or the read ends however it ends.
+
 The two grpclib internals this needs are patched by natsgw.compat.grpclib, which checks the grpclib
 release it was written against.
 """
@@ -34,6 +40,7 @@ from grpclib.exceptions import GRPCError
 
 from natsgw.compat import grpclib as grpclib_compat
 from natsgw.compat import grpclib_requests
+from natsgw.wire.budget import THRESHOLD, BudgetExhausted, RequestBudget
 
 ACCEPT_ENCODING = "gzip,deflate,identity"
 _installed = False
@@ -65,6 +72,32 @@ def _timed_out(seconds: float) -> GRPCError:
         f"the request message did not arrive whole within {seconds:g}s of the gateway waiting "
         "for it (NATSGW_REQUEST_READ_TIMEOUT); send each message promptly once the call is open",
     )
+
+
+def _no_room(refusal: BudgetExhausted) -> GRPCError:
+    return GRPCError(
+        Status.RESOURCE_EXHAUSTED,
+        f"the gateway is already assembling as many large request bytes as it may "
+        f"({refusal.setting}={refusal.limit}); this {refusal.size}-byte message was not read. "
+        "Retry shortly with backoff, send large requests over fewer concurrent streams, or ask "
+        f"the operator to raise {refusal.setting}",
+    )
+
+
+async def _reserved_read(
+    stream: Any, budget: RequestBudget, length: int, first: bytes = b""
+) -> bytes:
+    """The rest of a ``length``-byte body after ``first``, read once ``budget`` has room for it."""
+    key = getattr(stream, "connection", None)
+    try:
+        await budget.reserve(key, length)
+    except BudgetExhausted as refusal:
+        raise _no_room(refusal) from None
+    try:
+        rest: bytes = await stream.recv_data(length - len(first))
+    finally:
+        budget.release(key, length)
+    return first + rest
 
 
 def _inflate(data: bytes, limit: int | None) -> bytes:
@@ -137,12 +170,23 @@ async def _read(
         setting = "before it knows the caller (NATSGW_TRUSTED_PREAUTH_BYTES)"
     if limit is not None and length > limit:
         raise _too_large(length, limit, "", setting)
+    # Large and not all here yet: reserve room before reading the body (natsgw.wire.budget).
+    budget: RequestBudget | None = None
+    if length > THRESHOLD:  # the usual small request pays this one compare
+        budget = getattr(codec, "request_budget", None)
+        if budget is not None and grpclib_requests.fully_received(stream):
+            budget = None  # all of it is buffered already; reading it cannot wait
     if inspect is not None and length > head:
         first = await stream.recv_data(head)
         inspect(_inflated_prefix(first, head) if compressed else first, codec, message_type)
-        data = first + await stream.recv_data(length - head)
-    else:
+        if budget is None:
+            data = first + await stream.recv_data(length - head)
+        else:
+            data = await _reserved_read(stream, budget, length, first)
+    elif budget is None:
         data = await stream.recv_data(length)
+    else:
+        data = await _reserved_read(stream, budget, length)
     if len(data) != length:
         raise GRPCError(Status.INTERNAL, "the request message ended early")
     if compressed:

@@ -174,8 +174,17 @@ async def test_a_request_that_never_arrives_whole_ends_and_is_released(
         f"\nC stalled: answered in {took:.1f} s, RSS +{held:.0f} MiB at the answer, "
         f"+{after:.0f} MiB after; bystander worst {worst * 1000:.0f} ms"
     )
-    assert set(conn.statuses.values()) == {str(Status.DEADLINE_EXCEEDED.value)}
-    assert all("NATSGW_REQUEST_READ_TIMEOUT" in m for m in conn.messages.values())
+    # Streams past the connection's request budget are refused unread (test_request_budget.py).
+    timed_out = [
+        m
+        for s, m in conn.messages.items()
+        if conn.statuses[s] == str(Status.DEADLINE_EXCEEDED.value)
+    ]
+    assert timed_out and all("NATSGW_REQUEST_READ_TIMEOUT" in m for m in timed_out)
+    assert set(conn.statuses.values()) <= {
+        str(Status.DEADLINE_EXCEEDED.value),
+        str(Status.RESOURCE_EXHAUSTED.value),
+    }
     assert took >= READ_TIMEOUT * 0.9
     assert worst < 2.0
 
