@@ -17,8 +17,10 @@ import gc
 import signal
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import betterproto2
+import grpclib.server
 import structlog
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -163,6 +165,10 @@ class Gateway:
             if self.trimmer is not None:
                 self.trimmer.ended()
 
+    def _admitted(self, stream: grpclib.server.Stream[Any, Any]) -> None:
+        if self.edge is not None:
+            self.edge.admitted(stream)
+
     def _give_up(self, reason: str) -> None:
         self.failure = reason
         self._failed.set()
@@ -233,6 +239,7 @@ class Gateway:
             preauth_bytes=settings.trusted_preauth_bytes,
             max_id_length=settings.max_id_length,
             on_request_dropped=trimmer.ended if trimmer is not None else None,
+            on_admitted=self._admitted,
         )
         # Shared subscriptions queue little in nats-py (delivery into mailboxes never blocks);
         # its limits only bound a burst the event loop has not caught up with yet.

@@ -451,6 +451,21 @@ def h2_connection(protocol: grpclib.protocol.H2Protocol) -> H2Connection:
     return protocol.connection._connection
 
 
+def grpclib_connection(protocol: grpclib.protocol.H2Protocol) -> Any:
+    """The grpclib ``Connection`` a server protocol made in ``connection_made``.
+
+    Why: the edge marks a connection once a call on it is admitted, and a call knows only its
+    stream; the protocol's ``connection`` attribute is the one object both can reach.
+    Upstream fix that removes it: a per-connection context on grpclib's server stream.
+    """
+    return protocol.connection
+
+
+def stream_connection(stream: grpclib.server.Stream[Any, Any]) -> Any:
+    """The grpclib ``Connection`` a call's stream belongs to (private ``Stream._stream``)."""
+    return stream._stream.connection
+
+
 def open_calls(protocol: grpclib.protocol.H2Protocol) -> int:
     """Requests grpclib is serving on the connection (its connection table's size).
 

@@ -10,7 +10,8 @@ Every connection the gRPC listener accepts goes through :class:`GuardedConnectio
 - stops reading from a client while its answers cannot be written (it does not read), closes
   it when more than the outbound budget waits for it or nothing could be written for the
   write-stall timeout, and drops everything buffered for it when it goes away;
-- closes with GOAWAY NO_ERROR a connection that sent no request within the handshake timeout,
+- closes with GOAWAY NO_ERROR a connection that carried no admitted call (one past identity)
+  within the handshake timeout, however many refused requests it sent,
   or had no call in progress for the idle timeout (one sweep per gateway, not a timer each).
 
 Nothing is allocated or logged per frame: a counted control frame is one int added.
@@ -21,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpclib.protocol
+import grpclib.server
 import structlog
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
@@ -102,6 +105,10 @@ class Edge:
         self.on_closed = on_closed
         self.limits = ConnectionLimits(policy.max_connections, policy.max_connections_per_peer)
         self.connections: set[GuardedConnection] = set()
+        #: The guard of each grpclib connection, to mark it when a call on it is admitted.
+        self.by_grpclib: weakref.WeakKeyDictionary[Any, GuardedConnection] = (
+            weakref.WeakKeyDictionary()
+        )
         #: Connections the edge refused or closed, by reason (for tests, logs and metrics).
         self.closed: Counter[str] = Counter()
         self._sweeping: asyncio.Task[None] | None = None
@@ -111,6 +118,12 @@ class Edge:
     def protocol(self, factory: ProtocolFactory) -> asyncio.Protocol:
         """The protocol for one new connection (natsgw.compat.grpclib.guard_connections)."""
         return GuardedConnection(self, factory)
+
+    def admitted(self, stream: grpclib.server.Stream[Any, Any]) -> None:
+        """A call on ``stream`` got past identity: its connection is no longer anonymous."""
+        guard = self.by_grpclib.get(grpclib_compat.stream_connection(stream))
+        if guard is not None:
+            guard.admitted = True
 
     def start(self) -> None:
         self._sweeping = asyncio.create_task(self._sweep(), name="natsgw-edge-sweep")
@@ -161,10 +174,10 @@ class GuardedConnection(asyncio.Protocol):
         "_paused_since",
         "_peer",
         "_pings",
-        "_requested",
         "_resets",
         "_settings",
         "_transport",
+        "admitted",
         "closing",
     )
 
@@ -176,7 +189,11 @@ class GuardedConnection(asyncio.Protocol):
         self._peer: str | None = None
         self._loop = asyncio.get_running_loop()
         self._made_at = 0.0
-        self._requested = False
+        #: A call on this connection got past identity (natsgw.pipeline). Until then the
+        #: handshake timeout applies, however many refused requests the connection sent: a
+        #: connection that never authenticates must not hold a connection slot for the idle
+        #: timeout.
+        self.admitted = False
         self._idle_since: float | None = None
         self._paused_since: float | None = None
         self._abort_at: asyncio.TimerHandle | None = None
@@ -215,6 +232,7 @@ class GuardedConnection(asyncio.Protocol):
             on_settings=self._on_settings,
         )
         self._edge.connections.add(self)
+        self._edge.by_grpclib[grpclib_compat.grpclib_connection(inner)] = self
 
     def data_received(self, data: bytes) -> None:
         inner = self._inner
@@ -266,10 +284,8 @@ class GuardedConnection(asyncio.Protocol):
     # -- event hooks (natsgw.compat.grpclib.intercept_events) ----------------------------------
 
     def _on_request(self, event: Any) -> bool:
-        if self.closing:
-            return False  # the rest of a flood's batch after the GOAWAY: no handler for it
-        self._requested = True
-        return True
+        # The rest of a flood's batch after the GOAWAY starts no handler.
+        return not self.closing
 
     def _on_reset(self, event: Any) -> bool:
         if not self._resets.take(self._loop.time()):
@@ -336,8 +352,8 @@ class GuardedConnection(asyncio.Protocol):
                 self._cut("write_stall")
             return
         handshake = policy.handshake_timeout
-        if not self._requested and handshake and now - self._made_at >= handshake:
-            self.goaway(ErrorCodes.NO_ERROR, "no_request_in_time")
+        if not self.admitted and handshake and now - self._made_at >= handshake:
+            self.goaway(ErrorCodes.NO_ERROR, "no_call_admitted_in_time")
             return
         if grpclib_compat.open_calls(inner):
             self._idle_since = None

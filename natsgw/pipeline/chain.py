@@ -170,6 +170,7 @@ class Pipeline:
         preauth_bytes: int = 64 * 1024,
         max_id_length: int = 256,
         on_request_dropped: Callable[[], None] | None = None,
+        on_admitted: Callable[[Stream], None] | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.metrics = metrics
@@ -186,6 +187,9 @@ class Pipeline:
         #: A streaming call's slot among its tenant's open streams (NATSGW_QUOTA_STREAMING_CALLS,
         #: natsgw.service.subscriptions), held from admission until the stream ends.
         self.stream_leases = stream_leases
+        #: Told of each call that got past identity (the HTTP/2 edge stops treating its
+        #: connection as anonymous).
+        self.on_admitted = on_admitted
         self._public = functools.partial(public_text, root=root)
         #: Token/JWT: the credential is proven from metadata before the body is read.
         self._bearer = authenticator if isinstance(authenticator, BearerAuthenticator) else None
@@ -373,6 +377,8 @@ class Pipeline:
                 metadata, ids.user_id, ids.organization_id, scope
             )
         call.principal = principal
+        if self.on_admitted is not None:
+            self.on_admitted(call.stream)
         if long_lived and isinstance(self.authenticator, BearerAuthenticator):
             stream = call.stream
             call.watch = expiry.watch(
