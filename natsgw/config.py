@@ -173,7 +173,7 @@ class Settings:
     #: Streams opened with a token or JWT re-verify it this often (and at a JWT's expiry);
     #: the tokens file is re-read on the same rhythm (natsgw.auth.expiry).
     auth_recheck_interval: float = 5.0
-    # -- operators (issue #20: per-tenant metrics and the /status page) --------------------------
+    # Per-tenant metrics and the /status page (natsgw.ops.metrics, natsgw.ops.status)
     #: Tenants always shown by name in natsgw_tenant_* metrics and on /status (``user:ID``,
     #: ``organization:ID``, as in the quotas file).
     metrics_tenants: tuple[str, ...] = ()
@@ -184,13 +184,13 @@ class Settings:
     #: Tenants whose counters are kept; beyond it the least recently active are folded into
     #: ``other`` (their GetStatistics traffic figures start again from zero).
     tenant_stats_max: int = 10_000
-    # -- task "embedded" (issue #17 row I): the embedded nats-server (natsgw.ops.embedded) --
+    # The embedded nats-server (natsgw.ops.embedded)
     #: Open the embedded nats-server's HTTP monitoring port (loopback, a free port, no
     #: authentication: it shows every tenant's subjects). Off: what natsgw reads from /varz
     #: (server-wide counters, e.g. NatsHealthCheck's connections) reads 0 unless
     #: NATSGW_NATS_MONITOR_URL is set.
     embedded_monitor: bool = False
-    # -- authfirst (issue 17 C/G/J): what a caller may make the gateway hold before it is known --
+    # What a caller may make the gateway hold before it is known (natsgw.pipeline.chain)
     #: A request message must have fully arrived this many seconds after the gateway started
     #: waiting for it (each message of a client stream on its own), else DEADLINE_EXCEEDED.
     request_read_timeout: float = 10.0
@@ -199,7 +199,7 @@ class Settings:
     trusted_preauth_bytes: int = 64 * 1024
     #: Longest user_id / organization_id (UTF-8 bytes), checked before audit, logging or naming.
     max_id_length: int = 256
-    # -- task "nats" (issue 17 rows B, D): the shared NATS connection ---------------------------
+    # The shared NATS connections: read windows, outage health (natsgw.adapter.flow)
     #: Reply bytes one NATS connection may have asked for and not yet received (direct gets,
     #: object chunks); keeps nats-server's queue towards the gateway below its max_pending, so
     #: one tenant's large reads never get the connection cut as a slow consumer.
@@ -212,7 +212,7 @@ class Settings:
     consume_max_bytes: int = 16 * MIB
     #: Bytes one object read (ObjectGet, ObjectGetStream) may have in transit from NATS.
     object_read_window_bytes: int = 4 * MIB
-    # -- deadletter (issue #18 item 1): the dead-letter relay (natsgw.service.dead_letters) --
+    # The dead-letter relay (natsgw.service.dead_letters)
     #: Run this replica's share of the dead-letter relay (every replica may; each advisory is
     #: handled by one of them). Off: consumers' dead_letter_stream copies wait for a replica
     #: that has it on.
@@ -222,7 +222,7 @@ class Settings:
     dead_letter_attempts: int = 20
     #: Longest wait between two attempts (they start at 1 s and double).
     dead_letter_retry_max: float = 60.0
-    # HTTP/2 edge defences (task "edge", issue 17 rows A/E/F/H: natsgw.edge); 0 turns one off.
+    # The HTTP/2 edge (natsgw.edge); 0 turns a limit off.
     #: Open gRPC connections in total (also kept below the fd limit) and from one peer address.
     edge_max_connections: int = 4096
     edge_max_connections_per_peer: int = 256
@@ -239,7 +239,7 @@ class Settings:
     edge_outbound_buffer_bytes: int = 16 * MIB
     #: A connection whose answers cannot be written for this long (peer not reading) is closed.
     edge_write_stall_timeout: float = 30.0
-    # -- task "reqbudget" (issue 17 row C, authenticated): large request bodies being assembled --
+    # Large request bodies being assembled (natsgw.wire.budget)
     #: Bytes of large (> 64 KiB), unfinished request messages read at once, in total; a message
     #: that gets no room within a second is answered RESOURCE_EXHAUSTED (natsgw.wire.budget).
     request_buffer_bytes: int = 256 * MIB
@@ -357,27 +357,27 @@ class Settings:
             max_headers=e.get("NATSGW_MAX_HEADERS", _positive, 256),
             max_list_items=e.get("NATSGW_MAX_LIST_ITEMS", _positive, 1024),
             auth_recheck_interval=e.get("NATSGW_AUTH_RECHECK_INTERVAL", _seconds, 5.0),
-            # -- operators (issue #20) --
+            # per-tenant metrics and /status
             metrics_tenants=e.get("NATSGW_METRICS_TENANTS", _tenant_labels, ()),
             metrics_tenants_top=e.get("NATSGW_METRICS_TENANTS_TOP", _tenants_top, 10),
             status_tenant_names=e.get("NATSGW_STATUS_TENANT_NAMES", _bool, False),
             tenant_stats_max=e.get("NATSGW_TENANT_STATS_MAX", _tenant_stats_max, 10_000),
-            # -- task "embedded" --
+            # the embedded nats-server
             embedded_monitor=e.get("NATSGW_EMBEDDED_MONITOR", _bool, False),
-            # -- authfirst --
+            # before the caller is known
             request_read_timeout=e.get("NATSGW_REQUEST_READ_TIMEOUT", _seconds, 10.0),
             trusted_preauth_bytes=e.get("NATSGW_TRUSTED_PREAUTH_BYTES", _size, 64 * 1024),
             max_id_length=e.get("NATSGW_MAX_ID_LENGTH", _id_length, 256),
-            # task "nats"
+            # the NATS connections
             nats_read_window_bytes=e.get("NATSGW_NATS_READ_WINDOW_BYTES", _size, 32 * MIB),
             nats_down_unhealthy_after=e.get("NATSGW_NATS_DOWN_UNHEALTHY_AFTER", _seconds, 45.0),
             consume_max_bytes=e.get("NATSGW_CONSUME_MAX_BYTES", _size, 16 * MIB),
             object_read_window_bytes=e.get("NATSGW_OBJECT_READ_WINDOW_BYTES", _size, 4 * MIB),
-            # -- deadletter --
+            # the dead-letter relay
             dead_letter_relay=e.get("NATSGW_DEAD_LETTER_RELAY", _bool, True),
             dead_letter_attempts=e.get("NATSGW_DEAD_LETTER_ATTEMPTS", _positive, 20),
             dead_letter_retry_max=e.get("NATSGW_DEAD_LETTER_RETRY_MAX", _seconds, 60.0),
-            # HTTP/2 edge defences (task "edge")
+            # the HTTP/2 edge
             edge_max_connections=e.get("NATSGW_EDGE_MAX_CONNECTIONS", _count, 4096),
             edge_max_connections_per_peer=e.get(
                 "NATSGW_EDGE_MAX_CONNECTIONS_PER_PEER", _count, 256
@@ -391,7 +391,7 @@ class Settings:
             edge_write_stall_timeout=e.get(
                 "NATSGW_EDGE_WRITE_STALL_TIMEOUT", _seconds_or_zero, 30.0
             ),
-            # -- task "reqbudget" --
+            # large request bodies
             request_buffer_bytes=e.get("NATSGW_REQUEST_BUFFER_BYTES", _size, 256 * MIB),
             request_buffer_bytes_per_connection=e.get(
                 "NATSGW_REQUEST_BUFFER_BYTES_PER_CONNECTION", _size_or_zero, 0
@@ -440,7 +440,7 @@ class Settings:
                 "NATSGW_AUTH_MODE=token or jwt, or set NATSGW_TRUSTED_ALLOW_REMOTE=true to "
                 "accept that any client reaching the port can act as any user"
             )
-        # -- operators (issue #20) --
+        # per-tenant metrics and /status
         for label in self.metrics_tenants:
             if not _TENANT_LABEL.fullmatch(label):
                 raise ConfigError(
@@ -451,7 +451,7 @@ class Settings:
             raise ConfigError("NATSGW_METRICS_TENANTS_TOP must be from 0 to 1000")
         if self.tenant_stats_max < 1:
             raise ConfigError("NATSGW_TENANT_STATS_MAX must be at least 1")
-        # -- authfirst --
+        # before the caller is known
         if self.trusted_preauth_bytes < 1024:
             raise ConfigError(
                 f"NATSGW_TRUSTED_PREAUTH_BYTES={self.trusted_preauth_bytes} must be at least 1KiB "
@@ -459,7 +459,7 @@ class Settings:
             )
         if not 1 <= self.max_id_length <= 65536:
             raise ConfigError(f"NATSGW_MAX_ID_LENGTH={self.max_id_length} must be 1 to 65536")
-        # task "nats"
+        # the NATS connections
         if self.nats_read_window_bytes < MIB:
             raise ConfigError(
                 f"NATSGW_NATS_READ_WINDOW_BYTES={self.nats_read_window_bytes} is below 1MiB: "
@@ -472,7 +472,7 @@ class Settings:
                 f"NATSGW_NATS_READ_WINDOW_BYTES={self.nats_read_window_bytes}: one object read "
                 "may not have more in transit than the whole connection"
             )
-        # -- deadletter --
+        # the dead-letter relay
         if not 1 <= self.dead_letter_attempts <= 1000:
             raise ConfigError(
                 f"NATSGW_DEAD_LETTER_ATTEMPTS={self.dead_letter_attempts} must be 1 to 1000"
@@ -481,7 +481,7 @@ class Settings:
             raise ConfigError(
                 f"NATSGW_DEAD_LETTER_RETRY_MAX={self.dead_letter_retry_max:g} must be 1 to 3600 s"
             )
-        # HTTP/2 edge defences (task "edge")
+        # the HTTP/2 edge
         if 0 < self.edge_max_connections < self.edge_max_connections_per_peer:
             raise ConfigError(
                 f"NATSGW_EDGE_MAX_CONNECTIONS_PER_PEER={self.edge_max_connections_per_peer} is "
@@ -493,7 +493,7 @@ class Settings:
                 f"NATSGW_EDGE_OUTBOUND_BUFFER_BYTES={self.edge_outbound_buffer_bytes} is below "
                 "256KiB: a few frames of one answer would already close the connection"
             )
-        # -- task "reqbudget" --
+        # large request bodies
         if self.request_buffer_bytes < 2 * self.max_message_size:
             raise ConfigError(
                 f"NATSGW_REQUEST_BUFFER_BYTES={self.request_buffer_bytes} is below twice "
@@ -774,7 +774,7 @@ def _log_format(raw: str) -> str:
     return fmt
 
 
-# -- operators (issue #20) ------------------------------------------------------------------------
+# -- per-tenant metrics and /status: value parsers -----------------------------------------------
 
 _TENANT_LABEL = re.compile(r"(user|organization):\S{1,256}")
 

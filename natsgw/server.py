@@ -258,7 +258,7 @@ class Gateway:
             tenants=self.metrics.tenants,
         )
         gateway = NATSGateway(services, self.pipeline)
-        if settings.jetstream_enabled and settings.dead_letter_relay:  # task "deadletter"
+        if settings.jetstream_enabled and settings.dead_letter_relay:
             self.dead_letters = DeadLetterRelay(
                 settings, services.jetstream.js, self.metrics.registry
             )

@@ -145,7 +145,7 @@ def _stream_config(spec: StreamSpec) -> dict[str, Any]:
     }
     if spec.discard_new_per_subject:
         config["discard_new_per_subject"] = True
-    # TTL (issue #18 item 2)
+    # per-message TTLs
     if spec.allow_msg_ttl or spec.subject_delete_marker_ttl:
         config["allow_msg_ttl"] = True
     if spec.subject_delete_marker_ttl:
@@ -218,7 +218,7 @@ def _consumer_config(spec: ConsumerSpec) -> dict[str, Any]:
         config["max_ack_pending"] = spec.max_ack_pending
     if spec.inactive_threshold:
         config["inactive_threshold"] = _ns(spec.inactive_threshold)
-    # consumer control (issue #18 item 3)
+    # consumer control
     if spec.filter_subjects:
         config["filter_subjects"] = list(spec.filter_subjects)
     if spec.description:
@@ -742,7 +742,7 @@ class JetStreamAdapter:
         if expect_stream:
             hdrs["Nats-Expected-Stream"] = stream
         # Checked with every header the gateway adds: nats-server closes a connection that sends
-        # more than its max_payload, for every tenant (issue 17 row B).
+        # more than its max_payload, for every tenant.
         self._core.check_payload(data, hdrs)
         self._core.sizes.saw(stream, len(data) + header_bytes(hdrs))
         requester = self._core.requester()

@@ -77,7 +77,7 @@ class StreamSpec:
     discard: str = "old"  # old | new
     discard_new_per_subject: bool = False
     duplicate_window: float = 0.0
-    # -- TTL (issue #18 item 2) --
+    # -- per-message TTLs --
     allow_msg_ttl: bool = False
     subject_delete_marker_ttl: float = 0.0  # seconds; 0: no markers
 
@@ -115,7 +115,7 @@ class ConsumerSpec:
     opt_start_time: datetime.datetime | None = None
     max_ack_pending: int = 0  # 0: NATS default
     inactive_threshold: float = 0.0
-    # -- consumer control (issue #18 item 3) --
+    # -- consumer control --
     filter_subjects: tuple[str, ...] = ()
     description: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
@@ -135,7 +135,7 @@ class ConsumerStateValue:
     num_pending: int
     num_redelivered: int
     num_ack_pending: int
-    # -- consumer control (issue #18 item 3) --
+    # -- consumer control --
     ack_floor_consumer_seq: int = 0
     num_waiting: int = 0
     paused: bool = False
@@ -288,7 +288,7 @@ class KVBucket:
     storage: str  # "file" or "memory"
     replicas: int
     created: datetime.datetime | None
-    limit_marker_ttl: float = 0.0  # TTL (issue #18): seconds; 0: no markers
+    limit_marker_ttl: float = 0.0  # seconds; 0: no markers
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +300,7 @@ class BucketDefaults:
     max_bytes: int = 0
     storage: str = "file"
     replicas: int = 1
-    #: TTL (issue #18): seconds a marker of a value removed by age lives (0: no markers).
+    #: Seconds a marker of a value removed by age lives (0: no markers).
     limit_marker_ttl: float = 0.0
 
 

@@ -59,7 +59,7 @@ IDEMPOTENT: frozenset[str] = frozenset(
         "Subscribe",
         "Unsubscribe",
         "UpdateStream",
-        # consumer control (issue #18)
+        # consumer control
         "PauseConsumer",
         "ResetConsumer",
         "ResumeConsumer",

@@ -992,7 +992,7 @@ class Client:
         )
         return list(answer.objects)
 
-    # ---- consumer control and TTL (issue #18) --------------------------------------------
+    # ---- consumer control and TTL --------------------------------------------------------
 
     async def update_consumer(self, stream: str, config: ConsumerConfig) -> ConsumerInfo:
         """Change an existing consumer (named by ``config``) where NATS allows it."""

@@ -35,7 +35,7 @@ ALL_RPCS = (
     "PublishToStream", "PublishToStreamBatch", "GetStreamStats", "CreateConsumer",
     "GetConsumerInfo", "ListConsumers", "PullMessages", "AckMessage", "NakMessage", "Consume",
     "AckMessages",
-    # consumer control (issue #18)
+    # consumer control
     "UpdateConsumer", "PauseConsumer", "ResumeConsumer", "ResetConsumer",
     "PurgeStream", "DeleteConsumer", "DeleteStream", "KVCreateBucket", "KVPut",
     "KVGet", "KVCreate", "KVUpdate", "KVHistory", "KVWatch", "KVKeys", "KVBucketStatus",

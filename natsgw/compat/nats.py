@@ -230,7 +230,7 @@ async def publish_request(
         raise nats_errors.MaxPayloadError
     if headers:
         block = header_block(headers)
-        if len(block) + size > client.max_payload:  # nats-server counts headers too (issue 17 B)
+        if len(block) + size > client.max_payload:  # nats-server counts headers too
             raise nats_errors.MaxPayloadError
         command = b"".join(
             (

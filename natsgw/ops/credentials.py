@@ -1,7 +1,7 @@
 """The embedded nats-server's credentials: generated once per data directory, kept private.
 
 Without them any local process could connect to the embedded nats-server and read or write every
-tenant's data, bypassing natsgw's tenancy (issue #17, row I). natsgw draws a random token (32
+tenant's data, bypassing natsgw's tenancy. natsgw draws a random token (32
 bytes, base64url) the first time it starts on a data directory and keeps it in
 ``<data dir>/nats-credentials.json`` (``{"token": "..."}``). A token rather than a user and
 password: nats-server warns at every start about a plaintext password in its config, not about

@@ -10,7 +10,7 @@ the token), ``nats-credentials.json`` (natsgw.ops.credentials), ``nats-server.lo
 output, appended across restarts, written by the server itself so natsgw never blocks it) and
 the JetStream store. A new data directory is made 0700.
 
-Clients must authenticate (issue #17, row I): the config file carries an ``authorization``
+Clients must authenticate: the config file carries an ``authorization``
 block with the data directory's generated token (never a command-line argument, which ``ps``
 shows), so a local process that is not natsgw cannot read tenants' data. The HTTP
 monitoring port (``/connz``, ``/subsz``: every tenant's subjects, unauthenticated by design in

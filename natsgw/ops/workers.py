@@ -20,7 +20,7 @@ What the workers share, and how:
   through a pipe (never the environment or a log), so a token issued by one worker verifies on
   every other. The embedded nats-server's credentials travel the same pipe.
 
-Supervision (issue #17 row K: one worker an attacker can crash must not become a full outage):
+Supervision (one worker an attacker can crash must not become a full outage):
 
 - a worker that dies is restarted in its slot after a jittered backoff that grows with the
   slot's deaths in a row (``_RESTART``: ceilings 1, 2, 4, 8, 16, then 30 s), each death

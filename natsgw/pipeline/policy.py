@@ -168,7 +168,7 @@ _ROWS = (
     _control("DeleteConsumer"),
     _read("GetConsumerInfo"),
     _read("ListConsumers"),
-    # consumer control (issue #18): changes to an existing consumer, repeatable with the same end
+    # consumer control: changes to an existing consumer, repeatable with the same end
     _control("UpdateConsumer", idempotent=True),
     _control("PauseConsumer", idempotent=True),
     _control("ResumeConsumer", idempotent=True),

@@ -91,7 +91,7 @@ def routes(s: Services) -> dict[str, Endpoint]:
         "AckMessages": js.ack_messages,
         "NakMessage": js.nak_message,
         "Consume": js.consume,
-        # consumer control and TTL (issue #18)
+        # consumer control and TTL
         "UpdateConsumer": js.update_consumer,
         "PauseConsumer": js.pause_consumer,
         "ResumeConsumer": js.resume_consumer,

@@ -690,7 +690,7 @@ class JetStreamService:
             await pipe.close()
             await asyncio.gather(watcher, return_exceptions=True)
 
-    # -- consumer control (issue #18 item 3) -----------------------------------------------------
+    # -- consumer control -------------------------------------------------------------------------
 
     async def update_consumer(
         self, call: Call, message: pb.UpdateConsumerRequest

@@ -334,7 +334,7 @@ def tenant_view(exc: GatewayError, root: str) -> GatewayError:
     return exc
 
 
-# -- consumer control and TTL (issue #18 items 2 and 3) -------------------------------------------
+# -- consumer control and TTL -------------------------------------------------------------------
 
 #: NATS's smallest per-message TTL and delete-marker TTL.
 MIN_TTL = 1.0

@@ -356,7 +356,7 @@ class Namespace:
             )
 
 
-# -- consumer metadata (issue #18, consumer control) ---------------------------------------------
+# -- consumer metadata (consumer control) ---------------------------------------------------------
 
 #: Metadata key prefixes tenants may neither set nor read: ``_nats`` is nats-server's own
 #: (``_nats.ver``, ``_nats.level``), ``natsgw`` the gateway's (features that keep state on a
