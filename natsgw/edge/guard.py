@@ -7,12 +7,12 @@ Every connection the gRPC listener accepts goes through :class:`GuardedConnectio
   accepted and closed at once, before any HTTP/2 byte;
 - counts stream resets, PINGs and SETTINGS per second (:class:`~natsgw.edge.budget.RateBudget`):
   one over the budget and the client gets GOAWAY ENHANCE_YOUR_CALM and the connection closes;
+- closes a connection whose answers wait for a flow-control window it has not opened (nothing
+  sent on it) for the write-stall timeout: with small windows, unread answers stay in the
+  handlers, not the transport, and pin memory just the same;
 - stops reading from a client while its answers cannot be written (it does not read), closes
   it when more than the outbound budget waits for it or nothing could be written for the
   write-stall timeout, and drops everything buffered for it when it goes away;
-- closes it too when its answers wait for a flow-control window it has not opened (nothing
-  sent on it) for the write-stall timeout: with small windows, unread answers stay in the
-  handlers, not the transport, and pin memory just the same;
 - closes with GOAWAY NO_ERROR a connection that sent no request within the handshake timeout,
   or had no call in progress for the idle timeout (one sweep per gateway, not a timer each).
 
@@ -364,10 +364,6 @@ class GuardedConnection(asyncio.Protocol):
             if policy.write_stall_timeout and now - paused >= policy.write_stall_timeout:
                 self._cut("write_stall")
             return
-        stall = policy.write_stall_timeout
-        if stall and self._window_stalled(now, inner, stall):
-            self._cut("flow_control_stall")
-            return
         handshake = policy.handshake_timeout
         if not self._requested and handshake and now - self._made_at >= handshake:
             self.goaway(ErrorCodes.NO_ERROR, "no_request_in_time")
@@ -378,3 +374,7 @@ class GuardedConnection(asyncio.Protocol):
             self._idle_since = now
         elif policy.idle_timeout and now - self._idle_since >= policy.idle_timeout:
             self.goaway(ErrorCodes.NO_ERROR, "idle")
+            return
+        stall = policy.write_stall_timeout
+        if stall and self._window_stalled(now, inner, stall):
+            self._cut("flow_control_stall")
