@@ -474,3 +474,15 @@ def open_calls(protocol: grpclib.protocol.H2Protocol) -> int:
     Upstream fix that removes it: a public count of open streams on grpclib's connection.
     """
     return len(protocol.processor.streams)
+
+
+def stream_data_sent(protocol: grpclib.protocol.H2Protocol, stream_id: int) -> int:
+    """DATA bytes grpclib has sent on one stream of the connection so far (0: no such call).
+
+    Why: the edge tells a client that reads slowly (its windows open now and then, so bytes
+    go out) from one that never does (row E: an answer waiting on a window that never grows);
+    grpclib counts them on its private ``EventsProcessor.streams`` entries' ``data_sent``.
+    Upstream fix that removes it: a send timeout for streams waiting for window in grpclib.
+    """
+    stream = protocol.processor.streams.get(stream_id)
+    return 0 if stream is None else stream.data_sent

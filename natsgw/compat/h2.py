@@ -13,7 +13,7 @@ import struct
 
 import h2.connection
 from h2.connection import ConnectionInputs, H2Connection
-from h2.stream import StreamInputs
+from h2.stream import StreamInputs, StreamState
 
 from natsgw.compat import require
 
@@ -142,3 +142,28 @@ def write_answer(
         + _frame(_HEADERS, _END_HEADERS | _END_STREAM, stream_id, trailers)
     )
     return True
+
+
+#: Stream states in which the server may still send DATA.
+_SENDING = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
+
+
+def blocked_streams(h2c: H2Connection) -> list[int]:
+    """The streams the server can still send DATA on that have no flow-control window left
+    (their own, or the connection's): their answers wait for the client's WINDOW_UPDATE.
+
+    Why: a client that keeps small windows and never reads makes each handler wait inside
+    grpclib's ``send_data``, holding its whole answer, while the transport never backs up, so
+    the edge's write-buffer checks never see it (issue 17 row E). Only h2 knows the windows:
+    ``H2Connection.streams``/``outbound_flow_control_window`` and each ``H2Stream``'s
+    ``state_machine.state``/``outbound_flow_control_window``. Called once per sweep, not per
+    frame. Upstream fix that removes it: a send timeout on a stream waiting for window in
+    grpclib.
+    """
+    connection_empty = h2c.outbound_flow_control_window <= 0
+    return [
+        stream_id
+        for stream_id, stream in h2c.streams.items()
+        if stream.state_machine.state in _SENDING
+        and (connection_empty or stream.outbound_flow_control_window <= 0)
+    ]

@@ -7,6 +7,9 @@ Every connection the gRPC listener accepts goes through :class:`GuardedConnectio
   accepted and closed at once, before any HTTP/2 byte;
 - counts stream resets, PINGs and SETTINGS per second (:class:`~natsgw.edge.budget.RateBudget`):
   one over the budget and the client gets GOAWAY ENHANCE_YOUR_CALM and the connection closes;
+- closes a connection whose answers wait for a flow-control window it has not opened (nothing
+  sent on it) for the write-stall timeout: with small windows, unread answers stay in the
+  handlers, not the transport, and pin memory just the same;
 - stops reading from a client while its answers cannot be written (it does not read), closes
   it when more than the outbound budget waits for it or nothing could be written for the
   write-stall timeout, and drops everything buffered for it when it goes away;
@@ -165,6 +168,7 @@ class GuardedConnection(asyncio.Protocol):
 
     __slots__ = (
         "_abort_at",
+        "_blocked",
         "_edge",
         "_factory",
         "_idle_since",
@@ -197,6 +201,9 @@ class GuardedConnection(asyncio.Protocol):
         self._idle_since: float | None = None
         self._paused_since: float | None = None
         self._abort_at: asyncio.TimerHandle | None = None
+        #: Streams whose answer waits for flow-control window: stream id -> (DATA bytes sent
+        #: on it, since when, in sweep time, that count has not grown).
+        self._blocked: dict[int, tuple[int, float]] = {}
         policy = edge.policy
         self._resets = RateBudget(policy.resets_per_second)
         self._pings = RateBudget(policy.pings_per_second)
@@ -339,8 +346,30 @@ class GuardedConnection(asyncio.Protocol):
         if transport is not None and limit and transport.get_write_buffer_size() > limit:
             self._cut("outbound_budget")
 
+    def _window_stalled(self, now: float, inner: grpclib.protocol.H2Protocol, stall: float) -> bool:
+        """An answer has waited for a window the client does not open, nothing sent on its
+        stream, for ``stall`` seconds. A client that reads, however slowly, opens windows and
+        so gets bytes sent: that stream's clock starts again at each sweep that sees them."""
+        blocked = h2_compat.blocked_streams(grpclib_compat.h2_connection(inner))
+        if not blocked:
+            if self._blocked:
+                self._blocked = {}
+            return False
+        before = self._blocked
+        seen: dict[int, tuple[int, float]] = {}
+        stalled = False
+        for stream_id in blocked:
+            sent = grpclib_compat.stream_data_sent(inner, stream_id)
+            last = before.get(stream_id)
+            since = last[1] if last is not None and last[0] == sent else now
+            seen[stream_id] = (sent, since)
+            stalled = stalled or now - since >= stall
+        self._blocked = seen
+        return stalled
+
     def check(self, now: float) -> None:
-        """The sweep's look at this connection: write stall, handshake and idle timeouts."""
+        """The sweep's look at this connection: write stall (transport or flow control),
+        handshake and idle timeouts."""
         inner = self._inner
         if inner is None or self.closing:
             return
@@ -361,3 +390,7 @@ class GuardedConnection(asyncio.Protocol):
             self._idle_since = now
         elif policy.idle_timeout and now - self._idle_since >= policy.idle_timeout:
             self.goaway(ErrorCodes.NO_ERROR, "idle")
+            return
+        stall = policy.write_stall_timeout
+        if stall and self._window_stalled(now, inner, stall):
+            self._cut("flow_control_stall")

@@ -80,6 +80,12 @@ class Client:
             self.h2.increment_flow_control_window(_BIG_WINDOW - 65535)
         self.goaway: str | None = None
         self.closed = False
+        #: Give back the window of each DATA frame read (a client that reads, however slowly),
+        #: on every stream or only on those in ``ack_only``.
+        self.ack_data = False
+        self.ack_only: set[int] | None = None
+        #: DATA bytes read.
+        self.received = 0
 
     def flush(self) -> None:
         data = self.h2.data_to_send()
@@ -101,6 +107,20 @@ class Client:
         except OSError:
             self.closed = True
 
+    def read_some(self, wait: float) -> None:
+        """One read of at most 64 KiB (waiting at most ``wait`` seconds): a slow reader's step."""
+        self.sock.settimeout(wait)
+        try:
+            data = self.sock.recv(1 << 16)
+        except (BlockingIOError, TimeoutError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._feed(data)
+        else:
+            self.closed = True
+
     def wait_closed(self, timeout: float) -> bool:
         """Read until the server closes the connection or ``timeout`` passes."""
         deadline = time.monotonic() + timeout
@@ -118,6 +138,12 @@ class Client:
                 code = event.error_code
                 name = code.name if isinstance(code, ErrorCodes) else str(code)
                 self.goaway = name
+            elif isinstance(event, h2.events.DataReceived):
+                self.received += len(event.data)
+                sid = event.stream_id
+                acked = self.ack_only is None or sid in self.ack_only
+                if self.ack_data and acked and sid in self.h2.streams:
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, sid)
         with contextlib.suppress(OSError):
             self.flush()
 

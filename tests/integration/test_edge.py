@@ -170,6 +170,45 @@ async def test_unread_answers_are_cut_and_dropped(make_gateway: GatewayFactory) 
     assert max(latencies) < 1.0
 
 
+def read_slowly(client: h2raw.Client, seconds: float, every: float = 0.3) -> None:
+    """Read at most 64 KiB, and give its window back, every ``every`` seconds."""
+    client.ack_data = True
+    deadline = time.monotonic() + seconds
+    while not client.closed and time.monotonic() < deadline:
+        time.sleep(every)
+        client.read_some(0.05)
+
+
+async def test_slow_reader_behind_small_windows_is_not_cut(make_gateway: GatewayFactory) -> None:
+    """A client with HTTP/2's default 64 KiB windows reading a large ObjectGet a window every
+    0.3 s: its answer waits for window most of the time, but the window grows now and then,
+    so the flow-control stall check (row E) must leave it alone past the stall timeout."""
+    gw = await make_gateway(**edge(edge_write_stall_timeout=1.0))
+    assert gw.edge is not None
+    user = tenant("slow")
+    channel = Channel("127.0.0.1", gw.port)
+    stub = pb.NatsServiceStub(channel)
+    await stub.object_put(
+        pb.ObjectPutRequest(user_id=user, bucket="big", object_name="o", data=os.urandom(8 * MIB))
+    )
+    channel.close()
+    body = bytes(pb.ObjectGetRequest(user_id=user, bucket="big", object_name="o"))
+    client = h2raw.Client(gw.port, big_windows=False)
+    try:
+        client.open_request("/isa.nats.NATSService/ObjectGet", body)
+        client.flush()
+        await asyncio.to_thread(read_slowly, client, 3.5)
+        print(
+            f"\nslow reader: read {client.received / 1024:.0f} KiB in 3.5 s, a read every "
+            f"0.3 s, cut {client.closed}"
+        )
+        assert not client.closed, "a client that reads, however slowly, was cut"
+        assert client.received >= 128 * 1024  # it did get window after window
+        assert gw.edge.closed["flow_control_stall"] == 0
+    finally:
+        client.close()
+
+
 # -- row F: idle connections, caps, fd limit --------------------------------------------------
 
 
