@@ -64,9 +64,9 @@ class HeapTrimmer:
     (64-128 KiB, under the mmap threshold) live on the heap, and glibc only trims its top, so
     small live blocks pin the rest. So when a stream ended (:meth:`ended`) and the RSS is
     ``threshold`` above where it was after the last collection, a full ``gc.collect()`` runs (at
-    most every ``interval`` seconds) and, if more than ``threshold`` bytes are then free in the
-    heap, ``malloc_trim(0)``. Memory really in use raises that mark instead, so a busy gateway
-    pays one collection per ``threshold`` of growth, not one per stream.
+    most every ``interval`` seconds), then ``malloc_trim(0)``. Memory really in use raises that
+    mark instead, so a busy gateway pays one collection and trim per ``threshold`` of growth, not
+    one per stream.
     """
 
     def __init__(self, libc: ctypes.CDLL, threshold: int, interval: float) -> None:
@@ -123,8 +123,11 @@ class HeapTrimmer:
             return False
         self._due = False
         gc.collect()
-        if self.free_bytes() >= self.threshold:
-            self._malloc_trim(0)  # ~5 ms for 50 MiB free
+        # Trimmed whatever mallinfo2 says is free: it under-reports what malloc_trim can give back
+        # (see trim_soon), and skipping the trim here raised the base to the bloated RSS, so that
+        # memory was never returned. The cost (~5 ms for 50 MiB) is paid once per threshold of
+        # growth, at most once per interval.
+        self._malloc_trim(0)
         self._base = rss()
         self.trims += 1
         return True
