@@ -16,8 +16,7 @@ from typing import Any
 
 from natsgw.adapter.core import NatsAdapter
 from natsgw.adapter.errors import NoStream, WrongLastSequence, translated
-from natsgw.adapter.flow import MIN_RESERVATION
-from natsgw.adapter.jetstream import PULL_LEASE_HOLD, Budget, JetStreamAdapter, TTLDisabled
+from natsgw.adapter.jetstream import Budget, JetStreamAdapter, TTLDisabled
 from natsgw.adapter.ordered import OrderedReader, Start, StoredMessage
 from natsgw.adapter.types import BucketDefaults, KVBucket, KVEntry, StreamDetails
 from natsgw.errors import AlreadyExists, FailedPrecondition, GatewayError, NotFound
@@ -128,8 +127,6 @@ def _bucket(name: str, info: StreamDetails) -> KVBucket:
 
 #: Most messages a KV reader has in transit (the ordered reader's default window).
 _READ_WINDOW = 32
-#: Reserved per message beyond its value: subject, JetStream reply subject and headers.
-_MESSAGE_HEADROOM = 1024
 
 
 class KeyValueStore:
@@ -140,46 +137,13 @@ class KeyValueStore:
         self._timeout = timeout
         self._api = JetStreamAdapter(adapter, timeout)
 
-    async def _reader(
-        self,
-        bucket: str,
-        pattern: str,
-        start: Start,
-        *,
-        start_seq: int = 0,
-        headers_only: bool = False,
-        follow: bool = False,
-    ) -> OrderedReader:
-        """An ordered reader of ``bucket`` whose deliveries count in the connection's inflow
-        (natsgw.adapter.flow), as object reads do: each window is reserved (the largest value
-        seen there per message) before the server may send it, given back as it arrives; so
-        many histories or watches of large values at once never queue more than the budget on
-        the shared connection. Headers-only reads (key listings) stay out: their messages are
-        a subject and a few headers."""
-        window, size = await self._window(bucket, headers_only=headers_only)
-        return OrderedReader(
-            self._api,
-            stream_name(bucket),
-            _subject(bucket, pattern),
-            start=start,
-            start_seq=start_seq,
-            headers_only=headers_only,
-            follow=follow,
-            patience=self._timeout,
-            window=window,
-            inflow=None if headers_only else self._adapter.inflow,
-            message_size=size,
-            live_hold=PULL_LEASE_HOLD,
-        )
-
-    async def _window(self, bucket: str, *, headers_only: bool = False) -> tuple[int, int]:
+    async def _window(self, bucket: str, *, headers_only: bool = False) -> int:
         """Messages a reader of ``bucket`` may have in transit: as many of the largest value
-        seen there as fit the object read window (NATSGW_OBJECT_READ_WINDOW_BYTES), 1 to 32;
-        and the bytes to reserve for each. Bounds what one history or watch of large values has
-        nats-server queue at once. A bucket not seen yet counts as holding one value of all its
-        bytes (at most max_payload)."""
+        seen there as fit the object read window (NATSGW_OBJECT_READ_WINDOW_BYTES), 1 to 32.
+        Bounds what one history or watch of large values has nats-server queue at once. A
+        bucket not seen yet counts as holding one value of all its bytes (at most max_payload)."""
         if headers_only:
-            return _READ_WINDOW, MIN_RESERVATION
+            return _READ_WINDOW
         adapter = self._adapter
         stream = stream_name(bucket)
         largest = adapter.sizes.reservation(stream, adapter.client().max_payload)
@@ -187,8 +151,7 @@ class KeyValueStore:
             with contextlib.suppress(GatewayError):
                 info = await self._api.stream_info(stream)
                 largest = min(largest, max(info.state.bytes, 1))
-        window = max(1, min(_READ_WINDOW, adapter.object_read_window // largest))
-        return window, largest + _MESSAGE_HEADROOM
+        return max(1, min(_READ_WINDOW, adapter.object_read_window // largest))
 
     def _budget(self, timeout: float | None) -> Budget:
         return Budget(timeout if timeout is not None else self._timeout)
@@ -442,7 +405,15 @@ class KeyValueStore:
     async def _snapshot(
         self, bucket: str, pattern: str, start: Start, *, headers_only: bool = False
     ) -> AsyncIterator[StoredMessage]:
-        reader = await self._reader(bucket, pattern, start, headers_only=headers_only)
+        reader = OrderedReader(
+            self._api,
+            stream_name(bucket),
+            _subject(bucket, pattern),
+            start=start,
+            headers_only=headers_only,
+            patience=self._timeout,
+            window=await self._window(bucket, headers_only=headers_only),
+        )
         try:
             try:
                 await reader.open()
@@ -471,7 +442,15 @@ class KeyValueStore:
             start = Start.NEW
         else:
             start = Start.LAST_PER_SUBJECT
-        reader = await self._reader(bucket, pattern, start, start_seq=from_revision, follow=True)
+        reader = OrderedReader(
+            self._api,
+            stream_name(bucket),
+            _subject(bucket, pattern),
+            start=start,
+            start_seq=from_revision,
+            follow=True,
+            window=await self._window(bucket),
+        )
         await reader.open()
         return KVWatch(bucket, reader)
 

@@ -92,7 +92,6 @@ class OrderedReader:
         inflow: Inflow | None = None,
         message_size: int = 0,
         total: int = 0,
-        live_hold: float = 0.5,
     ) -> None:
         self._api = api
         self._stream = stream
@@ -125,12 +124,6 @@ class OrderedReader:
         self._credit = 0  # bytes reserved for messages allowed and not yet arrived
         self._taken = 0  # messages handed to the caller
         self._queue: asyncio.Queue[Msg] = asyncio.Queue()
-        #: A follow reader past its backlog (live updates come at the pace they are published):
-        #: it reserves one message at a time and gives it back ``live_hold`` seconds later, so an
-        #: idle watch holds nothing of the shared budget for long.
-        self._live = False
-        self._live_hold = live_hold
-        self._expiry: asyncio.TimerHandle | None = None
 
     async def open(self) -> None:
         """Create the first consumer; raises NotFound when the stream does not exist.
@@ -203,8 +196,6 @@ class OrderedReader:
             self._dseq = meta.consumer_seq
             self._sseq = meta.stream_seq
             self._taken += 1
-            if self._follow and meta.num_pending == 0 and not self._live:
-                self._go_live()
             if self._dseq - self._acked >= self._ack_step:
                 # Taken by the caller: let the server send the next few.
                 await self._allow(self._dseq - self._acked)
@@ -234,15 +225,11 @@ class OrderedReader:
             self._credit -= size
             if self._inflow is not None:
                 self._inflow.give(size)
-            if not self._credit:
-                self._cancel_expiry()
         queue.put_nowait(msg)
 
     def _allowed(self, count: int) -> int:
         """How many of ``count`` newly allowed messages can still come (a finite read): those
         already allowed on the current consumer come first."""
-        if self._live:  # one at a time, whatever the window (see __init__)
-            return 0 if self._credit else min(count, 1)
         if not self._total:
             return count
         already = self._acked + self._window - self._dseq
@@ -257,29 +244,8 @@ class OrderedReader:
         if size:
             size = await inflow.take(size)
             self._credit += size
-            if self._live:
-                self._expire_later()
-
-    def _go_live(self) -> None:
-        """The backlog is read: keep at most one message's credit, and that not for long."""
-        self._live = True
-        if self._credit > self._message_size and self._inflow is not None:
-            self._inflow.give(self._credit - self._message_size)
-            self._credit = self._message_size
-        if self._credit:
-            self._expire_later()
-
-    def _expire_later(self) -> None:
-        self._cancel_expiry()
-        self._expiry = asyncio.get_running_loop().call_later(self._live_hold, self._give_back)
-
-    def _cancel_expiry(self) -> None:
-        expiry, self._expiry = self._expiry, None
-        if expiry is not None:
-            expiry.cancel()
 
     def _give_back(self) -> None:
-        self._cancel_expiry()
         credit, self._credit = self._credit, 0
         if credit and self._inflow is not None:
             self._inflow.give(credit)
@@ -363,8 +329,6 @@ class OrderedReader:
         self._acked = 0
         if first:
             self.initial_pending = info.state.num_pending
-        if self._follow and (self._live or info.state.num_pending == 0):
-            self._go_live()  # nothing (or nothing more) queued at once: hold little, not long
 
     async def _reset(self, why: str) -> None:
         self.resets += 1
